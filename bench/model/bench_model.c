@@ -1,0 +1,135 @@
+/* bench_model.c — forward + backward throughput and peak memory of the CPU model on one
+ * configuration, random weights, no files. One configuration per process, so the peak
+ * resident size (VmHWM) belongs to it alone; bench/model/run.sh runs the grid.
+ *
+ * usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K]
+ * prints one line: key=value pairs (params, tokens, tokens_per_s, fwd_ms, bwd_ms, peak_mib). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pocrt.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Peak resident set size of this process, in MiB. */
+static double peak_mib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  double kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
+  if (f) fclose(f);
+  return kb / 1024;
+}
+
+int main(int argc, char **argv) {
+  int vocab = 32000, unfused = 0, seqs = 4, len = 128, iters = 3;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--unfused")) unfused = 1;
+    else if (i + 1 < argc && !strcmp(argv[i], "--vocab")) vocab = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--seqs")) seqs = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--len")) len = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--iters")) iters = atoi(argv[++i]);
+    else {
+      fprintf(stderr, "usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K]\n");
+      return 2;
+    }
+  }
+  if (vocab < 2 || seqs < 1 || len < 2 || iters < 1) {
+    fprintf(stderr, "bench_model: sizes must be positive (len at least 2)\n");
+    return 2;
+  }
+  /* A ~20M-parameter Llama at vocabulary 32k: 6 layers of width 384 (6 heads over 2 KV
+   * heads, SwiGLU 1024) with tied embeddings, so the head is the embedding matrix. */
+  poc_config c;
+  memset(&c, 0, sizeof c);
+  strcpy(c.model_type, "llama");
+  c.vocab_size = vocab;
+  c.hidden_size = 384;
+  c.intermediate_size = 1024;
+  c.num_hidden_layers = 6;
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  c.max_position_embeddings = 4096;
+  c.rope_theta = 500000;
+  c.rms_norm_eps = 1e-5;
+  c.tie_word_embeddings = 1;
+  c.bos_token_id = c.eos_token_id = -1;
+  strcpy(c.torch_dtype, "float32");
+  char err[POC_ERR_LEN];
+  poc_layout lay;
+  if (poc_layout_init(&lay, &c, err)) {
+    fprintf(stderr, "bench_model: %s\n", err);
+    return 1;
+  }
+  float *w = malloc(lay.n_params * sizeof *w), *g = calloc(lay.n_params, sizeof *g);
+  int n_tok = seqs * len, prompt = len / 4 > 0 ? len / 4 : 1;
+  int32_t *tok = malloc((size_t)n_tok * sizeof *tok), *ss = malloc(((size_t)seqs + 1) * sizeof *ss),
+          *ts = malloc((size_t)seqs * sizeof *ts);
+  float *logp = malloc((size_t)n_tok * sizeof *logp), *dlogp = malloc((size_t)n_tok * sizeof *dlogp);
+  if (!w || !g || !tok || !ss || !ts || !logp || !dlogp) {
+    fprintf(stderr, "bench_model: out of memory\n");
+    return 1;
+  }
+  poc_rng r;
+  poc_rng_seed(&r, 1);
+  for (size_t i = 0; i < lay.n_params; i++) w[i] = (float)((poc_rng_uniform(&r) - 0.5) * 0.1);
+  for (int t = 0; t < lay.n_tensors; t++)
+    if (lay.tensors[t].ndim == 1)
+      for (size_t i = 0; i < lay.tensors[t].numel; i++) w[lay.tensors[t].offset + i] = 1;
+  for (int i = 0; i < n_tok; i++) tok[i] = (int32_t)(poc_rng_next(&r) % (uint64_t)vocab);
+  for (int s = 0; s <= seqs; s++) ss[s] = s * len;
+  for (int s = 0; s < seqs; s++) ts[s] = s * len + prompt;
+  poc_pack pack = {seqs, n_tok, tok, ss, ts};
+  int n_tgt = poc_pack_targets(&pack);
+  for (int i = 0; i < n_tgt; i++) dlogp[i] = -1.0f / (float)n_tgt;
+
+  poc_model_f32 *m = poc_model_new_f32(&lay, w, g, n_tok);
+  if (!m) {
+    fprintf(stderr, "bench_model: cannot allocate the model workspace\n");
+    return 1;
+  }
+  int flags = POC_FWD_SAVE | (unfused ? POC_FWD_UNFUSED : 0);
+  double fwd = 0, bwd = 0;
+  for (int it = -1; it < iters; it++) {  /* iteration -1 warms up */
+    double t0 = now();
+    if (poc_model_forward_f32(m, &pack, flags, logp, NULL, err)) {
+      fprintf(stderr, "bench_model: %s\n", err);
+      return 1;
+    }
+    double t1 = now();
+    if (poc_model_backward_f32(m, &pack, dlogp, NULL, err)) {
+      fprintf(stderr, "bench_model: %s\n", err);
+      return 1;
+    }
+    double t2 = now();
+    if (it >= 0) {
+      fwd += t1 - t0;
+      bwd += t2 - t1;
+    }
+  }
+  double lp = 0;
+  for (int i = 0; i < n_tgt; i++) lp += logp[i];
+  printf("params=%zu vocab=%d head=%s tokens=%d targets=%d iters=%d tokens_per_s=%.1f fwd_ms=%.1f "
+         "bwd_ms=%.1f peak_mib=%.1f mean_logp=%.4f\n",
+         lay.n_params, vocab, unfused ? "unfused" : "fused", n_tok, n_tgt, iters,
+         (double)n_tok * iters / (fwd + bwd), 1e3 * fwd / iters, 1e3 * bwd / iters, peak_mib(),
+         lp / n_tgt);
+  poc_model_free_f32(m);
+  free(w);
+  free(g);
+  free(tok);
+  free(ss);
+  free(ts);
+  free(logp);
+  free(dlogp);
+  poc_layout_free(&lay);
+  return 0;
+}

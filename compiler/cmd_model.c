@@ -1,0 +1,541 @@
+/* cmd_model.c — `poc logp` and `poc generate`: a model folder used directly, without an
+ * objective. `logp` is the seam the independent checks against transformers go through:
+ * every number it prints comes from the same packed forward training uses.
+ *
+ * Exit status: 0 ok, 1 the model failed at run time, 2 bad arguments or bad input.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "driver.h"
+#include "pocrt.h"
+
+/* Lines with more errors than this are not all reported. */
+#define MDL_MAX_REPORTED 20
+/* Tokens per packed forward; a longer single line gets a pack of its own size. */
+#define MDL_PACK_TOKENS 4096
+
+/* ---- shared: load a model folder ------------------------------------------------- */
+
+typedef struct mdl_loaded {
+  poc_layout lay;
+  float *w;
+} mdl_loaded;
+
+static int mdl_load(const char *cmd, const char *dir, mdl_loaded *m) {
+  char err[POC_ERR_LEN];
+  poc_config cfg;
+  memset(m, 0, sizeof *m);
+  if (poc_config_load(dir, &cfg, err) || poc_layout_init(&m->lay, &cfg, err)) {
+    fprintf(stderr, "poc %s: %s\n", cmd, err);
+    return 2;
+  }
+  m->w = malloc(m->lay.n_params * sizeof *m->w);
+  if (!m->w) {
+    fprintf(stderr, "poc %s: out of memory for %zu parameters\n", cmd, m->lay.n_params);
+    poc_layout_free(&m->lay);
+    return 1;
+  }
+  if (poc_weights_load_f32(dir, &m->lay, m->w, err)) {
+    fprintf(stderr, "poc %s: %s\n", cmd, err);
+    free(m->w);
+    poc_layout_free(&m->lay);
+    return 2;
+  }
+  return 0;
+}
+
+static void mdl_unload(mdl_loaded *m) {
+  free(m->w);
+  poc_layout_free(&m->lay);
+}
+
+/* The CUDA driver is probed at run time, so the message can say which is missing: the
+ * backend in this build, or a GPU on this machine. */
+static int mdl_check_backend(const char *cmd, const char *backend) {
+  if (!strcmp(backend, "cpu")) return 0;
+  if (strcmp(backend, "cuda")) {
+    fprintf(stderr, "poc %s: unknown backend '%s' (cpu or cuda)\n", cmd, backend);
+    return 2;
+  }
+  void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  int count = 0;
+  if (lib) {
+    int (*init)(unsigned) = (int (*)(unsigned))(uintptr_t)dlsym(lib, "cuInit");
+    int (*get_count)(int *) = (int (*)(int *))(uintptr_t)dlsym(lib, "cuDeviceGetCount");
+    if (!init || !get_count || init(0) != 0 || get_count(&count) != 0) count = 0;
+    dlclose(lib);
+  }
+  if (!count) {
+    fprintf(stderr, "poc %s: --backend cuda: no CUDA GPU is available on this machine (%s); use --backend cpu\n",
+            cmd, lib ? "the driver reports no device" : "libcuda.so.1 not found");
+    return 2;
+  }
+  fprintf(stderr,
+          "poc %s: --backend cuda: this runtime has no CUDA model forward; use --backend cpu\n", cmd);
+  return 2;
+}
+
+/* ---- poc logp -------------------------------------------------------------------- */
+
+static const char *const lp_default_fields[] = {"chosen", "rejected", "response"};
+
+typedef struct lp_seq {
+  int field;                      /* index into the run's field names */
+  int32_t *resp;
+  int n_resp;
+} lp_seq;
+
+typedef struct lp_line {
+  int line;                       /* 1-based line in the file */
+  int32_t *prompt;
+  int n_prompt;
+  int n_seq;
+  lp_seq seq[3];
+} lp_line;
+
+typedef struct lp_run {
+  const char *path;
+  int vocab, max_len, window;
+  const char *const *fields;
+  int n_fields;
+  int explicit_field;             /* --field given: it must be on every line */
+  int errors;
+} lp_run;
+
+static void lp_error(lp_run *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void lp_error(lp_run *r, int line, const char *fmt, ...) {
+  if (++r->errors > MDL_MAX_REPORTED) return;
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s:%d: error: ", r->path, line);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+/* A JSON array of token ids, each an integer in [0, vocab). */
+static int32_t *lp_ids(lp_run *r, int line, const cJSON *root, const char *key, int *n) {
+  const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, key);
+  if (!a) {
+    lp_error(r, line, "missing \"%s\"", key);
+    return NULL;
+  }
+  if (!cJSON_IsArray(a)) {
+    lp_error(r, line, "\"%s\" must be an array of token ids", key);
+    return NULL;
+  }
+  int len = cJSON_GetArraySize(a);
+  if (len == 0) {
+    lp_error(r, line, "\"%s\" is empty%s", key,
+             strcmp(key, "prompt") ? "" : " (log-probs are taken after the prompt, so it needs a token)");
+    return NULL;
+  }
+  int32_t *ids = malloc((size_t)len * sizeof *ids);
+  if (!ids) {
+    lp_error(r, line, "out of memory");
+    return NULL;
+  }
+  int i = 0;
+  for (const cJSON *x = a->child; x; x = x->next, i++) {
+    double d = cJSON_IsNumber(x) ? x->valuedouble : NAN;
+    if (!(d == floor(d))) {
+      char *s = cJSON_PrintUnformatted(x);
+      lp_error(r, line, "%s[%d]: %.40s is not a token id", key, i, s ? s : "?");
+      free(s);
+      free(ids);
+      return NULL;
+    }
+    if (d < 0 || d >= r->vocab) {
+      lp_error(r, line, "%s[%d]: token id %.0f is outside the vocabulary (0..%d)", key, i, d, r->vocab - 1);
+      free(ids);
+      return NULL;
+    }
+    ids[i] = (int32_t)d;
+  }
+  *n = len;
+  return ids;
+}
+
+static void lp_line_free(lp_line *l) {
+  free(l->prompt);
+  for (int s = 0; s < l->n_seq; s++) free(l->seq[s].resp);
+  l->n_seq = 0;
+  l->prompt = NULL;
+}
+
+/* Parses one non-blank line into `l`; reports every problem with the line. */
+static int lp_parse(lp_run *r, int line, const char *text, size_t len, lp_line *l) {
+  memset(l, 0, sizeof *l);
+  l->line = line;
+  int before = r->errors;
+  cJSON *root = cJSON_ParseWithLength(text, len);
+  if (!root) {
+    const char *at = cJSON_GetErrorPtr();
+    long col = at && at >= text && at <= text + len ? (long)(at - text) + 1 : 1;
+    lp_error(r, line, "malformed JSON (near column %ld)", col);
+    return -1;
+  }
+  if (!cJSON_IsObject(root)) {
+    lp_error(r, line, "expected a JSON object");
+    cJSON_Delete(root);
+    return -1;
+  }
+  l->prompt = lp_ids(r, line, root, "prompt", &l->n_prompt);
+  for (int f = 0; f < r->n_fields; f++) {
+    const char *key = r->fields[f];
+    if (!r->explicit_field && !cJSON_GetObjectItemCaseSensitive(root, key)) continue;
+    lp_seq *s = &l->seq[l->n_seq];
+    s->field = f;
+    s->resp = lp_ids(r, line, root, key, &s->n_resp);
+    if (s->resp) l->n_seq++;
+  }
+  if (r->errors == before && l->n_seq == 0)
+    lp_error(r, line, "no response field: a pairs line has \"chosen\" and \"rejected\", a points line "
+                      "\"response\" (or name one with --field)");
+  /* RoPE positions and the sliding window bound each sequence's length. */
+  for (int s = 0; s < l->n_seq && l->prompt; s++) {
+    long total = (long)l->n_prompt + l->seq[s].n_resp;
+    if (total > r->max_len)
+      lp_error(r, line, "prompt + %s is %ld tokens, more than max_position_embeddings (%d)",
+               r->fields[l->seq[s].field], total, r->max_len);
+    else if (r->window > 0 && total > r->window)
+      lp_error(r, line, "prompt + %s is %ld tokens, more than the sliding window (%d)",
+               r->fields[l->seq[s].field], total, r->window);
+  }
+  cJSON_Delete(root);
+  if (r->errors != before) {
+    lp_line_free(l);
+    return -1;
+  }
+  return 0;
+}
+
+static long lp_line_tokens(const lp_line *l) {
+  long n = 0;
+  for (int s = 0; s < l->n_seq; s++) n += l->n_prompt + l->seq[s].n_resp;
+  return n;
+}
+
+/* Log-probs print with 9 significant digits: enough to round-trip a float. */
+static void lp_print_num(FILE *out, double x) {
+  if (isfinite(x)) fprintf(out, "%.9g", x);
+  else fputs("null", out);
+}
+
+/* One packed forward over lines [a, b); prints their results in order. */
+static int lp_forward(poc_model_f32 *model, const lp_run *r, const lp_line *lines, int a, int b,
+                      int32_t *tok, int32_t *seq_start, int32_t *tgt_start, float *logp, FILE *out) {
+  int n_seq = 0, n_tok = 0;
+  for (int i = a; i < b; i++)
+    for (int s = 0; s < lines[i].n_seq; s++) {
+      const lp_line *l = &lines[i];
+      seq_start[n_seq] = n_tok;
+      memcpy(tok + n_tok, l->prompt, (size_t)l->n_prompt * sizeof *tok);
+      n_tok += l->n_prompt;
+      tgt_start[n_seq] = n_tok;
+      memcpy(tok + n_tok, l->seq[s].resp, (size_t)l->seq[s].n_resp * sizeof *tok);
+      n_tok += l->seq[s].n_resp;
+      n_seq++;
+    }
+  seq_start[n_seq] = n_tok;
+  poc_pack pack = {n_seq, n_tok, tok, seq_start, tgt_start};
+  char err[POC_ERR_LEN];
+  if (poc_model_forward_f32(model, &pack, 0, logp, NULL, err)) {
+    fprintf(stderr, "poc logp: %s\n", err);
+    return 1;
+  }
+  int k = 0;
+  for (int i = a; i < b; i++) {
+    const lp_line *l = &lines[i];
+    fprintf(out, "{\"line\": %d", l->line);
+    for (int s = 0; s < l->n_seq; s++) {
+      double sum = 0;
+      for (int j = 0; j < l->seq[s].n_resp; j++) sum += logp[k + j];
+      fprintf(out, ", \"%s\": {\"sum\": ", r->fields[l->seq[s].field]);
+      lp_print_num(out, sum);
+      fputs(", \"tokens\": [", out);
+      for (int j = 0; j < l->seq[s].n_resp; j++) {
+        if (j) fputs(", ", out);
+        lp_print_num(out, logp[k + j]);
+      }
+      fputs("]}", out);
+      k += l->seq[s].n_resp;
+    }
+    fputs("}\n", out);
+  }
+  return 0;
+}
+
+static int lp_usage(void) {
+  fprintf(stderr, "usage: poc logp MODEL_DIR DATA.jsonl [--field NAME] [--backend cpu|cuda]\n");
+  return 2;
+}
+
+int poc_cmd_logp(int argc, char **argv) {
+  const char *dir = NULL, *data = NULL, *field = NULL, *backend = "cpu";
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--field") || !strcmp(argv[i], "--backend")) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "poc logp: %s needs a value\n", argv[i]);
+        return lp_usage();
+      }
+      if (!strcmp(argv[i], "--field")) field = argv[++i];
+      else backend = argv[++i];
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      fprintf(stderr, "poc logp: unknown option '%s'\n", argv[i]);
+      return lp_usage();
+    } else if (!dir) dir = argv[i];
+    else if (!data) data = argv[i];
+    else {
+      fprintf(stderr, "poc logp: unexpected argument '%s'\n", argv[i]);
+      return lp_usage();
+    }
+  }
+  if (!dir || !data) return lp_usage();
+  if (field && (!*field || !strcmp(field, "prompt"))) {
+    fprintf(stderr, "poc logp: --field must name a response field, not '%s'\n", field);
+    return 2;
+  }
+  int rc = mdl_check_backend("logp", backend);
+  if (rc) return rc;
+
+  FILE *in = fopen(data, "r");
+  if (!in) {
+    fprintf(stderr, "poc logp: %s: cannot open: %s\n", data, strerror(errno));
+    return 2;
+  }
+  mdl_loaded m;
+  if ((rc = mdl_load("logp", dir, &m))) {
+    fclose(in);
+    return rc;
+  }
+  const poc_config *cfg = &m.lay.cfg;
+  const char *one[1] = {field};
+  lp_run r = {data, cfg->vocab_size, cfg->max_position_embeddings, cfg->sliding_window,
+              field ? one : lp_default_fields, field ? 1 : 3, field != NULL, 0};
+
+  /* Every line is checked before any forward: bad data stops the run with nothing printed. */
+  lp_line *lines = NULL;
+  int n_lines = 0, cap = 0, lineno = 0;
+  long longest = 0;
+  char *buf = NULL;
+  size_t bufcap = 0;
+  ssize_t len;
+  while ((len = getline(&buf, &bufcap, in)) >= 0) {
+    lineno++;
+    size_t k = 0;
+    while (k < (size_t)len && (buf[k] == ' ' || buf[k] == '\t' || buf[k] == '\n' || buf[k] == '\r')) k++;
+    if (k == (size_t)len) continue;
+    if (n_lines == cap) {
+      cap = cap ? 2 * cap : 256;
+      lp_line *nl = realloc(lines, (size_t)cap * sizeof *nl);
+      if (!nl) {
+        fprintf(stderr, "poc logp: out of memory reading %s\n", data);
+        rc = 1;
+        break;
+      }
+      lines = nl;
+    }
+    if (lp_parse(&r, lineno, buf, (size_t)len, &lines[n_lines]) == 0) {
+      long t = lp_line_tokens(&lines[n_lines]);
+      if (t > longest) longest = t;
+      n_lines++;
+    }
+  }
+  int read_err = ferror(in);
+  free(buf);
+  fclose(in);
+  if (read_err && !rc) {
+    fprintf(stderr, "poc logp: %s: read error\n", data);
+    rc = 1;
+  }
+  if (!rc && r.errors) {
+    if (r.errors > MDL_MAX_REPORTED)
+      fprintf(stderr, "%s: %d more errors not shown\n", data, r.errors - MDL_MAX_REPORTED);
+    rc = 2;
+  }
+  if (!rc && longest > INT_MAX / 2) {
+    fprintf(stderr, "poc logp: %s: a line of %ld tokens is too long\n", data, longest);
+    rc = 2;
+  }
+
+  poc_model_f32 *model = NULL;
+  int budget = longest > MDL_PACK_TOKENS ? (int)longest : MDL_PACK_TOKENS;
+  int32_t *tok = NULL, *seq_start = NULL, *tgt_start = NULL;
+  float *logp = NULL;
+  if (!rc && n_lines) {
+    model = poc_model_new_f32(&m.lay, m.w, NULL, budget);
+    /* at most one sequence per two tokens: each needs a prompt token and a target */
+    tok = malloc((size_t)budget * sizeof *tok);
+    seq_start = malloc(((size_t)budget / 2 + 2) * sizeof *seq_start);
+    tgt_start = malloc(((size_t)budget / 2 + 2) * sizeof *tgt_start);
+    logp = malloc((size_t)budget * sizeof *logp);
+    if (!model || !tok || !seq_start || !tgt_start || !logp) {
+      fprintf(stderr, "poc logp: cannot allocate a model workspace for %d tokens\n", budget);
+      rc = 1;
+    }
+  }
+  /* Whole lines go into each pack, in file order, so output streams line by line. */
+  for (int a = 0; !rc && a < n_lines;) {
+    int b = a;
+    long used = 0;
+    while (b < n_lines && used + lp_line_tokens(&lines[b]) <= budget) used += lp_line_tokens(&lines[b++]);
+    rc = lp_forward(model, &r, lines, a, b, tok, seq_start, tgt_start, logp, stdout);
+    a = b;
+  }
+  if (!rc && fflush(stdout)) {
+    fprintf(stderr, "poc logp: cannot write the output: %s\n", strerror(errno));
+    rc = 1;
+  }
+  if (model) poc_model_free_f32(model);
+  free(tok);
+  free(seq_start);
+  free(tgt_start);
+  free(logp);
+  for (int i = 0; i < n_lines; i++) lp_line_free(&lines[i]);
+  free(lines);
+  mdl_unload(&m);
+  return rc;
+}
+
+/* ---- poc generate ---------------------------------------------------------------- */
+
+static int gen_usage(void) {
+  fprintf(stderr, "usage: poc generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] "
+                  "[--top-p P] [--seed N] [--backend cpu|cuda]\n");
+  return 2;
+}
+
+static int gen_number(const char *opt, const char *s, double lo, double hi, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (!*s || *end || errno || !(v >= lo && v <= hi)) {
+    fprintf(stderr, "poc generate: %s: '%s' is not a number in [%g, %g]\n", opt, s, lo, hi);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* "1,2,3" → ids, each an integer in [0, vocab). */
+static int32_t *gen_ids(const char *s, int vocab, int *n) {
+  int cap = 1;
+  for (const char *p = s; *p; p++) cap += *p == ',';
+  int32_t *ids = malloc((size_t)cap * sizeof *ids);
+  if (!ids) return NULL;
+  *n = 0;
+  const char *p = s;
+  for (;;) {
+    char *end;
+    errno = 0;
+    long v = strtol(p, &end, 10);
+    if (end == p || errno || (*end && *end != ',')) {
+      fprintf(stderr, "poc generate: --prompt-ids: '%s' is not a comma-separated list of token ids\n", s);
+      free(ids);
+      return NULL;
+    }
+    if (v < 0 || v >= vocab) {
+      fprintf(stderr, "poc generate: --prompt-ids: token id %ld is outside the vocabulary (0..%d)\n", v,
+              vocab - 1);
+      free(ids);
+      return NULL;
+    }
+    ids[(*n)++] = (int32_t)v;
+    if (!*end) break;
+    p = end + 1;
+  }
+  return ids;
+}
+
+int poc_cmd_generate(int argc, char **argv) {
+  const char *dir = NULL, *prompt_s = NULL, *backend = "cpu";
+  double tokens = 16, temperature = 0, top_p = 1, seed = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    int takes = !strcmp(a, "--prompt-ids") || !strcmp(a, "--tokens") || !strcmp(a, "--temperature") ||
+                !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "--backend");
+    if (takes && i + 1 >= argc) {
+      fprintf(stderr, "poc generate: %s needs a value\n", a);
+      return gen_usage();
+    }
+    if (!strcmp(a, "--prompt-ids")) prompt_s = argv[++i];
+    else if (!strcmp(a, "--backend")) backend = argv[++i];
+    else if (!strcmp(a, "--tokens")) {
+      if (gen_number(a, argv[++i], 0, 1 << 20, &tokens) || tokens != floor(tokens)) return gen_usage();
+    } else if (!strcmp(a, "--temperature")) {
+      if (gen_number(a, argv[++i], 0, 1e6, &temperature)) return 2;
+    } else if (!strcmp(a, "--top-p")) {
+      if (gen_number(a, argv[++i], 0, 1, &top_p)) return 2;
+      if (top_p <= 0) {
+        fprintf(stderr, "poc generate: --top-p must be greater than 0\n");
+        return 2;
+      }
+    } else if (!strcmp(a, "--seed")) {
+      if (gen_number(a, argv[++i], 0, 9007199254740991.0, &seed) || seed != floor(seed)) return gen_usage();
+    } else if (a[0] == '-' && a[1]) {
+      fprintf(stderr, "poc generate: unknown option '%s'\n", a);
+      return gen_usage();
+    } else if (!dir) dir = a;
+    else {
+      fprintf(stderr, "poc generate: unexpected argument '%s'\n", a);
+      return gen_usage();
+    }
+  }
+  if (!dir || !prompt_s) return gen_usage();
+  int rc = mdl_check_backend("generate", backend);
+  if (rc) return rc;
+  mdl_loaded m;
+  if ((rc = mdl_load("generate", dir, &m))) return rc;
+  const poc_config *cfg = &m.lay.cfg;
+  int n_prompt = 0, n_new = (int)tokens;
+  int32_t *prompt = gen_ids(prompt_s, cfg->vocab_size, &n_prompt);
+  if (!prompt) {
+    mdl_unload(&m);
+    return 2;
+  }
+  long total = (long)n_prompt + n_new;
+  int limit = cfg->sliding_window > 0 && cfg->sliding_window < cfg->max_position_embeddings
+                  ? cfg->sliding_window
+                  : cfg->max_position_embeddings;
+  if (total > limit) {
+    fprintf(stderr, "poc generate: %d prompt + %d new tokens exceed the model's %d positions\n", n_prompt,
+            n_new, limit);
+    free(prompt);
+    mdl_unload(&m);
+    return 2;
+  }
+  poc_model_f32 *model = poc_model_new_f32(&m.lay, m.w, NULL, (int)total);
+  int32_t *out = malloc(((size_t)n_new + 1) * sizeof *out);
+  char err[POC_ERR_LEN];
+  int n_out = -1;
+  if (!model || !out) fprintf(stderr, "poc generate: cannot allocate a model for %ld tokens\n", total);
+  else {
+    poc_rng rng;
+    poc_rng_seed(&rng, (uint64_t)seed);
+    n_out = poc_generate_f32(model, prompt, n_prompt, n_new, temperature, top_p, cfg->eos_token_id, &rng,
+                             out, err);
+    if (n_out < 0) fprintf(stderr, "poc generate: %s\n", err);
+  }
+  if (n_out >= 0) {
+    fputs("{\"prompt\": [", stdout);
+    for (int i = 0; i < n_prompt; i++) printf("%s%d", i ? ", " : "", prompt[i]);
+    fputs("], \"tokens\": [", stdout);
+    for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
+    fputs("]}\n", stdout);
+  }
+  if (model) poc_model_free_f32(model);
+  free(out);
+  free(prompt);
+  mdl_unload(&m);
+  return n_out >= 0 ? 0 : 1;
+}

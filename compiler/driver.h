@@ -1,0 +1,15 @@
+/* driver.h — the poc subcommands. main.c dispatches on argv[1]; each command lives in
+ * its own cmd_*.c file and returns the process exit status (0 ok, 1 runtime failure,
+ * 2 bad input or usage). */
+#ifndef POC_DRIVER_H
+#define POC_DRIVER_H
+
+int poc_cmd_check(int argc, char **argv);     /* cmd_check.c    */
+int poc_cmd_graph(int argc, char **argv);     /* cmd_graph.c    */
+int poc_cmd_probe(int argc, char **argv);     /* cmd_probe.c    */
+int poc_cmd_build(int argc, char **argv);     /* cmd_build.c    */
+int poc_cmd_run(int argc, char **argv);       /* cmd_build.c    */
+int poc_cmd_logp(int argc, char **argv);      /* cmd_model.c    */
+int poc_cmd_generate(int argc, char **argv);  /* cmd_model.c    */
+
+#endif

@@ -1,0 +1,46 @@
+/* main.c — the poc driver: one subcommand per stage a user can stop at. */
+#include <stdio.h>
+#include <string.h>
+
+#include "driver.h"
+
+static const struct {
+  const char *name;
+  int (*fn)(int, char **);
+  const char *usage;
+} commands[] = {
+    {"check", poc_cmd_check, "check FILE.po                 front end only; diagnostics, exit 0/2"},
+    {"graph", poc_cmd_graph, "graph FILE.po [--dot]         the IR before and after the passes"},
+    {"build", poc_cmd_build, "build FILE.po -o BIN [--unfused] [--arch sm_90,...]"},
+    {"run", poc_cmd_run, "run FILE.po [BIN flags]       build into a cache keyed by content hash, then run"},
+    {"probe", poc_cmd_probe, "probe FILE.po --inputs IN.json [--set k=v ...] | --template"},
+    {"logp", poc_cmd_logp, "logp MODEL_DIR DATA.jsonl [--field NAME] [--backend cpu|cuda]"},
+    {"generate", poc_cmd_generate,
+     "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N]"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "poc %s — a compiler for preference-optimization training\n\nusage:\n", POC_VERSION);
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  poc %s\n", commands[i].usage);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--version")) {
+    printf("poc %s\n", POC_VERSION);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "poc: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,2 @@
+#include "mt.h"
+int main(void) { return check_summary("todo"); }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what poc needs on Debian 12: the C toolchain, flex/bison, cJSON, OpenBLAS,
+# OpenMP, MPI, and (for the independent checks against Hugging Face) torch + transformers.
+# Safe to run again; skips what is already there. POC_NO_PYTHON_DEPS=1 skips torch.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+need=()
+for p in build-essential cmake ninja-build git flex bison pkg-config libcjson-dev \
+         libopenblas-dev libomp-dev clang python3 python3-pip; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+if [ "${POC_NO_PYTHON_DEPS:-0}" != 1 ]; then
+  if ! python3 -c 'import torch, transformers, safetensors, numpy' 2>/dev/null; then
+    python3 -m pip install --quiet --no-input torch transformers safetensors numpy \
+      || python3 -m pip install --quiet --no-input --break-system-packages \
+           torch transformers safetensors numpy
+  fi
+fi
