@@ -275,6 +275,7 @@ static int read_config(cfg_reader *r, poc_config *c) {
   if (get_bool(r, root, "tie_word_embeddings", 0, &c->tie_word_embeddings)) return -1;
   if (is_qwen2) c->attention_bias = 1;
   else if (is_llama && get_bool(r, root, "attention_bias", 0, &c->attention_bias)) return -1;
+  c->o_proj_bias = is_llama && c->attention_bias;
   if (read_window(r, c)) return -1;
   if (get_token(r, "bos_token_id", &c->bos_token_id) || get_token(r, "eos_token_id", &c->eos_token_id))
     return -1;

@@ -77,7 +77,7 @@ static void gen_step(model *m, gen_state *g, const int32_t *tok, int n, int p0) 
     FP(mdl_rope)(n, m->nh, m->hd, g->q, g->cosb, g->sinb);
     FP(mdl_rope)(n, m->nkv, m->hd, Kn, g->cosb, g->sinb);
     FP(mdl_attention)(n, m->nh, m->nkv, m->hd, g->q, K, Vc, g->kbeg, g->kend, g->att, g->lse);
-    FP(mdl_linear)(n, m->qd, H, g->att, m->w + o->wo, NULL, g->a);
+    FP(mdl_linear)(n, m->qd, H, g->att, m->w + o->wo, o->bo == MDL_NO_BIAS ? NULL : m->w + o->bo, g->a);
     for (size_t i = 0; i < nH; i++) g->x[i] += g->a[i];
     FP(mdl_rmsnorm)(n, H, g->x, m->w + o->ln2, m->eps, g->xn, NULL);
     FP(mdl_linear)(n, H, F, g->xn, m->w + o->wg, NULL, g->g);

@@ -40,7 +40,7 @@ void FP(head_fused_fwd)(int n, int H, int V, const real *h, const real *W,
       int c = V - v0 < chunk ? V - v0 : chunk;
       GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, rb, c, H, 1, h + (size_t)r0 * H, H,
            W + (size_t)v0 * H, H, 0, buf, c);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rb * c >= MDL_PAR_MIN)
       for (int r = 0; r < rb; r++) {
         const real *l = buf + (size_t)r * c;
         int i = r0 + r;
@@ -92,7 +92,7 @@ void FP(head_fused_bwd)(int n, int H, int V, const real *h, const real *W,
       int c = V - v0 < chunk ? V - v0 : chunk;
       GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, rb, c, H, 1, hb, H, W + (size_t)v0 * H, H,
            0, buf, c);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rb * c >= MDL_PAR_MIN)
       for (int r = 0; r < rb; r++) {
         real *l = buf + (size_t)r * c;
         int i = r0 + r;
@@ -117,7 +117,7 @@ void FP(head_fused_bwd)(int n, int H, int V, const real *h, const real *W,
 void FP(head_text_fwd)(int n, int H, int V, const real *h, const real *W, const int32_t *tgt,
                        real *logp, real *ent, real *logits) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, H, 1, h, H, W, H, 0, logits, V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * V >= MDL_PAR_MIN)
   for (int i = 0; i < n; i++) {
     real *l = logits + (size_t)i * V;
     real mx = l[0];
@@ -138,7 +138,7 @@ void FP(head_text_fwd)(int n, int H, int V, const real *h, const real *W, const 
 /* Textbook backward: with ls = log-softmax, p = e^{ls} and l − μ = ls − Σ p·ls. */
 void FP(head_text_bwd)(int n, int H, int V, const real *h, const real *W, const int32_t *tgt,
                        const real *dlogp, const real *dent, real *logsm, real *dh, real *dW) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * V >= MDL_PAR_MIN)
   for (int i = 0; i < n; i++) {
     real *l = logsm + (size_t)i * V;
     real g = dlogp ? dlogp[i] : 0, e = dent ? dent[i] : 0;

@@ -75,7 +75,7 @@ int poc_layout_init(poc_layout *lay, const poc_config *cfg, char *err) {
   const int64_t V = cfg->vocab_size, H = cfg->hidden_size, I = cfg->intermediate_size;
   const int64_t qd = (int64_t)cfg->num_attention_heads * cfg->head_dim;
   const int64_t kvd = (int64_t)cfg->num_key_value_heads * cfg->head_dim;
-  int per_layer = 9 + (cfg->attention_bias ? 3 : 0);
+  int per_layer = 9 + (cfg->attention_bias ? 3 : 0) + (cfg->o_proj_bias ? 1 : 0);
   int cap = 1 + cfg->num_hidden_layers * per_layer + 2;
   lay->tensors = calloc((size_t)cap, sizeof *lay->tensors);
   if (!lay->tensors) {
@@ -94,6 +94,7 @@ int poc_layout_init(poc_layout *lay, const poc_config *cfg, char *err) {
     lay_add(lay, LNAME("self_attn.v_proj.weight"), 2, kvd, H);
     if (cfg->attention_bias) lay_add(lay, LNAME("self_attn.v_proj.bias"), 1, kvd, 0);
     lay_add(lay, LNAME("self_attn.o_proj.weight"), 2, H, qd);
+    if (cfg->o_proj_bias) lay_add(lay, LNAME("self_attn.o_proj.bias"), 1, H, 0);
     lay_add(lay, LNAME("post_attention_layernorm.weight"), 1, H, 0);
     lay_add(lay, LNAME("mlp.gate_proj.weight"), 2, I, H);
     lay_add(lay, LNAME("mlp.up_proj.weight"), 2, I, H);

@@ -27,7 +27,7 @@ void FP(mdl_linear)(int T, int in, int out, const real *X, const real *W, const 
                     real *Y) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1, X, in, W, in, 0, Y, out);
   if (b) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * out >= MDL_PAR_MIN)
     for (int t = 0; t < T; t++)
       for (int j = 0; j < out; j++) Y[(size_t)t * out + j] += b[j];
   }
@@ -44,7 +44,7 @@ static void mdl_linear_bwd(int T, int in, int out, const real *X, const real *W,
 
 /* db_j += Σ_t dY[t][j]; parallel over columns so each sum runs in one fixed order. */
 static void mdl_colsum_acc(int T, int n, const real *dY, real *db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * n >= MDL_PAR_MIN)
   for (int j = 0; j < n; j++) {
     real s = 0;
     for (int t = 0; t < T; t++) s += dY[(size_t)t * n + j];
@@ -54,7 +54,7 @@ static void mdl_colsum_acc(int T, int n, const real *dY, real *db) {
 
 void FP(mdl_rmsnorm)(int T, int H, const real *x, const real *w, real eps, real *y,
                      real *rstd) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * H >= MDL_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const real *xr = x + (size_t)t * H;
     real *yr = y + (size_t)t * H;
@@ -70,7 +70,7 @@ void FP(mdl_rmsnorm)(int T, int H, const real *x, const real *w, real eps, real 
  *   dx_k += r·(w_k dy_k − x_k·r²/H · Σ_j w_j dy_j x_j),   dw_k += Σ_t dy_k x_k r. */
 static void mdl_rmsnorm_bwd(int T, int H, const real *x, const real *w, const real *rstd,
                             const real *dy, real *dx, real *dw) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * H >= MDL_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const real *xr = x + (size_t)t * H, *dyr = dy + (size_t)t * H;
     real *dxr = dx + (size_t)t * H;
@@ -79,7 +79,7 @@ static void mdl_rmsnorm_bwd(int T, int H, const real *x, const real *w, const re
     real c = dot * r * r / H;
     for (int j = 0; j < H; j++) dxr[j] += r * (w[j] * dyr[j] - xr[j] * c);
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * H >= MDL_PAR_MIN)
   for (int j = 0; j < H; j++) {
     real s = 0;
     for (int t = 0; t < T; t++) s += dy[(size_t)t * H + j] * x[(size_t)t * H + j] * rstd[t];
@@ -93,7 +93,7 @@ static void mdl_rmsnorm_bwd(int T, int H, const real *x, const real *w, const re
 static void mdl_rope_dir(int T, int nheads, int hd, real *x, const real *cosb,
                          const real *sinb, real dir) {
   int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * nheads * hd >= MDL_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int h = 0; h < nheads; h++) {
       real *xh = x + ((size_t)t * nheads + h) * hd;
@@ -112,7 +112,7 @@ void FP(mdl_rope)(int T, int nheads, int hd, real *x, const real *cosb, const re
 
 void FP(mdl_rope_tables)(const model *m, int T, const int32_t *pos, real *cosb, real *sinb) {
   int half = m->hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * half >= MDL_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int i = 0; i < half; i++) {
       double a = (double)pos[t] * m->inv_freq[i];
@@ -153,7 +153,7 @@ void FP(mdl_attention)(int T, int nh, int nkv, int hd, const real *q, const real
                        real *lse) {
   const int grp = nh / nkv, qd = nh * hd, kvd = nkv * hd;
   const real scale = 1 / R_SQRT((real)hd);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * nh * hd * 8 >= MDL_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int h = 0; h < nh; h++) {
       const real *qi = q + (size_t)t * qd + (size_t)h * hd;
@@ -195,7 +195,7 @@ static void mdl_attention_bwd(const model *m, int T, const real *q, const real *
   const int nh = m->nh, nkv = m->nkv, hd = m->hd, grp = nh / nkv, qd = m->qd, kvd = m->kvd;
   const int32_t *kbeg = m->kbeg, *kend = m->kend;
   const real scale = 1 / R_SQRT((real)hd);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd >= MDL_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int h = 0; h < nh; h++) {
       const real *a = dO + (size_t)t * qd + (size_t)h * hd, *b = o + (size_t)t * qd + (size_t)h * hd;
@@ -203,7 +203,7 @@ static void mdl_attention_bwd(const model *m, int T, const real *q, const real *
       for (int d = 0; d < hd; d++) s += a[d] * b[d];
       D[(size_t)t * nh + h] = s;
     }
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd * 8 >= MDL_PAR_MIN)
   for (int i = 0; i < T; i++)
     for (int h = 0; h < nh; h++) {
       size_t qo = (size_t)i * qd + (size_t)h * hd, koff = (size_t)(h / grp) * hd;
@@ -221,7 +221,7 @@ static void mdl_attention_bwd(const model *m, int T, const real *q, const real *
         for (int d = 0; d < hd; d++) dqi[d] += ds * kj[d];
       }
     }
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd * 8 >= MDL_PAR_MIN)
   for (int j = 0; j < T; j++)
     for (int g = 0; g < nkv; g++) {
       size_t ko = (size_t)j * kvd + (size_t)g * hd;
@@ -249,14 +249,14 @@ static void mdl_attention_bwd(const model *m, int T, const real *q, const real *
 
 /* SwiGLU: a = silu(g)·u with silu(g) = g·σ(g). */
 void FP(mdl_swiglu)(size_t n, const real *g, const real *u, real *a) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= MDL_PAR_MIN)
   for (size_t i = 0; i < n; i++) a[i] = g[i] / (1 + R_EXP(-g[i])) * u[i];
 }
 
 /* silu'(g) = σ(g)·(1 + g·(1 − σ(g))):  dg = da·u·silu'(g),  du = da·silu(g). */
 static void mdl_swiglu_bwd(size_t n, const real *g, const real *u, const real *da, real *dg,
                            real *du) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= MDL_PAR_MIN)
   for (size_t i = 0; i < n; i++) {
     real sg = 1 / (1 + R_EXP(-g[i]));
     dg[i] = da[i] * u[i] * sg * (1 + g[i] * (1 - sg));
@@ -377,6 +377,7 @@ model *FP(poc_model_new)(const poc_layout *lay, real *w, real *grad, int max_tok
     OFF(bq, "self_attn.q_proj.bias", c->attention_bias);
     OFF(bk, "self_attn.k_proj.bias", c->attention_bias);
     OFF(bv, "self_attn.v_proj.bias", c->attention_bias);
+    OFF(bo, "self_attn.o_proj.bias", c->o_proj_bias);
     OFF(ln2, "post_attention_layernorm.weight", 1);
     OFF(wg, "mlp.gate_proj.weight", 1);
     OFF(wu, "mlp.up_proj.weight", 1);
@@ -472,16 +473,16 @@ static void mdl_layer_fwd(model *m, int l, int T, FP(mdl_saved) *S, real *out) {
   FP(mdl_rope)(T, m->nkv, m->hd, S->k, m->cosb, m->sinb);
   FP(mdl_attention)(T, m->nh, m->nkv, m->hd, S->q, S->k, S->v, m->kbeg, m->kend, S->att,
                     S->lse);
-  FP(mdl_linear)(T, m->qd, H, S->att, WP(o->wo), NULL, m->s_a);
+  FP(mdl_linear)(T, m->qd, H, S->att, WP(o->wo), BIAS(o->bo), m->s_a);
   size_t TH = (size_t)T * H;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TH >= MDL_PAR_MIN)
   for (size_t i = 0; i < TH; i++) S->h1[i] = S->x[i] + m->s_a[i];
   FP(mdl_rmsnorm)(T, H, S->h1, WP(o->ln2), m->eps, m->s_xn, S->rstd2);
   FP(mdl_linear)(T, H, F, m->s_xn, WP(o->wg), NULL, S->g);
   FP(mdl_linear)(T, H, F, m->s_xn, WP(o->wu), NULL, S->u);
   FP(mdl_swiglu)((size_t)T * F, S->g, S->u, m->s_i0);
   FP(mdl_linear)(T, F, H, m->s_i0, WP(o->wd), NULL, m->s_a);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (TH >= MDL_PAR_MIN)
   for (size_t i = 0; i < TH; i++) out[i] = S->h1[i] + m->s_a[i];
 }
 
@@ -512,7 +513,7 @@ int FP(poc_model_forward)(model *m, const poc_pack *p, int flags, real *logp, re
   /* embedding lookup */
   real *x0 = m->sv[0].x;
   const real *E = WP(m->off_embed);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * H >= MDL_PAR_MIN)
   for (int t = 0; t < T; t++)
     memcpy(x0 + (size_t)t * H, E + (size_t)p->tokens[t] * H, (size_t)H * sizeof(real));
 
@@ -524,7 +525,7 @@ int FP(poc_model_forward)(model *m, const poc_pack *p, int flags, real *logp, re
 
   /* final norm on the rows that predict a target, then the head */
   if (n > 0) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * H >= MDL_PAR_MIN)
     for (int i = 0; i < n; i++)
       memcpy(m->s_b + (size_t)i * H, m->xf + (size_t)m->hrow[i] * H, (size_t)H * sizeof(real));
     FP(mdl_rmsnorm)(n, H, m->s_b, WP(m->off_norm), m->eps, m->hf, m->rstdf);
@@ -558,6 +559,7 @@ static void mdl_layer_bwd(model *m, int l, int T, const FP(mdl_saved) *S, real *
   mdl_rmsnorm_bwd(T, H, S->h1, WP(o->ln2), S->rstd2, m->s_b, dX, GP(o->ln2));
   /* attention: dX is now dL/dh1 */
   mdl_linear_bwd(T, m->qd, H, S->att, WP(o->wo), dX, GP(o->wo), m->s_att, 0);
+  if (o->bo != MDL_NO_BIAS) mdl_colsum_acc(T, H, dX, GP(o->bo));
   mdl_attention_bwd(m, T, S->q, S->k, S->v, S->att, S->lse, m->s_att, m->s_q, m->s_k, m->s_v,
                     m->s_D);
   mdl_rope_dir(T, m->nh, m->hd, m->s_q, m->cosb, m->sinb, -1);
@@ -596,12 +598,12 @@ int FP(poc_model_backward)(model *m, const poc_pack *p, const real *dlogp, const
                          dentropy, m->s_a, gW, m->hscratch);
     /* final norm, on the gathered rows, then scattered back (each row predicts one
        target, so no two targets share a row) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * H >= MDL_PAR_MIN)
     for (int i = 0; i < n; i++)
       memcpy(m->s_b + (size_t)i * H, m->xf + (size_t)m->hrow[i] * H, (size_t)H * sizeof(real));
     memset(m->s_xn, 0, (size_t)n * H * sizeof(real));
     mdl_rmsnorm_bwd(n, H, m->s_b, WP(m->off_norm), m->rstdf, m->s_a, m->s_xn, GP(m->off_norm));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * H >= MDL_PAR_MIN)
     for (int i = 0; i < n; i++)
       memcpy(dX + (size_t)m->hrow[i] * H, m->s_xn + (size_t)i * H, (size_t)H * sizeof(real));
   }
@@ -610,7 +612,7 @@ int FP(poc_model_backward)(model *m, const poc_pack *p, const real *dlogp, const
   /* embedding: dE[token] += dx over the rows holding it; columns in parallel so each
      sum runs in row order */
   real *gE = GP(m->off_embed);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * H >= MDL_PAR_MIN)
   for (int j = 0; j < H; j++)
     for (int t = 0; t < T; t++) gE[(size_t)p->tokens[t] * H + j] += dX[(size_t)t * H + j];
   return 0;

@@ -37,6 +37,8 @@ typedef struct poc_config {
   int rope_original_max_position;
   int tie_word_embeddings;
   int attention_bias;            /* q/k/v biases (qwen2 always, llama when set) */
+  int o_proj_bias;               /* an o_proj bias too: llama's attention_bias adds all
+                                    four, qwen2's q/k/v bias leaves o_proj without */
   int sliding_window;            /* mistral; 0 = none. Longer sequences are refused. */
   int bos_token_id, eos_token_id;/* -1 when absent */
   char torch_dtype[16];          /* "bfloat16", "float16", "float32" */

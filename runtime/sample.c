@@ -20,12 +20,12 @@ static int smp_cmp(const void *a, const void *b) {
  * token whose running sum exceeds u. */
 int poc_sample_top_p(const double *p, int V, double top_p, poc_rng *rng) {
   smp_entry *e = malloc((size_t)V * sizeof *e);
-  double total = 0;
+  double total = 0, pbest = 0;
   int best = 0;
   for (int v = 0; v < V; v++) {
-    double pv = p[v] > 0 ? p[v] : 0;
+    double pv = p[v] > 0 ? p[v] : 0; /* NaN and negatives count as zero */
     total += pv;
-    if (pv > (p[best] > 0 ? p[best] : 0)) best = v;
+    if (pv > pbest) pbest = pv, best = v;
   }
   if (!e || !(total > 0)) {
     /* no memory for the ranking, or a degenerate distribution: the most likely token */

@@ -25,6 +25,7 @@ static poc_config tiny(const char *type, int tied, int bias) {
   c.rms_norm_eps = 1e-5;
   c.tie_word_embeddings = tied;
   c.attention_bias = bias;
+  c.o_proj_bias = bias && !strcmp(type, "llama"); /* as config.json reads back */
   c.bos_token_id = 1;
   c.eos_token_id = 2;
   snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
