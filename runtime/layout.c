@@ -106,6 +106,57 @@ int poc_layout_init(poc_layout *lay, const poc_config *cfg, char *err) {
   return 0;
 }
 
+static size_t lay_off(const poc_layout *lay, const char *name, int required, const char **missing) {
+  const poc_tensor_info *t = poc_layout_find(lay, name);
+  if (t) return t->offset;
+  if (required && !*missing) *missing = name;
+  return POC_NO_TENSOR;
+}
+
+int poc_layout_offsets(const poc_layout *lay, poc_model_offsets *mo, char *err) {
+  const poc_config *c = &lay->cfg;
+  const char *missing = NULL;
+  char nm[8][96];  /* the names checked last stay valid for the message */
+  memset(mo, 0, sizeof *mo);
+  mo->n_layers = c->num_hidden_layers;
+  mo->layers = calloc((size_t)(mo->n_layers > 0 ? mo->n_layers : 1), sizeof *mo->layers);
+  if (!mo->layers) {
+    snprintf(err, POC_ERR_LEN, "model layout: out of memory");
+    return -1;
+  }
+  mo->embed = lay_off(lay, "model.embed_tokens.weight", 1, &missing);
+  mo->norm = lay_off(lay, "model.norm.weight", 1, &missing);
+  mo->head = c->tie_word_embeddings ? mo->embed : lay_off(lay, "lm_head.weight", 1, &missing);
+  for (int l = 0; l < mo->n_layers && !missing; l++) {
+    poc_layer_offsets *o = &mo->layers[l];
+    int k = 0;
+#define OFF(field, suffix, req)                                            \
+  (snprintf(nm[k & 7], sizeof nm[0], "model.layers.%d.%s", l, suffix),     \
+   o->field = lay_off(lay, nm[k & 7], req, &missing), k++)
+    OFF(ln1, "input_layernorm.weight", 1);
+    OFF(wq, "self_attn.q_proj.weight", 1);
+    OFF(wk, "self_attn.k_proj.weight", 1);
+    OFF(wv, "self_attn.v_proj.weight", 1);
+    OFF(wo, "self_attn.o_proj.weight", 1);
+    OFF(bq, "self_attn.q_proj.bias", c->attention_bias);
+    OFF(bk, "self_attn.k_proj.bias", c->attention_bias);
+    OFF(bv, "self_attn.v_proj.bias", c->attention_bias);
+    OFF(bo, "self_attn.o_proj.bias", c->o_proj_bias);
+    OFF(ln2, "post_attention_layernorm.weight", 1);
+    OFF(wg, "mlp.gate_proj.weight", 1);
+    OFF(wu, "mlp.up_proj.weight", 1);
+    OFF(wd, "mlp.down_proj.weight", 1);
+#undef OFF
+  }
+  if (missing) {
+    snprintf(err, POC_ERR_LEN, "model layout: no tensor '%.200s'", missing);
+    free(mo->layers);
+    mo->layers = NULL;
+    return -1;
+  }
+  return 0;
+}
+
 void poc_layout_free(poc_layout *lay) {
   free(lay->tensors);
   lay->tensors = NULL;

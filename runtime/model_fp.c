@@ -324,15 +324,6 @@ static void mdl_carve(model *m, mdl_carver *cv) {
   }
 }
 
-static size_t mdl_off(const poc_layout *lay, const char *name, int required, int *ok) {
-  const poc_tensor_info *t = poc_layout_find(lay, name);
-  if (!t) {
-    if (required) *ok = 0;
-    return MDL_NO_BIAS;
-  }
-  return t->offset;
-}
-
 model *FP(poc_model_new)(const poc_layout *lay, real *w, real *grad, int max_tokens) {
   const poc_config *c = &lay->cfg;
   if (max_tokens <= 0 || !w) return NULL;
@@ -360,31 +351,14 @@ model *FP(poc_model_new)(const poc_layout *lay, real *w, real *grad, int max_tok
   if (!m->inv_freq || !m->lo || !m->sv) goto fail;
   mdl_rope_freqs(c, m->inv_freq);
 
-  int ok = 1;
-  char nm[128];
-  m->off_embed = mdl_off(lay, "model.embed_tokens.weight", 1, &ok);
-  m->off_norm = mdl_off(lay, "model.norm.weight", 1, &ok);
-  m->off_head = c->tie_word_embeddings ? m->off_embed : mdl_off(lay, "lm_head.weight", 1, &ok);
-  for (int l = 0; l < m->L; l++) {
-    FP(mdl_layer_off) *o = &m->lo[l];
-#define OFF(field, suffix, req)                                                 \
-  (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix), o->field = mdl_off(lay, nm, req, &ok))
-    OFF(ln1, "input_layernorm.weight", 1);
-    OFF(wq, "self_attn.q_proj.weight", 1);
-    OFF(wk, "self_attn.k_proj.weight", 1);
-    OFF(wv, "self_attn.v_proj.weight", 1);
-    OFF(wo, "self_attn.o_proj.weight", 1);
-    OFF(bq, "self_attn.q_proj.bias", c->attention_bias);
-    OFF(bk, "self_attn.k_proj.bias", c->attention_bias);
-    OFF(bv, "self_attn.v_proj.bias", c->attention_bias);
-    OFF(bo, "self_attn.o_proj.bias", c->o_proj_bias);
-    OFF(ln2, "post_attention_layernorm.weight", 1);
-    OFF(wg, "mlp.gate_proj.weight", 1);
-    OFF(wu, "mlp.up_proj.weight", 1);
-    OFF(wd, "mlp.down_proj.weight", 1);
-#undef OFF
-  }
-  if (!ok) goto fail;
+  poc_model_offsets mo;
+  char oerr[POC_ERR_LEN];
+  if (poc_layout_offsets(lay, &mo, oerr)) goto fail;
+  m->off_embed = mo.embed;
+  m->off_norm = mo.norm;
+  m->off_head = mo.head;
+  memcpy(m->lo, mo.layers, (size_t)m->L * sizeof *m->lo);
+  free(mo.layers);
 
   mdl_carver cv = {NULL, 0};
   mdl_carve(m, &cv);

@@ -14,15 +14,13 @@
 #include "fp.h"
 #include "pocrt.h"
 
-#define MDL_NO_BIAS ((size_t)-1)
+#define MDL_NO_BIAS POC_NO_TENSOR
 /* Loops with less work than this (in multiply-adds, roughly) run on one thread: waking a
  * team costs more than they do. */
 #define MDL_PAR_MIN ((size_t)1 << 15)
 
 /* Offsets of one layer's tensors in the flat parameter array (MDL_NO_BIAS when absent). */
-typedef struct FP(mdl_layer_off) {
-  size_t ln1, wq, bq, wk, bk, wv, bv, wo, bo, ln2, wg, wu, wd;
-} FP(mdl_layer_off);
+typedef poc_layer_offsets FP(mdl_layer_off);
 
 /* What one layer keeps from forward for backward (pointers into the arena). */
 typedef struct FP(mdl_saved) {

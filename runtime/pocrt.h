@@ -70,6 +70,19 @@ typedef struct poc_layout {
 } poc_layout;
 
 int poc_layout_init(poc_layout *lay, const poc_config *cfg, char *err);
+
+/* Where each model's tensors sit in the flat array, looked up once by name so every
+ * backend reads the same layout. POC_NO_TENSOR marks an absent bias. */
+#define POC_NO_TENSOR ((size_t)-1)
+typedef struct poc_layer_offsets {
+  size_t ln1, wq, bq, wk, bk, wv, bv, wo, bo, ln2, wg, wu, wd;
+} poc_layer_offsets;
+typedef struct poc_model_offsets {
+  size_t embed, norm, head;      /* head == embed when the embeddings are tied */
+  int n_layers;
+  poc_layer_offsets *layers;     /* [n_layers], malloc'd: free() it */
+} poc_model_offsets;
+int poc_layout_offsets(const poc_layout *lay, poc_model_offsets *o, char *err);
 void poc_layout_free(poc_layout *lay);
 const poc_tensor_info *poc_layout_find(const poc_layout *lay, const char *name);
 

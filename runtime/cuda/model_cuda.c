@@ -22,14 +22,12 @@
 
 #include "cuda_internal.h"
 
-#define MC_NO_BIAS ((size_t)-1)
+#define MC_NO_BIAS POC_NO_TENSOR
 #define MC_SLICES 64          /* column-sum partial slices */
 #define MC_NORM_BLOCKS 1024   /* gradient-norm partial sums */
 #define MC_HEAD_CHUNK 4096    /* vocabulary columns per fused-head GEMM */
 
-typedef struct {
-  size_t ln1, wq, bq, wk, bk, wv, bv, wo, ln2, wg, wu, wd;
-} mc_layer_off;
+typedef poc_layer_offsets mc_layer_off;
 
 typedef struct {
   CUdeviceptr x, rstd1, q, k, v, att, lse, h1, rstd2, g, u;
@@ -253,15 +251,6 @@ static void mc_model_free(poc_bmodel *bm) {
   free(m);
 }
 
-static size_t mc_off(const poc_layout *lay, const char *name, int required, int *ok) {
-  const poc_tensor_info *t = poc_layout_find(lay, name);
-  if (!t) {
-    if (required) *ok = 0;
-    return MC_NO_BIAS;
-  }
-  return t->offset;
-}
-
 /* RoPE angles for positions [0, max_tokens): inv_freq as the CPU model computes it
  * (llama3 scaling included), cos and sin in double, stored as fp32. */
 static int mc_rope_tables(mc_model *m, const poc_config *c, char *err) {
@@ -376,31 +365,15 @@ static poc_bmodel *mc_model_new(poc_backend *pb, const poc_layout *lay, const fl
     snprintf(err, POC_ERR_LEN, "cuda: out of memory");
     goto fail;
   }
-  int ok = 1;
-  char nm[128];
-  m->off_embed = mc_off(lay, "model.embed_tokens.weight", 1, &ok);
-  m->off_norm = mc_off(lay, "model.norm.weight", 1, &ok);
-  m->off_head = c->tie_word_embeddings ? m->off_embed : mc_off(lay, "lm_head.weight", 1, &ok);
-  for (int l = 0; l < m->L; l++) {
-    mc_layer_off *o = &m->lo[l];
-#define OFF(field, suffix, req) \
-  (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix), o->field = mc_off(lay, nm, req, &ok))
-    OFF(ln1, "input_layernorm.weight", 1);
-    OFF(wq, "self_attn.q_proj.weight", 1);
-    OFF(wk, "self_attn.k_proj.weight", 1);
-    OFF(wv, "self_attn.v_proj.weight", 1);
-    OFF(wo, "self_attn.o_proj.weight", 1);
-    OFF(bq, "self_attn.q_proj.bias", c->attention_bias);
-    OFF(bk, "self_attn.k_proj.bias", c->attention_bias);
-    OFF(bv, "self_attn.v_proj.bias", c->attention_bias);
-    OFF(ln2, "post_attention_layernorm.weight", 1);
-    OFF(wg, "mlp.gate_proj.weight", 1);
-    OFF(wu, "mlp.up_proj.weight", 1);
-    OFF(wd, "mlp.down_proj.weight", 1);
-#undef OFF
-  }
-  if (!ok) {
-    snprintf(err, POC_ERR_LEN, "cuda: the layout lacks some of the model's tensors");
+  poc_model_offsets mo;
+  if (poc_layout_offsets(lay, &mo, err)) goto fail;
+  m->off_embed = mo.embed;
+  m->off_norm = mo.norm;
+  m->off_head = mo.head;
+  memcpy(m->lo, mo.layers, (size_t)m->L * sizeof *m->lo);
+  free(mo.layers);
+  if (c->o_proj_bias) {  /* Llama's attention_bias: the kernels add q/k/v biases only */
+    snprintf(err, POC_ERR_LEN, "cuda: an o_proj bias (llama attention_bias) is not supported yet");
     goto fail;
   }
   mc_carver cv = {0, 0};

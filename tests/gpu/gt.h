@@ -11,33 +11,13 @@
 
 #include "backend.h"
 #include "check.h"
+#include "../model/mt.h"
 
+/* The model tests' tiny configurations, with room for longer packs. */
 static inline poc_config gt_config(int H, int F, int V, int L, int nh, int nkv, int hd, int bias,
                                    int tied, int llama3) {
-  poc_config c;
-  memset(&c, 0, sizeof c);
-  snprintf(c.model_type, sizeof c.model_type, "%s", bias ? "qwen2" : "llama");
-  c.vocab_size = V;
-  c.hidden_size = H;
-  c.intermediate_size = F;
-  c.num_hidden_layers = L;
-  c.num_attention_heads = nh;
-  c.num_key_value_heads = nkv;
-  c.head_dim = hd;
+  poc_config c = mt_config(H, F, V, L, nh, nkv, hd, bias, tied, llama3);
   c.max_position_embeddings = 512;
-  c.rope_theta = 10000;
-  c.rms_norm_eps = 1e-5;
-  c.tie_word_embeddings = tied;
-  c.attention_bias = bias;
-  c.bos_token_id = c.eos_token_id = -1;
-  snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
-  if (llama3) {
-    c.rope_llama3 = 1;
-    c.rope_factor = 8;
-    c.rope_low_freq_factor = 1;
-    c.rope_high_freq_factor = 4;
-    c.rope_original_max_position = 64;
-  }
   return c;
 }
 
