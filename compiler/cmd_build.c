@@ -1,18 +1,492 @@
-/* cmd_build.c — poc build / poc run: placeholder until the back end lands. */
-#include <stdio.h>
+/* cmd_build.c — `poc build FILE.po -o BIN [--unfused] [--no-hoist] [--arch sm_90,...]
+ * [--emit-c DIR]` and `poc run FILE.po [BIN flags]`.
+ *
+ *   parse → check → lower → ir_pipeline (fold, cse, dce, hoist, separability, autodiff,
+ *   ... batch) → emit plan.c + kernels.c into a work directory → cc -O2 with the runtime's
+ *   headers, linked with libpocrt.a and what it needs (OpenBLAS, cJSON, OpenMP, libm, and
+ *   the CUDA libraries when libpocrt was built with them).
+ *
+ * The link line mirrors the one CMake used for libpocrt: the library paths are read from
+ * the build tree's CMakeCache.txt (POC_BINARY_DIR), with plain -l names as the fallback.
+ * The compiler is $CC (words split at spaces), else cc; it runs without a shell.
+ *
+ * `poc run` builds into a cache ($POC_CACHE_DIR, else $XDG_CACHE_HOME/poc, else
+ * ~/.cache/poc) under a name that hashes the source text, poc's version, the build flags
+ * and libpocrt.a's size and modification time (rebuilding poc's runtime invalidates it),
+ * writing to a temporary name and renaming, then execs the binary with the remaining
+ * arguments. POC_KEEP_C=1 keeps the generated sources and says where. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include "codegen.h"
 #include "driver.h"
+#include "ir.h"
+
+typedef struct build_opts {
+  const char *file, *out, *emit_dir, *arch;
+  bool unfused, no_hoist;
+} build_opts;
+
+/* ---- argument vectors ------------------------------------------------------------- */
+
+typedef struct argv_t {
+  char **v;
+  int n, cap;
+} argv_t;
+
+static void arg_push(argv_t *a, const char *s) {
+  if (a->n + 2 > a->cap) {
+    a->cap = a->cap ? a->cap * 2 : 32;
+    a->v = realloc(a->v, (size_t)a->cap * sizeof *a->v);
+    if (!a->v) exit(1);
+  }
+  a->v[a->n] = strdup(s);
+  if (!a->v[a->n]) exit(1);
+  a->v[++a->n] = NULL;
+}
+
+static void arg_free(argv_t *a) {
+  for (int i = 0; i < a->n; i++) free(a->v[i]);
+  free(a->v);
+}
+
+/* ---- the link line ---------------------------------------------------------------- */
+
+/* The value of KEY in POC_BINARY_DIR/CMakeCache.txt ("KEY:TYPE=value"), malloc'd. */
+static char *cmake_cache(const char *key) {
+  FILE *f = fopen(POC_BINARY_DIR "/CMakeCache.txt", "r");
+  if (!f) return NULL;
+  char line[4096];
+  char *val = NULL;
+  size_t kl = strlen(key);
+  while (!val && fgets(line, sizeof line, f)) {
+    if (strncmp(line, key, kl) || line[kl] != ':') continue;
+    char *eq = strchr(line, '=');
+    if (!eq) continue;
+    eq[strcspn(eq, "\r\n")] = 0;
+    if (eq[1] && !strstr(eq + 1, "NOTFOUND")) val = strdup(eq + 1);
+  }
+  fclose(f);
+  return val;
+}
+
+static bool exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+static void push_lib(argv_t *a, const char *key, const char *fallback) {
+  char *v = cmake_cache(key);
+  if (v) {
+    /* a shared library outside the default paths needs its directory at run time */
+    char *slash = strrchr(v, '/');
+    if (slash && strstr(v, ".so")) {
+      char rp[4200];
+      snprintf(rp, sizeof rp, "-Wl,-rpath,%.*s", (int)(slash - v), v);
+      arg_push(a, rp);
+    }
+    arg_push(a, v);
+    free(v);
+  } else if (fallback) {
+    arg_push(a, fallback);
+  }
+}
+
+static const char *pocrt_lib(void) { return POC_BINARY_DIR "/runtime/libpocrt.a"; }
+static const char *pocrt_cuda_lib(void) { return POC_BINARY_DIR "/runtime/cuda/libpocrt_cuda.a"; }
+
+static void cc_command(argv_t *a) {
+  const char *cc = getenv("CC");
+  if (!cc || !*cc) cc = "cc";
+  char *copy = strdup(cc);
+  if (!copy) exit(1);
+  for (char *tok = strtok(copy, " \t"); tok; tok = strtok(NULL, " \t")) arg_push(a, tok);
+  free(copy);
+}
+
+/* cc -std=c11 -O2 -I... plan.c kernels.c libpocrt.a ... -o out */
+static void link_line(argv_t *a, const char *dir, const char *out) {
+  char path[4200];
+  cc_command(a);
+  arg_push(a, "-std=c11");
+  arg_push(a, "-O2");
+  arg_push(a, "-fopenmp");
+  char *san = cmake_cache("POC_SANITIZE");
+  if (san && (!strcmp(san, "ON") || !strcmp(san, "1") || !strcmp(san, "TRUE")))
+    arg_push(a, "-fsanitize=address,undefined"); /* libpocrt's objects are instrumented */
+  free(san);
+  arg_push(a, "-I" POC_SOURCE_DIR "/runtime");
+  snprintf(path, sizeof path, "%s/plan.c", dir);
+  arg_push(a, path);
+  snprintf(path, sizeof path, "%s/kernels.c", dir);
+  arg_push(a, path);
+  arg_push(a, "-o");
+  arg_push(a, out);
+  bool cuda = exists(pocrt_cuda_lib());
+  if (cuda) arg_push(a, "-Wl,--start-group"); /* pocrt and pocrt_cuda call each other */
+  arg_push(a, pocrt_lib());
+  if (cuda) {
+    arg_push(a, pocrt_cuda_lib());
+    arg_push(a, "-Wl,--end-group");
+    push_lib(a, "CUDA_nvrtc_LIBRARY", "-lnvrtc");
+    push_lib(a, "CUDA_cublas_LIBRARY", "-lcublas");
+    push_lib(a, "CUDA_cublasLt_LIBRARY", NULL);
+    arg_push(a, "-ldl");
+  }
+  push_lib(a, "OPENBLAS_LIB", "-lopenblas");
+  push_lib(a, "pkgcfg_lib_CJSON_cjson", "-lcjson");
+  arg_push(a, "-lm");
+  arg_push(a, "-lpthread");
+}
+
+/* Runs argv with stdout and stderr into log; returns the exit status (-1: not run). */
+static int run_logged(char *const *argv, const char *log) {
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+    execvp(argv[0], argv);
+    fprintf(stderr, "cannot run '%s': %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  int st;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static void print_file(const char *path, FILE *to) {
+  FILE *f = fopen(path, "r");
+  if (!f) return;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, to);
+  fclose(f);
+}
+
+static void remove_dir(const char *dir) {
+  static const char *const names[] = {"plan.c", "kernels.c", "cc.log"};
+  char path[4200];
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
+/* ---- the front and the generator ---------------------------------------------------- */
+
+static int write_sources(const build_opts *o, const char *dir, const char *cc_shown) {
+  po_diag *d = po_diag_new(stderr);
+  po_source *src = po_source_read(o->file, d);
+  po_program *prog = src ? po_parse(src, d) : NULL;
+  if (prog) po_check(prog, d);
+  ir_graph *g = prog && !po_diag_errors(d) ? ir_lower(prog, d) : NULL;
+  if (!g || po_diag_errors(d)) {
+    po_diag_free(d);
+    ir_free(g);
+    return 2;
+  }
+  char err[512];
+  if (ir_pipeline(g, NULL, err, sizeof err)) {
+    fprintf(stderr, "%s: internal error: %s\n", o->file, err);
+    po_diag_free(d);
+    ir_free(g);
+    return 1;
+  }
+  cg_options opt = {.unfused = o->unfused, .no_hoist = o->no_hoist, .cc_line = cc_shown};
+  cg_prog p;
+  int rc = 0;
+  if (cg_prepare(&p, prog, g, &opt, d)) rc = 2;
+  char path[4200];
+  for (int k = 0; rc == 0 && k < 2; k++) {
+    snprintf(path, sizeof path, "%s/%s", dir, k ? "kernels.c" : "plan.c");
+    FILE *f = fopen(path, "w");
+    if (!f) {
+      fprintf(stderr, "poc build: cannot write %s: %s\n", path, strerror(errno));
+      rc = 1;
+      break;
+    }
+    if (k ? cg_emit_kernels(f, &p, d) : cg_emit_plan(f, &p, d)) rc = 2;
+    if (fclose(f)) {
+      fprintf(stderr, "poc build: cannot write %s: %s\n", path, strerror(errno));
+      rc = 1;
+    }
+  }
+  cg_release(&p);
+  po_diag_free(d);
+  ir_free(g);
+  return rc;
+}
+
+static int check_arch(const build_opts *o) {
+  if (!o->arch) return 0;
+#ifdef POC_HAVE_CUDA
+  /* sm_XY[a] names, comma separated: what NVRTC's --gpu-architecture takes */
+  const char *s = o->arch;
+  while (*s) {
+    if (strncmp(s, "sm_", 3) || s[3] < '1' || s[3] > '9') goto bad;
+    s += 3;
+    while (*s >= '0' && *s <= '9') s++;
+    if (*s == 'a') s++;
+    if (*s == ',') s++;
+    else if (*s) goto bad;
+  }
+  return 0;
+bad:
+  fprintf(stderr, "poc build: --arch takes GPU architectures like sm_80,sm_90 (got '%s')\n", o->arch);
+  return 2;
+#else
+  fprintf(stderr, "poc build: --arch %s: this poc was built without the CUDA backend (no CUDA "
+                  "toolkit was found when it was configured); the binary it builds trains on the "
+                  "CPU, without --arch\n", o->arch);
+  return 2;
+#endif
+}
+
+/* Builds o->file into o->out; `quiet` leaves out the success message (poc run). */
+static int build(const build_opts *o, bool quiet) {
+  int rc = check_arch(o);
+  if (rc) return rc;
+  if (!o->emit_dir && !exists(pocrt_lib())) {
+    fprintf(stderr, "poc build: the runtime library %s is missing; build the target pocrt first\n",
+            pocrt_lib());
+    return 1;
+  }
+  char dir[4096];
+  if (o->emit_dir) {
+    snprintf(dir, sizeof dir, "%s", o->emit_dir);
+    if (mkdir(dir, 0755) && errno != EEXIST) {
+      fprintf(stderr, "poc build: cannot create %s: %s\n", dir, strerror(errno));
+      return 1;
+    }
+  } else {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/poc-build-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+      fprintf(stderr, "poc build: cannot create a work directory in %s: %s\n",
+              tmp && *tmp ? tmp : "/tmp", strerror(errno));
+      return 1;
+    }
+  }
+  argv_t cmd = {0};
+  link_line(&cmd, dir, o->out ? o->out : "a.out");
+  /* the header of kernels.c says how it is compiled, without this machine's paths */
+  char shown[1024];
+  snprintf(shown, sizeof shown, "%s -std=c11 -O2 -fopenmp -I runtime plan.c kernels.c libpocrt.a%s "
+           "OpenBLAS cJSON libm", cmd.v[0], exists(pocrt_cuda_lib()) ? " libpocrt_cuda.a NVRTC cuBLAS" : "");
+  rc = write_sources(o, dir, shown);
+  if (rc || o->emit_dir) {
+    if (!o->emit_dir) remove_dir(dir);
+    arg_free(&cmd);
+    return rc;
+  }
+  char log[4200];
+  snprintf(log, sizeof log, "%s/cc.log", dir);
+  int st = run_logged(cmd.v, log);
+  bool keep = getenv("POC_KEEP_C") && strcmp(getenv("POC_KEEP_C"), "0");
+  if (st != 0) {
+    fprintf(stderr, "poc build: the C compiler failed (exit %d) on the generated sources:\n", st);
+    print_file(log, stderr);
+    fprintf(stderr, "poc build: generated sources kept in %s (plan.c, kernels.c); the command was:\n ", dir);
+    for (int i = 0; i < cmd.n; i++) fprintf(stderr, " %s", cmd.v[i]);
+    fputc('\n', stderr);
+    arg_free(&cmd);
+    return 1;
+  }
+  if (keep) fprintf(stderr, "poc build: generated sources kept in %s\n", dir);
+  else remove_dir(dir);
+  if (!quiet) printf("poc build: %s -> %s (%s)\n", o->file, o->out, o->unfused ? "unfused" : "fused");
+  arg_free(&cmd);
+  return 0;
+}
+
+static void build_usage(FILE *f) {
+  fprintf(f, "usage: poc build FILE.po -o BIN [--unfused] [--no-hoist] [--arch sm_90,...]\n"
+             "       poc build FILE.po --emit-c DIR [--unfused] [--no-hoist]   (sources only)\n");
+}
+
+/* Parses build flags from argv[i]; returns 1 when argv[i] (and maybe its value) was one,
+ * 0 when not a build flag, -1 on a usage error. */
+static int build_flag(build_opts *o, int argc, char **argv, int *i) {
+  const char *a = argv[*i];
+  if (!strcmp(a, "--unfused")) o->unfused = true;
+  else if (!strcmp(a, "--no-hoist")) o->no_hoist = true;
+  else if (!strcmp(a, "--arch") || !strcmp(a, "-o") || !strcmp(a, "--emit-c")) {
+    if (*i + 1 >= argc) {
+      fprintf(stderr, "poc: %s needs a value\n", a);
+      return -1;
+    }
+    const char *v = argv[++*i];
+    if (!strcmp(a, "--arch")) o->arch = v;
+    else if (!strcmp(a, "-o")) o->out = v;
+    else o->emit_dir = v;
+  } else if (!strncmp(a, "--arch=", 7)) {
+    o->arch = a + 7;
+  } else {
+    return 0;
+  }
+  return 1;
+}
 
 int poc_cmd_build(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "poc build: the code generator is not built yet\n");
-  return 2;
+  build_opts o = {0};
+  for (int i = 1; i < argc; i++) {
+    int r = build_flag(&o, argc, argv, &i);
+    if (r < 0) return 2;
+    if (r) continue;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      build_usage(stdout);
+      return 0;
+    }
+    if (argv[i][0] == '-') {
+      fprintf(stderr, "poc build: unknown option '%s'\n", argv[i]);
+      build_usage(stderr);
+      return 2;
+    }
+    if (o.file) {
+      fprintf(stderr, "poc build: one .po file at a time ('%s' is extra)\n", argv[i]);
+      return 2;
+    }
+    o.file = argv[i];
+  }
+  if (!o.file || (!o.out && !o.emit_dir)) {
+    build_usage(stderr);
+    return 2;
+  }
+  return build(&o, false);
+}
+
+/* ---- poc run ---------------------------------------------------------------------- */
+
+/* FNV-1a, 64 bits. */
+static uint64_t fnv(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+static int mkdirs(char *path) {
+  for (char *s = path + 1; *s; s++) {
+    if (*s != '/') continue;
+    *s = 0;
+    int r = mkdir(path, 0755);
+    *s = '/';
+    if (r && errno != EEXIST) return -1;
+  }
+  return mkdir(path, 0755) && errno != EEXIST ? -1 : 0;
 }
 
 int poc_cmd_run(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "poc run: the code generator is not built yet\n");
-  return 2;
+  build_opts o = {0};
+  int first_bin = argc;
+  for (int i = 1; i < argc; i++) {
+    /* poc's own flags come before the file; everything after it goes to the binary */
+    if (!o.file) {
+      int r = build_flag(&o, argc, argv, &i);
+      if (r < 0) return 2;
+      if (r) {
+        if (o.out || o.emit_dir) {
+          fprintf(stderr, "poc run: -o and --emit-c belong to poc build\n");
+          return 2;
+        }
+        continue;
+      }
+      if (argv[i][0] == '-') {
+        fprintf(stderr, "poc run: unknown option '%s' before the .po file\n"
+                        "usage: poc run [--unfused] [--no-hoist] FILE.po [BIN flags]\n", argv[i]);
+        return 2;
+      }
+      o.file = argv[i];
+      first_bin = i + 1;
+      break;
+    }
+  }
+  if (!o.file) {
+    fprintf(stderr, "usage: poc run [--unfused] [--no-hoist] FILE.po [BIN flags]\n");
+    return 2;
+  }
+  FILE *f = fopen(o.file, "rb");
+  if (!f) {
+    fprintf(stderr, "%s: error: cannot read: %s\n", o.file, strerror(errno));
+    return 2;
+  }
+  uint64_t h = 0xcbf29ce484222325ULL;
+  char buf[8192];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) h = fnv(h, buf, n);
+  fclose(f);
+  char flags[256];
+  snprintf(flags, sizeof flags, "|poc %s|unfused=%d|no_hoist=%d|arch=%s|", POC_VERSION, o.unfused,
+           o.no_hoist, o.arch ? o.arch : "");
+  h = fnv(h, flags, strlen(flags));
+  struct stat st;
+  if (stat(pocrt_lib(), &st) == 0) {
+    int64_t sm[2] = {(int64_t)st.st_size, (int64_t)st.st_mtime};
+    h = fnv(h, sm, sizeof sm);
+  }
+  /* the templates are part of what is generated */
+  size_t tl;
+  char *t = cg_template("objective.c", &tl);
+  if (t) h = fnv(h, t, tl);
+  free(t);
+
+  char dir[4096];
+  const char *c = getenv("POC_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+  if (c && *c) snprintf(dir, sizeof dir, "%s", c);
+  else if (x && *x) snprintf(dir, sizeof dir, "%s/poc", x);
+  else if (home && *home) snprintf(dir, sizeof dir, "%s/.cache/poc", home);
+  else snprintf(dir, sizeof dir, "/tmp/poc-cache");
+  if (mkdirs(dir)) {
+    fprintf(stderr, "poc run: cannot create the cache directory %s: %s\n", dir, strerror(errno));
+    return 1;
+  }
+  const char *base = cg_base(o.file);
+  size_t bl = strcspn(base, ".");
+  char name[64];
+  snprintf(name, sizeof name, "%.*s", (int)(bl < 32 ? bl : 32), base);
+  for (char *s = name; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+      *s = '_';
+  char bin[4200];
+  snprintf(bin, sizeof bin, "%s/%s-%016llx", dir, name[0] ? name : "po", (unsigned long long)h);
+  if (access(bin, X_OK) != 0) {
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp%ld", bin, (long)getpid());
+    o.out = tmp;
+    int rc = build(&o, true);
+    if (rc) {
+      unlink(tmp);
+      return rc;
+    }
+    if (rename(tmp, bin)) {
+      fprintf(stderr, "poc run: cannot move the binary into %s: %s\n", bin, strerror(errno));
+      unlink(tmp);
+      return 1;
+    }
+    fprintf(stderr, "poc run: built %s\n", bin);
+  }
+  argv_t args = {0};
+  arg_push(&args, bin);
+  for (int i = first_bin; i < argc; i++) arg_push(&args, argv[i]);
+  fflush(stdout);
+  fflush(stderr);
+  execv(bin, args.v);
+  fprintf(stderr, "poc run: cannot run %s: %s\n", bin, strerror(errno));
+  arg_free(&args);
+  return 1;
 }

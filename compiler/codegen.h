@@ -1,0 +1,90 @@
+/* codegen.h — the back end: C from the lowered, differentiated IR. One section per file:
+ * codegen.c (what both outputs share: the experiment's calls, anchors and token-count
+ * sources, and C literal escaping), codegen_plan.c (plan.c: the poc_program constant and
+ * main), codegen_kernels.c (kernels.c: the objective kernel, fused or one function per
+ * node). The generated files compile against runtime/program.h alone and link with
+ * libpocrt.
+ *
+ * Nothing a .po file says reaches generated C as code: names are identifiers the lexer
+ * already restricted, every string is a C literal with each byte outside
+ * [A-Za-z0-9 _./-] written as an octal escape, numbers are printed with %.17g and
+ * checked finite, and source text appears in comments only as line numbers. */
+#ifndef POC_CODEGEN_H
+#define POC_CODEGEN_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "ir.h"
+
+typedef struct cg_options {
+  bool unfused;      /* one kernel per IR node, every intermediate in its own buffer, and
+                        the textbook loss head at run time */
+  bool no_hoist;     /* frozen calls run every step instead of once (benchmarks) */
+  const char *cc_line; /* how the files will be compiled, for the header; may be NULL */
+} cg_options;
+
+/* ---- codegen.c: the experiment as the runtime sees it ---------------------------- */
+
+/* One distinct model call: a LOGP node, an ENTROPY node, or both with the same key. */
+typedef struct cg_call {
+  const char *key;
+  int model;
+  int logp, entropy;       /* node ids, -1 when not read */
+  int dlogp, dentropy;     /* adjoint node ids, -1 when no gradient is written */
+  bool hoisted;
+  const ir_call *call;
+} cg_call;
+
+typedef struct cg_prog {
+  const po_program *ast;
+  ir_graph *g;
+  const cg_options *opt;
+  const char *name;        /* "dpo" */
+  cg_call *calls;
+  int ncalls;
+  int *call_of;            /* node id → index into calls, -1 */
+  int *anchors;            /* anchor index → SAMPLE node */
+  int nanchors;
+  /* where each domain's token count comes from, per example: a call (cg_call index)
+     or a per-token field; SLICE domains follow their base */
+  int *dom_call, *dom_field;
+  bool separable;          /* g->separable and no batch reduction anywhere */
+} cg_prog;
+
+/* Builds the tables above; reports what the runtime ABI cannot express (a token count
+ * no call or field gives, a literal token out of range) on d at the construct's line.
+ * Returns 0, or -1 after reporting. */
+int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options *opt, po_diag *d);
+void cg_release(cg_prog *p);
+/* Where domain d's per-example token count comes from: call (or field, the other -1)
+ * sliced [lo:hi] (hi -1 when open). -1 when nothing gives it. */
+int cg_dom_source(const cg_prog *p, int d, int *call, int *field, int *lo, int *hi);
+
+/* Writes s as a C string literal: printable safe bytes as they are, every other byte as
+ * a three-digit octal escape (so no "?\?" trigraph, no "*" "/" pair, no newline or quote
+ * survives into the generated file). NULL is written as NULL. */
+void cg_cstr(FILE *f, const char *s);
+void cg_cstrn(FILE *f, const char *s, size_t n);
+/* %.17g of a finite number (callers check finiteness first). */
+void cg_num(FILE *f, double v);
+/* The .po file's base name without directory or extension. */
+const char *cg_base(const char *path);
+/* "dpo.po:12" for a node: the file's base name (checked to be comment-safe, else
+ * "line") and line. */
+void cg_where(FILE *f, const cg_prog *p, po_loc loc);
+/* The .po file's base name, or a phrase when the name is not comment-safe. */
+void cg_file(FILE *f, const cg_prog *p);
+/* A template from kernels/templates (POC_TEMPLATE_DIR overrides where), read whole and
+ * NUL-terminated; NULL when it cannot be read. Caller frees. */
+char *cg_template(const char *name, size_t *len);
+/* "%12 = logsigmoid %11" — an IR node described for a comment, without source text. */
+void cg_describe(FILE *f, const cg_prog *p, int id);
+
+/* ---- codegen_plan.c -------------------------------------------------------------- */
+int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d);
+
+/* ---- codegen_kernels.c ----------------------------------------------------------- */
+int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d);
+
+#endif

@@ -1,0 +1,1150 @@
+/* codegen_kernels.c — kernels.c: the objective kernel poc_objective (runtime/program.h)
+ * from the differentiated IR, forward and backward, in double.
+ *
+ * Fused (the default). The graph is cut into *stages* at batch reductions: stage s is one
+ * loop over the examples computing every per-example and per-token node whose inputs
+ * need at most s batch reductions; between stages the batch values are reduced from
+ * per-example arrays, exactly as compiler/eval.c does. Inside one example the nodes are
+ * list-scheduled, in IR order, into *blocks*: a block is one loop over the tokens of one
+ * domain; a token node joins the earliest block of its domain that follows everything
+ * it reads, a token reduction accumulates in the block of its inputs, and a per-example
+ * node sits between blocks as soon as its inputs are known. Per-token values live in
+ * locals; only a value read by a later block, or read at an offset (slices), goes to a
+ * per-example scratch vector. A per-token value another stage needs is recomputed there
+ * (it is cheap: elementwise over model outputs) rather than stored for the whole batch.
+ *
+ * Token vectors keep eval.c's lengths: a call's values are as long as the runtime says,
+ * an elementwise op is as long as its shortest input (masks ANDed), fit and bcast take
+ * their shape argument's length. Lengths are *classes* (the minimum over a set of
+ * atoms, an atom being a call's or a field's count, possibly sliced), computed once per
+ * example; a statement whose class is not its loop's bound is guarded.
+ *
+ * Unfused (--unfused). One function per IR node over the whole batch, every value in
+ * its own buffer: the textbook baseline, and a second implementation of the same
+ * semantics that the end-to-end tests compare against the fused one. */
+#define _GNU_SOURCE /* open_memstream where _POSIX_C_SOURCE alone does not declare it */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen.h"
+
+static void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size);
+  if (!p) {
+    fprintf(stderr, "poc: out of memory\n");
+    exit(1);
+  }
+  return p;
+}
+
+/* ---- length classes ---------------------------------------------------------------- */
+
+typedef struct atom {
+  int call, field;   /* one of them >= 0 */
+  int lo, hi;        /* slice of it; hi -1 open */
+} atom;
+
+typedef struct lclass {
+  int n;
+  int *atoms;        /* sorted atom ids */
+  int base;          /* a sliced singleton: the class of the unsliced atom; else -1 */
+} lclass;
+
+typedef struct kg {
+  const cg_prog *p;
+  const ir_graph *g;
+  atom *atoms;
+  int natoms;
+  lclass *cls;
+  int ncls;
+  int *cls_of;       /* token node → class; TOKR → length reduced over; SEQLEN, PICK: domain */
+  int *outer;        /* stage */
+  int nstages;
+  /* per stage */
+  char *need, *mat, *stored;
+  int *blk, *pos;
+  int *bdom;
+  int nblk;
+  char *cls_used;      /* [ncls + 1], grows with the classes */
+  char *lp_used, *en_used, *dl_used, *de_used, *fd_used;
+  char *mat_slot;       /* materialised in any stage: has a scratch vector */
+  int stage;
+} kg;
+
+static int atom_intern(kg *K, atom a) {
+  for (int i = 0; i < K->natoms; i++)
+    if (!memcmp(&K->atoms[i], &a, sizeof a)) return i;
+  K->atoms = realloc(K->atoms, (size_t)(K->natoms + 1) * sizeof *K->atoms);
+  if (!K->atoms) exit(1);
+  K->atoms[K->natoms] = a;
+  return K->natoms++;
+}
+
+static int cmp_int(const void *x, const void *y) {
+  int a = *(const int *)x, b = *(const int *)y;
+  return (a > b) - (a < b);
+}
+
+static int cls_intern_set(kg *K, int *ids, int n, int base) {
+  qsort(ids, (size_t)n, sizeof *ids, cmp_int);
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (!m || ids[m - 1] != ids[i]) ids[m++] = ids[i];
+  for (int c = 0; c < K->ncls; c++)
+    if (K->cls[c].n == m && !memcmp(K->cls[c].atoms, ids, (size_t)m * sizeof *ids)) return c;
+  K->cls = realloc(K->cls, (size_t)(K->ncls + 1) * sizeof *K->cls);
+  if (!K->cls) exit(1);
+  int *a = xcalloc((size_t)m, sizeof *a);
+  memcpy(a, ids, (size_t)m * sizeof *a);
+  K->cls[K->ncls] = (lclass){.n = m, .atoms = a, .base = base};
+  K->cls_used = realloc(K->cls_used, (size_t)K->ncls + 2);
+  if (!K->cls_used) exit(1);
+  K->cls_used[K->ncls] = K->cls_used[K->ncls + 1] = 0;
+  return K->ncls++;
+}
+
+/* The singleton class of an atom; a sliced atom's unsliced one is interned first. */
+static int cls_atom(kg *K, atom a) {
+  int base = -1;
+  if (a.lo != 0 || a.hi >= 0) base = cls_atom(K, (atom){a.call, a.field, 0, -1});
+  int id = atom_intern(K, a);
+  return cls_intern_set(K, &id, 1, base);
+}
+
+static int cls_union(kg *K, int x, int y) {
+  if (x == y || y < 0) return x;
+  if (x < 0) return y;
+  int n = K->cls[x].n + K->cls[y].n;
+  int *ids = xcalloc((size_t)n, sizeof *ids);
+  memcpy(ids, K->cls[x].atoms, (size_t)K->cls[x].n * sizeof *ids);
+  memcpy(ids + K->cls[x].n, K->cls[y].atoms, (size_t)K->cls[y].n * sizeof *ids);
+  int r = cls_intern_set(K, ids, n, -1);
+  free(ids);
+  return r;
+}
+
+/* min(a, b)[lo:hi] = min(a[lo:hi], b[lo:hi]): slicing distributes over the minimum */
+static int cls_slice(kg *K, int c, int lo, int hi) {
+  int r = -1;
+  for (int i = 0; i < K->cls[c].n; i++) {
+    atom a = K->atoms[K->cls[c].atoms[i]];
+    int lo1 = a.lo, hi1 = a.hi;
+    a.lo = lo1 + lo;
+    a.hi = hi < 0 ? hi1 : hi1 < 0 || lo1 + hi < hi1 ? lo1 + hi : hi1;
+    r = cls_union(K, r, cls_atom(K, a));
+  }
+  return r;
+}
+
+static int cls_dom(kg *K, int d) {
+  int call, field, lo, hi;
+  if (cg_dom_source(K->p, d, &call, &field, &lo, &hi)) return -1;
+  return cls_atom(K, (atom){call, field, lo, hi});
+}
+
+static void cls_mark(kg *K, int c) {
+  if (c < 0 || K->cls_used[c]) return;
+  K->cls_used[c] = 1;
+  if (K->cls[c].base >= 0) cls_mark(K, K->cls[c].base);
+  if (K->cls[c].n > 1)
+    for (int i = 0; i < K->cls[c].n; i++) {
+      atom a = K->atoms[K->cls[c].atoms[i]];
+      cls_mark(K, cls_atom(K, a));
+    }
+}
+
+/* The per-example token counts a stage reads, in dependency order (ids grow). */
+static void emit_cls_decls(kg *K, FILE *f, const char *ind) {
+  for (int c = 0; c < K->ncls; c++) {
+    if (!K->cls_used[c]) continue;
+    const lclass *L = &K->cls[c];
+    fprintf(f, "%sconst int n%d = ", ind, c);
+    if (L->n == 1) {
+      atom a = K->atoms[L->atoms[0]];
+      if (L->base >= 0) {
+        fprintf(f, "poc_k_slice_len(n%d, %d, %d);", L->base, a.lo, a.hi);
+      } else if (a.call >= 0) {
+        fprintf(f, "a->off[%d][b + 1] - a->off[%d][b];", a.call, a.call);
+      } else {
+        fprintf(f, "a->field_off[%d][b + 1] - a->field_off[%d][b];", a.field, a.field);
+      }
+      if (a.call >= 0) fprintf(f, " /* tokens of call %d", a.call);
+      else fprintf(f, " /* tokens of field %d", a.field);
+      if (L->base >= 0) {
+        fprintf(f, "[%d:", a.lo);
+        if (a.hi >= 0) fprintf(f, "%d", a.hi);
+        fputc(']', f);
+      }
+      fputs(" */\n", f);
+    } else {
+      for (int i = 0; i < L->n - 1; i++) fputs("poc_k_min(", f);
+      for (int i = 0; i < L->n; i++) {
+        int s = cls_atom(K, K->atoms[L->atoms[i]]);
+        fprintf(f, i ? ", n%d)" : "n%d", s);
+      }
+      fputs("; /* the shortest: masks ANDed */\n", f);
+    }
+  }
+}
+
+static void build_classes(kg *K) {
+  const ir_graph *g = K->g;
+  for (int i = 0; i < g->n; i++) {
+    const ir_node *n = &g->nodes[i];
+    int c = -1;
+    ir_class cls = ir_op_info(n->op)->cls;
+    switch (n->op) {
+    case IR_LOGP:
+    case IR_ENTROPY: c = cls_atom(K, (atom){K->p->call_of[i], -1, 0, -1}); break;
+    case IR_FIELD:
+      if (n->level == IR_LTOKEN) c = cls_atom(K, (atom){-1, n->idx, 0, -1});
+      break;
+    case IR_SEQLEN:
+    case IR_PICK: c = cls_dom(K, n->dom); break;
+    case IR_SAMPLE: break;
+    case IR_SLICE: c = cls_slice(K, K->cls_of[n->in[0]], n->idx, n->hi); break;
+    case IR_FIT: c = K->cls_of[n->in[1]]; break;
+    case IR_BCAST:
+      if (n->level == IR_LTOKEN) c = K->cls_of[n->in[1]];
+      break;
+    case IR_ARGMAX: c = K->cls_of[n->in[0]]; break;
+    default:
+      if ((cls == IR_ELEM || cls == IR_CTL) && n->level == IR_LTOKEN)
+        for (int k = 0; k < n->nin; k++)
+          if (g->nodes[n->in[k]].level == IR_LTOKEN) c = cls_union(K, c, K->cls_of[n->in[k]]);
+      if (cls == IR_TOKR)
+        for (int k = 0; k < n->nin; k++) c = cls_union(K, c, K->cls_of[n->in[k]]);
+      break;
+    }
+    K->cls_of[i] = c;
+  }
+}
+
+/* ---- node kinds and operands -------------------------------------------------------- */
+
+static bool is_sample(const kg *K, int i) { return K->g->nodes[i].op == IR_SAMPLE; }
+
+static bool tok_leaf(const ir_node *n) {
+  return n->op == IR_LOGP || n->op == IR_ENTROPY || (n->op == IR_FIELD && n->level == IR_LTOKEN);
+}
+
+/* A per-token node with a statement in a block (not a leaf, a pick or an argmax). */
+static bool tok_computed(const ir_node *n) {
+  return n->level == IR_LTOKEN && !tok_leaf(n) && n->op != IR_PICK && n->op != IR_ARGMAX &&
+         n->op != IR_SAMPLE;
+}
+
+/* Whether consumer n reads its input k at an index other than its own t, or from
+ * another domain: such an input must be complete (materialised) before n's block. */
+static bool offset_read(const kg *K, const ir_node *n, int k) {
+  const ir_node *x = &K->g->nodes[n->in[k]];
+  if (n->op == IR_SLICE) return true;
+  if (n->op == IR_FIT) return k == 0 && (n->idx != 0 || x->dom != n->dom);
+  return false;
+}
+
+/* Inputs that are read as values (fit's and bcast's second input is only a shape). */
+static bool value_input(const kg *K, const ir_node *n, int k) {
+  if (is_sample(K, n->in[k])) return false;
+  if ((n->op == IR_FIT || n->op == IR_BCAST) && k == 1) return false;
+  if (n->op == IR_LEN || n->op == IR_SEQLEN) return false;
+  return true;
+}
+
+/* The C expression of node x's value at token index idx, as read from block cb of the
+ * current stage (cb -1: between blocks). */
+static void operand(kg *K, char *buf, size_t len, int x, const char *idx, int cb) {
+  const ir_graph *g = K->g;
+  const ir_node *n = &g->nodes[x];
+  if (n->op == IR_CONST) {
+    char num[40];
+    snprintf(num, sizeof num, "%.17g", n->num);
+    snprintf(buf, len, "%s%s%s%s", n->num < 0 ? "(" : "", num, strpbrk(num, ".eEin") ? "" : ".0",
+             n->num < 0 ? ")" : "");
+    return;
+  }
+  switch (n->level) {
+  case IR_LCONST:
+  case IR_LBATCH: snprintf(buf, len, "v%d", x); return;
+  case IR_LEXAMPLE:
+    if (K->outer[x] < K->stage) {
+      K->stored[x] = 1;
+      snprintf(buf, len, "x%d[b]", x);
+    } else {
+      snprintf(buf, len, "v%d", x);
+    }
+    return;
+  case IR_LTOKEN: break;
+  }
+  if (n->op == IR_LOGP || n->op == IR_ENTROPY) {
+    int c = K->p->call_of[x];
+    (n->op == IR_LOGP ? K->lp_used : K->en_used)[c] = 1;
+    snprintf(buf, len, "%s%d[%s]", n->op == IR_LOGP ? "lp" : "en", c, idx);
+  } else if (n->op == IR_FIELD) {
+    K->fd_used[n->idx] = 1;
+    snprintf(buf, len, "fd%d[%s]", n->idx, idx);
+  } else if (n->op == IR_PICK) {
+    snprintf(buf, len, "(double)pk%d[%s]", x, idx);
+  } else if (n->op == IR_ARGMAX) {
+    snprintf(buf, len, "(double)(%s == am%d)", idx, x);
+  } else if (cb >= 0 && K->blk[x] == cb && !strcmp(idx, "t")) {
+    snprintf(buf, len, "v%d", x);
+  } else {
+    K->mat[x] = 1;
+    snprintf(buf, len, "m%d[%s]", x, idx);
+  }
+}
+
+/* The op table's scalar C expression with a, b, c replaced by the operands. */
+static void subst(char *out, size_t len, const char *cexpr, char ops[3][160]) {
+  size_t o = 0;
+  for (const char *s = cexpr; *s && o + 1 < len;) {
+    bool ident = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_';
+    if (!ident) {
+      out[o++] = *s++;
+      continue;
+    }
+    const char *e = s;
+    while ((*e >= 'a' && *e <= 'z') || (*e >= 'A' && *e <= 'Z') || (*e >= '0' && *e <= '9') || *e == '_') e++;
+    if (e - s == 1 && *s >= 'a' && *s <= 'c') {
+      o += (size_t)snprintf(out + o, len - o, "%s", ops[*s - 'a']);
+    } else {
+      size_t k = (size_t)(e - s);
+      if (o + k >= len) break;
+      memcpy(out + o, s, k);
+      o += k;
+    }
+    s = e;
+  }
+  out[o < len ? o : len - 1] = 0;
+}
+
+static void comment(kg *K, FILE *f, int id) {
+  fputs(" /* ", f);
+  cg_describe(f, K->p, id);
+  fputs("   ", f);
+  cg_where(f, K->p, K->g->nodes[id].loc);
+  fputs(" */", f);
+}
+
+/* The value expression of an elementwise, ctl, bcast, slice or fit node at token index
+ * t (or between blocks for per-example ones). */
+static void value_expr(kg *K, char *out, size_t len, int id, int cb) {
+  const ir_node *n = &K->g->nodes[id];
+  char ops[3][160] = {"0", "0", "0"};
+  switch (n->op) {
+  case IR_SLICE: {
+    char idx[32];
+    snprintf(idx, sizeof idx, "t + %d", n->idx);
+    operand(K, out, len, n->in[0], n->idx ? idx : "t", cb);
+    return;
+  }
+  case IR_FIT: {
+    char idx[32], v[160];
+    if (n->idx) snprintf(idx, sizeof idx, "t - %d", n->idx);
+    operand(K, v, sizeof v, n->in[0], n->idx ? idx : "t", cb);
+    if (n->idx)
+      snprintf(out, len, "(t >= %d && t - %d < n%d ? %s : 0)", n->idx, n->idx,
+               K->cls_of[n->in[0]], v);
+    else snprintf(out, len, "(t < n%d ? %s : 0)", K->cls_of[n->in[0]], v);
+    cls_mark(K, K->cls_of[n->in[0]]);
+    return;
+  }
+  case IR_BCAST: operand(K, out, len, n->in[0], "t", cb); return;
+  default: break;
+  }
+  for (int k = 0; k < n->nin && k < 3; k++) operand(K, ops[k], sizeof ops[k], n->in[k], "t", cb);
+  char e[1200];
+  subst(e, sizeof e, ir_op_info(n->op)->cexpr, ops);
+  snprintf(out, len, "%s", e);
+}
+
+/* ---- scheduling one stage ----------------------------------------------------------- */
+
+static int avail_tok(const kg *K, int i, bool offset) {
+  const ir_node *x = &K->g->nodes[i];
+  if (tok_leaf(x)) return 0;
+  if (x->op == IR_PICK) return K->pos[i];
+  if (x->op == IR_ARGMAX) return K->blk[i] + 1;
+  return K->blk[i] + (offset ? 1 : 0);
+}
+
+static int avail_ex(const kg *K, int i) {
+  const ir_node *x = &K->g->nodes[i];
+  if (x->level == IR_LEXAMPLE && K->outer[i] == K->stage) return K->pos[i];
+  return 0;
+}
+
+static int find_block(kg *K, int dom, int from) {
+  for (int b = from; b < K->nblk; b++)
+    if (K->bdom[b] == dom) return b;
+  K->bdom[K->nblk] = dom;
+  return K->nblk++;
+}
+
+static void schedule(kg *K) {
+  const ir_graph *g = K->g;
+  K->nblk = 0;
+  for (int i = 0; i < g->n; i++) K->blk[i] = K->pos[i] = -1;
+  for (int i = 0; i < g->n; i++) {
+    if (!K->need[i]) continue;
+    const ir_node *n = &g->nodes[i];
+    ir_class cls = ir_op_info(n->op)->cls;
+    int r = 0;
+    if (n->level == IR_LEXAMPLE && cls != IR_TOKR) {
+      for (int k = 0; k < n->nin; k++)
+        if (value_input(K, n, k) && avail_ex(K, n->in[k]) > r) r = avail_ex(K, n->in[k]);
+      K->pos[i] = r;
+    } else if (cls == IR_TOKR) {
+      if (n->op == IR_LEN) {
+        K->pos[i] = 0;
+        continue;
+      }
+      for (int k = 0; k < n->nin; k++)
+        if (avail_tok(K, n->in[k], false) > r) r = avail_tok(K, n->in[k], false);
+      K->blk[i] = find_block(K, g->nodes[n->in[0]].dom, r);
+      K->pos[i] = K->blk[i] + 1;
+    } else if (n->op == IR_PICK) {
+      K->pos[i] = avail_ex(K, n->in[0]);
+    } else if (n->op == IR_ARGMAX) {
+      K->blk[i] = find_block(K, n->dom, avail_tok(K, n->in[0], false));
+    } else if (tok_computed(n)) {
+      for (int k = 0; k < n->nin; k++) {
+        if (!value_input(K, n, k)) continue;
+        const ir_node *x = &g->nodes[n->in[k]];
+        int a = x->level == IR_LTOKEN ? avail_tok(K, n->in[k], offset_read(K, n, k))
+                                      : avail_ex(K, n->in[k]);
+        if (a > r) r = a;
+      }
+      K->blk[i] = find_block(K, n->dom, r);
+    }
+  }
+}
+
+/* The nodes stage s computes: its per-example nodes, the gradients it writes, and the
+ * per-token values they read, recomputed here if an earlier stage had them. */
+static void stage_needs(kg *K, int s) {
+  const ir_graph *g = K->g;
+  memset(K->need, 0, (size_t)g->n);
+  for (int i = 0; i < g->n; i++)
+    if (g->nodes[i].level == IR_LEXAMPLE && K->outer[i] == s) K->need[i] = 1;
+  for (int c = 0; c < K->p->ncalls; c++) {
+    int d[2] = {K->p->calls[c].dlogp, K->p->calls[c].dentropy};
+    for (int k = 0; k < 2; k++)
+      if (d[k] >= 0 && K->outer[d[k]] == s) K->need[d[k]] = 1;
+  }
+  for (int i = g->n - 1; i >= 0; i--) {
+    if (!K->need[i]) continue;
+    const ir_node *n = &g->nodes[i];
+    for (int k = 0; k < n->nin; k++)
+      if (value_input(K, n, k) && g->nodes[n->in[k]].level == IR_LTOKEN) K->need[n->in[k]] = 1;
+  }
+}
+
+/* ---- emitting one stage ------------------------------------------------------------- */
+
+static void emit_outputs(kg *K, FILE *f, int id, const char *ind) {
+  const ir_graph *g = K->g;
+  if (id == g->loss) fprintf(f, "%sa->loss[b] = v%d;\n", ind, id);
+  for (int r = 0; r < g->nreports; r++)
+    if (g->reports[r].node == id) fprintf(f, "%sa->report[%d * B + b] = v%d;\n", ind, r, id);
+}
+
+static void emit_scalar(kg *K, FILE *f, int id) {
+  const ir_graph *g = K->g;
+  const ir_node *n = &g->nodes[id];
+  const char *ind = "    ";
+  char e[1400];
+  switch (n->op) {
+  case IR_FIELD: snprintf(e, sizeof e, "a->field[%d][b]", n->idx); break;
+  case IR_SEQLEN:
+  case IR_LEN:
+    cls_mark(K, K->cls_of[id]);
+    snprintf(e, sizeof e, "(double)n%d", K->cls_of[id]);
+    break;
+  case IR_SUM:
+  case IR_DOT:
+  case IR_TMAX: snprintf(e, sizeof e, "s%d", id); break;
+  case IR_MEAN:
+    cls_mark(K, K->cls_of[id]);
+    snprintf(e, sizeof e, "n%d ? s%d / n%d : 0", K->cls_of[id], id, K->cls_of[id]);
+    break;
+  case IR_NORM: snprintf(e, sizeof e, "sqrt(s%d)", id); break;
+  case IR_COS:
+    snprintf(e, sizeof e, "q%d > 0 && r%d > 0 ? s%d / (sqrt(q%d) * sqrt(r%d)) : 0", id, id, id,
+             id, id);
+    break;
+  case IR_PICK: {
+    char cnt[160];
+    operand(K, cnt, sizeof cnt, n->in[0], "t", -1);
+    cls_mark(K, K->cls_of[id]);
+    fprintf(f, "%spoc_k_pick(a->pick_seed, %d, a->example[b], n%d, %s, pk%d);", ind, n->idx,
+            K->cls_of[id], cnt, id);
+    comment(K, f, id);
+    fputc('\n', f);
+    return;
+  }
+  default: value_expr(K, e, sizeof e, id, -1); break;
+  }
+  fprintf(f, "%sconst double v%d = %s;", ind, id, e);
+  comment(K, f, id);
+  fputc('\n', f);
+  emit_outputs(K, f, id, ind);
+}
+
+/* The calls whose gradient node is id, written in its block. */
+static void emit_grad_writes(kg *K, FILE *f, int id, int bound, const char *ind) {
+  for (int c = 0; c < K->p->ncalls; c++) {
+    const cg_call *cc = &K->p->calls[c];
+    for (int k = 0; k < 2; k++) {
+      int d = k ? cc->dentropy : cc->dlogp;
+      if (d != id) continue;
+      int callcls = K->cls_of[k ? cc->entropy : cc->logp];
+      int gc = cls_union(K, K->cls_of[id], callcls);
+      (k ? K->de_used : K->dl_used)[c] = 1;
+      cls_mark(K, gc);
+      if (gc != bound) fprintf(f, "%sif (t < n%d) ", ind, gc);
+      else fputs(ind, f);
+      fprintf(f, "%s%d[t] = v%d;\n", k ? "de" : "dl", c, id);
+    }
+  }
+}
+
+static void emit_block(kg *K, FILE *f, int bk) {
+  const ir_graph *g = K->g;
+  /* the loop bound: the longest class any statement of the block needs */
+  int *cl = xcalloc((size_t)g->n + 1, sizeof *cl);
+  int ncl = 0;
+  for (int i = 0; i < g->n; i++) {
+    if (!K->need[i]) continue;
+    const ir_node *n = &g->nodes[i];
+    bool in = (tok_computed(n) || n->op == IR_ARGMAX ||
+               (ir_op_info(n->op)->cls == IR_TOKR && n->op != IR_LEN)) && K->blk[i] == bk;
+    if (!in) continue;
+    int c = n->op == IR_ARGMAX ? K->cls_of[n->in[0]] : K->cls_of[i];
+    bool seen = false;
+    for (int j = 0; j < ncl; j++) seen |= cl[j] == c;
+    if (!seen) cl[ncl++] = c;
+  }
+  /* accumulators first, so the loop body can add to them */
+  for (int i = 0; i < g->n; i++) {
+    const ir_node *n = &g->nodes[i];
+    if (!K->need[i] || K->blk[i] != bk) continue;
+    if (n->op == IR_ARGMAX) fprintf(f, "    int am%d = -1; /* the first maximum */\n    double amv%d = 0;\n", i, i);
+    else if (ir_op_info(n->op)->cls == IR_TOKR && n->op != IR_LEN) {
+      fprintf(f, "    double s%d = 0", i);
+      if (n->op == IR_COS) fprintf(f, ", q%d = 0, r%d = 0", i, i);
+      fputs(";\n", f);
+    }
+  }
+  int bound = ncl == 1 ? cl[0] : -1;
+  for (int j = 0; j < ncl; j++) cls_mark(K, cl[j]);
+  fprintf(f, "    /* block %d: over '%s' */\n", bk, g->doms[K->bdom[bk]].name);
+  if (bound >= 0) {
+    fprintf(f, "    for (int t = 0; t < n%d; t++) {\n", bound);
+  } else {
+    fprintf(f, "    const int T%d = ", bk);
+    for (int j = 0; j < ncl - 1; j++) fputs("poc_k_max(", f);
+    for (int j = 0; j < ncl; j++) fprintf(f, j ? ", n%d)" : "n%d", cl[j]);
+    fprintf(f, ";\n    for (int t = 0; t < T%d; t++) {\n", bk);
+  }
+  const char *ind = "      ";
+  for (int i = 0; i < g->n; i++) {
+    const ir_node *n = &g->nodes[i];
+    if (!K->need[i] || K->blk[i] != bk) continue;
+    char e[1400], x[160], y[160];
+    if (tok_computed(n)) {
+      value_expr(K, e, sizeof e, i, bk);
+      int c = K->cls_of[i];
+      if (c == bound) {
+        fprintf(f, "%sconst double v%d = %s;", ind, i, e);
+        comment(K, f, i);
+        fputc('\n', f);
+        if (K->mat[i]) fprintf(f, "%sm%d[t] = v%d;\n", ind, i, i);
+      } else {
+        fprintf(f, "%sdouble v%d = 0;", ind, i);
+        comment(K, f, i);
+        fprintf(f, "\n%sif (t < n%d) {\n%s  v%d = %s;\n", ind, c, ind, i, e);
+        if (K->mat[i]) fprintf(f, "%s  m%d[t] = v%d;\n", ind, i, i);
+        fprintf(f, "%s}\n", ind);
+      }
+      emit_grad_writes(K, f, i, bound, ind);
+      continue;
+    }
+    int c = n->op == IR_ARGMAX ? K->cls_of[n->in[0]] : K->cls_of[i];
+    char guard[48] = "";
+    if (c != bound) snprintf(guard, sizeof guard, "if (t < n%d) ", c);
+    if (n->op == IR_ARGMAX) {
+      operand(K, x, sizeof x, n->in[0], "t", bk);
+      if (c != bound)
+        fprintf(f, "%sif (t < n%d && (am%d < 0 || %s > amv%d)) am%d = t, amv%d = %s;", ind, c, i, x,
+                i, i, i, x);
+      else
+        fprintf(f, "%sif (am%d < 0 || %s > amv%d) am%d = t, amv%d = %s;", ind, i, x, i, i, i, x);
+      comment(K, f, i);
+      fputc('\n', f);
+      continue;
+    }
+    if (ir_op_info(n->op)->cls != IR_TOKR || n->op == IR_LEN) continue;
+    operand(K, x, sizeof x, n->in[0], "t", bk);
+    if (n->nin > 1) operand(K, y, sizeof y, n->in[1], "t", bk);
+    switch (n->op) {
+    case IR_SUM:
+    case IR_MEAN: fprintf(f, "%s%ss%d += %s;", ind, guard, i, x); break;
+    case IR_TMAX:
+      if (c != bound)
+        fprintf(f, "%sif (t < n%d && (t == 0 || %s > s%d)) s%d = %s;", ind, c, x, i, i, x);
+      else
+        fprintf(f, "%sif (t == 0 || %s > s%d) s%d = %s;", ind, x, i, i, x);
+      break;
+    case IR_DOT: fprintf(f, "%s%ss%d += %s * %s;", ind, guard, i, x, y); break;
+    case IR_NORM: fprintf(f, "%s%ss%d += %s * %s;", ind, guard, i, x, x); break;
+    case IR_COS:
+      fprintf(f, "%s%s{\n%s  s%d += %s * %s;\n%s  q%d += %s * %s;\n%s  r%d += %s * %s;\n%s}", ind,
+              guard, ind, i, x, y, ind, i, x, x, ind, i, y, y, ind);
+      break;
+    default: break;
+    }
+    comment(K, f, i);
+    fputc('\n', f);
+  }
+  fputs("    }\n", f);
+  free(cl);
+}
+
+/* Gradients of nodes that have no block (a leaf, a pick, an argmax): their own loop. */
+static void emit_late_grads(kg *K, FILE *f) {
+  for (int c = 0; c < K->p->ncalls; c++) {
+    const cg_call *cc = &K->p->calls[c];
+    for (int k = 0; k < 2; k++) {
+      int d = k ? cc->dentropy : cc->dlogp;
+      if (d < 0 || K->outer[d] != K->stage || tok_computed(&K->g->nodes[d])) continue;
+      int gc = cls_union(K, K->cls_of[d], K->cls_of[k ? cc->entropy : cc->logp]);
+      char x[160];
+      operand(K, x, sizeof x, d, "t", -1);
+      cls_mark(K, gc);
+      (k ? K->de_used : K->dl_used)[c] = 1;
+      fprintf(f, "    for (int t = 0; t < n%d; t++) %s%d[t] = %s;\n", gc, k ? "de" : "dl", c, x);
+    }
+  }
+}
+
+/* One stage's loop over the examples: the body goes to a buffer first, so that only
+ * the counts and pointers it reads are declared. */
+static void emit_stage(kg *K, FILE *f, int s) {
+  const ir_graph *g = K->g;
+  const cg_prog *p = K->p;
+  K->stage = s;
+  stage_needs(K, s);
+  schedule(K);
+  memset(K->cls_used, 0, (size_t)K->ncls + 1);
+  memset(K->lp_used, 0, (size_t)p->ncalls + 1);
+  memset(K->en_used, 0, (size_t)p->ncalls + 1);
+  memset(K->dl_used, 0, (size_t)p->ncalls + 1);
+  memset(K->de_used, 0, (size_t)p->ncalls + 1);
+  memset(K->fd_used, 0, (size_t)g->nfields + 1);
+  /* materialisation is decided while emitting (operand marks it), so emit twice: the
+     first pass only learns which values later blocks read from memory */
+  for (int pass = 0; pass < 2; pass++) {
+    char *body = NULL;
+    size_t blen = 0;
+    FILE *m = open_memstream(&body, &blen);
+    if (!m) exit(1);
+    for (int bk = 0; bk <= K->nblk; bk++) {
+      for (int i = 0; i < g->n; i++) {
+        const ir_node *n = &g->nodes[i];
+        if (!K->need[i]) continue;
+        bool scalar = n->level == IR_LEXAMPLE || n->op == IR_PICK;
+        if (scalar && K->pos[i] == bk) emit_scalar(K, m, i);
+      }
+      if (bk < K->nblk) emit_block(K, m, bk);
+    }
+    emit_late_grads(K, m);
+    for (int i = 0; i < g->n; i++)
+      if (K->need[i] && g->nodes[i].level == IR_LEXAMPLE && K->stored[i])
+        fprintf(m, "    x%d[b] = v%d;\n", i, i);
+    fclose(m);
+    if (pass == 0) {
+      free(body);
+      continue;
+    }
+    fprintf(f, "  /* stage %d: per example%s */\n  for (int b = 0; b < B; b++) {\n", s,
+            K->nstages > 1 ? (s == 0 ? ", before any batch reduction"
+                                     : ", after the batch reductions above")
+                           : "");
+    for (int c = 0; c < p->ncalls; c++) {
+      if (K->lp_used[c]) fprintf(f, "    const double *lp%d = a->logp[%d] + a->off[%d][b];\n", c, c, c);
+      if (K->en_used[c]) fprintf(f, "    const double *en%d = a->entropy[%d] + a->off[%d][b];\n", c, c, c);
+      if (K->dl_used[c]) fprintf(f, "    double *dl%d = a->dlogp[%d] + a->off[%d][b];\n", c, c, c);
+      if (K->de_used[c]) fprintf(f, "    double *de%d = a->dentropy[%d] + a->off[%d][b];\n", c, c, c);
+    }
+    for (int k = 0; k < g->nfields; k++)
+      if (K->fd_used[k])
+        fprintf(f, "    const double *fd%d = a->field[%d] + a->field_off[%d][b];\n", k, k, k);
+    emit_cls_decls(K, f, "    ");
+    fwrite(body, 1, blen, f);
+    fputs("  }\n", f);
+    free(body);
+  }
+}
+
+/* Batch-level nodes of stage s: reductions over the per-example arrays, then the
+ * arithmetic on them. */
+static void emit_batch(kg *K, FILE *f, int s) {
+  const ir_graph *g = K->g;
+  for (int i = 0; i < g->n; i++) {
+    const ir_node *n = &g->nodes[i];
+    if (n->level != IR_LBATCH || K->outer[i] != s) continue;
+    ir_class cls = ir_op_info(n->op)->cls;
+    if (cls == IR_BATR) {
+      int x = n->in[0];
+      K->stored[x] = 1;
+      fprintf(f, "  double v%d = 0;", i);
+      comment(K, f, i);
+      fprintf(f, "\n  for (int b = 0; b < B; b++) v%d += x%d[b];\n", i, x);
+      if (n->op == IR_BMEAN) fprintf(f, "  v%d /= B;\n", i);
+      if (n->op == IR_BSTD)
+        fprintf(f, "  {\n    const double mu = v%d / B;\n    double var = 0;\n"
+                   "    for (int b = 0; b < B; b++) var += (x%d[b] - mu) * (x%d[b] - mu);\n"
+                   "    v%d = sqrt(var / B);\n  }\n", i, x, x, i);
+      continue;
+    }
+    char e[1400];
+    if (n->op == IR_NBATCH) snprintf(e, sizeof e, "(double)a->B_norm");
+    else value_expr(K, e, sizeof e, i, -1);
+    fprintf(f, "  const double v%d = %s;", i, e);
+    comment(K, f, i);
+    fputc('\n', f);
+  }
+}
+
+/* The batch values stage s's examples make possible; after the last stage, all the
+ * remaining ones (batch reports). */
+static void emit_after_stage(kg *K, FILE *f, int s) {
+  int last = s + 1;
+  if (s + 1 == K->nstages)
+    for (int i = 0; i < K->g->n; i++)
+      if (K->outer[i] > last) last = K->outer[i];
+  for (int o = s + 1; o <= last; o++) {
+    bool any = false;
+    for (int i = 0; i < K->g->n; i++) any |= K->g->nodes[i].level == IR_LBATCH && K->outer[i] == o;
+    if (!any) continue;
+    fprintf(f, "\n  /* batch values after stage %d */\n", o - 1);
+    emit_batch(K, f, o);
+    fputc('\n', f);
+  }
+}
+
+static void stages(kg *K) {
+  const ir_graph *g = K->g;
+  K->nstages = 1;
+  for (int i = 0; i < g->n; i++) {
+    const ir_node *n = &g->nodes[i];
+    int o = 0;
+    for (int k = 0; k < n->nin; k++)
+      if (!is_sample(K, n->in[k]) && K->outer[n->in[k]] > o) o = K->outer[n->in[k]];
+    if (ir_op_info(n->op)->cls == IR_BATR) o++;
+    K->outer[i] = o;
+    if (o + 1 > K->nstages && n->level >= IR_LEXAMPLE) K->nstages = o + 1;
+  }
+}
+
+static void header(kg *K, FILE *f, const char *mode) {
+  fputs("/* kernels.c — generated by poc " POC_VERSION " from ", f);
+  cg_file(f, K->p);
+  fprintf(f, " (%s); do not edit.\n *\n", mode);
+  fputs(" * The objective kernel: per-example loss, reports and dL/dlogp of every trainable\n"
+        " * call, in double, on the ragged per-token arrays of runtime/program.h. Each\n"
+        " * statement names the IR node it computes (`poc graph` prints the same ids) and the\n"
+        " * line of the .po file it comes from.\n", f);
+  if (K->p->opt->cc_line) {
+    fputs(" * Compiled with: ", f);
+    for (const char *s = K->p->opt->cc_line; *s; s++)
+      fputc(*s == '*' || *s == '\n' ? '?' : *s, f);
+    fputc('\n', f);
+  }
+  fputs(" */\n", f);
+}
+
+static int emit_prelude(FILE *f) {
+  size_t len;
+  char *t = cg_template("objective.c", &len);
+  if (!t) return -1;
+  fwrite(t, 1, len, f);
+  fputc('\n', f);
+  free(t);
+  return 0;
+}
+
+/* ---- fused ------------------------------------------------------------------------------ */
+
+static void emit_fused(kg *K, FILE *f) {
+  const ir_graph *g = K->g;
+  const cg_prog *p = K->p;
+  fputs("int poc_objective(const poc_objective_args *a) {\n  const int B = a->B;\n", f);
+  /* constants and knobs, then batch values that need no reduction */
+  K->stage = 0;
+  for (int i = 0; i < g->n; i++) {
+    const ir_node *n = &g->nodes[i];
+    if (n->level != IR_LCONST || n->op == IR_CONST) continue;
+    char e[1400];
+    if (n->op == IR_PARAM) snprintf(e, sizeof e, "a->knobs[%d]", n->idx);
+    else value_expr(K, e, sizeof e, i, -1);
+    fprintf(f, "  const double v%d = %s;", i, e);
+    comment(K, f, i);
+    fputc('\n', f);
+  }
+  emit_batch(K, f, 0);
+  /* first a dry run to learn every slot (scratch vectors, masks, stored arrays) */
+  char *body = NULL;
+  size_t blen = 0;
+  FILE *m = open_memstream(&body, &blen);
+  if (!m) exit(1);
+  for (int s = 0; s < K->nstages; s++) {
+    emit_stage(K, m, s);
+    for (int i = 0; i < g->n; i++) K->mat_slot[i] |= K->mat[i];
+    memset(K->mat, 0, (size_t)g->n);
+    emit_after_stage(K, m, s);
+  }
+  fclose(m);
+  /* slots */
+  int nmat = 0, nmask = 0, nstore = 0;
+  for (int i = 0; i < g->n; i++) {
+    nmat += K->mat_slot[i] != 0;
+    nmask += g->nodes[i].op == IR_PICK;
+    nstore += K->stored[i] != 0;
+  }
+  if (nmat || nmask) {
+    fputs("  /* per-example scratch, as long as the longest token vector of the batch */\n"
+          "  int T = 1;\n  for (int b = 0; b < B; b++) {\n", f);
+    for (int c = 0; c < p->ncalls; c++)
+      fprintf(f, "    T = poc_k_max(T, a->off[%d][b + 1] - a->off[%d][b]);\n", c, c);
+    for (int k = 0; k < g->nfields; k++)
+      if (g->fields[k].dom >= 0)
+        fprintf(f, "    T = poc_k_max(T, a->field_off[%d][b + 1] - a->field_off[%d][b]);\n", k, k);
+    fputs("  }\n", f);
+  }
+  if (nmat) fprintf(f, "  double *scratch = malloc((size_t)T * %d * sizeof *scratch);\n", nmat);
+  if (nmask) fprintf(f, "  unsigned char *masks = malloc((size_t)T * %d);\n", nmask);
+  if (nstore) fprintf(f, "  double *stored = malloc((size_t)(B > 0 ? B : 1) * %d * sizeof *stored);\n", nstore);
+  if (nmat || nmask || nstore) {
+    fputs("  if (", f);
+    const char *sep = "";
+    if (nmat) fprintf(f, "%s!scratch", sep), sep = " || ";
+    if (nmask) fprintf(f, "%s!masks", sep), sep = " || ";
+    if (nstore) fprintf(f, "%s!stored", sep);
+    fputs(") {\n", f);
+    if (nmat) fputs("    free(scratch);\n", f);
+    if (nmask) fputs("    free(masks);\n", f);
+    if (nstore) fputs("    free(stored);\n", f);
+    fputs("    snprintf(a->err, POC_ERR_LEN, \"objective: out of memory\");\n    return -1;\n  }\n", f);
+  }
+  int km = 0, kk = 0, ks = 0;
+  for (int i = 0; i < g->n; i++) {
+    if (K->mat_slot[i]) fprintf(f, "  double *m%d = scratch + (size_t)T * %d;\n", i, km++);
+    if (g->nodes[i].op == IR_PICK) fprintf(f, "  unsigned char *pk%d = masks + (size_t)T * %d;\n", i, kk++);
+    if (K->stored[i]) fprintf(f, "  double *x%d = stored + (size_t)B * %d;\n", i, ks++);
+  }
+  /* gradients default to 0: positions no adjoint reaches */
+  for (int c = 0; c < p->ncalls; c++) {
+    if (p->calls[c].dlogp >= 0 || p->calls[c].dentropy >= 0) {
+      fprintf(f, "  if (a->dlogp[%d]) memset(a->dlogp[%d], 0, (size_t)a->off[%d][B] * sizeof(double));\n", c, c, c);
+      if (p->calls[c].entropy >= 0)
+        fprintf(f, "  if (a->dentropy[%d]) memset(a->dentropy[%d], 0, (size_t)a->off[%d][B] * sizeof(double));\n", c, c, c);
+    }
+  }
+  fputc('\n', f);
+  /* the real emission, with the materialisation decided by the dry run */
+  for (int s = 0; s < K->nstages; s++) {
+    memcpy(K->mat, K->mat_slot, (size_t)g->n);
+    emit_stage(K, f, s);
+    emit_after_stage(K, f, s);
+  }
+  free(body);
+  /* batch and constant reports hold for every example */
+  for (int r = 0; r < g->nreports; r++) {
+    int x = g->reports[r].node;
+    if (g->nodes[x].level == IR_LEXAMPLE) continue;
+    char e[160];
+    operand(K, e, sizeof e, x, "t", -1);
+    fprintf(f, "  for (int b = 0; b < B; b++) a->report[%d * B + b] = %s;\n", r, e);
+  }
+  if (nmat) fputs("  free(scratch);\n", f);
+  if (nmask) fputs("  free(masks);\n", f);
+  if (nstore) fputs("  free(stored);\n", f);
+  fputs("  return 0;\n}\n", f);
+}
+
+/* ---- unfused -------------------------------------------------------------------------- */
+
+static void un_at(const kg *K, char *buf, size_t len, int x, const char *idx) {
+  const ir_node *n = &K->g->nodes[x];
+  switch (n->level) {
+  case IR_LCONST:
+  case IR_LBATCH: snprintf(buf, len, "V[%d].v[0]", x); return;
+  case IR_LEXAMPLE: snprintf(buf, len, "V[%d].v[b]", x); return;
+  case IR_LTOKEN: snprintf(buf, len, "V[%d].v[V[%d].off[b] + %s]", x, x, idx); return;
+  }
+}
+
+static void emit_un_node(kg *K, FILE *f, int id) {
+  const ir_graph *g = K->g;
+  const ir_node *n = &g->nodes[id];
+  ir_class cls = ir_op_info(n->op)->cls;
+  int a0 = n->in[0], a1 = n->in[1];
+  char x[200], y[200], e[1400];
+  fputc('\n', f);
+  comment(K, f, id);
+  fprintf(f, "\nstatic int k%d_%s(const poc_objective_args *a, poc_k_val *V) {\n  const int B = a->B;\n",
+          id, ir_op_info(n->op)->name);
+  fputs("  (void)a;\n  (void)B;\n", f);
+  /* the shape */
+  if (n->level == IR_LTOKEN) {
+    fputs("  int *len = malloc((size_t)(B > 0 ? B : 1) * sizeof *len);\n  if (!len) return -1;\n"
+          "  for (int b = 0; b < B; b++) {\n", f);
+    switch (n->op) {
+    case IR_LOGP:
+    case IR_ENTROPY:
+    case IR_FIELD:
+    case IR_PICK:
+      memset(K->cls_used, 0, (size_t)K->ncls + 1);
+      cls_mark(K, K->cls_of[id]);
+      emit_cls_decls(K, f, "    ");
+      fprintf(f, "    len[b] = n%d;\n", K->cls_of[id]);
+      break;
+    case IR_SLICE: fprintf(f, "    len[b] = poc_k_slice_len(V[%d].len[b], %d, %d);\n", a0, n->idx, n->hi); break;
+    case IR_FIT:
+    case IR_BCAST: fprintf(f, "    len[b] = V[%d].len[b];\n", a1); break;
+    case IR_ARGMAX: fprintf(f, "    len[b] = V[%d].len[b];\n", a0); break;
+    default: {
+      fputs("    len[b] = ", f);
+      int k0 = 0;
+      for (int k = 0; k < n->nin; k++)
+        if (g->nodes[n->in[k]].level == IR_LTOKEN) k0++;
+      for (int k = 1; k < k0; k++) fputs("poc_k_min(", f);
+      int j = 0;
+      for (int k = 0; k < n->nin; k++)
+        if (g->nodes[n->in[k]].level == IR_LTOKEN) fprintf(f, j++ ? ", V[%d].len[b])" : "V[%d].len[b]", n->in[k]);
+      fputs(";\n", f);
+    }
+    }
+    fputs("  }\n", f);
+    fprintf(f, "  int rc = poc_k_token(&V[%d], B, len);\n  free(len);\n  if (rc) return -1;\n", id);
+  } else {
+    fprintf(f, "  if (poc_k_scalar(&V[%d], %s)) return -1;\n", id, n->level == IR_LEXAMPLE ? "B" : "1");
+  }
+  /* the values */
+  const char *vout = n->level == IR_LTOKEN ? "V[%d].v[V[%d].off[b] + t]" : n->level == IR_LEXAMPLE ? "V[%d].v[b]" : "V[%d].v[0]";
+  char out[96];
+  snprintf(out, sizeof out, vout, id, id);
+  switch (cls) {
+  case IR_LEAF:
+  case IR_CALL:
+    switch (n->op) {
+    case IR_CONST: fprintf(f, "  V[%d].v[0] = %.17g;\n", id, n->num); break;
+    case IR_PARAM: fprintf(f, "  V[%d].v[0] = a->knobs[%d];\n", id, n->idx); break;
+    case IR_NBATCH: fprintf(f, "  V[%d].v[0] = (double)a->B_norm;\n", id); break;
+    case IR_SEQLEN:
+      memset(K->cls_used, 0, (size_t)K->ncls + 1);
+      cls_mark(K, K->cls_of[id]);
+      fputs("  for (int b = 0; b < B; b++) {\n", f);
+      emit_cls_decls(K, f, "    ");
+      fprintf(f, "    V[%d].v[b] = n%d;\n  }\n", id, K->cls_of[id]);
+      break;
+    case IR_FIELD:
+      if (n->level == IR_LEXAMPLE) fprintf(f, "  memcpy(V[%d].v, a->field[%d], (size_t)B * sizeof(double));\n", id, n->idx);
+      else fprintf(f, "  memcpy(V[%d].v, a->field[%d], (size_t)V[%d].off[B] * sizeof(double));\n", id, n->idx, id);
+      break;
+    case IR_LOGP:
+    case IR_ENTROPY:
+      fprintf(f, "  memcpy(V[%d].v, a->%s[%d], (size_t)V[%d].off[B] * sizeof(double));\n", id,
+              n->op == IR_LOGP ? "logp" : "entropy", K->p->call_of[id], id);
+      break;
+    case IR_PICK:
+      un_at(K, x, sizeof x, a0, "0");
+      fprintf(f, "  unsigned char *mask = malloc((size_t)(V[%d].off[B] + 1));\n  if (!mask) return -1;\n"
+                 "  for (int b = 0; b < B; b++) {\n"
+                 "    poc_k_pick(a->pick_seed, %d, a->example[b], V[%d].len[b], %s, mask + V[%d].off[b]);\n"
+                 "    for (int t = 0; t < V[%d].len[b]; t++) %s = mask[V[%d].off[b] + t];\n  }\n  free(mask);\n",
+              id, n->idx, id, x, id, id, out, id);
+      break;
+    default: break;
+    }
+    break;
+  case IR_ELEM:
+  case IR_CTL: {
+    char ops[3][160];
+    for (int k = 0; k < 3; k++) strcpy(ops[k], "0");
+    for (int k = 0; k < n->nin && k < 3; k++) un_at(K, ops[k], sizeof ops[k], n->in[k], "t");
+    subst(e, sizeof e, ir_op_info(n->op)->cexpr, ops);
+    if (n->level == IR_LTOKEN)
+      fprintf(f, "  for (int b = 0; b < B; b++)\n    for (int t = 0; t < V[%d].len[b]; t++) %s = %s;\n", id, out, e);
+    else if (n->level == IR_LEXAMPLE)
+      fprintf(f, "  for (int b = 0; b < B; b++) %s = %s;\n", out, e);
+    else
+      fprintf(f, "  {\n    const int b = 0;\n    (void)b;\n    %s = %s;\n  }\n", out, e);
+    break;
+  }
+  case IR_TOKR:
+    un_at(K, x, sizeof x, a0, "t");
+    if (n->nin > 1) un_at(K, y, sizeof y, a1, "t");
+    fprintf(f, "  for (int b = 0; b < B; b++) {\n    int m = V[%d].len[b];\n", a0);
+    if (n->nin > 1) fprintf(f, "    if (V[%d].len[b] < m) m = V[%d].len[b];\n", a1, a1);
+    fputs("    double s = 0, s2 = 0, s3 = 0;\n    (void)s2;\n    (void)s3;\n", f);
+    switch (n->op) {
+    case IR_SUM: fprintf(f, "    for (int t = 0; t < m; t++) s += %s;\n", x); break;
+    case IR_MEAN: fprintf(f, "    for (int t = 0; t < m; t++) s += %s;\n    s = m ? s / m : 0;\n", x); break;
+    case IR_TMAX:
+      fprintf(f, "    for (int t = 0; t < m; t++)\n      if (t == 0 || %s > s) s = %s;\n", x, x);
+      break;
+    case IR_LEN: fputs("    s = m;\n", f); break;
+    case IR_DOT: fprintf(f, "    for (int t = 0; t < m; t++) s += %s * %s;\n", x, y); break;
+    case IR_NORM: fprintf(f, "    for (int t = 0; t < m; t++) s += %s * %s;\n    s = sqrt(s);\n", x, x); break;
+    case IR_COS:
+      fprintf(f, "    for (int t = 0; t < m; t++) s += %s * %s, s2 += %s * %s, s3 += %s * %s;\n"
+                 "    s = s2 > 0 && s3 > 0 ? s / (sqrt(s2) * sqrt(s3)) : 0;\n", x, y, x, x, y, y);
+      break;
+    default: break;
+    }
+    fprintf(f, "    V[%d].v[b] = s;\n  }\n", id);
+    break;
+  case IR_BATR:
+    fprintf(f, "  double s = 0;\n  for (int b = 0; b < B; b++) s += V[%d].v[b];\n", a0);
+    if (n->op == IR_BMEAN) fputs("  s /= B;\n", f);
+    if (n->op == IR_BSTD)
+      fprintf(f, "  const double mu = s / B;\n  double var = 0;\n"
+                 "  for (int b = 0; b < B; b++) var += (V[%d].v[b] - mu) * (V[%d].v[b] - mu);\n"
+                 "  s = sqrt(var / B);\n", a0, a0);
+    fprintf(f, "  V[%d].v[0] = s;\n", id);
+    break;
+  case IR_SHAPE:
+    if (n->level != IR_LTOKEN) {
+      un_at(K, x, sizeof x, a0, "0");
+      if (n->level == IR_LEXAMPLE) fprintf(f, "  for (int b = 0; b < B; b++) V[%d].v[b] = %s;\n", id, x);
+      else fprintf(f, "  {\n    const int b = 0;\n    (void)b;\n    V[%d].v[0] = %s;\n  }\n", id, x);
+      break;
+    }
+    fprintf(f, "  for (int b = 0; b < B; b++) {\n");
+    switch (n->op) {
+    case IR_SLICE:
+      fprintf(f, "    for (int t = 0; t < V[%d].len[b]; t++) %s = V[%d].v[V[%d].off[b] + %d + t];\n", id, out, a0, a0, n->idx);
+      break;
+    case IR_FIT:
+      fprintf(f, "    for (int t = 0; t < V[%d].len[b]; t++) {\n      const int s = t - %d;\n"
+                 "      %s = s >= 0 && s < V[%d].len[b] ? V[%d].v[V[%d].off[b] + s] : 0;\n    }\n",
+              id, n->idx, out, a0, a0, a0);
+      break;
+    case IR_BCAST:
+      un_at(K, x, sizeof x, a0, "t");
+      fprintf(f, "    for (int t = 0; t < V[%d].len[b]; t++) %s = %s;\n", id, out, x);
+      break;
+    case IR_ARGMAX:
+      fprintf(f, "    int best = -1;\n    for (int t = 0; t < V[%d].len[b]; t++)\n"
+                 "      if (best < 0 || V[%d].v[V[%d].off[b] + t] > V[%d].v[V[%d].off[b] + best]) best = t;\n"
+                 "    if (best >= 0) V[%d].v[V[%d].off[b] + best] = 1;\n",
+              id, a0, a0, a0, a0, id, id);
+      break;
+    default: break;
+    }
+    fputs("  }\n", f);
+    break;
+  }
+  fputs("  return 0;\n}\n", f);
+}
+
+static void emit_unfused(kg *K, FILE *f) {
+  const ir_graph *g = K->g;
+  const cg_prog *p = K->p;
+  for (int i = 0; i < g->n; i++)
+    if (!is_sample(K, i)) emit_un_node(K, f, i);
+  fprintf(f, "\n/* every node in IR order: a topological order */\n"
+             "static int (*const kernels[])(const poc_objective_args *, poc_k_val *) = {\n");
+  for (int i = 0; i < g->n; i++)
+    if (!is_sample(K, i)) fprintf(f, "    k%d_%s,\n", i, ir_op_info(g->nodes[i].op)->name);
+  fprintf(f, "};\n\nint poc_objective(const poc_objective_args *a) {\n  const int B = a->B;\n"
+             "  poc_k_val *V = calloc(%d, sizeof *V);\n  int rc = V ? 0 : -1;\n"
+             "  for (size_t k = 0; !rc && k < sizeof kernels / sizeof kernels[0]; k++) rc = kernels[k](a, V);\n"
+             "  if (!rc) {\n", g->n);
+  fprintf(f, "    for (int b = 0; b < B; b++) a->loss[b] = V[%d].v[b];\n", g->loss);
+  for (int r = 0; r < g->nreports; r++) {
+    int x = g->reports[r].node;
+    fprintf(f, "    for (int b = 0; b < B; b++) a->report[%d * B + b] = V[%d].v[%s];\n", r, x,
+            g->nodes[x].level == IR_LEXAMPLE ? "b" : "0");
+  }
+  for (int c = 0; c < p->ncalls; c++)
+    for (int k = 0; k < 2; k++) {
+      int d = k ? p->calls[c].dentropy : p->calls[c].dlogp;
+      bool want = p->calls[c].dlogp >= 0 || p->calls[c].dentropy >= 0;
+      if (!want || (k ? p->calls[c].entropy : p->calls[c].logp) < 0) continue;
+      const char *arr = k ? "dentropy" : "dlogp";
+      fprintf(f, "    if (a->%s[%d]) memset(a->%s[%d], 0, (size_t)a->off[%d][B] * sizeof(double));\n",
+              arr, c, arr, c, c);
+      if (d < 0) continue;
+      fprintf(f, "    for (int b = 0; b < B; b++) {\n      const int n = poc_k_min(V[%d].len[b], "
+                 "a->off[%d][b + 1] - a->off[%d][b]);\n"
+                 "      for (int t = 0; t < n; t++) a->%s[%d][a->off[%d][b] + t] = V[%d].v[V[%d].off[b] + t];\n    }\n",
+              d, c, c, arr, c, c, d, d);
+    }
+  fprintf(f, "  } else {\n    snprintf(a->err, POC_ERR_LEN, \"objective: out of memory\");\n  }\n"
+             "  for (int k = 0; V && k < %d; k++) poc_k_free(&V[k]);\n  free(V);\n  return rc;\n}\n", g->n);
+}
+
+/* ---- entry --------------------------------------------------------------------------- */
+
+int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
+  const ir_graph *g = p->g;
+  kg K0;
+  memset(&K0, 0, sizeof K0);
+  kg *K = &K0;
+  K->p = p;
+  K->g = g;
+  size_t n = (size_t)g->n + 1;
+  K->cls_of = xcalloc(n, sizeof *K->cls_of);
+  K->outer = xcalloc(n, sizeof *K->outer);
+  K->need = xcalloc(n, 1);
+  K->mat = xcalloc(n, 1);
+  K->stored = xcalloc(n, 1);
+  K->blk = xcalloc(n, sizeof *K->blk);
+  K->pos = xcalloc(n, sizeof *K->pos);
+  K->bdom = xcalloc(4 * n, sizeof *K->bdom);
+  K->mat_slot = xcalloc(n, 1);
+  K->lp_used = xcalloc((size_t)p->ncalls + 1, 1);
+  K->en_used = xcalloc((size_t)p->ncalls + 1, 1);
+  K->dl_used = xcalloc((size_t)p->ncalls + 1, 1);
+  K->de_used = xcalloc((size_t)p->ncalls + 1, 1);
+  K->fd_used = xcalloc((size_t)g->nfields + 1, 1);
+  for (int i = 0; i < g->n; i++) K->blk[i] = -1;
+  build_classes(K);
+  stages(K);
+  int rc = 0;
+  header(K, f, p->opt->unfused ? "unfused: one function per IR node" : "fused");
+  if (emit_prelude(f)) {
+    po_error_file(d, g->src ? g->src->path : "?", "cannot read the kernel template objective.c "
+                  "(set POC_TEMPLATE_DIR to the folder kernels/templates)");
+    rc = -1;
+  } else if (p->opt->unfused) {
+    emit_unfused(K, f);
+  } else {
+    emit_fused(K, f);
+  }
+  for (int c = 0; c < K->ncls; c++) free(K->cls[c].atoms);
+  free(K->cls);
+  free(K->atoms);
+  free(K->cls_of);
+  free(K->outer);
+  free(K->need);
+  free(K->mat);
+  free(K->stored);
+  free(K->blk);
+  free(K->pos);
+  free(K->bdom);
+  free(K->mat_slot);
+  free(K->lp_used);
+  free(K->en_used);
+  free(K->dl_used);
+  free(K->de_used);
+  free(K->fd_used);
+  free(K->cls_used);
+  return rc;
+}

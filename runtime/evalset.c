@@ -1,0 +1,125 @@
+/* evalset.c — the prompts(...) evaluation set: one JSON object a line,
+ * {"prompt": [ids], "answer": [ids]}. Accuracy is greedy exact match: the tokens the model
+ * generates before eos must equal the answer (a trailing eos in the file is dropped). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "train_internal.h"
+
+void trn_evalset_free(trn_evalset *e) {
+  free(e->tok);
+  free(e->p_off);
+  free(e->a_off);
+  free(e->p_len);
+  free(e->a_len);
+  memset(e, 0, sizeof *e);
+}
+
+static int ids(const char *path, long line, const cJSON *o, const char *name, int vocab,
+               int32_t **tok, size_t *n, size_t *cap, int32_t *len) {
+  const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, name);
+  if (!cJSON_IsArray(a)) {
+    fprintf(stderr, "%s:%ld: error: '%s' %s\n", path, line, name,
+            a ? "is not an array of token ids" : "is missing");
+    return -1;
+  }
+  int k = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, a) {
+    double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
+    if (!cJSON_IsNumber(it) || d != floor(d) || d < 0 || d >= vocab) {
+      fprintf(stderr, "%s:%ld: error: '%s'[%d] is not a token id in [0, %d)\n", path, line,
+              name, k, vocab);
+      return -1;
+    }
+    if (*n + 1 > *cap) {
+      size_t nc = *cap ? *cap * 2 : 1024;
+      int32_t *q = realloc(*tok, nc * sizeof *q);
+      if (!q) return -1;
+      *tok = q;
+      *cap = nc;
+    }
+    (*tok)[(*n)++] = (int32_t)d;
+    k++;
+  }
+  *len = k;
+  return 0;
+}
+
+int trn_evalset_load(trn_evalset *e, const char *path, int vocab, int eos) {
+  memset(e, 0, sizeof *e);
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    fprintf(stderr, "%s: error: cannot read evaluation set: %s\n", path, strerror(errno));
+    return -1;
+  }
+  char *line = NULL;
+  size_t lcap = 0, ntok = 0, tcap = 0;
+  int cap = 0, bad = 0;
+  long ln = 0;
+  while (getline(&line, &lcap, f) >= 0) {
+    ln++;
+    const char *s = line;
+    while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+    if (!*s) continue;
+    cJSON *o = cJSON_Parse(line);
+    if (!cJSON_IsObject(o)) {
+      fprintf(stderr, "%s:%ld: error: malformed JSON (expected an object)\n", path, ln);
+      cJSON_Delete(o);
+      bad++;
+      continue;
+    }
+    if (e->n == cap) {
+      cap = cap ? cap * 2 : 64;
+      e->p_off = realloc(e->p_off, (size_t)cap * sizeof *e->p_off);
+      e->a_off = realloc(e->a_off, (size_t)cap * sizeof *e->a_off);
+      e->p_len = realloc(e->p_len, (size_t)cap * sizeof *e->p_len);
+      e->a_len = realloc(e->a_len, (size_t)cap * sizeof *e->a_len);
+      if (!e->p_off || !e->a_off || !e->p_len || !e->a_len) {
+        cJSON_Delete(o);
+        bad++;
+        break;
+      }
+    }
+    size_t n0 = ntok;
+    e->p_off[e->n] = (int64_t)ntok;
+    if (ids(path, ln, o, "prompt", vocab, &e->tok, &ntok, &tcap, &e->p_len[e->n])) {
+      cJSON_Delete(o);
+      ntok = n0;
+      bad++;
+      continue;
+    }
+    e->a_off[e->n] = (int64_t)ntok;
+    if (ids(path, ln, o, "answer", vocab, &e->tok, &ntok, &tcap, &e->a_len[e->n])) {
+      cJSON_Delete(o);
+      ntok = n0;
+      bad++;
+      continue;
+    }
+    cJSON_Delete(o);
+    if (e->a_len[e->n] > 0 && eos >= 0 && e->tok[ntok - 1] == eos) e->a_len[e->n]--;
+    if (e->p_len[e->n] == 0) {
+      fprintf(stderr, "%s:%ld: error: 'prompt' is empty\n", path, ln);
+      ntok = n0;
+      bad++;
+      continue;
+    }
+    e->n++;
+  }
+  free(line);
+  fclose(f);
+  if (!bad && e->n == 0) {
+    fprintf(stderr, "%s: error: the evaluation set has no prompts\n", path);
+    bad++;
+  }
+  if (bad) {
+    trn_evalset_free(e);
+    return -1;
+  }
+  return 0;
+}

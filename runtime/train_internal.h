@@ -1,0 +1,276 @@
+/* train_internal.h — the training runtime's insides, shared by its files (prefix trn_):
+ *
+ *   data.c          the data set: JSONL parsing, validation, truncation, visiting order
+ *   evalset.c       the prompts(...) evaluation set
+ *   optim.c         AdamW, learning-rate schedules, gradient norm and clipping
+ *   ckpt.c          checkpoints: atomic write, discovery, load; state.json
+ *   metrics.c       metrics.jsonl and the progress line
+ *   train_pack.c    segments → packed sequences per model; the objective's buffers
+ *   train_step_fp.c one optimizer step's gradient (anchors, forward, objective, backward)
+ *                   and the hoisted reference values, in float and in double
+ *   train_cache.c   OUT/ref_cache.bin, the hoisted values on disk
+ *   train.c         poc_train_main: flags, setup, the loop, evaluation
+ *
+ * Not a public header: generated code sees program.h only.
+ */
+#ifndef POC_TRAIN_INTERNAL_H
+#define POC_TRAIN_INTERNAL_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pocrt.h"
+#include "program.h"
+
+#define TRN_MAX_SEQ 3       /* prompt + two responses */
+#define TRN_MAX_FIELDS 32
+#define TRN_MAX_MODELS 8
+
+/* Messages and paths through vsnprintf: a path longer than the buffer is cut (and
+ * trn_path says so with -1) rather than overflowing. */
+void trn_errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int trn_path(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- data.c ---------------------------------------------------------------------- */
+
+/* Sequence slots: 0 prompt, 1 chosen (pairs) / response (points), 2 rejected. Example e's
+ * slot q is tok[seq_off[e*3+q] .. + seq_len[e*3+q]), already truncated to max_len. */
+typedef struct trn_data {
+  char *path;
+  poc_data_kind kind;
+  int64_t n;
+  int n_seq;
+  int32_t *tok;
+  int64_t n_tok;
+  int64_t *seq_off;
+  int32_t *seq_len;
+  int n_fields;
+  double *ex_field;              /* [n × n_fields]: per-example field values (0 for others) */
+  double *tok_field;             /* per-token field values, */
+  int64_t *tf_off;               /* [n × n_fields] where example e's values of field f start */
+  int64_t n_truncated;           /* examples cut to max_len */
+} trn_data;
+
+/* Loads and validates the whole file; every bad line is reported on stderr as
+ * "file:line: error: ..." (errors after the first 20 only counted). -1 on any error. */
+int trn_data_load(trn_data *d, const poc_program *prog, const char *path, int vocab,
+                  int max_len);
+void trn_data_free(trn_data *d);
+int trn_seq_slot(poc_data_kind kind, int src);   /* -1 when the data kind has no such seq */
+const char *trn_src_name(int src);
+
+typedef struct trn_order {
+  int64_t n;
+  uint64_t seed;
+  int64_t epoch;                 /* whose permutation perm holds; -1 none yet */
+  int64_t *perm;
+} trn_order;
+
+void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed);
+void trn_order_free(trn_order *o);
+/* The example at stream position pos: epoch pos / n, rank pos % n of that epoch's
+ * permutation. */
+int64_t trn_order_at(trn_order *o, int64_t pos);
+
+/* FNV-1a 64; h = 0 starts a new hash. */
+uint64_t trn_hash(uint64_t h, const void *p, size_t n);
+uint64_t trn_hash_str(uint64_t h, const char *s);
+
+/* ---- evalset.c -------------------------------------------------------------------- */
+
+typedef struct trn_evalset {
+  int n;
+  int32_t *tok;
+  int64_t *p_off, *a_off;        /* [n] */
+  int32_t *p_len, *a_len;        /* [n] */
+} trn_evalset;
+
+int trn_evalset_load(trn_evalset *e, const char *path, int vocab, int eos);
+void trn_evalset_free(trn_evalset *e);
+
+/* ---- optim.c ---------------------------------------------------------------------- */
+
+/* Warmup length in steps: round(warmup · total) when warmup < 1, else warmup. */
+int64_t trn_warmup_steps(const poc_train *t, int64_t total);
+/* The learning rate of optimizer step `step` (1-based) of `total`. */
+double trn_lr(const poc_train *t, int64_t step, int64_t total);
+/* sqrt(Σ g²), accumulated in double in a fixed order. */
+double trn_sq_norm(const float *g, size_t n);
+/* One AdamW update of w from g·gscale with moments m, v (step is 1-based, for the bias
+ * correction). Weight decay applies to 2-D tensors of the layout only. */
+void trn_adamw(const poc_layout *lay, float *w, const float *g, float *m, float *v,
+               int64_t step, double lr, double gscale, const poc_train *t);
+
+/* ---- metrics.c -------------------------------------------------------------------- */
+
+/* Keeps the lines of PATH whose "step" is <= max_step (a resumed run rewrites what came
+ * after its checkpoint), atomically. A missing file is fine. */
+int trn_metrics_truncate(const char *path, int64_t max_step, char *err);
+/* Appends one JSON line and flushes. */
+int trn_metrics_append(const char *path, const char *line, char *err);
+/* "1,234" */
+void trn_fmt_thousands(char *buf, size_t n, double x);
+/* Progress on stderr: carriage-return updates on a terminal, else a line each call. */
+void trn_progress(int64_t step, int64_t total, double loss, double tok_s, double secs_left,
+                  int tty);
+
+/* ---- ckpt.c ----------------------------------------------------------------------- */
+
+typedef struct trn_state {
+  int64_t step;                  /* optimizer steps done */
+  int64_t total;                 /* steps the schedule spans */
+  int64_t pos;                   /* data stream position (examples consumed) */
+  double epoch;                  /* pos / examples in the data set */
+  uint64_t seed;
+  uint64_t program_hash;
+  int n_knobs;
+  double knobs[64];
+} trn_state;
+
+/* One trainable model as a checkpoint holds it. */
+typedef struct trn_ckmodel {
+  const char *name;
+  const poc_layout *lay;
+  float *w, *m, *v;
+} trn_ckmodel;
+
+/* Writes OUT/ckpt-<step>/ through OUT/.tmp-ckpt-<step>/ (fsync, rename). The only
+ * trainable model goes at the folder's top (config.json, model.safetensors,
+ * optimizer.safetensors); with several, each gets a subfolder by name. */
+int trn_ckpt_write(const char *out, const trn_state *st, const poc_program *prog,
+                   const trn_ckmodel *cm, int n, char *err);
+/* The newest complete OUT/ckpt-<step>: its step, or -1 when there is none. */
+int64_t trn_ckpt_latest(const char *out, char *dir, size_t dir_len);
+int trn_ckpt_load(const char *dir, trn_state *st, const poc_program *prog,
+                  const trn_ckmodel *cm, int n, char *err);
+
+/* ---- train_cache.c: hoisted call values ------------------------------------------- */
+
+/* Call c's values for example e (global index) are val[c][off[c][e] .. off[c][e+1]); only
+ * hoisted calls have arrays (logp, and entropy when wanted). */
+typedef struct trn_cache {
+  int n_calls;
+  int64_t n_examples;
+  int64_t **off;                 /* [n_calls] → [n+1] or NULL */
+  double **logp, **ent;          /* [n_calls] */
+} trn_cache;
+
+void trn_cache_free(trn_cache *k);
+int trn_cache_alloc(trn_cache *k, const poc_program *prog, int64_t n);
+int trn_cache_save(const trn_cache *k, const char *path, uint64_t key, char *err);
+/* 1 loaded, 0 absent or stale (other key, unreadable), -1 on an I/O error. */
+int trn_cache_load(trn_cache *k, const poc_program *prog, const char *path, uint64_t key);
+
+/* ---- train_pack.c ----------------------------------------------------------------- */
+
+/* The tokens of the anchors drawn this step: anchor a of step-local example b is
+ * tok[a][b][0 .. len[a][b]). */
+typedef struct trn_anchors {
+  int n_anchors, B;
+  int32_t **tok[8];
+  int *len[8];
+} trn_anchors;
+
+/* Everything fixed for a run that the step needs. */
+typedef struct trn_ctx {
+  const poc_program *prog;
+  const trn_data *data;
+  const poc_layout *lay[TRN_MAX_MODELS];
+  int eos[TRN_MAX_MODELS];
+  const trn_cache *cache;        /* hoisted values, NULL when there are none */
+  const double *knobs;
+  uint64_t seed;
+  int micro_batch;
+  int unfused;
+  int max_tokens[TRN_MAX_MODELS];/* workspace each model instance was made with */
+} trn_ctx;
+
+/* One model's packed forward. */
+typedef struct trn_pack {
+  int n_seq, n_tok, n_tgt, cap_seq, cap_tgt, cap_tok;
+  int32_t *tokens, *seq_start, *tgt_start;
+  int entropy;                   /* some call in it wants entropy */
+  int save;                      /* some call in it is trainable */
+} trn_pack;
+
+/* Which calls a pack holds: the live ones (computed each step) or the hoisted ones. */
+enum { TRN_LIVE = 0, TRN_HOISTED = 1 };
+
+/* A micro-batch laid out: its packs, and where call c's values of example b sit in its
+ * model's pack output: base[c] + off[c][b] .. base[c] + off[c][b+1]. */
+typedef struct trn_mb {
+  int B, cap_B, n_calls;
+  trn_pack pk[TRN_MAX_MODELS];
+  int32_t **off;                 /* [n_calls] → [B+1] */
+  int32_t *base;                 /* [n_calls] */
+} trn_mb;
+
+void trn_mb_free(trn_mb *mb);
+/* Lays out examples ex[0..B) (anchors of step-local examples anc_b0 .. anc_b0+B), for the
+ * calls of kind `which`. A context that comes out empty or a sequence longer than the
+ * model's positions is an error naming the call. */
+int trn_mb_build(trn_mb *mb, const trn_ctx *c, const int64_t *ex, int B,
+                 const trn_anchors *anc, int anc_b0, int which, char *err);
+/* Resolves the tokens of a segment list for one example into out (NULL: count only). */
+int trn_segs_resolve(const trn_ctx *c, const poc_segment *s, int n, int64_t e,
+                     const trn_anchors *anc, int b, int32_t *out);
+/* The largest packed length one micro-batch of `mb` examples can have for model m, with
+ * anchors at their full token count; also the longest single sequence in *longest. */
+int trn_max_pack_tokens(const trn_ctx *c, int m, int mb, int *longest);
+
+/* The objective's inputs for up to B examples, appended micro-batch by micro-batch. */
+typedef struct trn_objbuf {
+  int B, cap_B, n_calls, n_fields, n_reports;
+  int64_t *example;
+  int32_t **off;                 /* [n_calls] → [B+1] */
+  double **logp, **ent, **dlogp, **dent;
+  size_t *cap_tok;               /* [n_calls] */
+  int32_t **foff;                /* [n_fields] → [B+1] for per-token fields */
+  double **fval;
+  size_t *fcap;
+  double *loss, *report;
+} trn_objbuf;
+
+int trn_objbuf_init(trn_objbuf *o, const poc_program *prog, int cap_B);
+void trn_objbuf_free(trn_objbuf *o);
+void trn_objbuf_reset(trn_objbuf *o);
+/* Appends example b0.. of a laid-out micro-batch: per-call values from its model's pack
+ * outputs (`logp[m]`, `ent[m]`, in double) or the cache for hoisted calls, and the fields. */
+int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const int64_t *ex,
+                      const double *const *logp, const double *const *ent);
+/* Calls the objective on the buffer's B examples. */
+int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_seed,
+                    char *err);
+
+/* The step's seed for pick draws. */
+uint64_t trn_pick_seed(uint64_t seed, int64_t step);
+
+/* ---- train_step_fp.c ------------------------------------------------------------- */
+
+typedef struct trn_stepout {
+  double loss_sum;               /* Σ loss_e over the step's examples */
+  double report_sum[64];         /* Σ report_r,e */
+  int64_t tokens;                /* packed tokens through forward passes (first pass) */
+} trn_stepout;
+
+typedef struct trn_models_f32 { poc_model_f32 *m[TRN_MAX_MODELS]; } trn_models_f32;
+typedef struct trn_models_f64 { poc_model_f64 *m[TRN_MAX_MODELS]; } trn_models_f64;
+
+/* One optimizer step's gradient over examples ex[0..B) (B = the step's batch) at step
+ * `step` (1-based): draws anchors, runs the forwards, the objective (per micro-batch when
+ * separable, once for the step otherwise) and the backwards. Gradients are added to the
+ * trainable models' grad arrays (the caller zeroes them). */
+int trn_step_grad_f32(const trn_ctx *c, trn_models_f32 *ms, const int64_t *ex, int B,
+                      int64_t step, trn_stepout *o, char *err);
+int trn_step_grad_f64(const trn_ctx *c, trn_models_f64 *ms, const int64_t *ex, int B,
+                      int64_t step, trn_stepout *o, char *err);
+/* Fills the cache's hoisted calls for every example of the data set. */
+int trn_hoist_f32(const trn_ctx *c, trn_models_f32 *ms, trn_cache *k, char *err);
+int trn_hoist_f64(const trn_ctx *c, trn_models_f64 *ms, trn_cache *k, char *err);
+
+/* ---- train.c (exposed for tests) -------------------------------------------------- */
+
+/* Steps the schedule spans: epochs · n / batch (at least 1), capped by train.steps. */
+int64_t trn_total_steps(const poc_train *t, int64_t n_examples);
+
+#endif

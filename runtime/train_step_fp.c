@@ -1,0 +1,299 @@
+/* train_step_fp.c — one optimizer step's gradient, written once for float (training) and
+ * double (the gradient check against finite differences).
+ *
+ * A step of B examples in micro-batches of b:
+ *
+ *   anchors   each `sample(...)` drawn for every example from the current weights
+ *   separable for each micro-batch: forward (saving activations) → objective on the
+ *             micro-batch → backward with its seeds. The objective's seeds already carry
+ *             1/B (B_norm), so accumulating the micro-batches' gradients gives ∇ of the
+ *             step's mean loss.
+ *   otherwise (batch reductions): every micro-batch forward without saving → the
+ *             objective once over the whole step → each micro-batch forward again, saving,
+ *             and backward with its slice of the seeds. The second forward recomputes what
+ *             the first one threw away: activations of only one micro-batch are ever held.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fp.h"
+#include "train_internal.h"
+
+typedef FP(poc_model) model;
+typedef struct FP(trn_models) models;
+
+/* Per-model output buffers of one pack. */
+typedef struct {
+  real *lp, *en, *dl, *de;
+  double *lpd, *end;
+  size_t cap;
+} outbuf;
+
+static void ob_free(outbuf *o) {
+  free(o->lp);
+  free(o->en);
+  free(o->dl);
+  free(o->de);
+  free(o->lpd);
+  free(o->end);
+  memset(o, 0, sizeof *o);
+}
+
+static int ob_reserve(outbuf *o, size_t n) {
+  if (n == 0) n = 1;
+  if (n <= o->cap) return 0;
+  ob_free(o);
+  o->lp = malloc(n * sizeof(real));
+  o->en = malloc(n * sizeof(real));
+  o->dl = malloc(n * sizeof(real));
+  o->de = malloc(n * sizeof(real));
+  o->lpd = malloc(n * sizeof(double));
+  o->end = malloc(n * sizeof(double));
+  if (!o->lp || !o->en || !o->dl || !o->de || !o->lpd || !o->end) {
+    ob_free(o);
+    return -1;
+  }
+  o->cap = n;
+  return 0;
+}
+
+static poc_pack as_pack(const trn_pack *pk) {
+  poc_pack p = {pk->n_seq, pk->n_tok, pk->tokens, pk->seq_start, pk->tgt_start};
+  return p;
+}
+
+/* Forward of every model with something in the pack (only_save: just the models that will
+ * run backward, with activations saved). Outputs converted to double. */
+static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, int only_save,
+                    outbuf *ob, int64_t *tokens, char *err) {
+  for (int m = 0; m < c->prog->n_models; m++) {
+    const trn_pack *pk = &mb->pk[m];
+    int bwd = pk->save && c->prog->models[m].trainable;
+    if (pk->n_seq == 0 || (only_save && !bwd)) continue;
+    if (ob_reserve(&ob[m], (size_t)pk->n_tgt)) {
+      trn_errf(err, "out of memory for %d log-probs", pk->n_tgt);
+      return -1;
+    }
+    int flags = (save && bwd ? POC_FWD_SAVE : 0) | (pk->entropy ? POC_FWD_ENTROPY : 0) |
+                (c->unfused ? POC_FWD_UNFUSED : 0);
+    poc_pack p = as_pack(pk);
+    if (FP(poc_model_forward)(ms->m[m], &p, flags, ob[m].lp, pk->entropy ? ob[m].en : NULL,
+                              err))
+      return -1;
+    for (int i = 0; i < pk->n_tgt; i++) {
+      ob[m].lpd[i] = ob[m].lp[i];
+      ob[m].end[i] = pk->entropy ? ob[m].en[i] : 0;
+    }
+    if (tokens) *tokens += pk->n_tok;
+  }
+  return 0;
+}
+
+/* Scatters the objective's seeds for examples [b0, b0 + mb->B) of the buffer into each
+ * trainable model's pack order and runs its backward. */
+static int backwards(const trn_ctx *c, models *ms, const trn_mb *mb, const trn_objbuf *o,
+                     int b0, outbuf *ob, char *err) {
+  const poc_program *p = c->prog;
+  for (int m = 0; m < p->n_models; m++) {
+    const trn_pack *pk = &mb->pk[m];
+    if (pk->n_seq == 0 || !pk->save || !p->models[m].trainable) continue;
+    memset(ob[m].dl, 0, (size_t)pk->n_tgt * sizeof(real));
+    memset(ob[m].de, 0, (size_t)pk->n_tgt * sizeof(real));
+    for (int k = 0; k < p->n_calls; k++) {
+      const poc_call *cl = &p->calls[k];
+      if (cl->model != m || cl->hoisted || !cl->trainable) continue;
+      for (int b = 0; b < mb->B; b++) {
+        int n = mb->off[k][b + 1] - mb->off[k][b];
+        int dst = mb->base[k] + mb->off[k][b], src = o->off[k][b0 + b];
+        for (int i = 0; i < n; i++) {
+          ob[m].dl[dst + i] = (real)o->dlogp[k][src + i];
+          if (cl->want_entropy) ob[m].de[dst + i] = (real)o->dent[k][src + i];
+        }
+      }
+    }
+    poc_pack pp = as_pack(pk);
+    if (FP(poc_model_backward)(ms->m[m], &pp, ob[m].dl, pk->entropy ? ob[m].de : NULL, err))
+      return -1;
+  }
+  return 0;
+}
+
+static void anchors_free(trn_anchors *a) {
+  for (int k = 0; k < a->n_anchors; k++) {
+    for (int b = 0; b < a->B && a->tok[k]; b++) free(a->tok[k][b]);
+    free(a->tok[k]);
+    free(a->len[k]);
+  }
+  memset(a, 0, sizeof *a);
+}
+
+/* Anchor k of example e at step s: K tokens at most from the model's current weights
+ * after the anchor's context, drawn from poc_rng_derive(seed + k, s, e). */
+static int anchors_draw(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_t step,
+                        trn_anchors *a, char *err) {
+  const poc_program *p = c->prog;
+  memset(a, 0, sizeof *a);
+  if (p->n_anchors > 8) {
+    trn_errf(err, "%d sample() anchors: at most 8 are supported", p->n_anchors);
+    return -1;
+  }
+  a->n_anchors = p->n_anchors;
+  a->B = B;
+  int rc = 0;
+  for (int k = 0; k < p->n_anchors && !rc; k++) {
+    const poc_anchor *an = &p->anchors[k];
+    a->tok[k] = calloc((size_t)B, sizeof *a->tok[k]);
+    a->len[k] = calloc((size_t)B, sizeof *a->len[k]);
+    if (!a->tok[k] || !a->len[k]) goto oom;
+    for (int b = 0; b < B && !rc; b++) {
+      int n = trn_segs_resolve(c, an->context, an->n_context, ex[b], a, b, NULL);
+      int32_t *ctx = malloc(((size_t)n + 1) * sizeof *ctx);
+      a->tok[k][b] = malloc(((size_t)an->tokens + 1) * sizeof(int32_t));
+      if (!ctx || !a->tok[k][b]) {
+        free(ctx);
+        goto oom;
+      }
+      trn_segs_resolve(c, an->context, an->n_context, ex[b], a, b, ctx);
+      poc_rng r = poc_rng_derive(c->seed + (uint64_t)k, (uint64_t)step, (uint64_t)ex[b]);
+      int got = FP(poc_generate)(ms->m[an->model], ctx, n, an->tokens, an->temperature,
+                                 an->top_p, c->eos[an->model], &r, a->tok[k][b], err);
+      free(ctx);
+      if (got < 0) rc = -1;
+      else a->len[k][b] = got;
+    }
+  }
+  if (rc) anchors_free(a);
+  return rc;
+oom:
+  anchors_free(a);
+  trn_errf(err, "out of memory drawing anchors");
+  return -1;
+}
+
+static void sum_outputs(const trn_objbuf *o, int n_reports, trn_stepout *out) {
+  for (int b = 0; b < o->B; b++) {
+    out->loss_sum += o->loss[b];
+    for (int r = 0; r < n_reports && r < 64; r++) out->report_sum[r] += o->report[r * o->B + b];
+  }
+}
+
+int FP(trn_step_grad)(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_t step,
+                      trn_stepout *out, char *err) {
+  const poc_program *p = c->prog;
+  memset(out, 0, sizeof *out);
+  trn_anchors anc;
+  if (anchors_draw(c, ms, ex, B, step, &anc, err)) return -1;
+  int mbs = c->micro_batch > 0 ? c->micro_batch : B;
+  trn_objbuf o;
+  trn_mb mb = {0};
+  outbuf ob[TRN_MAX_MODELS];
+  memset(ob, 0, sizeof ob);
+  int rc = -1;
+  if (trn_objbuf_init(&o, p, p->separable ? (mbs < B ? mbs : B) : B)) {
+    trn_errf(err, "out of memory for the objective's buffers");
+    goto done;
+  }
+  uint64_t ps = trn_pick_seed(c->seed, step);
+  const double *lp[TRN_MAX_MODELS], *en[TRN_MAX_MODELS];
+
+  if (p->separable) {
+    for (int b0 = 0; b0 < B; b0 += mbs) {
+      int n = B - b0 < mbs ? B - b0 : mbs;
+      if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
+      if (forwards(c, ms, &mb, 1, 0, ob, &out->tokens, err)) goto done;
+      for (int m = 0; m < p->n_models; m++) {
+        lp[m] = ob[m].lpd;
+        en[m] = mb.pk[m].entropy ? ob[m].end : NULL;
+      }
+      trn_objbuf_reset(&o);
+      if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en)) {
+        trn_errf(err, "out of memory for the objective's inputs");
+        goto done;
+      }
+      if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
+      sum_outputs(&o, p->n_reports, out);
+      if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
+    }
+  } else {
+    trn_objbuf_reset(&o);
+    for (int b0 = 0; b0 < B; b0 += mbs) {
+      int n = B - b0 < mbs ? B - b0 : mbs;
+      if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
+      if (forwards(c, ms, &mb, 0, 0, ob, &out->tokens, err)) goto done;
+      for (int m = 0; m < p->n_models; m++) {
+        lp[m] = ob[m].lpd;
+        en[m] = mb.pk[m].entropy ? ob[m].end : NULL;
+      }
+      if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en)) {
+        trn_errf(err, "out of memory for the objective's inputs");
+        goto done;
+      }
+    }
+    if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
+    sum_outputs(&o, p->n_reports, out);
+    for (int b0 = 0; b0 < B; b0 += mbs) {
+      int n = B - b0 < mbs ? B - b0 : mbs;
+      if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
+      if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
+      if (backwards(c, ms, &mb, &o, b0, ob, err)) goto done;
+    }
+  }
+  rc = 0;
+done:
+  for (int m = 0; m < TRN_MAX_MODELS; m++) ob_free(&ob[m]);
+  trn_mb_free(&mb);
+  trn_objbuf_free(&o);
+  anchors_free(&anc);
+  return rc;
+}
+
+int FP(trn_hoist)(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
+  const poc_program *p = c->prog;
+  const trn_data *d = c->data;
+  /* offsets first: the values then go into arrays of their final size */
+  for (int i = 0; i < p->n_calls; i++) {
+    const poc_call *cl = &p->calls[i];
+    if (!cl->hoisted) continue;
+    k->off[i][0] = 0;
+    for (int64_t e = 0; e < d->n; e++)
+      k->off[i][e + 1] =
+          k->off[i][e] + trn_segs_resolve(c, cl->target, cl->n_target, e, NULL, 0, NULL);
+    size_t n = (size_t)k->off[i][d->n] + 1;
+    if (cl->want_logp && !(k->logp[i] = malloc(n * sizeof(double)))) goto oom;
+    if (cl->want_entropy && !(k->ent[i] = malloc(n * sizeof(double)))) goto oom;
+  }
+  int mbs = c->micro_batch > 0 ? c->micro_batch : 1;
+  int64_t *ex = malloc((size_t)mbs * sizeof *ex);
+  trn_mb mb = {0};
+  outbuf ob[TRN_MAX_MODELS];
+  memset(ob, 0, sizeof ob);
+  int rc = ex ? 0 : -1;
+  if (!ex) trn_errf(err, "out of memory");
+  for (int64_t e0 = 0; e0 < d->n && !rc; e0 += mbs) {
+    int n = d->n - e0 < mbs ? (int)(d->n - e0) : mbs;
+    for (int b = 0; b < n; b++) ex[b] = e0 + b;
+    if ((rc = trn_mb_build(&mb, c, ex, n, NULL, 0, TRN_HOISTED, err))) break;
+    if ((rc = forwards(c, ms, &mb, 0, 0, ob, NULL, err))) break;
+    for (int i = 0; i < p->n_calls; i++) {
+      const poc_call *cl = &p->calls[i];
+      if (!cl->hoisted) continue;
+      const outbuf *o = &ob[cl->model];
+      for (int b = 0; b < n; b++) {
+        int src = mb.base[i] + mb.off[i][b], len = mb.off[i][b + 1] - mb.off[i][b];
+        int64_t dst = k->off[i][ex[b]];
+        for (int t = 0; t < len; t++) {
+          if (k->logp[i]) k->logp[i][dst + t] = o->lpd[src + t];
+          if (k->ent[i]) k->ent[i][dst + t] = o->end[src + t];
+        }
+      }
+    }
+  }
+  for (int m = 0; m < TRN_MAX_MODELS; m++) ob_free(&ob[m]);
+  trn_mb_free(&mb);
+  free(ex);
+  return rc;
+oom:
+  trn_errf(err, "out of memory for the reference cache");
+  return -1;
+}
