@@ -9,7 +9,7 @@ wait4's ru_maxrss); tokens/s is the median over the logged steps after the first
 metrics.jsonl. Runs from the repository root, since the examples name their data
 relative to it. Writes bench/results/train_cpu.md.
 
-usage: bench/train/run.py [--poc build/compiler/poc] [--steps 4] [--methods dpo,simpo,copo,inspo]
+usage: bench/train/run.py [--poc build/poc] [--steps 4] [--methods dpo,simpo,copo,inspo]
 knobs: OMP_NUM_THREADS (all cores unless set), NOTE (a sentence added to the results)
 """
 import argparse
