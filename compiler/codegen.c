@@ -8,14 +8,6 @@
 
 #include "codegen.h"
 
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  if (!p) {
-    fprintf(stderr, "poc: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
 
 /* ---- escaping ---------------------------------------------------------------------- */
 
@@ -169,8 +161,8 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
   size_t n = strlen(b);
   if (n > 3 && !strcmp(b + n - 3, ".po")) n -= 3;
   p->name = ir_fmt(g, "%.*s", (int)n, b);
-  p->call_of = xcalloc((size_t)g->n, sizeof *p->call_of);
-  p->calls = xcalloc((size_t)g->n, sizeof *p->calls);
+  p->call_of = ir_xcalloc((size_t)g->n, sizeof *p->call_of);
+  p->calls = ir_xcalloc((size_t)g->n, sizeof *p->calls);
   for (int i = 0; i < g->n; i++) p->call_of[i] = -1;
   int errors = 0;
   for (int i = 0; i < g->n; i++) {
@@ -211,12 +203,12 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
           errors++;
         }
   }
-  p->anchors = xcalloc((size_t)g->n, sizeof *p->anchors);
+  p->anchors = ir_xcalloc((size_t)g->n, sizeof *p->anchors);
   for (int i = 0; i < g->n; i++)
     if (g->nodes[i].op == IR_SAMPLE) p->anchors[p->nanchors++] = i;
   /* token counts: the runtime hands the kernel a count per call and per token field */
-  p->dom_call = xcalloc((size_t)g->ndoms, sizeof *p->dom_call);
-  p->dom_field = xcalloc((size_t)g->ndoms, sizeof *p->dom_field);
+  p->dom_call = ir_xcalloc((size_t)g->ndoms, sizeof *p->dom_call);
+  p->dom_field = ir_xcalloc((size_t)g->ndoms, sizeof *p->dom_field);
   for (int dd = 0; dd < g->ndoms; dd++) {
     p->dom_call[dd] = p->dom_field[dd] = -1;
     for (int c = 0; c < p->ncalls && p->dom_call[dd] < 0; c++)

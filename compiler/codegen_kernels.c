@@ -29,14 +29,6 @@
 
 #include "codegen.h"
 
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  if (!p) {
-    fprintf(stderr, "poc: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
 
 /* ---- length classes ---------------------------------------------------------------- */
 
@@ -95,7 +87,7 @@ static int cls_intern_set(kg *K, int *ids, int n, int base) {
     if (K->cls[c].n == m && !memcmp(K->cls[c].atoms, ids, (size_t)m * sizeof *ids)) return c;
   K->cls = realloc(K->cls, (size_t)(K->ncls + 1) * sizeof *K->cls);
   if (!K->cls) exit(1);
-  int *a = xcalloc((size_t)m, sizeof *a);
+  int *a = ir_xcalloc((size_t)m, sizeof *a);
   memcpy(a, ids, (size_t)m * sizeof *a);
   K->cls[K->ncls] = (lclass){.n = m, .atoms = a, .base = base};
   K->cls_used = realloc(K->cls_used, (size_t)K->ncls + 2);
@@ -116,7 +108,7 @@ static int cls_union(kg *K, int x, int y) {
   if (x == y || y < 0) return x;
   if (x < 0) return y;
   int n = K->cls[x].n + K->cls[y].n;
-  int *ids = xcalloc((size_t)n, sizeof *ids);
+  int *ids = ir_xcalloc((size_t)n, sizeof *ids);
   memcpy(ids, K->cls[x].atoms, (size_t)K->cls[x].n * sizeof *ids);
   memcpy(ids + K->cls[x].n, K->cls[y].atoms, (size_t)K->cls[y].n * sizeof *ids);
   int r = cls_intern_set(K, ids, n, -1);
@@ -514,7 +506,7 @@ static void emit_grad_writes(kg *K, FILE *f, int id, int bound, const char *ind)
 static void emit_block(kg *K, FILE *f, int bk) {
   const ir_graph *g = K->g;
   /* the loop bound: the longest class any statement of the block needs */
-  int *cl = xcalloc((size_t)g->n + 1, sizeof *cl);
+  int *cl = ir_xcalloc((size_t)g->n + 1, sizeof *cl);
   int ncl = 0;
   for (int i = 0; i < g->n; i++) {
     if (!K->need[i]) continue;
@@ -1100,20 +1092,20 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   K->p = p;
   K->g = g;
   size_t n = (size_t)g->n + 1;
-  K->cls_of = xcalloc(n, sizeof *K->cls_of);
-  K->outer = xcalloc(n, sizeof *K->outer);
-  K->need = xcalloc(n, 1);
-  K->mat = xcalloc(n, 1);
-  K->stored = xcalloc(n, 1);
-  K->blk = xcalloc(n, sizeof *K->blk);
-  K->pos = xcalloc(n, sizeof *K->pos);
-  K->bdom = xcalloc(4 * n, sizeof *K->bdom);
-  K->mat_slot = xcalloc(n, 1);
-  K->lp_used = xcalloc((size_t)p->ncalls + 1, 1);
-  K->en_used = xcalloc((size_t)p->ncalls + 1, 1);
-  K->dl_used = xcalloc((size_t)p->ncalls + 1, 1);
-  K->de_used = xcalloc((size_t)p->ncalls + 1, 1);
-  K->fd_used = xcalloc((size_t)g->nfields + 1, 1);
+  K->cls_of = ir_xcalloc(n, sizeof *K->cls_of);
+  K->outer = ir_xcalloc(n, sizeof *K->outer);
+  K->need = ir_xcalloc(n, 1);
+  K->mat = ir_xcalloc(n, 1);
+  K->stored = ir_xcalloc(n, 1);
+  K->blk = ir_xcalloc(n, sizeof *K->blk);
+  K->pos = ir_xcalloc(n, sizeof *K->pos);
+  K->bdom = ir_xcalloc(4 * n, sizeof *K->bdom);
+  K->mat_slot = ir_xcalloc(n, 1);
+  K->lp_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
+  K->en_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
+  K->dl_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
+  K->de_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
+  K->fd_used = ir_xcalloc((size_t)g->nfields + 1, 1);
   for (int i = 0; i < g->n; i++) K->blk[i] = -1;
   build_classes(K);
   stages(K);

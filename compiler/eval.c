@@ -14,20 +14,12 @@
 #include "ir.h"
 #include "pocrt.h"
 
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  if (!p) {
-    fprintf(stderr, "poc: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
 
 void ir_pick_mask(uint64_t seed, int pick, int example, int len, double n, double *mask) {
   for (int t = 0; t < len; t++) mask[t] = 0;
   int k = n >= len ? len : n > 0 ? (int)floor(n) : 0;
   if (k <= 0) return;
-  int *perm = xcalloc((size_t)len, sizeof *perm);
+  int *perm = ir_xcalloc((size_t)len, sizeof *perm);
   for (int t = 0; t < len; t++) perm[t] = t;
   poc_rng r = poc_rng_derive(seed, (uint64_t)pick, (uint64_t)example);
   /* partial Fisher–Yates: position j takes a uniform draw among the len - j left */
@@ -43,7 +35,7 @@ void ir_pick_mask(uint64_t seed, int pick, int example, int len, double n, doubl
 }
 
 int *ir_dom_lengths(const ir_graph *g, const ir_env *env, int d) {
-  int *len = xcalloc((size_t)env->B, sizeof *len);
+  int *len = ir_xcalloc((size_t)env->B, sizeof *len);
   const ir_domain *dm = &g->doms[d];
   if (env->domlen && env->domlen[d]) {
     memcpy(len, env->domlen[d], (size_t)env->B * sizeof *len);
@@ -79,14 +71,14 @@ static double at(const ir_graph *g, const ir_val *vals, int x, int i, int t) {
 }
 
 static void shape_token(ir_val *v, int B, const int *len) {
-  v->len = xcalloc((size_t)B, sizeof *v->len);
-  v->off = xcalloc((size_t)B + 1, sizeof *v->off);
+  v->len = ir_xcalloc((size_t)B, sizeof *v->len);
+  v->off = ir_xcalloc((size_t)B + 1, sizeof *v->off);
   for (int i = 0; i < B; i++) {
     v->len[i] = len[i];
     v->off[i + 1] = v->off[i] + len[i];
   }
   v->total = v->off[B];
-  v->v = xcalloc((size_t)v->total, sizeof *v->v);
+  v->v = ir_xcalloc((size_t)v->total, sizeof *v->v);
 }
 
 #define EFAIL(...)                          \
@@ -98,8 +90,8 @@ static void shape_token(ir_val *v, int B, const int *len) {
 
 ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) {
   int B = env->B;
-  ir_val *vals = xcalloc((size_t)g->n, sizeof *vals);
-  int *tmp = xcalloc((size_t)B, sizeof *tmp);
+  ir_val *vals = ir_xcalloc((size_t)g->n, sizeof *vals);
+  int *tmp = ir_xcalloc((size_t)B, sizeof *tmp);
   for (int id = 0; id < g->n; id++) {
     const ir_node *n = &g->nodes[id];
     ir_val *o = &vals[id];
@@ -153,7 +145,7 @@ ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) 
       }
     } else {
       o->total = n->level == IR_LEXAMPLE ? B : 1;
-      o->v = xcalloc((size_t)o->total, sizeof *o->v);
+      o->v = ir_xcalloc((size_t)o->total, sizeof *o->v);
     }
     /* then the values */
     switch (oi->cls) {

@@ -26,6 +26,15 @@ static void *xrealloc(void *p, size_t n) {
   return q;
 }
 
+void *ir_xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size);
+  if (!p) {
+    fprintf(stderr, "poc: out of memory\n");
+    exit(1);
+  }
+  return p;
+}
+
 void *ir_alloc(ir_graph *g, size_t n) {
   n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
   ir_arena *a = g->arena;

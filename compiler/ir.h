@@ -258,6 +258,8 @@ typedef struct ir_graph {
 
 ir_graph *ir_new(const po_source *src);
 void ir_free(ir_graph *g);
+/* calloc that never returns NULL: a compiler out of memory stops with a message. */
+void *ir_xcalloc(size_t n, size_t size);
 void *ir_alloc(ir_graph *g, size_t n);          /* zeroed, freed with the graph */
 char *ir_strdup(ir_graph *g, const char *s);
 char *ir_fmt(ir_graph *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
