@@ -108,21 +108,7 @@ static int gen_pick(const model *m, gen_state *g, double temperature, double top
 int FP(poc_generate)(model *m, const int32_t *prompt, int n_prompt, int max_new,
                      double temperature, double top_p, int eos, poc_rng *rng, int32_t *out,
                      char *err) {
-  if (n_prompt <= 0 || max_new < 0) {
-    snprintf(err, POC_ERR_LEN, "generate: the prompt must be non-empty and the token count "
-             "non-negative (got %d prompt tokens, %d new)", n_prompt, max_new);
-    return -1;
-  }
-  for (int i = 0; i < n_prompt; i++)
-    if (prompt[i] < 0 || prompt[i] >= m->V) {
-      snprintf(err, POC_ERR_LEN, "generate: prompt token %d (at %d) is outside the "
-               "vocabulary (%d)", prompt[i], i, m->V);
-      return -1;
-    }
-  if (temperature > 0 && !rng) {
-    snprintf(err, POC_ERR_LEN, "generate: sampling needs a random stream");
-    return -1;
-  }
+  if (poc_generate_check(m->V, prompt, n_prompt, max_new, temperature, rng, err)) return -1;
   if (max_new == 0) return 0;
   int n_ctx = n_prompt + max_new, win = m->lay->cfg.sliding_window;
   if (win > 0 && n_ctx > win) {

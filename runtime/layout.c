@@ -5,6 +5,7 @@
  * post_attention_layernorm, gate_proj, up_proj, down_proj; the final norm; lm_head unless
  * the embeddings are tied. Linear weights keep HF's [out, in] shape.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,4 +169,27 @@ const poc_tensor_info *poc_layout_find(const poc_layout *lay, const char *name) 
   for (int i = 0; i < lay->n_tensors; i++)
     if (!strcmp(lay->tensors[i].name, name)) return &lay->tensors[i];
   return NULL;
+}
+
+/* inv_freq_i = θ^(−2i/hd); with Llama-3 scaling (HF `_compute_llama3_parameters`), with
+ * wavelength λ = 2π/inv_freq, λ_lo = L0/low_freq_factor, λ_hi = L0/high_freq_factor:
+ *   λ > λ_lo: inv_freq / factor;  λ < λ_hi: unchanged;  otherwise, with
+ *   s = (L0/λ − low)/(high − low):  (1 − s)·inv_freq/factor + s·inv_freq. */
+void poc_rope_inv_freq(const poc_config *c, double *inv_freq) {
+  int half = c->head_dim / 2;
+  for (int i = 0; i < half; i++) {
+    double f = pow(c->rope_theta, -(2.0 * i) / c->head_dim);
+    if (c->rope_llama3) {
+      const double pi = 3.14159265358979323846;
+      double L0 = c->rope_original_max_position, lo = c->rope_low_freq_factor,
+             hi = c->rope_high_freq_factor, wl = 2 * pi / f;
+      if (wl > L0 / lo)
+        f = f / c->rope_factor;
+      else if (!(wl < L0 / hi)) {
+        double s = (L0 / wl - lo) / (hi - lo);
+        f = (1 - s) * f / c->rope_factor + s * f;
+      }
+    }
+    inv_freq[i] = f;
+  }
 }

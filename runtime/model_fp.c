@@ -121,28 +121,6 @@ void FP(mdl_rope_tables)(const model *m, int T, const int32_t *pos, real *cosb, 
     }
 }
 
-/* inv_freq_i = θ^(−2i/hd); with Llama-3 scaling (HF `_compute_llama3_parameters`), with
- * wavelength λ = 2π/inv_freq, λ_lo = L0/low_freq_factor, λ_hi = L0/high_freq_factor:
- *   λ > λ_lo: inv_freq / factor;  λ < λ_hi: unchanged;  otherwise, with
- *   s = (L0/λ − low)/(high − low):  (1 − s)·inv_freq/factor + s·inv_freq. */
-static void mdl_rope_freqs(const poc_config *c, double *inv_freq) {
-  int half = c->head_dim / 2;
-  for (int i = 0; i < half; i++) {
-    double f = pow(c->rope_theta, -(2.0 * i) / c->head_dim);
-    if (c->rope_llama3) {
-      const double pi = 3.14159265358979323846;
-      double L0 = c->rope_original_max_position, lo = c->rope_low_freq_factor,
-             hi = c->rope_high_freq_factor, wl = 2 * pi / f;
-      if (wl > L0 / lo)
-        f = f / c->rope_factor;
-      else if (!(wl < L0 / hi)) {
-        double s = (L0 / wl - lo) / (hi - lo);
-        f = (1 - s) * f / c->rope_factor + s * f;
-      }
-    }
-    inv_freq[i] = f;
-  }
-}
 
 /* Causal grouped-query attention with an online softmax, one (row, head) per task:
  *   s_j = q·k_j/√hd for j in [kbeg, kend),  out = Σ_j e^{s_j − lse} v_j,
@@ -349,7 +327,7 @@ model *FP(poc_model_new)(const poc_layout *lay, real *w, real *grad, int max_tok
   m->lo = calloc((size_t)m->L, sizeof *m->lo);
   m->sv = calloc((size_t)m->n_slots, sizeof *m->sv);
   if (!m->inv_freq || !m->lo || !m->sv) goto fail;
-  mdl_rope_freqs(c, m->inv_freq);
+  poc_rope_inv_freq(c, m->inv_freq);
 
   poc_model_offsets mo;
   char oerr[POC_ERR_LEN];

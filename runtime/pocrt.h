@@ -83,6 +83,10 @@ typedef struct poc_model_offsets {
   poc_layer_offsets *layers;     /* [n_layers], malloc'd: free() it */
 } poc_model_offsets;
 int poc_layout_offsets(const poc_layout *lay, poc_model_offsets *o, char *err);
+
+/* RoPE inverse frequencies inv_freq[head_dim/2], with Llama-3 scaling when the config asks
+ * (the same rule on every backend). */
+void poc_rope_inv_freq(const poc_config *c, double *inv_freq);
 void poc_layout_free(poc_layout *lay);
 const poc_tensor_info *poc_layout_find(const poc_layout *lay, const char *name);
 
@@ -184,6 +188,11 @@ int poc_generate_f32(poc_model_f32 *m, const int32_t *prompt, int n_prompt, int 
 int poc_generate_f64(poc_model_f64 *m, const int32_t *prompt, int n_prompt, int max_new,
                      double temperature, double top_p, int eos, poc_rng *rng, int32_t *out,
                      char *err);
+
+/* Checks generation's arguments for a vocabulary of V tokens: a non-empty prompt of
+ * in-vocabulary ids, max_new >= 0, a random stream when sampling. 0, or -1 with err. */
+int poc_generate_check(int V, const int32_t *prompt, int n_prompt, int max_new,
+                       double temperature, const poc_rng *rng, char *err);
 
 /* Picks a token from probabilities p[V] (already tempered): the smallest set of most
  * likely tokens whose mass reaches top_p, renormalised, then one draw. */

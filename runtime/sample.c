@@ -3,6 +3,7 @@
  * Tokens are ranked by probability, descending, equal probabilities by token id, so the
  * nucleus and the draw depend only on (p, top_p, rng) and never on the sort's stability.
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "pocrt.h"
@@ -52,4 +53,24 @@ int poc_sample_top_p(const double *p, int V, double top_p, poc_rng *rng) {
   }
   free(e);
   return pick;
+}
+
+int poc_generate_check(int V, const int32_t *prompt, int n_prompt, int max_new,
+                       double temperature, const poc_rng *rng, char *err) {
+  if (n_prompt <= 0 || max_new < 0) {
+    snprintf(err, POC_ERR_LEN, "generate: the prompt must be non-empty and the token count "
+             "non-negative (got %d prompt tokens, %d new)", n_prompt, max_new);
+    return -1;
+  }
+  for (int i = 0; i < n_prompt; i++)
+    if (prompt[i] < 0 || prompt[i] >= V) {
+      snprintf(err, POC_ERR_LEN, "generate: prompt token %d (at %d) is outside the "
+               "vocabulary (%d)", prompt[i], i, V);
+      return -1;
+    }
+  if (temperature > 0 && !rng) {
+    snprintf(err, POC_ERR_LEN, "generate: sampling needs a random stream");
+    return -1;
+  }
+  return 0;
 }

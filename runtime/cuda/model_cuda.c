@@ -264,21 +264,7 @@ static int mc_rope_tables(mc_model *m, const poc_config *c, char *err) {
     snprintf(err, POC_ERR_LEN, "cuda: out of memory for RoPE tables");
     return -1;
   }
-  for (int i = 0; i < half; i++) {
-    double f = pow(c->rope_theta, -(2.0 * i) / c->head_dim);
-    if (c->rope_llama3) {
-      const double pi = 3.14159265358979323846;
-      double L0 = c->rope_original_max_position, lo = c->rope_low_freq_factor,
-             hi = c->rope_high_freq_factor, wl = 2 * pi / f;
-      if (wl > L0 / lo)
-        f = f / c->rope_factor;
-      else if (!(wl < L0 / hi)) {
-        double s = (L0 / wl - lo) / (hi - lo);
-        f = (1 - s) * f / c->rope_factor + s * f;
-      }
-    }
-    inv[i] = f;
-  }
+  poc_rope_inv_freq(c, inv);
   for (int p = 0; p < m->max_tokens; p++)
     for (int i = 0; i < half; i++) {
       cs[(size_t)p * half + i] = (float)cos((double)p * inv[i]);
@@ -716,21 +702,7 @@ static int mc_generate(poc_bmodel *bm, const int32_t *prompt, int n_prompt, int 
                        char *err) {
   mc_model *m = mc_of(bm);
   m->saved_n_tok = -1;
-  if (n_prompt <= 0 || max_new < 0) {
-    snprintf(err, POC_ERR_LEN, "generate: the prompt must be non-empty and the token count "
-             "non-negative (got %d prompt tokens, %d new)", n_prompt, max_new);
-    return -1;
-  }
-  for (int i = 0; i < n_prompt; i++)
-    if (prompt[i] < 0 || prompt[i] >= m->V) {
-      snprintf(err, POC_ERR_LEN, "generate: prompt token %d (at %d) is outside the "
-               "vocabulary (%d)", prompt[i], i, m->V);
-      return -1;
-    }
-  if (temperature > 0 && !rng) {
-    snprintf(err, POC_ERR_LEN, "generate: sampling needs a random stream");
-    return -1;
-  }
+  if (poc_generate_check(m->V, prompt, n_prompt, max_new, temperature, rng, err)) return -1;
   if (max_new == 0) return 0;
   int win = bm->lay->cfg.sliding_window;
   if (n_prompt + max_new - 1 > m->max_tokens || (win > 0 && n_prompt + max_new > win)) {
