@@ -11,10 +11,10 @@
  * The compiler is $CC (words split at spaces), else cc; it runs without a shell.
  *
  * `poc run` builds into a cache ($POC_CACHE_DIR, else $XDG_CACHE_HOME/poc, else
- * ~/.cache/poc) under a name that hashes the source text, poc's version, the build flags
- * and libpocrt.a's size and modification time (rebuilding poc's runtime invalidates it),
- * writing to a temporary name and renaming, then execs the binary with the remaining
- * arguments. POC_KEEP_C=1 keeps the generated sources and says where. */
+ * ~/.cache/poc) under a name that hashes the source text, poc's version, the build flags,
+ * libpocrt.a's size and modification time (rebuilding poc's runtime invalidates it) and the
+ * OpenBLAS it links, writing to a temporary name and renaming, then execs the binary with
+ * the remaining arguments. POC_KEEP_C=1 keeps the generated sources and says where. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -439,6 +439,10 @@ int poc_cmd_run(int argc, char **argv) {
     int64_t sm[2] = {(int64_t)st.st_size, (int64_t)st.st_mtime};
     h = fnv(h, sm, sizeof sm);
   }
+  /* and what it links against: a different BLAS build means a different binary */
+  char *blas = cmake_cache("OPENBLAS_LIB");
+  if (blas) h = fnv(h, blas, strlen(blas));
+  free(blas);
   /* the templates are part of what is generated */
   size_t tl;
   char *t = cg_template("objective.c", &tl);

@@ -98,8 +98,8 @@ void FP(mdl_swiglu)(size_t n, const real *g, const real *u, real *a);
 
 /* ---- the loss head with caller-provided scratch -------------------------------------- */
 
-/* Rows per block of the fused head: the chunk buffer is HEAD_ROWS × POC_HEAD_CHUNK. */
-#define HEAD_ROWS 512
+/* Rows per block of the fused head; the chunk of columns shrinks as the block grows. */
+#define HEAD_ROWS 1024
 size_t FP(head_scratch_len)(int n, int V);
 /* Fused forward; lse and mu [n] (log-sum-exp, Σ softmax·logit) feed the backward. */
 void FP(head_fused_fwd)(int n, int H, int V, const real *h, const real *W,

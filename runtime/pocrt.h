@@ -156,7 +156,7 @@ int poc_model_backward_f64(poc_model_f64 *m, const poc_pack *p, const double *dl
  * streams vocabulary chunks with an online log-sum-exp and never stores n×V logits;
  * backward recomputes the chunks: dlogits = g·(onehot − softmax) (+ the entropy term),
  * dW += dlogitsᵀ·h, dh = dlogits·W. */
-#define POC_HEAD_CHUNK 2048
+#define POC_HEAD_CHUNK 4096
 void poc_head_forward_f32(int n, int H, int V, const float *h, const float *W,
                           const int32_t *target, int fused, float *logp, float *entropy);
 void poc_head_backward_f32(int n, int H, int V, const float *h, const float *W,

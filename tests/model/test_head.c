@@ -149,6 +149,8 @@ int main(void) {
   head_case("two_chunks_and_a_bit", 7, 8, 2 * POC_HEAD_CHUNK + 37, 1.0, 3);
   head_case("many_row_blocks", 1100, 4, 45, 1.0, 4);
   head_case("threaded_rows", 600, 8, POC_HEAD_CHUNK + 52, 1.0, 6);
+  /* two row blocks, each streaming the vocabulary in the narrower chunks of big blocks */
+  head_case("row_blocks_and_chunks", 1100, 4, POC_HEAD_CHUNK + 52, 1.0, 7);
   /* logits of several hundred: exp(l) overflows in float32 without the running max */
   head_case("large_logits", 6, 8, POC_HEAD_CHUNK + 5, 60.0, 5);
   return check_summary("model_head");
