@@ -4,17 +4,29 @@
 Vocabulary (32 ids):
     0 pad, 1 bos, 2 eos, 3 sep, 4..13 the digits '0'..'9', 14 '+', 15 '=', 16..31 spare.
 
-Task: `bos a + b =` -> the digits of a + b, then eos (a, b have 2 or 3 digits). Whether a
-response is right is decided by program, so accuracy before and after training is exact.
+Task: `bos a + b =` -> the digits of a + b, then eos, for 0 <= a, b < 1000. Every number is
+written least significant digit first (the order a person adds in, so each answer digit
+depends only on the digits at its place and the carry from the one before), and the
+operands are zero-padded to three digits: 407 + 25 is `bos 7 0 4 + 5 2 0 =` -> `2 3 4 eos`.
+Whether a response is right is decided by program, so accuracy is exact.
+
+The SFT demonstrations come from a careless demonstrator: in FLAW = 60% of the problems
+with a carry from the tens into the hundreds it forgets that carry (407 + 95 -> `2 0 4`,
+402 instead of 502). SFT imitates the habit: the SFT model answers about 40% of prompts
+wrong, always in this way, which is the middling, systematic error preference data can
+fix: the preference pairs' rejected answers are subtly wrong answers of this and other
+kinds, their chosen answers right.
 
 Files written (one JSON object a line, token ids only):
-    examples/data/sft.jsonl     points: {"prompt", "response", "reward": 1} (correct answers)
-    examples/data/pairs.jsonl   pairs: chosen correct, rejected subtly wrong (one digit off by
-                                one, a dropped carry, or two digits swapped), plus
-                                "chosen_scores" (one score per chosen token, see below) and
-                                "margin" (how many digits the rejected answer gets wrong)
-    examples/data/points.jsonl  points: several responses per prompt, reward = the fraction
-                                of answer digits that are right (1 for a correct answer)
+    examples/data/sft.jsonl     points: {"prompt", "response", "reward"}: the demonstrations,
+                                reward 1 when right and 0 when the habit struck (SFT
+                                ignores it; a .po file could filter on it)
+    examples/data/pairs.jsonl   pairs: chosen right, rejected subtly wrong (one digit off by
+                                one, a dropped carry, or two neighbouring digits swapped),
+                                plus "chosen_scores" (one score per chosen token, see below)
+                                and "margin" (how many digits the rejected answer gets wrong)
+    examples/data/points.jsonl  points: several responses per prompt, reward = 0.8 × the
+                                fraction of answer digits that are right (1 for a right one)
     examples/data/eval.jsonl    {"prompt", "answer"}: held-out prompts (no training prompt
                                 repeats here), the answer without eos
     examples/tiny/              config.json + model.safetensors (F32): a randomly
@@ -26,9 +38,10 @@ other digits, 0.25 on eos.
 
 Everything is deterministic from --seed. The random model is only the starting point: the
 shipped examples/tiny/model.safetensors is that model after SFT by poc itself
-(examples/sft.po); `--model-only` rewrites just the random model, `--data-only` just the
-data, and `--sft-from DIR` copies a trained model folder (e.g. a run's last checkpoint)
-over examples/tiny.
+(examples/sft.po); tools/make_default.sh runs the whole chain (this script, the SFT run,
+then `--sft-from` on its last checkpoint). `--model-only` rewrites just the random model,
+`--data-only` just the data, and `--sft-from DIR` copies a trained model folder over
+examples/tiny.
 
 Standard library only.
 """
@@ -44,19 +57,30 @@ import sys
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 DIGIT0 = 4
 PLUS, EQUALS = 14, 15
+WIDTH = 3
+# The SFT demonstrator's habit: it forgets the carry from the tens into the hundreds in
+# this fraction of the problems that have one (see make_data).
+FLAW = 0.6
 VOCAB = 32
 
 
+def written(n):
+    """n's digits in the order the task writes them: least significant first."""
+    return str(n)[::-1]
+
+
 def digits(n):
-    return [DIGIT0 + int(c) for c in str(n)]
+    return tok(written(n))
 
 
 def prompt_of(a, b):
-    return [BOS] + digits(a) + [PLUS] + digits(b) + [EQUALS]
+    """Operands zero-padded to WIDTH digits, so digit i of each sits at a fixed place."""
+    pad = lambda n: tok(written(n).ljust(WIDTH, "0"))  # noqa: E731
+    return [BOS] + pad(a) + [PLUS] + pad(b) + [EQUALS]
 
 
-def dropped_carry(a, b):
-    """The sum computed column by column with one carry forgotten (None if no carry)."""
+def carry_columns(a, b):
+    """The columns (0 = units) whose sum carries into the next one."""
     xa, xb = str(a)[::-1], str(b)[::-1]
     cols = max(len(xa), len(xb))
     carries = []
@@ -69,7 +93,12 @@ def dropped_carry(a, b):
     return carries
 
 
+def tok(s):
+    return [DIGIT0 + int(c) for c in s]
+
+
 def add_dropping(a, b, drop):
+    """a + b column by column, forgetting the carry out of column `drop`."""
     xa, xb = str(a)[::-1], str(b)[::-1]
     cols = max(len(xa), len(xb))
     out, carry = [], 0
@@ -96,7 +125,7 @@ def wrong_answers(a, b, rng):
         nd = d + 1 if d < 9 else d - 1
     outs.append(right[:i] + str(nd) + right[i + 1:])
     # a dropped carry
-    carries = dropped_carry(a, b)
+    carries = carry_columns(a, b)
     if carries:
         outs.append(str(add_dropping(a, b, rng.choice(carries))))
     # two neighbouring digits swapped
@@ -112,49 +141,49 @@ def wrong_answers(a, b, rng):
     return uniq
 
 
-def tok(s):
-    return [DIGIT0 + int(c) for c in s]
-
-
 def digit_score(right, wrong):
     """Fraction of the right answer's digits the wrong one matches, position by position."""
     hits = sum(1 for i, c in enumerate(right) if i < len(wrong) and wrong[i] == c)
     return hits / len(right)
 
 
-def make_data(out_dir, seed, n_train, n_eval):
+def make_data(out_dir, seed, n_sft, n_train, n_eval):
+    """n_sft SFT prompts; preference pairs and points on the first n_train of them."""
     rng = random.Random(seed)
+    n_sft = max(n_sft, n_train)
     problems = set()
-    while len(problems) < n_train + n_eval:
-        a = rng.randrange(10, 1000)
-        b = rng.randrange(10, 1000)
+    while len(problems) < n_sft + n_eval:
+        a = rng.randrange(0, 10 ** WIDTH)
+        b = rng.randrange(0, 10 ** WIDTH)
         problems.add((a, b))
     problems = sorted(problems)
     rng.shuffle(problems)
-    train, held = problems[:n_train], problems[n_train:]
+    train, held = problems[:n_sft], problems[n_sft:]
 
     os.makedirs(out_dir, exist_ok=True)
     sft, pairs, points = [], [], []
-    for a, b in train:
+    for k, (a, b) in enumerate(train):
         p = prompt_of(a, b)
-        right = str(a + b)
-        good = tok(right) + [EOS]
-        sft.append({"prompt": p, "response": good, "reward": 1.0})
-        wrongs = wrong_answers(a, b, rng)
+        good = digits(a + b) + [EOS]
+        demo = good
+        if 1 in carry_columns(a, b) and rng.random() < FLAW:
+            demo = digits(add_dropping(a, b, 1)) + [EOS]
+        sft.append({"prompt": p, "response": demo, "reward": 1.0 if demo == good else 0.0})
+        if k >= n_train:
+            continue
+        right = written(a + b)
+        wrongs = [w[::-1] for w in wrong_answers(a, b, rng)]
         w = rng.choice(wrongs)
-        bad = tok(w) + [EOS]
-        scores = []
-        for i, c in enumerate(right):
-            scores.append(1.0 if i >= len(w) or w[i] != c else 0.5)
+        scores = [1.0 if i >= len(w) or w[i] != c else 0.5 for i, c in enumerate(right)]
         scores.append(0.25)
-        pairs.append({"prompt": p, "chosen": good, "rejected": bad,
+        pairs.append({"prompt": p, "chosen": good, "rejected": tok(w) + [EOS],
                       "chosen_scores": scores,
                       "margin": float(sum(1 for s in scores if s == 1.0))})
         points.append({"prompt": p, "response": good, "reward": 1.0})
         for w2 in wrongs[:2]:
             points.append({"prompt": p, "response": tok(w2) + [EOS],
                            "reward": round(0.8 * digit_score(right, w2), 4)})
-    evals = [{"prompt": prompt_of(a, b), "answer": tok(str(a + b))} for a, b in held]
+    evals = [{"prompt": prompt_of(a, b), "answer": digits(a + b)} for a, b in held]
 
     def dump(name, rows):
         path = os.path.join(out_dir, name)
@@ -262,8 +291,10 @@ def main(argv):
     ap.add_argument("--out", default=os.path.join(root, "examples"),
                     help="examples folder (data/ and tiny/ are written inside)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--train", type=int, default=2000, help="training prompts")
-    ap.add_argument("--eval", type=int, default=100, help="held-out prompts")
+    ap.add_argument("--sft", type=int, default=20000, help="SFT prompts")
+    ap.add_argument("--train", type=int, default=2000,
+                    help="prompts with preference pairs and scored points (a subset of the SFT ones)")
+    ap.add_argument("--eval", type=int, default=500, help="held-out prompts")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--data-only", action="store_true", help="write only examples/data")
     g.add_argument("--model-only", action="store_true",
@@ -284,7 +315,7 @@ def main(argv):
         print("installed %s as %s" % (a.sft_from, dst))
         return 0
     if not a.model_only:
-        n = make_data(os.path.join(a.out, "data"), a.seed, a.train, a.eval)
+        n = make_data(os.path.join(a.out, "data"), a.seed, a.sft, a.train, a.eval)
         print("data: %d sft, %d pairs, %d points, %d eval lines" % n)
     if not a.data_only:
         n = make_model(os.path.join(a.out, "tiny"), a.seed)
