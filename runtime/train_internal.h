@@ -250,7 +250,9 @@ uint64_t trn_pick_seed(uint64_t seed, int64_t step);
 typedef struct trn_stepout {
   double loss_sum;               /* Σ loss_e over the step's examples */
   double report_sum[64];         /* Σ report_r,e */
-  int64_t tokens;                /* packed tokens through forward passes (first pass) */
+  int64_t tokens;                /* packed tokens through the trainable models' forwards:
+                                    what tokens/s counts, so a frozen model's forward (or
+                                    its absence, hoisted) shows as time, not as tokens */
 } trn_stepout;
 
 typedef struct trn_models_f32 { poc_model_f32 *m[TRN_MAX_MODELS]; } trn_models_f32;

@@ -85,7 +85,7 @@ static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, in
       ob[m].lpd[i] = ob[m].lp[i];
       ob[m].end[i] = pk->entropy ? ob[m].en[i] : 0;
     }
-    if (tokens) *tokens += pk->n_tok;
+    if (tokens && c->prog->models[m].trainable) *tokens += pk->n_tok;
   }
   return 0;
 }

@@ -6,10 +6,12 @@ reference log-probs cached before training vs computed every step (--no-hoist).
 
 Each configuration is its own process (peak memory is the process's VmHWM, read from
 wait4's ru_maxrss); tokens/s is the median over the logged steps after the first, from
-metrics.jsonl. Runs from the repository root, since the examples name their data
+metrics.jsonl, and the best of --rounds such runs, alternated between the variants so that
+a shared machine's slow spells do not land on one of them. Runs from the repository root, since the examples name their data
 relative to it. Writes bench/results/train_cpu.md.
 
-usage: bench/train/run.py [--poc build/poc] [--steps 4] [--methods dpo,simpo,copo,inspo]
+usage: bench/train/run.py [--poc build/poc] [--steps 12] [--tiny-steps 64] [--rounds 3]
+                          [--methods dpo,simpo,copo,inspo]
 knobs: OMP_NUM_THREADS (all cores unless set), NOTE (a sentence added to the results)
 """
 import argparse
@@ -60,9 +62,13 @@ def measure(binary, steps, out):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--poc", default=os.path.join(ROOT, "build", "compiler", "poc"))
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--poc", default=os.path.join(ROOT, "build", "poc"))
+    ap.add_argument("--steps", type=int, default=12, help="optimizer steps on the 20M model")
+    ap.add_argument("--tiny-steps", type=int, default=64,
+                    help="optimizer steps on the tiny model, whose steps take milliseconds")
     ap.add_argument("--methods", default="dpo,simpo,copo,inspo")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of each binary, alternating; the best is kept")
     a = ap.parse_args()
     methods = a.methods.split(",")
     rows, hoist = [], []
@@ -70,23 +76,46 @@ def main():
         m20 = os.path.join(tmp, "llama20m")
         subprocess.run([sys.executable, os.path.join(ROOT, "bench", "train", "make_model.py"), m20],
                        check=True, stdout=subprocess.DEVNULL)
-        models = [("tiny", "examples/tiny"), ("20M, vocab 32k", m20)]
-        for mname, mpath in models:
+        # the first examples and held-out prompts only: a run of a few steps should not
+        # spend its time caching the reference over the whole data set or evaluating
+        # 500 prompts on the 20M model
+        subsets = {}
+        most = max(a.steps, a.tiny_steps)
+        for kind, src, n in (("pairs", "examples/data/pairs.jsonl", 16 * (most + 1)),
+                             ("points", "examples/data/points.jsonl", 16 * (most + 1)),
+                             ("prompts", "examples/data/eval.jsonl", 16)):
+            dst = os.path.join(tmp, os.path.basename(src))
+            with open(os.path.join(ROOT, src)) as f, open(dst, "w") as g:
+                g.writelines(f.readlines()[:n])
+            subsets[kind] = (src, dst)
+        models = [("tiny", "examples/tiny", a.tiny_steps), ("20M, vocab 32k", m20, a.steps)]
+        for mname, mpath, steps in models:
             for method in methods:
                 text = open(os.path.join(ROOT, "examples", method + ".po")).read()
                 text = re.sub(r'model\("examples/tiny"\)', f'model("{mpath}")', text)
+                for src, dst in subsets.values():
+                    text = text.replace(f'"{src}"', f'"{dst}"')
                 po = os.path.join(tmp, f"{method}.po")
                 open(po, "w").write(text)
-                res = {}
                 variants = [("fused", []), ("unfused", ["--unfused"])]
                 if method == "dpo":
                     variants.append(("fused, --no-hoist", ["--no-hoist"]))
-                for label, flags in variants:
-                    binary = os.path.join(tmp, f"{method}-{len(res)}")
-                    subprocess.run([a.poc, "build", po, "-o", binary, *flags], check=True, cwd=ROOT,
-                                   stdout=subprocess.DEVNULL)
-                    out = os.path.join(tmp, f"run-{method}-{len(res)}-{len(rows)}")
-                    res[label] = measure(binary, a.steps, out)
+                bins = {}
+                for i, (label, flags) in enumerate(variants):
+                    bins[label] = os.path.join(tmp, f"{method}-{i}")
+                    subprocess.run([a.poc, "build", po, "-o", bins[label], *flags], check=True,
+                                   cwd=ROOT, stdout=subprocess.DEVNULL)
+                # rounds alternate the variants, so a slow spell of a shared machine falls
+                # on all of them; each keeps its best round
+                res = {}
+                for r in range(a.rounds):
+                    for i, (label, _) in enumerate(variants):
+                        out = os.path.join(tmp, f"run-{method}-{len(rows)}-{i}-{r}")
+                        tps, wall, peak = measure(bins[label], steps, out)
+                        old = res.get(label)
+                        res[label] = (max(tps, old[0]) if old else tps, wall,
+                                      max(peak, old[2]) if old else peak)
+                for label, _ in variants:
                     print(f"{mname:>15} {method:>6} {label:>18}: {res[label][0]:10.0f} tokens/s, "
                           f"{res[label][2]:8.1f} MiB peak", flush=True)
                 rows.append((mname, method, res["fused"], res["unfused"]))
@@ -99,10 +128,12 @@ def main():
         f.write("# Training step on the CPU: fused vs unfused, and hoisting\n\n")
         f.write(f"Measured {datetime.date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} "
                 f"cores, OMP_NUM_THREADS={threads}), {platform.system()} {platform.release()}, "
-                f"by `bench/train/run.py --steps {a.steps}`. Each cell is one process running "
+                f"by `bench/train/run.py --steps {a.steps} --tiny-steps {a.tiny_steps} --rounds {a.rounds}`. Each cell is the best of {a.rounds} processes (alternating with the other variants of the row) running "
                 f"the example's train block (batch 16, micro-batch 8, max_len 64) for "
-                f"{a.steps} optimizer steps; tokens/s is the median over the steps after the "
-                f"first (metrics.jsonl), peak memory the process's VmHWM.\n\n")
+                f"{a.tiny_steps} optimizer steps (tiny) or {a.steps} (20M) on the first "
+                f"{16 * (most + 1)} lines of its data; tokens/s (the trainable model's tokens per second of step) is the "
+                f"median over the steps after the first (metrics.jsonl), peak memory the "
+                f"process's VmHWM.\n\n")
         if os.environ.get("NOTE"):
             f.write(os.environ["NOTE"] + "\n\n")
         f.write("| model | method | fused tokens/s | unfused tokens/s | speed-up | fused peak MiB | unfused peak MiB |\n")
@@ -110,6 +141,15 @@ def main():
         for mname, method, fu, un in rows:
             f.write(f"| {mname} | {method} | {fu[0]:.0f} | {un[0]:.0f} | {fu[0] / un[0]:.2f}× | "
                     f"{fu[2]:.0f} | {un[2]:.0f} |\n")
+        f.write("\nThe embedded task's answers are a few tokens long, so a micro-batch puts under a "
+                "hundred target rows through the loss head: their rows × 32k logits fit in the "
+                "cache, the textbook head pays no memory traffic for them, and the fused head's "
+                "recomputing GEMM shows as its cost. Peak memory here is mostly weights, "
+                "gradients, AdamW moments and the frozen copy, above a floor of about 240 MiB "
+                "that is the CUDA libraries these binaries link when poc is built with CUDA "
+                "(cuBLASLt alone adds 147 MiB of resident pages when it loads) although a CPU "
+                "run never calls them; loading them only for --backend cuda would remove it. "
+                "The head's own trade-off at larger packs is in bench/results/model_cpu.md.\n")
         f.write("\n## Hoisting (DPO, fused)\n\n")
         f.write("The reference's log-probs of the data depend on no trainable weight, so they are "
                 "computed once before training and cached; `--no-hoist` runs the reference forward "
