@@ -1,0 +1,199 @@
+/* device.h — the kernel interface. The model (runtime/model.c: forward, backward, the
+ * KV-cache decode step, the loss head, sampling, the gradient norm and AdamW) is written
+ * once as a sequence of calls to these kernels; a device implements the kernels, never the
+ * model:
+ *
+ *   cpu     float, OpenBLAS GEMMs and OpenMP loops (runtime/cpu/)
+ *   cpu64   the same source compiled for double: gradient checks (runtime/cpu/)
+ *   cuda    bf16 operands, fp32 accumulators and master weights: kernels/templates through
+ *           NVRTC, cuBLAS GEMMs (runtime/cuda/)
+ *
+ * Memory is addressed by poc_dptr: a device address (a host pointer on the CPU devices, a
+ * CUdeviceptr on CUDA), 0 for "none". Every buffer has one of two *roles*, and the device
+ * says which element type each role has:
+ *
+ *   acc  accumulators: the residual stream, norms' 1/rms, log-sum-exps, gradients, master
+ *        weights and AdamW moments, the loss head's per-row state      (f32 | f64 | f32)
+ *   act  operands of GEMMs and attention: normed activations, q/k/v, SwiGLU values, the
+ *        compute copy of the weights, dlogits                          (f32 | f64 | bf16)
+ *
+ * Where act and acc are one type (the CPU devices), the model uses one buffer for both
+ * views (`shared_act`) and the device's cast kernel is a copy or nothing.
+ *
+ * Errors are sticky, as on a GPU stream: a failing kernel or copy records the first message
+ * in `err` and sets `failed`; later kernels do nothing. The model checks at its
+ * synchronisation points (poc_dev_sync), so the layer code reads as the math. Integers on
+ * the device (tokens, positions, row lists) are int32.
+ *
+ * Adding a device: a file that fills a poc_device (the table below) and one line in the
+ * registry (runtime/devices.c). Adding a kernel: a member here, its CPU version in
+ * runtime/cpu/kernels_fp.c, its CUDA version in kernels/templates/ plus the launch in
+ * runtime/cuda/device_cuda.c, and a CPU-twin check in tests/gpu.
+ */
+#ifndef POC_DEVICE_H
+#define POC_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pocrt.h"
+
+typedef uint64_t poc_dptr;
+
+typedef enum { POC_DT_F32, POC_DT_F64, POC_DT_BF16, POC_DT_I32 } poc_dtype;
+
+size_t poc_dtype_size(poc_dtype t);
+
+/* The dimensions kernels are specialised for (compile-time constants on CUDA). */
+typedef struct poc_dims {
+  int H, F, V, nh, nkv, hd;     /* hidden, intermediate, vocabulary, heads, kv heads, head dim */
+  double eps;                   /* rms_norm_eps */
+} poc_dims;
+
+void poc_dims_from_config(const poc_config *c, poc_dims *d);
+
+typedef struct poc_device poc_device;
+typedef struct poc_kset poc_kset;
+
+/* A device's kernels for one set of dimensions. Devices extend it with their own state. */
+struct poc_kset {
+  poc_device *d;
+  poc_dims dm;
+};
+
+/* The kernels. Shapes are row-major; "+=" accumulates into what is there. Every buffer is
+ * acc- or act-typed as its comment says; `w` arguments are the compute copy of a weight
+ * (act), `dw`/`dE`/`grad` arguments are gradients (acc). */
+typedef struct poc_kernels {
+  /* C[M×N] = op(A)[M×K]·op(B)[K×N] + beta·C; A, B act; C acc when c_acc, else act (beta
+   * must then be 0). op(X) = Xᵀ when t is set; lda/ldb/ldc are the row strides. */
+  void (*gemm)(poc_kset *k, int ta, int tb, int M, int N, int K, poc_dptr A, int lda,
+               poc_dptr B, int ldb, float beta, poc_dptr C, int c_acc, int ldc);
+  /* x[t] = E[tok[t]] (E act → x acc) */
+  void (*embed_fwd)(poc_kset *k, int T, poc_dptr tok, poc_dptr E, poc_dptr x);
+  /* dE[tok[t]] += dx[t], in a fixed order */
+  void (*embed_bwd)(poc_kset *k, int T, poc_dptr tok, poc_dptr dx, poc_dptr dE);
+  /* y[i] = w ⊙ x[r]·rstd_i with r = rows ? rows[i] : i, rstd_i = (mean(x[r]²) + eps)^-½;
+   * x acc [.. × H], y act [n × H], rstd acc [n] (may be 0) */
+  void (*rmsnorm_fwd)(poc_kset *k, int n, poc_dptr x, poc_dptr rows, poc_dptr w, poc_dptr y,
+                      poc_dptr rstd);
+  /* dx[r] += rstd_i·(w ⊙ dy_i − x[r]·rstd_i²/H · Σ_j w_j dy_ij x[r]_j); dy, dx acc */
+  void (*rmsnorm_bwd)(poc_kset *k, int n, poc_dptr x, poc_dptr rows, poc_dptr w, poc_dptr rstd,
+                      poc_dptr dy, poc_dptr dx);
+  /* dw += Σ_i dy_i ⊙ x[r]·rstd_i, in a fixed order */
+  void (*rmsnorm_dw)(poc_kset *k, int n, poc_dptr x, poc_dptr rows, poc_dptr rstd, poc_dptr dy,
+                     poc_dptr dw);
+  /* out[j] += Σ_t y[t][j] for y acc [n × width], in a fixed order */
+  void (*colsum)(poc_kset *k, int n, int width, poc_dptr y, poc_dptr out);
+  /* y (act) = x (acc), n elements; nothing when they are the same buffer */
+  void (*cast)(poc_kset *k, size_t n, poc_dptr x, poc_dptr y);
+  /* In place on q [T×nh·hd], k, v [T×nkv·hd] (act): add the biases (act, may be 0), then
+   * rotate q and k by RoPE at position pos[t] from the tables cosb/sinb [positions × hd/2]
+   * (acc), HF's rotate_half convention. */
+  void (*qkv_bias_rope)(poc_kset *k, int T, poc_dptr pos, poc_dptr cosb, poc_dptr sinb,
+                        poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr bq, poc_dptr bk,
+                        poc_dptr bv);
+  /* Rotates dq, dk (acc) back by −θ in place and writes act copies dq16, dk16, dv16 of
+   * dq, dk, dv (each may be the same buffer as its source). */
+  void (*rope_bwd)(poc_kset *k, int T, poc_dptr pos, poc_dptr cosb, poc_dptr sinb, poc_dptr dq,
+                   poc_dptr dk, poc_dptr dv, poc_dptr dq16, poc_dptr dk16, poc_dptr dv16);
+  /* Causal GQA attention. Query row t (q act [T×nh·hd]) sits at key position q0 + t and
+   * attends to keys [kbeg[t], q0 + t] of k, v (act, indexed by key position):
+   * out[t] = Σ_j softmax_j(q·k_j/√hd)·v_j (act), lse[t×nh + h] (acc) kept for backward.
+   * Packs use q0 = 0; the decode step uses the cache's length. */
+  void (*attn_fwd)(poc_kset *k, int T, int q0, poc_dptr q, poc_dptr kk, poc_dptr v,
+                   poc_dptr kbeg, poc_dptr out, poc_dptr lse);
+  /* Gradients of attn_fwd (q0 = 0) from dO (act): dq, dk, dv (acc, overwritten); D (acc
+   * [T×nh]) is scratch; send[t] is one past the last row of t's sequence. */
+  void (*attn_bwd)(poc_kset *k, int T, poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr o,
+                   poc_dptr dO, poc_dptr lse, poc_dptr kbeg, poc_dptr send, poc_dptr dq,
+                   poc_dptr dk, poc_dptr dv, poc_dptr D);
+  /* a = silu(g)·u (act); backward dg = da·u·silu'(g), du = da·silu(g) */
+  void (*swiglu_fwd)(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr a);
+  void (*swiglu_bwd)(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr da, poc_dptr dg,
+                     poc_dptr du);
+  /* The fused head's row work on one [n × c] chunk of logits (acc) for vocabulary columns
+   * [v0, v0 + c): folds it into the running max m, s = Σe^{l−m}, a = Σe^{l−m}(l−m) (all acc
+   * [n], started at v0 = 0) and keeps the target's logit in tl. */
+  void (*head_chunk_fwd)(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
+                         poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr tl);
+  /* lse = m + log s, μ = m + a/s, logp = tl − lse, ent = log s − a/s (ent may be 0) */
+  void (*head_finish)(poc_kset *k, int n, poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr tl,
+                      poc_dptr logp, poc_dptr ent, poc_dptr lse, poc_dptr mu);
+  /* dlog (act [n × c], may be the logits buffer) = g·(1[v=t] − p) − e·p·(l − μ) with
+   * p = e^{l − lse}; dlogp, dent acc [n], each may be 0 */
+  void (*head_chunk_bwd)(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
+                         poc_dptr lse, poc_dptr mu, poc_dptr dlogp, poc_dptr dent,
+                         poc_dptr dlog);
+  /* Textbook head: logits [n × V] (acc) become the log-softmax in place; logp, ent (may be
+   * 0), lse and mu [n] (acc). */
+  void (*head_text_fwd)(poc_kset *k, int n, poc_dptr logits, poc_dptr tgt, poc_dptr logp,
+                        poc_dptr ent, poc_dptr lse, poc_dptr mu);
+  /* dlog (act [n × V], may be ls itself) from the stored log-softmax ls */
+  void (*head_text_bwd)(poc_kset *k, int n, poc_dptr ls, poc_dptr tgt, poc_dptr mu,
+                        poc_dptr dlogp, poc_dptr dent, poc_dptr dlog);
+  /* torch.optim.AdamW on n elements: g ← g·gscale; m, v moments; decoupled decay
+   *   w ← w·(1 − lr·wd) − lr·(m/bc1)/(√(v/bc2) + eps)
+   * w, g, m, v acc; wc (act) is refreshed from w (nothing when it is w itself). */
+  void (*adamw)(poc_kset *k, size_t n, poc_dptr w, poc_dptr g, poc_dptr m, poc_dptr v,
+                poc_dptr wc, float lr, float b1, float b2, float eps, float wd, float bc1,
+                float bc2, float gscale);
+  /* Σ x² over n acc elements, in double on the host, in an order that does not depend on
+   * scheduling. A synchronisation point. */
+  double (*sumsq)(poc_kset *k, size_t n, poc_dptr x);
+} poc_kernels;
+
+struct poc_device {
+  const char *name;             /* "cpu", "cpu64", "cuda" */
+  char desc[256];               /* the run's first line: "cuda: NVIDIA H100 (sm_90, 80 GiB)" */
+  poc_dtype acc, act;
+  int shared_act;               /* acc and act are one type: one buffer serves both views */
+  /* The fused loss head streams blocks of at most head_rows rows × head_chunk columns,
+   * halving the chunk (down to 256) while a block holds more than head_block logits: the
+   * CPU keeps a block in the last-level cache, a GPU takes every row at once. */
+  int head_rows, head_chunk;
+  size_t head_block;
+
+  int failed;                   /* sticky: set by the first failing kernel or copy */
+  char err[POC_ERR_LEN];
+
+  /* Memory. alloc returns 0 and records a message naming `what`, the size and the memory
+   * free when it cannot; free(0) does nothing. put/get copy n elements between host and
+   * device, converting between the host type and the device type (f32, f64, bf16 — round
+   * to nearest even — or i32 to i32). */
+  poc_dptr (*alloc)(poc_device *d, size_t bytes, const char *what);
+  void (*free)(poc_device *d, poc_dptr p);
+  void (*put)(poc_device *d, poc_dptr dst, poc_dtype dt, const void *src, poc_dtype st,
+              size_t n);
+  void (*get)(poc_device *d, void *dst, poc_dtype dt, poc_dptr src, poc_dtype st, size_t n);
+  void (*copy)(poc_device *d, poc_dptr dst, poc_dptr src, size_t bytes);
+  void (*zero)(poc_device *d, poc_dptr dst, size_t bytes);
+  /* Waits for queued work; returns -1 and the sticky message when anything failed. */
+  int (*sync)(poc_device *d, char *err);
+  /* Kernels for these dimensions, built on first use and kept until close; NULL and a
+   * message in d->err (sticky) on failure. */
+  poc_kset *(*kernels)(poc_device *d, const poc_dims *dm);
+  void (*close)(poc_device *d);
+
+  poc_kernels k;
+};
+
+/* Records the first error (printf-style) and marks the device failed. */
+void poc_dev_fail(poc_device *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* d->sync, or just the sticky error: 0, or -1 with the message in err. */
+int poc_dev_sync(poc_device *d, char *err);
+
+/* ---- the registry (runtime/devices.c: the one place that knows every device) ----------- */
+
+/* Opens a device by name: "cpu", "cpu64", "cuda", or "auto" (cuda when a usable GPU is
+ * present, else cpu). NULL with a message ("this poc was built without CUDA", the driver's
+ * own words, ...). */
+typedef poc_device *(*poc_device_open_fn)(const char *name, char *err);
+poc_device *poc_device_open(const char *name, char *err);
+void poc_device_close(poc_device *d);
+
+/* Device constructors, called by the registry only. */
+poc_device *poc_cpu_device_open(int fp64, char *err);
+poc_device *poc_cuda_device_open(char *err);
+
+#endif
