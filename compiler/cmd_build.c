@@ -100,6 +100,8 @@ static void push_lib(argv_t *a, const char *key, const char *fallback) {
 
 static const char *pocrt_lib(void) { return POC_BINARY_DIR "/runtime/libpocrt.a"; }
 static const char *pocrt_cuda_lib(void) { return POC_BINARY_DIR "/runtime/cuda/libpocrt_cuda.a"; }
+static const char *pocrt_cpu_lib(void) { return POC_BINARY_DIR "/runtime/cpu/libpocrt_cpu.a"; }
+static const char *pocrt_core_lib(void) { return POC_BINARY_DIR "/runtime/libpocrt_core.a"; }
 
 static void cc_command(argv_t *a) {
   const char *cc = getenv("CC");
@@ -128,12 +130,13 @@ static void link_line(argv_t *a, const char *dir, const char *out) {
   arg_push(a, path);
   arg_push(a, "-o");
   arg_push(a, out);
+  /* the registry, the devices, the core: each calls only those after it */
   bool cuda = exists(pocrt_cuda_lib());
-  if (cuda) arg_push(a, "-Wl,--start-group"); /* pocrt and pocrt_cuda call each other */
   arg_push(a, pocrt_lib());
+  if (cuda) arg_push(a, pocrt_cuda_lib());
+  arg_push(a, pocrt_cpu_lib());
+  arg_push(a, pocrt_core_lib());
   if (cuda) {
-    arg_push(a, pocrt_cuda_lib());
-    arg_push(a, "-Wl,--end-group");
     push_lib(a, "CUDA_nvrtc_LIBRARY", "-lnvrtc");
     push_lib(a, "CUDA_cublas_LIBRARY", "-lcublas");
     push_lib(a, "CUDA_cublasLt_LIBRARY", NULL);
@@ -435,10 +438,12 @@ int poc_cmd_run(int argc, char **argv) {
            o.no_hoist, o.arch ? o.arch : "");
   h = fnv(h, flags, strlen(flags));
   struct stat st;
-  if (stat(pocrt_lib(), &st) == 0) {
-    int64_t sm[2] = {(int64_t)st.st_size, (int64_t)st.st_mtime};
-    h = fnv(h, sm, sizeof sm);
-  }
+  const char *libs[] = {pocrt_lib(), pocrt_cuda_lib(), pocrt_cpu_lib(), pocrt_core_lib()};
+  for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++)
+    if (stat(libs[i], &st) == 0) {
+      int64_t sm[2] = {(int64_t)st.st_size, (int64_t)st.st_mtime};
+      h = fnv(h, sm, sizeof sm);
+    }
   /* and what it links against: a different BLAS build means a different binary */
   char *blas = cmake_cache("OPENBLAS_LIB");
   if (blas) h = fnv(h, blas, strlen(blas));

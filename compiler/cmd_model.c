@@ -4,7 +4,7 @@
  *
  * Exit status: 0 ok, 1 the model failed at run time, 2 bad arguments or bad input.
  */
-#include <dlfcn.h>
+#include "device.h"
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -58,30 +58,17 @@ static void mdl_unload(mdl_loaded *m) {
   poc_layout_free(&m->lay);
 }
 
-/* The CUDA driver is probed at run time, so the message can say which is missing: the
- * backend in this build, or a GPU on this machine. */
-static int mdl_check_backend(const char *cmd, const char *backend) {
-  if (!strcmp(backend, "cpu")) return 0;
-  if (strcmp(backend, "cuda")) {
-    fprintf(stderr, "poc %s: unknown backend '%s' (cpu or cuda)\n", cmd, backend);
-    return 2;
+/* Opens the device a command runs on ("auto": a usable GPU, else the CPU) and names it on
+ * stderr, as a training run's first line does. NULL after a message. */
+static poc_device *mdl_open_device(const char *cmd, const char *backend) {
+  char err[POC_ERR_LEN];
+  poc_device *d = poc_device_open(backend, err);
+  if (!d) {
+    fprintf(stderr, "poc %s: --backend %s: %s\n", cmd, backend, err);
+    return NULL;
   }
-  void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  int count = 0;
-  if (lib) {
-    int (*init)(unsigned) = (int (*)(unsigned))(uintptr_t)dlsym(lib, "cuInit");
-    int (*get_count)(int *) = (int (*)(int *))(uintptr_t)dlsym(lib, "cuDeviceGetCount");
-    if (!init || !get_count || init(0) != 0 || get_count(&count) != 0) count = 0;
-    dlclose(lib);
-  }
-  if (!count) {
-    fprintf(stderr, "poc %s: --backend cuda: no CUDA GPU is available on this machine (%s); use --backend cpu\n",
-            cmd, lib ? "the driver reports no device" : "libcuda.so.1 not found");
-    return 2;
-  }
-  fprintf(stderr,
-          "poc %s: --backend cuda: this runtime has no CUDA model forward; use --backend cpu\n", cmd);
-  return 2;
+  fprintf(stderr, "%s\n", d->desc);
+  return d;
 }
 
 /* ---- poc logp -------------------------------------------------------------------- */
@@ -232,8 +219,8 @@ static void lp_print_num(FILE *out, double x) {
 }
 
 /* One packed forward over lines [a, b); prints their results in order. */
-static int lp_forward(poc_model_f32 *model, const lp_run *r, const lp_line *lines, int a, int b,
-                      int32_t *tok, int32_t *seq_start, int32_t *tgt_start, float *logp, FILE *out) {
+static int lp_forward(poc_model *model, const lp_run *r, const lp_line *lines, int a, int b,
+                      int32_t *tok, int32_t *seq_start, int32_t *tgt_start, double *logp, FILE *out) {
   int n_seq = 0, n_tok = 0;
   for (int i = a; i < b; i++)
     for (int s = 0; s < lines[i].n_seq; s++) {
@@ -249,7 +236,7 @@ static int lp_forward(poc_model_f32 *model, const lp_run *r, const lp_line *line
   seq_start[n_seq] = n_tok;
   poc_pack pack = {n_seq, n_tok, tok, seq_start, tgt_start};
   char err[POC_ERR_LEN];
-  if (poc_model_forward_f32(model, &pack, 0, logp, NULL, err)) {
+  if (poc_model_forward(model, &pack, 0, logp, NULL, err)) {
     fprintf(stderr, "poc logp: %s\n", err);
     return 1;
   }
@@ -281,7 +268,7 @@ static int lp_usage(void) {
 }
 
 int poc_cmd_logp(int argc, char **argv) {
-  const char *dir = NULL, *data = NULL, *field = NULL, *backend = "cpu";
+  const char *dir = NULL, *data = NULL, *field = NULL, *backend = "auto";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--field") || !strcmp(argv[i], "--backend")) {
       if (i + 1 >= argc) {
@@ -305,17 +292,20 @@ int poc_cmd_logp(int argc, char **argv) {
     fprintf(stderr, "poc logp: --field must name a response field, not '%s'\n", field);
     return 2;
   }
-  int rc = mdl_check_backend("logp", backend);
-  if (rc) return rc;
+  poc_device *dev = mdl_open_device("logp", backend);
+  if (!dev) return 2;
+  int rc;
 
   FILE *in = fopen(data, "r");
   if (!in) {
     fprintf(stderr, "poc logp: %s: cannot open: %s\n", data, strerror(errno));
+    poc_device_close(dev);
     return 2;
   }
   mdl_loaded m;
   if ((rc = mdl_load("logp", dir, &m))) {
     fclose(in);
+    poc_device_close(dev);
     return rc;
   }
   const poc_config *cfg = &m.lay.cfg;
@@ -368,19 +358,21 @@ int poc_cmd_logp(int argc, char **argv) {
     rc = 2;
   }
 
-  poc_model_f32 *model = NULL;
+  poc_model *model = NULL;
+  char err[POC_ERR_LEN] = "";
   int budget = longest > MDL_PACK_TOKENS ? (int)longest : MDL_PACK_TOKENS;
   int32_t *tok = NULL, *seq_start = NULL, *tgt_start = NULL;
-  float *logp = NULL;
+  double *logp = NULL;
   if (!rc && n_lines) {
-    model = poc_model_new_f32(&m.lay, m.w, NULL, budget);
+    model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, budget, err);
     /* at most one sequence per two tokens: each needs a prompt token and a target */
     tok = malloc((size_t)budget * sizeof *tok);
     seq_start = malloc(((size_t)budget / 2 + 2) * sizeof *seq_start);
     tgt_start = malloc(((size_t)budget / 2 + 2) * sizeof *tgt_start);
     logp = malloc((size_t)budget * sizeof *logp);
     if (!model || !tok || !seq_start || !tgt_start || !logp) {
-      fprintf(stderr, "poc logp: cannot allocate a model workspace for %d tokens\n", budget);
+      fprintf(stderr, "poc logp: cannot make a model for %d tokens: %s\n", budget,
+              *err ? err : "out of memory");
       rc = 1;
     }
   }
@@ -396,7 +388,8 @@ int poc_cmd_logp(int argc, char **argv) {
     fprintf(stderr, "poc logp: cannot write the output: %s\n", strerror(errno));
     rc = 1;
   }
-  if (model) poc_model_free_f32(model);
+  poc_model_free(model);
+  poc_device_close(dev);
   free(tok);
   free(seq_start);
   free(tgt_start);
@@ -458,7 +451,7 @@ static int32_t *gen_ids(const char *s, int vocab, int *n) {
 }
 
 int poc_cmd_generate(int argc, char **argv) {
-  const char *dir = NULL, *prompt_s = NULL, *backend = "cpu";
+  const char *dir = NULL, *prompt_s = NULL, *backend = "auto";
   double tokens = 16, temperature = 0, top_p = 1, seed = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -492,10 +485,14 @@ int poc_cmd_generate(int argc, char **argv) {
     }
   }
   if (!dir || !prompt_s) return gen_usage();
-  int rc = mdl_check_backend("generate", backend);
-  if (rc) return rc;
+  poc_device *dev = mdl_open_device("generate", backend);
+  if (!dev) return 2;
   mdl_loaded m;
-  if ((rc = mdl_load("generate", dir, &m))) return rc;
+  int rc;
+  if ((rc = mdl_load("generate", dir, &m))) {
+    poc_device_close(dev);
+    return rc;
+  }
   const poc_config *cfg = &m.lay.cfg;
   int n_prompt = 0, n_new = (int)tokens;
   int32_t *prompt = gen_ids(prompt_s, cfg->vocab_size, &n_prompt);
@@ -512,18 +509,21 @@ int poc_cmd_generate(int argc, char **argv) {
             n_new, limit);
     free(prompt);
     mdl_unload(&m);
+    poc_device_close(dev);
     return 2;
   }
-  poc_model_f32 *model = poc_model_new_f32(&m.lay, m.w, NULL, (int)total);
+  char err[POC_ERR_LEN] = "";
+  poc_model *model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, (int)total, err);
   int32_t *out = malloc(((size_t)n_new + 1) * sizeof *out);
-  char err[POC_ERR_LEN];
   int n_out = -1;
-  if (!model || !out) fprintf(stderr, "poc generate: cannot allocate a model for %ld tokens\n", total);
+  if (!model || !out)
+    fprintf(stderr, "poc generate: cannot make a model for %ld tokens: %s\n", total,
+            *err ? err : "out of memory");
   else {
     poc_rng rng;
     poc_rng_seed(&rng, (uint64_t)seed);
-    n_out = poc_generate_f32(model, prompt, n_prompt, n_new, temperature, top_p, cfg->eos_token_id, &rng,
-                             out, err);
+    n_out = poc_model_generate(model, prompt, n_prompt, n_new, temperature, top_p,
+                               cfg->eos_token_id, &rng, out, err);
     if (n_out < 0) fprintf(stderr, "poc generate: %s\n", err);
   }
   if (n_out >= 0) {
@@ -533,7 +533,8 @@ int poc_cmd_generate(int argc, char **argv) {
     for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
     fputs("]}\n", stdout);
   }
-  if (model) poc_model_free_f32(model);
+  poc_model_free(model);
+  poc_device_close(dev);
   free(out);
   free(prompt);
   mdl_unload(&m);

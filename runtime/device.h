@@ -37,10 +37,9 @@
 #include <stdint.h>
 
 #include "pocrt.h"
+#include "program.h"
 
 typedef uint64_t poc_dptr;
-
-typedef enum { POC_DT_F32, POC_DT_F64, POC_DT_BF16, POC_DT_I32 } poc_dtype;
 
 size_t poc_dtype_size(poc_dtype t);
 
@@ -148,6 +147,7 @@ struct poc_device {
   char desc[256];               /* the run's first line: "cuda: NVIDIA H100 (sm_90, 80 GiB)" */
   poc_dtype acc, act;
   int shared_act;               /* acc and act are one type: one buffer serves both views */
+  int host_memory;              /* device addresses are host pointers (the CPU devices) */
   /* The fused loss head streams blocks of at most head_rows rows × head_chunk columns,
    * halving the chunk (down to 256) while a block holds more than head_block logits: the
    * CPU keeps a block in the last-level cache, a GPU takes every row at once. */
@@ -188,7 +188,6 @@ int poc_dev_sync(poc_device *d, char *err);
 /* Opens a device by name: "cpu", "cpu64", "cuda", or "auto" (cuda when a usable GPU is
  * present, else cpu). NULL with a message ("this poc was built without CUDA", the driver's
  * own words, ...). */
-typedef poc_device *(*poc_device_open_fn)(const char *name, char *err);
 poc_device *poc_device_open(const char *name, char *err);
 void poc_device_close(poc_device *d);
 

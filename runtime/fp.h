@@ -1,21 +1,19 @@
 /* fp.h — one source, two precisions.
  *
  * A file named *_fp.c is compiled twice, with POC_FP=32 and POC_FP=64. Inside it, `real`
- * is float or double, FP(name) appends _f32 or _f64 to a public name, and the BLAS and
- * libm calls pick the matching routine. Keep everything precision-dependent behind these
- * macros so the two builds cannot drift apart.
+ * is float or double, FP(name) appends _f32 or _f64 to a public name, and the libm calls
+ * pick the matching routine. (The core's only such file is weights_fp.c; the CPU device's
+ * kernels, where the BLAS calls are, have their own copy in runtime/cpu/.) Keep everything
+ * precision-dependent behind these macros so the two builds cannot drift apart.
  */
 #ifndef POC_FP_H
 #define POC_FP_H
 
 #include <math.h>
-#include <cblas.h>
 
 #if POC_FP == 32
 typedef float real;
 #define FP(name) name##_f32
-#define GEMM cblas_sgemm
-#define AXPY cblas_saxpy
 #define REAL_EPS 1.1920929e-07
 #define R_EXP expf
 #define R_LOG logf
@@ -26,8 +24,6 @@ typedef float real;
 #elif POC_FP == 64
 typedef double real;
 #define FP(name) name##_f64
-#define GEMM cblas_dgemm
-#define AXPY cblas_daxpy
 #define REAL_EPS 2.220446049250313e-16
 #define R_EXP exp
 #define R_LOG log

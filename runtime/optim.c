@@ -38,34 +38,3 @@ double trn_lr(const poc_train *t, int64_t step, int64_t total) {
   default: return t->lr;
   }
 }
-
-double trn_sq_norm(const float *g, size_t n) {
-  double s = 0;
-  for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
-  return s;
-}
-
-/* m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,
- * w ← w − lr · ( m/(1−β1^t) ) / ( sqrt(v/(1−β2^t)) + ε ), after the decay above. */
-void trn_adamw(const poc_layout *lay, float *w, const float *g, float *m, float *v,
-               int64_t step, double lr, double gscale, const poc_train *t) {
-  double b1 = t->adam_beta1, b2 = t->adam_beta2, eps = t->adam_eps;
-  double bc1 = 1 - pow(b1, (double)step), bc2 = 1 - pow(b2, (double)step);
-  for (int ti = 0; ti < lay->n_tensors; ti++) {
-    const poc_tensor_info *T = &lay->tensors[ti];
-    double decay = T->ndim == 2 ? 1 - lr * t->weight_decay : 1;
-    float *W = w + T->offset, *M = m + T->offset, *V = v + T->offset;
-    const float *G = g + T->offset;
-    long n = (long)T->numel;
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; i++) {
-      double gi = (double)G[i] * gscale;
-      double mi = b1 * M[i] + (1 - b1) * gi;
-      double vi = b2 * V[i] + (1 - b2) * gi * gi;
-      M[i] = (float)mi;
-      V[i] = (float)vi;
-      double wi = (double)W[i] * decay;
-      W[i] = (float)(wi - lr * ((double)M[i] / bc1) / (sqrt((double)V[i] / bc2) + eps));
-    }
-  }
-}

@@ -121,6 +121,15 @@ typedef struct poc_pack {
 int poc_pack_targets(const poc_pack *p);
 
 /* ---- the model ------------------------------------------------------------------- */
+/* One transformer (runtime/model.c) on any device (device.h: "cpu" float, "cpu64" double
+ * for gradient checks, "cuda" bf16 with fp32 master weights). A model owns its weights on
+ * the device, a gradient accumulator and AdamW moments when trainable, and a workspace for
+ * packs of up to max_tokens tokens. Host arrays crossing this interface are double
+ * (log-probs, entropies and their seeds) or the caller's element type (weights, state). */
+
+typedef enum poc_dtype { POC_DT_F32, POC_DT_F64, POC_DT_BF16, POC_DT_I32 } poc_dtype;
+typedef struct poc_device poc_device;
+typedef struct poc_model poc_model;
 
 enum {
   POC_FWD_SAVE = 1,     /* keep activations for a backward pass */
@@ -128,45 +137,51 @@ enum {
   POC_FWD_UNFUSED = 4   /* textbook head: full N×V logits, log-softmax, gather */
 };
 
-/* A model instance: its weights (not owned), its gradient accumulator (not owned, may be
- * NULL for a frozen model) and a workspace sized for `max_tokens` packed tokens. */
-typedef struct poc_model_f32 poc_model_f32;
-typedef struct poc_model_f64 poc_model_f64;
+/* A model from host weights w[lay->n_params] of type wt (copied). The layout must outlive
+ * the model. NULL with a message (out of device memory names the buffer and its size). */
+poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, poc_dtype wt,
+                         int trainable, int max_tokens, char *err);
+void poc_model_free(poc_model *m);
+const poc_layout *poc_model_layout(const poc_model *m);
+poc_device *poc_model_device(const poc_model *m);
 
-poc_model_f32 *poc_model_new_f32(const poc_layout *lay, float *w, float *grad, int max_tokens);
-void poc_model_free_f32(poc_model_f32 *m);
-/* Per-token log-probs (and entropies when asked) of every target token of the pack. */
-int poc_model_forward_f32(poc_model_f32 *m, const poc_pack *p, int flags, float *logp,
-                          float *entropy, char *err);
-/* Backward from per-target seeds dL/dlogp (and dL/dentropy, may be NULL) through the
- * whole model; gradients are accumulated (+=) into the model's grad array. Must follow a
- * forward with POC_FWD_SAVE on the same pack. */
-int poc_model_backward_f32(poc_model_f32 *m, const poc_pack *p, const float *dlogp,
-                           const float *dentropy, char *err);
+/* Per-token log-probs (and entropies when asked) of every target token of the pack, in
+ * pack order, into logp/entropy [poc_pack_targets(p)]. */
+int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp,
+                      double *entropy, char *err);
+/* Backward from per-target seeds dL/dlogp (and dL/dentropy; either may be NULL) through
+ * the whole model; gradients accumulate (+=). Must follow a forward with POC_FWD_SAVE on
+ * the same pack. */
+int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
+                       const double *dentropy, char *err);
 
-poc_model_f64 *poc_model_new_f64(const poc_layout *lay, double *w, double *grad, int max_tokens);
-void poc_model_free_f64(poc_model_f64 *m);
-int poc_model_forward_f64(poc_model_f64 *m, const poc_pack *p, int flags, double *logp,
-                          double *entropy, char *err);
-int poc_model_backward_f64(poc_model_f64 *m, const poc_pack *p, const double *dlogp,
-                           const double *dentropy, char *err);
+/* One AdamW step. The gradient is multiplied by grad_scale first (1/accumulation steps,
+ * times min(1, clip/norm) for clipping), then torch.optim.AdamW's update with bias
+ * correction for `step` (1 for the first step); decay applies to matrices only
+ * (poc_model_decays). */
+typedef struct poc_adamw {
+  double lr, beta1, beta2, eps, weight_decay;
+  long step;
+  double grad_scale;
+} poc_adamw;
+int poc_model_zero_grad(poc_model *m, char *err);
+/* ‖grad‖₂ over all parameters, summed in double in a fixed order. */
+int poc_model_grad_norm(poc_model *m, double *norm, char *err);
+/* Σ grad², the square of the above (several models' norms add up exactly). */
+int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err);
+int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err);
+/* Whether AdamW decays tensor i of the layout (2-D tensors). */
+int poc_model_decays(const poc_layout *lay, int i);
 
-/* ---- the loss head alone (exposed for tests and benchmarks) ---------------------- */
-/* h [n×H] · W [V×H]ᵀ → per-row log-prob of target[i] (and entropy). The fused version
- * streams vocabulary chunks with an online log-sum-exp and never stores n×V logits;
- * backward recomputes the chunks: dlogits = g·(onehot − softmax) (+ the entropy term),
- * dW += dlogitsᵀ·h, dh = dlogits·W. */
-#define POC_HEAD_CHUNK 4096
-void poc_head_forward_f32(int n, int H, int V, const float *h, const float *W,
-                          const int32_t *target, int fused, float *logp, float *entropy);
-void poc_head_backward_f32(int n, int H, int V, const float *h, const float *W,
-                           const int32_t *target, const float *dlogp, const float *dentropy,
-                           int fused, float *dh, float *dW);
-void poc_head_forward_f64(int n, int H, int V, const double *h, const double *W,
-                          const int32_t *target, int fused, double *logp, double *entropy);
-void poc_head_backward_f64(int n, int H, int V, const double *h, const double *W,
-                           const int32_t *target, const double *dlogp, const double *dentropy,
-                           int fused, double *dh, double *dW);
+/* Host copies of n_params elements of type dt (checkpoints, resume, tests). Weights read
+ * back from a frozen model on a bf16 device are its bf16 compute copy; setting weights
+ * refreshes the compute copy. */
+typedef enum poc_part { POC_PART_WEIGHTS, POC_PART_GRAD, POC_PART_MOM, POC_PART_VAR } poc_part;
+int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *err);
+int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, char *err);
+/* The device's own f32 buffer where device memory is host memory (the CPU device), so
+ * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set). */
+float *poc_model_host_f32(poc_model *m, poc_part part);
 
 /* ---- random numbers -------------------------------------------------------------- */
 /* Counter-based and splittable, so a resumed run draws exactly what an unbroken one
@@ -180,14 +195,12 @@ poc_rng poc_rng_derive(uint64_t seed, uint64_t a, uint64_t b);
 
 /* ---- generation ------------------------------------------------------------------ */
 /* Continues `prompt` by up to max_new tokens with a KV cache, stopping after eos when
- * eos >= 0. temperature <= 0 means greedy; otherwise temperature then top-p (nucleus)
- * sampling drawn from rng. Returns the number of tokens written to out. */
-int poc_generate_f32(poc_model_f32 *m, const int32_t *prompt, int n_prompt, int max_new,
-                     double temperature, double top_p, int eos, poc_rng *rng, int32_t *out,
-                     char *err);
-int poc_generate_f64(poc_model_f64 *m, const int32_t *prompt, int n_prompt, int max_new,
-                     double temperature, double top_p, int eos, poc_rng *rng, int32_t *out,
-                     char *err);
+ * eos >= 0. temperature <= 0 means greedy (the first token of highest logit); otherwise
+ * temperature then top-p (nucleus) sampling drawn from rng. Returns the number of tokens
+ * written to out, or -1. */
+int poc_model_generate(poc_model *m, const int32_t *prompt, int n_prompt, int max_new,
+                       double temperature, double top_p, int eos, poc_rng *rng, int32_t *out,
+                       char *err);
 
 /* Checks generation's arguments for a vocabulary of V tokens: a non-empty prompt of
  * in-vocabulary ids, max_new >= 0, a random stream when sampling. 0, or -1 with err. */

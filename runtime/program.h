@@ -232,6 +232,12 @@ typedef struct poc_program {
  * [--set k=v] [--seed N] [--unfused-head] [--help]. Returns the process exit status:
  * 0 done, 1 runtime failure (I/O, numerics), 2 bad input or usage. */
 int poc_train_main(const poc_program *prog, int argc, char **argv);
+/* What poc_train_main (runtime/devices.c, the registry) calls with the registry's device
+ * opener: the runtime core itself knows no device. */
+typedef struct poc_device poc_device;
+typedef poc_device *(*poc_device_open_fn)(const char *name, char *err);
+int poc_train_run(const poc_program *prog, poc_device_open_fn open_device, int argc,
+                  char **argv);
 
 /* pick(y, n): a 0/1 mask over len positions with min(n, len) ones (n <= 0: none), drawn
  * by partial Fisher–Yates from poc_rng_derive(seed, pick_index, example): positions

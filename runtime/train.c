@@ -24,7 +24,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "backend.h"
+#include "device.h"
 #include "st.h"
 #include "train_internal.h"
 
@@ -42,10 +42,11 @@ typedef struct {
 
 static void usage(const poc_program *p, FILE *f) {
   fprintf(f,
-          "usage: %s [--backend cpu|cuda] [--steps N] [--out DIR] [--resume DIR]\n"
+          "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "Trains the experiment built from %s.po.\n"
-          "  --backend B     cpu (default) or cuda\n"
+          "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
+          "                  cpu64 runs in double (for checks)\n"
           "  --steps N       stop after optimizer step N (the schedule keeps its length)\n"
           "  --out DIR       run directory (default runs/%s-<timestamp>)\n"
           "  --resume DIR    continue the run in DIR from its newest complete checkpoint\n"
@@ -72,7 +73,7 @@ static int parse_i64(const char *s, int64_t *v) {
 /* 0 ok, 1 --help shown, 2 usage error. */
 static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f) {
   memset(f, 0, sizeof *f);
-  f->backend = "cpu";
+  f->backend = "auto";
   f->steps = -1;
   f->set = calloc((size_t)argc + 1, sizeof *f->set);
   if (!f->set) return 2;
@@ -92,8 +93,9 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       usage(p, stdout);
       return 1;
     } else if (!strcmp(a, "--backend")) {
-      if (strcmp(val, "cpu") && strcmp(val, "cuda")) {
-        fprintf(stderr, "%s: error: unknown backend '%s' (cpu or cuda)\n", p->name, val);
+      if (strcmp(val, "cpu") && strcmp(val, "cuda") && strcmp(val, "cpu64") &&
+          strcmp(val, "auto")) {
+        fprintf(stderr, "%s: error: unknown backend '%s' (cpu, cuda or cpu64)\n", p->name, val);
         return 2;
       }
       f->backend = val;
@@ -124,20 +126,6 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       usage(p, stderr);
       return 2;
     }
-  }
-  if (!strcmp(f->backend, "cuda")) {
-    /* the backend says why it cannot open (no CUDA compiled in, no driver, no device);
-       when it can, the loop itself still runs on the CPU model only */
-    char err[POC_ERR_LEN];
-    poc_backend *be = poc_backend_open("cuda", err);
-    if (!be) {
-      fprintf(stderr, "%s: error: --backend cuda: %s\n", p->name, err);
-    } else {
-      fprintf(stderr, "%s: error: --backend cuda: the training loop does not drive the CUDA "
-              "backend yet (%s); use --backend cpu\n", p->name, be->device);
-      poc_backend_close(be);
-    }
-    return 2;
   }
   if (f->resume && f->out && strcmp(f->resume, f->out)) {
     fprintf(stderr, "%s: error: --resume %s continues in its own directory; drop --out %s\n",
@@ -284,10 +272,63 @@ int64_t trn_total_steps(const poc_train *t, int64_t n_examples) {
   return s;
 }
 
+/* ---- the run: its state and its stages ------------------------------------------------ */
+
+typedef struct {
+  const poc_program *p;
+  const poc_train *T;
+  trn_flags fl;
+  char err[POC_ERR_LEN];
+  poc_device *dev;
+  poc_layout lay[TRN_MAX_MODELS];
+  int lay_ok[TRN_MAX_MODELS];
+  /* Host copies of a trainable model's weights and AdamW moments, for checkpoints: the
+   * device's own buffers where its memory is the host's and f32 (the CPU), else staging
+   * arrays filled before each write. */
+  float *hw[TRN_MAX_MODELS], *hm[TRN_MAX_MODELS], *hv[TRN_MAX_MODELS];
+  int staged[TRN_MAX_MODELS];
+  trn_models ms;
+  trn_data data;
+  trn_evalset ev;
+  trn_cache cache;
+  trn_order order;
+  trn_ctx ctx;
+  trn_state st;
+  trn_ckmodel cm[TRN_MAX_MODELS];
+  int n_cm, policy, eos, resuming;
+  int64_t *ex;
+  double knobs[64];
+  char out[PATHN], metrics[PATHN + 32], ckdir[PATHN];
+} trn_run;
+
+static void run_free(trn_run *r) {
+  for (int i = 0; i < TRN_MAX_MODELS; i++) {
+    poc_model_free(r->ms.m[i]);
+    if (r->staged[i]) {
+      free(r->hw[i]);
+      free(r->hm[i]);
+      free(r->hv[i]);
+    }
+    if (r->lay_ok[i]) poc_layout_free(&r->lay[i]);
+  }
+  poc_device_close(r->dev);
+  free(r->ex);
+  trn_order_free(&r->order);
+  trn_cache_free(&r->cache);
+  trn_evalset_free(&r->ev);
+  trn_data_free(&r->data);
+  free(r->fl.set);
+}
+
+static int run_error(trn_run *r, int rc) {
+  fprintf(stderr, "%s: error: %s\n", r->p->name, r->err);
+  return rc;
+}
+
 /* Greedy exact match on the evaluation set: the tokens generated before eos must equal
  * the answer. Up to eval_tokens new tokens, or the answer's length + 2 when unset. */
-static int evaluate(poc_model_f32 *m, const trn_evalset *e, int eos, int eval_tokens,
-                    double *acc, char *err) {
+static int evaluate(poc_model *m, const trn_evalset *e, int eos, int eval_tokens, double *acc,
+                    char *err) {
   int hits = 0, cap = 0;
   int32_t *out = NULL;
   for (int i = 0; i < e->n; i++) {
@@ -303,39 +344,20 @@ static int evaluate(poc_model_f32 *m, const trn_evalset *e, int eos, int eval_to
       out = q;
     }
     poc_rng r = poc_rng_derive(0, 0, (uint64_t)i);
-    int n = poc_generate_f32(m, e->tok + e->p_off[i], e->p_len[i], max_new, 0.0, 1.0, eos, &r,
-                             out, err);
+    int n = poc_model_generate(m, e->tok + e->p_off[i], e->p_len[i], max_new, 0.0, 1.0, eos, &r,
+                               out, err);
     if (n < 0) {
       free(out);
       return -1;
     }
     int k = 0;
     while (k < n && out[k] != eos) k++;
-    if (k == e->a_len[i] &&
-        !memcmp(out, e->tok + e->a_off[i], (size_t)k * sizeof(int32_t)))
+    if (k == e->a_len[i] && !memcmp(out, e->tok + e->a_off[i], (size_t)k * sizeof(int32_t)))
       hits++;
   }
   free(out);
   *acc = e->n ? (double)hits / e->n : 0;
   return 0;
-}
-
-typedef struct {
-  poc_layout lay[TRN_MAX_MODELS];
-  int lay_ok[TRN_MAX_MODELS];
-  float *w[TRN_MAX_MODELS], *g[TRN_MAX_MODELS], *m[TRN_MAX_MODELS], *v[TRN_MAX_MODELS];
-  trn_models_f32 ms;
-} run_models;
-
-static void models_free(run_models *r) {
-  for (int i = 0; i < TRN_MAX_MODELS; i++) {
-    if (r->ms.m[i]) poc_model_free_f32(r->ms.m[i]);
-    free(r->w[i]);
-    free(r->g[i]);
-    free(r->m[i]);
-    free(r->v[i]);
-    if (r->lay_ok[i]) poc_layout_free(&r->lay[i]);
-  }
 }
 
 static int metric_line(const char *path, cJSON *o, char *err) {
@@ -346,353 +368,433 @@ static int metric_line(const char *path, cJSON *o, char *err) {
   return rc;
 }
 
-int poc_train_main(const poc_program *p, int argc, char **argv) {
-  char err[POC_ERR_LEN] = "";
-  trn_flags fl;
-  int rc = parse_flags(p, argc, argv, &fl);
-  if (rc) {
-    free(fl.set);
-    return rc == 1 ? 0 : 2;
-  }
-  trn_data data = {0};
-  trn_evalset ev = {0};
-  trn_cache cache = {0};
-  trn_order order = {0};
-  run_models R;
-  memset(&R, 0, sizeof R);
-  int64_t *ex = NULL;
-  double knobs[64];
-  char out[PATHN], path[PATHN], ckdir[PATHN];
-  rc = 2;
-
-  if (check_program(p)) goto done;
-  const poc_train *T = &p->train;
-  for (int k = 0; k < p->n_knobs; k++) knobs[k] = p->knobs[k].value;
-  if (apply_sets(p, &fl, knobs)) goto done;
-
-  /* configs and layouts (a frozen model shares its source's architecture) */
-  int vocab = 1 << 30, policy = -1;
+/* Configs and layouts (a frozen model shares its source's architecture), the data and the
+ * evaluation set: every input checked before anything is written. */
+static int run_inputs(trn_run *r) {
+  const poc_program *p = r->p;
+  int vocab = 1 << 30;
+  r->policy = -1;
   for (int m = 0; m < p->n_models; m++) {
     const poc_model_decl *d = &p->models[m];
     const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
     poc_config cfg;
-    if (poc_config_load(dir, &cfg, err) || poc_layout_init(&R.lay[m], &cfg, err)) {
-      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, err);
-      goto done;
+    if (poc_config_load(dir, &cfg, r->err) || poc_layout_init(&r->lay[m], &cfg, r->err)) {
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+      return -1;
     }
-    R.lay_ok[m] = 1;
+    r->lay_ok[m] = 1;
     if (cfg.vocab_size < vocab) vocab = cfg.vocab_size;
-    if (d->trainable && policy < 0) policy = m;
+    if (d->trainable && r->policy < 0) r->policy = m;
   }
-  if (trn_data_load(&data, p, p->data_path, vocab, T->max_len)) goto done;
-  if (data.n_truncated)
+  if (trn_data_load(&r->data, p, p->data_path, vocab, r->T->max_len)) return -1;
+  if (r->data.n_truncated)
     fprintf(stderr, "%s: warning: %lld of %lld examples are longer than max_len = %d and were "
-            "cut (responses at the end)\n", p->data_path, (long long)data.n_truncated,
-            (long long)data.n, T->max_len);
-  int eos = R.lay[policy].cfg.eos_token_id;
-  if (p->eval_path && trn_evalset_load(&ev, p->eval_path, vocab, eos)) goto done;
+            "cut (responses at the end)\n", p->data_path, (long long)r->data.n_truncated,
+            (long long)r->data.n, r->T->max_len);
+  r->eos = r->lay[r->policy].cfg.eos_token_id;
+  if (p->eval_path && trn_evalset_load(&r->ev, p->eval_path, vocab, r->eos)) return -1;
+  return 0;
+}
 
-  /* the run directory */
-  int resuming = fl.resume != NULL;
-  if (resuming) {
-    trn_path(out, sizeof out, "%s", fl.resume);
-  } else if (fl.out) {
-    trn_path(out, sizeof out, "%s", fl.out);
+/* The run directory: --resume's, --out, or runs/NAME-<timestamp>; a fresh run refuses one
+ * that already holds a run. Nothing is created yet. */
+static int run_directory(trn_run *r) {
+  const poc_program *p = r->p;
+  r->resuming = r->fl.resume != NULL;
+  if (r->resuming) {
+    trn_path(r->out, sizeof r->out, "%s", r->fl.resume);
+  } else if (r->fl.out) {
+    trn_path(r->out, sizeof r->out, "%s", r->fl.out);
   } else {
     time_t t = time(NULL);
     struct tm tm;
     localtime_r(&t, &tm);
     char ts[32];
     strftime(ts, sizeof ts, "%Y%m%d-%H%M%S", &tm);
-    trn_path(out, sizeof out, "runs/%s-%s", p->name, ts);
+    trn_path(r->out, sizeof r->out, "runs/%s-%s", p->name, ts);
   }
-  char metrics[PATHN + 32];
-  trn_path(metrics, sizeof metrics, "%s/metrics.jsonl", out);
-  int64_t ck_step = -1;
-  if (resuming) {
-    ck_step = trn_ckpt_latest(out, ckdir, sizeof ckdir);
-    if (ck_step < 0) {
+  trn_path(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", r->out);
+  if (r->resuming) {
+    if (trn_ckpt_latest(r->out, r->ckdir, sizeof r->ckdir) < 0) {
       fprintf(stderr, "%s: error: --resume %s: no complete checkpoint (ckpt-<step>/) there\n",
-              p->name, out);
-      goto done;
+              p->name, r->out);
+      return -1;
     }
   } else {
     struct stat sb;
-    if (stat(metrics, &sb) == 0 || trn_ckpt_latest(out, ckdir, sizeof ckdir) >= 0) {
+    if (stat(r->metrics, &sb) == 0 || trn_ckpt_latest(r->out, r->ckdir, sizeof r->ckdir) >= 0) {
       fprintf(stderr, "%s: error: %s already holds a run; continue it with --resume %s or "
-              "choose another --out\n", p->name, out, out);
-      goto done;
+              "choose another --out\n", p->name, r->out, r->out);
+      return -1;
     }
   }
+  return 0;
+}
 
-  /* weights: trainable models from the checkpoint when resuming, frozen ones always from
-   * their source's original folder (the snapshot is of the initial weights) */
-  rc = 1;
+/* Model instances on the device, their workspaces sized for the largest micro-batch, with
+ * weights from the model folders: trainable ones are replaced by the checkpoint's when
+ * resuming, frozen ones always come from their source's original folder (the snapshot is
+ * of the initial weights). Returns 2 for bad input, 1 for other failures. */
+static int run_models(trn_run *r) {
+  const poc_program *p = r->p;
+  const poc_train *T = r->T;
+  r->ctx = (trn_ctx){.prog = p, .data = &r->data, .knobs = r->knobs, .seed = r->st.seed,
+                     .micro_batch = T->micro_batch < T->batch ? T->micro_batch : T->batch,
+                     .unfused = r->fl.unfused};
+  for (int m = 0; m < p->n_models; m++) {
+    r->ctx.lay[m] = &r->lay[m];
+    r->ctx.eos[m] = r->lay[m].cfg.eos_token_id;
+  }
   for (int m = 0; m < p->n_models; m++) {
     const poc_model_decl *d = &p->models[m];
-    size_t n = R.lay[m].n_params;
-    R.w[m] = malloc(n * sizeof(float));
-    if (d->trainable) {
-      R.g[m] = calloc(n, sizeof(float));
-      R.m[m] = calloc(n, sizeof(float));
-      R.v[m] = calloc(n, sizeof(float));
-    }
-    if (!R.w[m] || (d->trainable && (!R.g[m] || !R.m[m] || !R.v[m]))) {
-      fprintf(stderr, "%s: error: out of memory for model '%s' (%zu parameters)\n", p->name,
-              d->name, n);
-      goto done;
-    }
-    const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
-    if (poc_weights_load_f32(dir, &R.lay[m], R.w[m], err)) {
-      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, err);
-      rc = 2;
-      goto done;
-    }
-  }
-  trn_ckmodel cm[TRN_MAX_MODELS];
-  int n_cm = 0;
-  for (int m = 0; m < p->n_models; m++)
-    if (p->models[m].trainable)
-      cm[n_cm++] = (trn_ckmodel){p->models[m].name, &R.lay[m], R.w[m], R.m[m], R.v[m]};
-
-  uint64_t prog_hash = trn_hash_str(trn_hash_str(0, p->name), p->source ? p->source : "");
-  trn_state st = {0};
-  st.seed = fl.have_seed ? fl.seed : T->seed;
-  st.total = trn_total_steps(T, data.n);
-  st.program_hash = prog_hash;
-  if (resuming) {
-    if (trn_ckpt_load(ckdir, &st, p, cm, n_cm, err)) {
-      fprintf(stderr, "%s: error: %s\n", p->name, err);
-      goto done;
-    }
-    if (st.program_hash != prog_hash) {
-      fprintf(stderr, "%s: error: %s was made by a different program (its .po source "
-              "differs); resume it with the binary that started it\n", p->name, out);
-      rc = 2;
-      goto done;
-    }
-    for (int k = 0; k < p->n_knobs; k++) knobs[k] = st.knobs[k];
-    if (fl.n_set) {
-      fprintf(stderr, "%s: note: --set changes knobs of a resumed run\n", p->name);
-      if (apply_sets(p, &fl, knobs)) goto done;
-    }
-    if (fl.have_seed && fl.seed != st.seed) {
-      fprintf(stderr, "%s: note: --seed %llu replaces the run's seed %llu from step %lld on\n",
-              p->name, (unsigned long long)fl.seed, (unsigned long long)st.seed,
-              (long long)st.step);
-      st.seed = fl.seed;
-    }
-    fprintf(stderr, "%s: resuming %s at step %lld\n", p->name, ckdir, (long long)st.step);
-  }
-  st.n_knobs = p->n_knobs;
-  memcpy(st.knobs, knobs, sizeof(double) * (size_t)p->n_knobs);
-
-  if (mkdir_p(out)) {
-    fprintf(stderr, "%s: error: %s: cannot create the run directory: %s\n", p->name, out,
-            strerror(errno));
-    goto done;
-  }
-  trn_path(path, sizeof path, "%s/%s.po", out, p->name);
-  if (p->source && st_write_text_atomic(path, p->source, err)) {
-    fprintf(stderr, "%s: error: %s\n", p->name, err);
-    goto done;
-  }
-  if (resuming && trn_metrics_truncate(metrics, st.step, err)) {
-    fprintf(stderr, "%s: error: %s\n", p->name, err);
-    goto done;
-  }
-
-  /* model instances, their workspaces sized for the largest micro-batch */
-  trn_ctx ctx = {.prog = p, .data = &data, .knobs = knobs, .seed = st.seed,
-                 .micro_batch = T->micro_batch < T->batch ? T->micro_batch : T->batch,
-                 .unfused = fl.unfused};
-  for (int m = 0; m < p->n_models; m++) {
-    ctx.lay[m] = &R.lay[m];
-    ctx.eos[m] = R.lay[m].cfg.eos_token_id;
-  }
-  for (int m = 0; m < p->n_models; m++) {
-    int longest;
-    int mt = trn_max_pack_tokens(&ctx, m, ctx.micro_batch, &longest);
-    int maxpos = R.lay[m].cfg.max_position_embeddings;
+    int longest, mt = trn_max_pack_tokens(&r->ctx, m, r->ctx.micro_batch, &longest);
+    int maxpos = r->lay[m].cfg.max_position_embeddings;
     if (maxpos > 0 && longest > maxpos) {
       fprintf(stderr, "%s: error: model '%s' would see a %d-token sequence (context + target) "
-              "but has %d positions; lower max_len (now %d)\n", p->name, p->models[m].name,
-              longest, maxpos, T->max_len);
-      rc = 2;
-      goto done;
+              "but has %d positions; lower max_len (now %d)\n", p->name, d->name, longest,
+              maxpos, T->max_len);
+      return 2;
     }
-    ctx.max_tokens[m] = mt > 0 ? mt : 1;
-    R.ms.m[m] = poc_model_new_f32(&R.lay[m], R.w[m], R.g[m], ctx.max_tokens[m]);
-    if (!R.ms.m[m]) {
-      fprintf(stderr, "%s: error: model '%s': cannot allocate a %d-token workspace\n", p->name,
-              p->models[m].name, ctx.max_tokens[m]);
-      goto done;
+    r->ctx.max_tokens[m] = mt > 0 ? mt : 1;
+    size_t n = r->lay[m].n_params;
+    float *w = malloc(n * sizeof(float));
+    if (!w) {
+      fprintf(stderr, "%s: error: out of memory for model '%s' (%zu parameters)\n", p->name,
+              d->name, n);
+      return 1;
     }
+    const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
+    if (poc_weights_load_f32(dir, &r->lay[m], w, r->err)) {
+      free(w);
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+      return 2;
+    }
+    if (!d->trainable) {
+      /* the reference cache's key covers the frozen weights */
+      r->ctx.frozen_hash[m] = trn_hash(0, w, n * sizeof(float));
+    }
+    r->ms.m[m] = poc_model_new(r->dev, &r->lay[m], w, POC_DT_F32, d->trainable,
+                               r->ctx.max_tokens[m], r->err);
+    free(w);
+    if (!r->ms.m[m]) {
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+      return 1;
+    }
+    if (!d->trainable) continue;
+    r->hw[m] = poc_model_host_f32(r->ms.m[m], POC_PART_WEIGHTS);
+    r->hm[m] = poc_model_host_f32(r->ms.m[m], POC_PART_MOM);
+    r->hv[m] = poc_model_host_f32(r->ms.m[m], POC_PART_VAR);
+    if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
+      r->staged[m] = 1;
+      r->hw[m] = malloc(n * sizeof(float));
+      r->hm[m] = calloc(n, sizeof(float));
+      r->hv[m] = calloc(n, sizeof(float));
+      if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
+        fprintf(stderr, "%s: error: out of memory staging model '%s'\n", p->name, d->name);
+        return 1;
+      }
+    }
+    r->cm[r->n_cm++] = (trn_ckmodel){d->name, &r->lay[m], r->hw[m], r->hm[m], r->hv[m]};
   }
+  return 0;
+}
 
-  /* hoisted calls: computed once, cached on disk, keyed by what they depend on */
+/* Copies the trainable models' state to where checkpoints read it (nothing on the CPU). */
+static int run_stage_state(trn_run *r, int to_device) {
+  for (int m = 0; m < r->p->n_models; m++) {
+    if (!r->p->models[m].trainable || !r->staged[m]) continue;
+    poc_model *pm = r->ms.m[m];
+    int bad = to_device
+                  ? poc_model_set(pm, POC_PART_WEIGHTS, r->hw[m], POC_DT_F32, r->err) ||
+                        poc_model_set(pm, POC_PART_MOM, r->hm[m], POC_DT_F32, r->err) ||
+                        poc_model_set(pm, POC_PART_VAR, r->hv[m], POC_DT_F32, r->err)
+                  : poc_model_get(pm, POC_PART_WEIGHTS, r->hw[m], POC_DT_F32, r->err) ||
+                        poc_model_get(pm, POC_PART_MOM, r->hm[m], POC_DT_F32, r->err) ||
+                        poc_model_get(pm, POC_PART_VAR, r->hv[m], POC_DT_F32, r->err);
+    if (bad) return -1;
+  }
+  return 0;
+}
+
+/* Resuming: the checkpoint's weights, moments, position, seed and knobs (--set and --seed
+ * still win, with a note). */
+static int run_resume(trn_run *r, uint64_t prog_hash) {
+  const poc_program *p = r->p;
+  if (trn_ckpt_load(r->ckdir, &r->st, p, r->cm, r->n_cm, r->err) || run_stage_state(r, 1))
+    return run_error(r, 1);
+  if (r->st.program_hash != prog_hash) {
+    fprintf(stderr, "%s: error: %s was made by a different program (its .po source "
+            "differs); resume it with the binary that started it\n", p->name, r->out);
+    return 2;
+  }
+  for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = r->st.knobs[k];
+  if (r->fl.n_set) {
+    fprintf(stderr, "%s: note: --set changes knobs of a resumed run\n", p->name);
+    if (apply_sets(p, &r->fl, r->knobs)) return 2;
+  }
+  if (r->fl.have_seed && r->fl.seed != r->st.seed) {
+    fprintf(stderr, "%s: note: --seed %llu replaces the run's seed %llu from step %lld on\n",
+            p->name, (unsigned long long)r->fl.seed, (unsigned long long)r->st.seed,
+            (long long)r->st.step);
+    r->st.seed = r->fl.seed;
+  }
+  r->ctx.seed = r->st.seed;
+  fprintf(stderr, "%s: resuming %s at step %lld\n", p->name, r->ckdir, (long long)r->st.step);
+  return 0;
+}
+
+/* Creates the run directory with the program's source; a resumed run drops the metric
+ * lines after its checkpoint. */
+static int run_open_directory(trn_run *r) {
+  const poc_program *p = r->p;
+  char path[PATHN];
+  if (mkdir_p(r->out)) {
+    fprintf(stderr, "%s: error: %s: cannot create the run directory: %s\n", p->name, r->out,
+            strerror(errno));
+    return -1;
+  }
+  trn_path(path, sizeof path, "%s/%s.po", r->out, p->name);
+  if (p->source && st_write_text_atomic(path, p->source, r->err)) return run_error(r, -1);
+  if (r->resuming && trn_metrics_truncate(r->metrics, r->st.step, r->err))
+    return run_error(r, -1);
+  return 0;
+}
+
+/* Hoisted calls: computed once before the first step, cached on disk, keyed by what they
+ * depend on (the data file's bytes, max_len, the calls and the frozen weights). */
+static int run_hoist(trn_run *r) {
+  const poc_program *p = r->p;
   int n_hoisted = 0;
   for (int k = 0; k < p->n_calls; k++) n_hoisted += p->calls[k].hoisted;
-  if (n_hoisted) {
-    unsigned char *bytes;
-    size_t nb;
-    uint64_t key = trn_hash_str(0, "ref_cache v1");
-    if (read_file(p->data_path, &bytes, &nb)) {
-      fprintf(stderr, "%s: error: %s: cannot read\n", p->name, p->data_path);
-      goto done;
-    }
-    key = trn_hash(key, bytes, nb);
-    free(bytes);
-    key = trn_hash(key, &T->max_len, sizeof T->max_len);
-    for (int k = 0; k < p->n_calls; k++) {
-      if (!p->calls[k].hoisted) continue;
-      int m = p->calls[k].model;
-      key = trn_hash_str(key, p->calls[k].key);
-      key = trn_hash(key, &p->calls[k].want_entropy, sizeof(int));
-      key = trn_hash(key, R.w[m], R.lay[m].n_params * sizeof(float));
-    }
-    if (trn_cache_alloc(&cache, p, data.n)) {
-      fprintf(stderr, "%s: error: out of memory for the reference cache\n", p->name);
-      goto done;
-    }
-    trn_path(path, sizeof path, "%s/ref_cache.bin", out);
-    if (trn_cache_load(&cache, p, path, key) != 1) {
-      double t0 = now_s();
-      if (trn_hoist_f32(&ctx, &R.ms, &cache, err) || trn_cache_save(&cache, path, key, err)) {
-        fprintf(stderr, "%s: error: %s\n", p->name, err);
-        goto done;
-      }
-      fprintf(stderr, "%s: reference values of %d call%s over %lld examples cached in %.1fs\n",
-              p->name, n_hoisted, n_hoisted > 1 ? "s" : "", (long long)data.n, now_s() - t0);
-    }
-    ctx.cache = &cache;
+  if (!n_hoisted) return 0;
+  unsigned char *bytes;
+  size_t nb;
+  uint64_t key = trn_hash_str(0, "ref_cache v1");
+  if (read_file(p->data_path, &bytes, &nb)) {
+    fprintf(stderr, "%s: error: %s: cannot read\n", p->name, p->data_path);
+    return -1;
   }
-
-  trn_order_init(&order, &data, st.seed);
-  ex = malloc((size_t)T->batch * sizeof *ex);
-  if (!order.perm || !ex) {
-    fprintf(stderr, "%s: error: out of memory\n", p->name);
-    goto done;
+  key = trn_hash(key, bytes, nb);
+  free(bytes);
+  key = trn_hash(key, &r->T->max_len, sizeof r->T->max_len);
+  for (int k = 0; k < p->n_calls; k++) {
+    if (!p->calls[k].hoisted) continue;
+    key = trn_hash_str(key, p->calls[k].key);
+    key = trn_hash(key, &p->calls[k].want_entropy, sizeof(int));
+    key = trn_hash(key, &r->ctx.frozen_hash[p->calls[k].model], sizeof(uint64_t));
   }
-  int64_t stop = fl.steps > 0 && fl.steps < st.total ? fl.steps : st.total;
-  poc_model_f32 *pm = R.ms.m[policy];
-  if (p->eval_path && !resuming) {
-    double acc;
-    if (evaluate(pm, &ev, eos, T->eval_tokens, &acc, err)) {
-      fprintf(stderr, "%s: error: evaluation: %s\n", p->name, err);
-      goto done;
-    }
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "step", 0);
-    cJSON_AddNumberToObject(o, "epoch", 0);
-    cJSON_AddNumberToObject(o, "eval/accuracy", acc);
-    int bad = metric_line(metrics, o, err);
-    cJSON_Delete(o);
-    if (bad) {
-      fprintf(stderr, "%s: error: %s\n", p->name, err);
-      goto done;
-    }
-    fprintf(stderr, "%s: eval/accuracy %.4f before training (%d prompts)\n", p->name, acc, ev.n);
+  if (trn_cache_alloc(&r->cache, p, r->data.n)) {
+    fprintf(stderr, "%s: error: out of memory for the reference cache\n", p->name);
+    return -1;
   }
-
-  int tty = isatty(2);
-  int log_every = T->log_every > 0 ? T->log_every : 1;
-  double t_start = now_s();
-  int64_t first = st.step;
-  int64_t last_ckpt = resuming ? st.step : -1;
-  while (st.step < stop) {
+  char path[PATHN];
+  trn_path(path, sizeof path, "%s/ref_cache.bin", r->out);
+  if (trn_cache_load(&r->cache, p, path, key) != 1) {
     double t0 = now_s();
-    int64_t step = st.step + 1;
-    for (int b = 0; b < T->batch; b++) ex[b] = trn_order_at(&order, st.pos + b);
-    for (int m = 0; m < p->n_models; m++)
-      if (R.g[m]) memset(R.g[m], 0, R.lay[m].n_params * sizeof(float));
-    trn_stepout so;
-    if (trn_step_grad_f32(&ctx, &R.ms, ex, T->batch, step, &so, err)) {
-      fprintf(stderr, "%s%s: error: step %lld: %s\n", tty ? "\n" : "", p->name,
-              (long long)step, err);
-      goto done;
-    }
-    double loss = so.loss_sum / T->batch;
-    if (!isfinite(loss)) {
-      fprintf(stderr, "%s%s: error: step %lld: the loss is %g; stopping (the last checkpoint "
-              "is kept)\n", tty ? "\n" : "", p->name, (long long)step, loss);
-      goto done;
-    }
-    double sq = 0;
-    for (int m = 0; m < p->n_models; m++)
-      if (R.g[m]) sq += trn_sq_norm(R.g[m], R.lay[m].n_params);
-    double gnorm = sqrt(sq), gscale = 1;
-    if (T->clip > 0 && gnorm > T->clip) gscale = T->clip / (gnorm + 1e-6);
-    double lr = trn_lr(T, step, st.total);
-    for (int m = 0; m < p->n_models; m++)
-      if (R.g[m]) trn_adamw(&R.lay[m], R.w[m], R.g[m], R.m[m], R.v[m], step, lr, gscale, T);
-    st.step = step;
-    st.pos += T->batch;
-    st.epoch = (double)st.pos / (double)data.n;
-    double dt = now_s() - t0, tok_s = dt > 0 ? (double)so.tokens / dt : 0;
+    if (trn_hoist(&r->ctx, &r->ms, &r->cache, r->err) ||
+        trn_cache_save(&r->cache, path, key, r->err))
+      return run_error(r, -1);
+    fprintf(stderr, "%s: reference values of %d call%s over %lld examples cached in %.1fs\n",
+            p->name, n_hoisted, n_hoisted > 1 ? "s" : "", (long long)r->data.n, now_s() - t0);
+  }
+  r->ctx.cache = &r->cache;
+  return 0;
+}
 
+/* Evaluation before training, on a line of its own at step 0. */
+static int run_eval0(trn_run *r) {
+  const poc_program *p = r->p;
+  if (!p->eval_path || r->resuming) return 0;
+  double acc;
+  if (evaluate(r->ms.m[r->policy], &r->ev, r->eos, r->T->eval_tokens, &acc, r->err)) {
+    fprintf(stderr, "%s: error: evaluation: %s\n", p->name, r->err);
+    return -1;
+  }
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "step", 0);
+  cJSON_AddNumberToObject(o, "epoch", 0);
+  cJSON_AddNumberToObject(o, "eval/accuracy", acc);
+  int bad = metric_line(r->metrics, o, r->err);
+  cJSON_Delete(o);
+  if (bad) return run_error(r, -1);
+  fprintf(stderr, "%s: eval/accuracy %.4f before training (%d prompts)\n", p->name, acc, r->ev.n);
+  return 0;
+}
+
+typedef struct {
+  double loss, lr, gnorm, tok_s;
+  trn_stepout so;
+} run_step_out;
+
+/* One optimizer step: the gradient of the step's mean loss, its global norm (reported
+ * before clipping), clipping folded into AdamW's gradient scale, AdamW at lr(step). */
+static int run_step(trn_run *r, int64_t step, run_step_out *o) {
+  const poc_program *p = r->p;
+  const poc_train *T = r->T;
+  double t0 = now_s();
+  for (int b = 0; b < T->batch; b++) r->ex[b] = trn_order_at(&r->order, r->st.pos + b);
+  for (int m = 0; m < p->n_models; m++)
+    if (p->models[m].trainable && poc_model_zero_grad(r->ms.m[m], r->err)) return -1;
+  if (trn_step_grad(&r->ctx, &r->ms, r->ex, T->batch, step, &o->so, r->err)) return -1;
+  o->loss = o->so.loss_sum / T->batch;
+  if (!isfinite(o->loss)) {
+    trn_errf(r->err, "the loss is %g; stopping (the last checkpoint is kept)", o->loss);
+    return -1;
+  }
+  double sq = 0;
+  for (int m = 0; m < p->n_models; m++) {
+    double s;
+    if (!p->models[m].trainable) continue;
+    if (poc_model_grad_sumsq(r->ms.m[m], &s, r->err)) return -1;
+    sq += s;
+  }
+  o->gnorm = sqrt(sq);
+  double gscale = 1;
+  if (T->clip > 0 && o->gnorm > T->clip) gscale = T->clip / (o->gnorm + 1e-6);
+  o->lr = trn_lr(T, step, r->st.total);
+  poc_adamw h = {o->lr, T->adam_beta1, T->adam_beta2, T->adam_eps, T->weight_decay, (long)step,
+                 gscale};
+  for (int m = 0; m < p->n_models; m++)
+    if (p->models[m].trainable && poc_model_adamw(r->ms.m[m], &h, r->err)) return -1;
+  r->st.step = step;
+  r->st.pos += T->batch;
+  r->st.epoch = (double)r->st.pos / (double)r->data.n;
+  double dt = now_s() - t0;
+  o->tok_s = dt > 0 ? (double)o->so.tokens / dt : 0;
+  return 0;
+}
+
+/* The step's metrics line (and evaluation when due). eval_acc < 0 when none ran. */
+static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_step_out *o,
+                   double *eval_acc) {
+  const poc_program *p = r->p;
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddNumberToObject(j, "step", (double)step);
+  cJSON_AddNumberToObject(j, "epoch", r->st.epoch);
+  if (logged) {
+    cJSON_AddNumberToObject(j, "loss", o->loss);
+    cJSON_AddNumberToObject(j, "lr", o->lr);
+    cJSON_AddNumberToObject(j, "grad_norm", o->gnorm);
+    cJSON_AddNumberToObject(j, "tokens_per_s", o->tok_s);
+    for (int k = 0; k < p->n_reports; k++)
+      cJSON_AddNumberToObject(j, p->reports[k], o->so.report_sum[k] / r->T->batch);
+  }
+  *eval_acc = -1;
+  if (do_eval) {
+    double acc;
+    if (evaluate(r->ms.m[r->policy], &r->ev, r->eos, r->T->eval_tokens, &acc, r->err)) {
+      cJSON_Delete(j);
+      char e2[POC_ERR_LEN];
+      trn_path(e2, sizeof e2, "evaluation: %s", r->err);
+      memcpy(r->err, e2, sizeof e2);
+      return -1;
+    }
+    cJSON_AddNumberToObject(j, "eval/accuracy", acc);
+    *eval_acc = acc;
+  }
+  int bad = metric_line(r->metrics, j, r->err);
+  cJSON_Delete(j);
+  return bad;
+}
+
+static int run_checkpoint(trn_run *r) {
+  if (run_stage_state(r, 0)) return -1;
+  return trn_ckpt_write(r->out, &r->st, r->p, r->cm, r->n_cm, r->err);
+}
+
+/* Steps until --steps or the schedule's end: metrics, progress, evaluation, checkpoints. */
+static int run_loop(trn_run *r) {
+  const poc_program *p = r->p;
+  const poc_train *T = r->T;
+  int64_t stop = r->fl.steps > 0 && r->fl.steps < r->st.total ? r->fl.steps : r->st.total;
+  int tty = isatty(2), log_every = T->log_every > 0 ? T->log_every : 1;
+  const char *nl = tty ? "\n" : "";
+  double t_start = now_s();
+  int64_t first = r->st.step, last_ckpt = r->resuming ? r->st.step : -1;
+  while (r->st.step < stop) {
+    int64_t step = r->st.step + 1;
+    run_step_out o;
+    if (run_step(r, step, &o)) {
+      fprintf(stderr, "%s%s: error: step %lld: %s\n", nl, p->name, (long long)step, r->err);
+      return -1;
+    }
     int logged = step % log_every == 0 || step == stop;
-    double eval_acc = -1;
     int do_eval = p->eval_path && (step == stop || (T->eval_every > 0 && step % T->eval_every == 0));
-    if (logged || do_eval) {
-      cJSON *o = cJSON_CreateObject();
-      cJSON_AddNumberToObject(o, "step", (double)step);
-      cJSON_AddNumberToObject(o, "epoch", st.epoch);
-      if (logged) {
-        cJSON_AddNumberToObject(o, "loss", loss);
-        cJSON_AddNumberToObject(o, "lr", lr);
-        cJSON_AddNumberToObject(o, "grad_norm", gnorm);
-        cJSON_AddNumberToObject(o, "tokens_per_s", tok_s);
-        for (int r = 0; r < p->n_reports; r++)
-          cJSON_AddNumberToObject(o, p->reports[r], so.report_sum[r] / T->batch);
-      }
-      if (do_eval) {
-        double acc;
-        if (evaluate(pm, &ev, eos, T->eval_tokens, &acc, err)) {
-          cJSON_Delete(o);
-          fprintf(stderr, "%s: error: evaluation: %s\n", p->name, err);
-          goto done;
-        }
-        cJSON_AddNumberToObject(o, "eval/accuracy", acc);
-        eval_acc = acc;
-      }
-      int bad = metric_line(metrics, o, err);
-      cJSON_Delete(o);
-      if (bad) {
-        fprintf(stderr, "%s: error: %s\n", p->name, err);
-        goto done;
-      }
+    double eval_acc = -1;
+    if ((logged || do_eval) && run_log(r, step, logged, do_eval, &o, &eval_acc)) {
+      fprintf(stderr, "%s%s: error: %s\n", nl, p->name, r->err);
+      return -1;
     }
     if (tty || logged) {
       double per = (now_s() - t_start) / (double)(step - first);
-      trn_progress(step, stop, loss, tok_s, per * (double)(stop - step), tty);
+      trn_progress(step, stop, o.loss, o.tok_s, per * (double)(stop - step), tty);
     }
     if (eval_acc >= 0)
-      fprintf(stderr, "%s%s: eval/accuracy %.4f after step %lld\n", tty ? "\n" : "", p->name,
-              eval_acc, (long long)step);
+      fprintf(stderr, "%s%s: eval/accuracy %.4f after step %lld\n", nl, p->name, eval_acc,
+              (long long)step);
     if ((T->ckpt_every > 0 && step % T->ckpt_every == 0) || step == stop) {
-      if (trn_ckpt_write(out, &st, p, cm, n_cm, err)) {
+      if (run_checkpoint(r)) {
         fprintf(stderr, "%s%s: error: checkpoint at step %lld: %s (earlier checkpoints are "
-                "intact)\n", tty ? "\n" : "", p->name, (long long)step, err);
-        goto done;
+                "intact)\n", nl, p->name, (long long)step, r->err);
+        return -1;
       }
       last_ckpt = step;
     }
   }
   if (tty) fputc('\n', stderr);
-  if (last_ckpt != st.step && trn_ckpt_write(out, &st, p, cm, n_cm, err)) {
-    fprintf(stderr, "%s: error: checkpoint at step %lld: %s\n", p->name, (long long)st.step, err);
+  if (last_ckpt != r->st.step && run_checkpoint(r)) {
+    fprintf(stderr, "%s: error: checkpoint at step %lld: %s\n", p->name, (long long)r->st.step,
+            r->err);
+    return -1;
+  }
+  fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
+  return 0;
+}
+
+/*   flags → device → program check → inputs → run directory → models (resume) → hoist →
+ *   eval@0 → loop → final checkpoint */
+int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc, char **argv) {
+  trn_run *r = calloc(1, sizeof *r);
+  if (!r) {
+    fprintf(stderr, "%s: error: out of memory\n", p->name);
+    return 1;
+  }
+  r->p = p;
+  r->T = &p->train;
+  int rc = parse_flags(p, argc, argv, &r->fl);
+  if (rc) {
+    rc = rc == 1 ? 0 : 2;
     goto done;
   }
-  fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, out, (long long)st.step);
+  rc = 2;
+  if (!(r->dev = open_device(r->fl.backend, r->err))) {
+    fprintf(stderr, "%s: error: --backend %s: %s\n", p->name, r->fl.backend, r->err);
+    goto done;
+  }
+  fprintf(stderr, "%s\n", r->dev->desc);
+  if (check_program(p)) goto done;
+  for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = p->knobs[k].value;
+  if (apply_sets(p, &r->fl, r->knobs) || run_inputs(r) || run_directory(r)) goto done;
+
+  uint64_t prog_hash = trn_hash_str(trn_hash_str(0, p->name), p->source ? p->source : "");
+  r->st.seed = r->fl.have_seed ? r->fl.seed : r->T->seed;
+  r->st.total = trn_total_steps(r->T, r->data.n);
+  r->st.program_hash = prog_hash;
+  if ((rc = run_models(r)) || (r->resuming && (rc = run_resume(r, prog_hash)))) goto done;
+  r->st.n_knobs = p->n_knobs;
+  memcpy(r->st.knobs, r->knobs, sizeof(double) * (size_t)p->n_knobs);
+  rc = 1;
+  if (run_open_directory(r) || run_hoist(r)) goto done;
+  trn_order_init(&r->order, &r->data, r->st.seed);
+  r->ex = malloc((size_t)r->T->batch * sizeof *r->ex);
+  if (!r->order.perm || !r->ex) {
+    fprintf(stderr, "%s: error: out of memory\n", p->name);
+    goto done;
+  }
+  if (run_eval0(r) || run_loop(r)) goto done;
   rc = 0;
 done:
-  free(ex);
-  trn_order_free(&order);
-  trn_cache_free(&cache);
-  trn_evalset_free(&ev);
-  trn_data_free(&data);
-  models_free(&R);
-  free(fl.set);
+  run_free(r);
+  free(r);
   return rc;
 }

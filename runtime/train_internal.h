@@ -94,12 +94,6 @@ void trn_evalset_free(trn_evalset *e);
 int64_t trn_warmup_steps(const poc_train *t, int64_t total);
 /* The learning rate of optimizer step `step` (1-based) of `total`. */
 double trn_lr(const poc_train *t, int64_t step, int64_t total);
-/* sqrt(Σ g²), accumulated in double in a fixed order. */
-double trn_sq_norm(const float *g, size_t n);
-/* One AdamW update of w from g·gscale with moments m, v (step is 1-based, for the bias
- * correction). Weight decay applies to 2-D tensors of the layout only. */
-void trn_adamw(const poc_layout *lay, float *w, const float *g, float *m, float *v,
-               int64_t step, double lr, double gscale, const poc_train *t);
 
 /* ---- metrics.c -------------------------------------------------------------------- */
 
@@ -183,6 +177,7 @@ typedef struct trn_ctx {
   int micro_batch;
   int unfused;
   int max_tokens[TRN_MAX_MODELS];/* workspace each model instance was made with */
+  uint64_t frozen_hash[TRN_MAX_MODELS]; /* frozen models' initial weights, for the cache key */
 } trn_ctx;
 
 /* One model's packed forward. */
@@ -245,7 +240,7 @@ int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_s
 /* The step's seed for pick draws. */
 uint64_t trn_pick_seed(uint64_t seed, int64_t step);
 
-/* ---- train_step_fp.c ------------------------------------------------------------- */
+/* ---- train_step.c ---------------------------------------------------------------- */
 
 typedef struct trn_stepout {
   double loss_sum;               /* Σ loss_e over the step's examples */
@@ -255,20 +250,16 @@ typedef struct trn_stepout {
                                     its absence, hoisted) shows as time, not as tokens */
 } trn_stepout;
 
-typedef struct trn_models_f32 { poc_model_f32 *m[TRN_MAX_MODELS]; } trn_models_f32;
-typedef struct trn_models_f64 { poc_model_f64 *m[TRN_MAX_MODELS]; } trn_models_f64;
+typedef struct trn_models { poc_model *m[TRN_MAX_MODELS]; } trn_models;
 
 /* One optimizer step's gradient over examples ex[0..B) (B = the step's batch) at step
  * `step` (1-based): draws anchors, runs the forwards, the objective (per micro-batch when
  * separable, once for the step otherwise) and the backwards. Gradients are added to the
  * trainable models' grad arrays (the caller zeroes them). */
-int trn_step_grad_f32(const trn_ctx *c, trn_models_f32 *ms, const int64_t *ex, int B,
-                      int64_t step, trn_stepout *o, char *err);
-int trn_step_grad_f64(const trn_ctx *c, trn_models_f64 *ms, const int64_t *ex, int B,
-                      int64_t step, trn_stepout *o, char *err);
+int trn_step_grad(const trn_ctx *c, trn_models *ms, const int64_t *ex, int B, int64_t step,
+                  trn_stepout *o, char *err);
 /* Fills the cache's hoisted calls for every example of the data set. */
-int trn_hoist_f32(const trn_ctx *c, trn_models_f32 *ms, trn_cache *k, char *err);
-int trn_hoist_f64(const trn_ctx *c, trn_models_f64 *ms, trn_cache *k, char *err);
+int trn_hoist(const trn_ctx *c, trn_models *ms, trn_cache *k, char *err);
 
 /* ---- train.c (exposed for tests) -------------------------------------------------- */
 

@@ -1,17 +1,21 @@
-/* bench_cuda.c — one DPO training step on the CUDA backend, timed.
+/* bench_cuda.c — one DPO training step of the model on the CUDA device, timed.
  *
  * A step is what a DPO run does per micro-batch: the frozen reference forward over the
  * packed chosen and rejected sequences, the policy forward (saving activations), the DPO
  * loss and its seeds on the host, the policy backward, the gradient norm and one AdamW
- * step. Reported per configuration: tokens/s, the step's median time, device memory in
- * use (everything is allocated up front, so this is the peak), and
+ * step. Reported per configuration: tokens/s, the step's median time, the device memory
+ * the two models allocate (everything is allocated up front, so this is the peak; counted
+ * through the device's allocator, so the CUDA context and cuBLAS's workspace are not in
+ * it), and
  *   MFU = 6 · params · tokens / (step time · measured bf16 GEMM rate)
- * with the rate measured here by cuBLAS on an 8192³ bf16 GEMM (fp32 accumulation), so
- * the ratio is against what this device actually delivers rather than a datasheet.
+ * with the rate measured here through the device's own GEMM kernel (cuBLAS, bf16 operands,
+ * fp32 accumulation) on an 8192³ product, so the ratio is against what this device
+ * actually delivers rather than a datasheet.
  *
  *   bench_cuda [--vocab V] [--tokens T] [--seq S] [--layers L] [--steps N] [--unfused]
+ *              [--device NAME]
  * defaults: a Llama-3.2-1B shape (hidden 2048, 16 layers, 32/8 heads of 64, MLP 8192,
- * tied embeddings), vocab 128256, 8192 tokens a step in sequences of 512.
+ * tied embeddings), vocab 128256, 8192 tokens a step in sequences of 512, device "cuda".
  */
 #include <math.h>
 #include <stdio.h>
@@ -19,8 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "cuda_internal.h"
+#include "device.h"
 
 static double bn_now(void) {
   struct timespec ts;
@@ -33,40 +36,83 @@ static int bn_cmp(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* bf16 GEMM rate in FLOP/s: median of 20 runs of an n³ product on random data. */
-static double bn_gemm_rate(cu_backend *b, int n) {
-  CUdeviceptr A, B, C;
+/* The device's allocator, wrapped to count the bytes held and their peak. */
+#define BN_MAX_BUFS 4096
+static poc_dptr (*bn_alloc0)(poc_device *, size_t, const char *);
+static void (*bn_free0)(poc_device *, poc_dptr);
+static struct { poc_dptr p; size_t n; } bn_bufs[BN_MAX_BUFS];
+static size_t bn_held, bn_peak;
+
+static poc_dptr bn_alloc(poc_device *d, size_t bytes, const char *what) {
+  poc_dptr p = bn_alloc0(d, bytes, what);
+  if (!p) return p;
+  for (int i = 0; i < BN_MAX_BUFS; i++)
+    if (!bn_bufs[i].p) {
+      bn_bufs[i].p = p;
+      bn_bufs[i].n = bytes;
+      break;
+    }
+  bn_held += bytes;
+  if (bn_held > bn_peak) bn_peak = bn_held;
+  return p;
+}
+
+static void bn_free(poc_device *d, poc_dptr p) {
+  for (int i = 0; p && i < BN_MAX_BUFS; i++)
+    if (bn_bufs[i].p == p) {
+      bn_held -= bn_bufs[i].n;
+      bn_bufs[i].p = 0;
+      break;
+    }
+  bn_free0(d, p);
+}
+
+/* act-type (bf16) GEMM rate with acc (fp32) output in FLOP/s: median of 20 runs of an n³
+ * product on random data, through the device's gemm kernel. 0 when it cannot run. */
+static double bn_gemm_rate(poc_device *d, const poc_dims *dm, int n) {
   size_t e = (size_t)n * n;
-  if (cu.cuMemAlloc(&A, e * 2) || cu.cuMemAlloc(&B, e * 2) || cu.cuMemAlloc(&C, e * 4)) return 0;
-  uint16_t *h = malloc(e * 2);
-  poc_rng r;
-  poc_rng_seed(&r, 1);
-  for (size_t i = 0; i < e; i++) h[i] = (uint16_t)(0x3c00 | (poc_rng_next(&r) & 0x7f)) ^ (i & 1 ? 0x8000 : 0);
-  cu.cuMemcpyHtoD(A, h, e * 2);
-  cu.cuMemcpyHtoD(B, h, e * 2);
-  free(h);
-  const float one = 1, zero = 0;
-  double t[20];
-  for (int k = -3; k < 20; k++) {
-    cu.cuCtxSynchronize();
-    double t0 = bn_now();
-    cublasGemmEx(b->blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, (void *)A, CUDA_R_16BF, n,
-                 (void *)B, CUDA_R_16BF, n, &zero, (void *)C, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                 CUBLAS_GEMM_DEFAULT);
-    cu.cuCtxSynchronize();
-    if (k >= 0) t[k] = bn_now() - t0;
+  poc_kset *k = d->kernels(d, dm);
+  poc_dptr A = k ? d->alloc(d, e * poc_dtype_size(d->act), "GEMM operand A") : 0;
+  poc_dptr B = A ? d->alloc(d, e * poc_dtype_size(d->act), "GEMM operand B") : 0;
+  poc_dptr C = B ? d->alloc(d, e * poc_dtype_size(d->acc), "GEMM result") : 0;
+  float *h = malloc(e * sizeof *h);
+  double rate = 0;
+  if (C && h) {
+    poc_rng r;
+    poc_rng_seed(&r, 1);
+    for (size_t i = 0; i < e; i++) h[i] = (float)(poc_rng_uniform(&r) - 0.5);
+    d->put(d, A, d->act, h, POC_DT_F32, e);
+    d->put(d, B, d->act, h, POC_DT_F32, e);
+    double t[20];
+    char err[POC_ERR_LEN] = "";
+    int ok = 1;
+    for (int i = -3; i < 20 && ok; i++) {
+      ok = poc_dev_sync(d, err) == 0;
+      double t0 = bn_now();
+      d->k.gemm(k, 0, 0, n, n, n, A, n, B, n, 0.f, C, 1, n);
+      ok = ok && poc_dev_sync(d, err) == 0;
+      if (i >= 0) t[i] = bn_now() - t0;
+    }
+    if (ok) {
+      qsort(t, 20, sizeof t[0], bn_cmp);
+      rate = 2.0 * n * n * (double)n / t[10];
+    } else {
+      fprintf(stderr, "bench_cuda: the GEMM rate: %s\n", err);
+    }
   }
-  cu.cuMemFree(A);
-  cu.cuMemFree(B);
-  cu.cuMemFree(C);
-  qsort(t, 20, sizeof t[0], bn_cmp);
-  return 2.0 * n * n * (double)n / t[10];
+  free(h);
+  d->free(d, A);
+  d->free(d, B);
+  d->free(d, C);
+  return rate;
 }
 
 int main(int argc, char **argv) {
   int V = 128256, T = 8192, S = 512, L = 16, steps = 10, unfused = 0;
+  const char *dev_name = "cuda";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--unfused")) unfused = 1;
+    else if (i + 1 < argc && !strcmp(argv[i], "--device")) dev_name = argv[++i];
     else if (i + 1 < argc && !strcmp(argv[i], "--vocab")) V = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--tokens")) T = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--seq")) S = atoi(argv[++i]);
@@ -74,7 +120,7 @@ int main(int argc, char **argv) {
     else if (i + 1 < argc && !strcmp(argv[i], "--steps")) steps = atoi(argv[++i]);
     else {
       fprintf(stderr, "usage: bench_cuda [--vocab V] [--tokens T] [--seq S] [--layers L] "
-              "[--steps N] [--unfused]\n");
+              "[--steps N] [--unfused] [--device NAME]\n");
       return 2;
     }
   }
@@ -83,11 +129,15 @@ int main(int argc, char **argv) {
     return 2;
   }
   char err[POC_ERR_LEN];
-  poc_backend *be = poc_backend_open("cuda", err);
-  if (!be) {
+  poc_device *dev = poc_device_open(dev_name, err);
+  if (!dev) {
     fprintf(stderr, "bench_cuda: %s\n", err);
     return 1;
   }
+  bn_alloc0 = dev->alloc;
+  bn_free0 = dev->free;
+  dev->alloc = bn_alloc;
+  dev->free = bn_free;
   poc_config c;
   memset(&c, 0, sizeof c);
   snprintf(c.model_type, sizeof c.model_type, "llama");
@@ -124,10 +174,8 @@ int main(int argc, char **argv) {
     for (size_t j = 0; j < ti->numel; j++)
       w[ti->offset + j] = ti->ndim == 2 ? (float)(a * (2 * poc_rng_uniform(&r) - 1)) : 1.f;
   }
-  size_t free0 = 0, total = 0, free1 = 0;
-  cu.cuMemGetInfo(&free0, &total);
-  poc_bmodel *pol = be->model_new(be, &lay, w, 1, T, err);
-  poc_bmodel *ref = pol ? be->model_new(be, &lay, w, 0, T, err) : NULL;
+  poc_model *pol = poc_model_new(dev, &lay, w, POC_DT_F32, 1, T, err);
+  poc_model *ref = pol ? poc_model_new(dev, &lay, w, POC_DT_F32, 0, T, err) : NULL;
   free(w);
   if (!pol || !ref) {
     fprintf(stderr, "bench_cuda: %s\n", err);
@@ -146,14 +194,14 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n_tok; i++) tok[i] = (int32_t)(poc_rng_next(&r) % (uint64_t)V);
   poc_pack pk = {n_seq, n_tok, tok, ss, ts};
   int n = poc_pack_targets(&pk);
-  float *lp = malloc((size_t)n * 4), *lr = malloc((size_t)n * 4), *dl = malloc((size_t)n * 4);
+  double *lp = malloc((size_t)n * 8), *lr = malloc((size_t)n * 8), *dl = malloc((size_t)n * 8);
   int per = n / n_seq;
   int flags = unfused ? POC_FWD_UNFUSED : 0;
   double *times = malloc((size_t)steps * sizeof(double)), beta = 0.1;
   for (int step = -2; step < steps; step++) {
     double t0 = bn_now();
-    if (be->forward(ref, &pk, flags, lr, NULL, err) ||
-        be->zero_grad(pol, err) || be->forward(pol, &pk, flags | POC_FWD_SAVE, lp, NULL, err)) {
+    if (poc_model_forward(ref, &pk, flags, lr, NULL, err) || poc_model_zero_grad(pol, err) ||
+        poc_model_forward(pol, &pk, flags | POC_FWD_SAVE, lp, NULL, err)) {
       fprintf(stderr, "bench_cuda: %s\n", err);
       return 1;
     }
@@ -168,18 +216,18 @@ int main(int argc, char **argv) {
       }
       double g = beta / (1 + exp(beta * (dc - dr))) / pairs;
       for (int j = 0; j < per; j++) {
-        dl[(2 * p) * per + j] = (float)-g;
-        dl[(2 * p + 1) * per + j] = (float)g;
+        dl[(2 * p) * per + j] = -g;
+        dl[(2 * p + 1) * per + j] = g;
       }
     }
     for (int j = 2 * pairs * per; j < n; j++) dl[j] = 0;
     double norm = 0;
-    if (be->backward(pol, &pk, dl, NULL, err) || be->grad_norm(pol, &norm, err)) {
+    if (poc_model_backward(pol, &pk, dl, NULL, err) || poc_model_grad_norm(pol, &norm, err)) {
       fprintf(stderr, "bench_cuda: %s\n", err);
       return 1;
     }
     poc_adamw h = {1e-6, 0.9, 0.999, 1e-8, 0.0, step + 3, norm > 1 ? 1 / norm : 1};
-    if (be->adamw_step(pol, &h, err)) {
+    if (poc_model_adamw(pol, &h, err)) {
       fprintf(stderr, "bench_cuda: %s\n", err);
       return 1;
     }
@@ -189,19 +237,21 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  cu.cuMemGetInfo(&free1, &total);
+  size_t mem = bn_peak;
   qsort(times, (size_t)steps, sizeof times[0], bn_cmp);
-  double med = times[steps / 2], rate = bn_gemm_rate((cu_backend *)be, 8192);
+  poc_dims dm;
+  poc_dims_from_config(&c, &dm);
+  double med = times[steps / 2], rate = bn_gemm_rate(dev, &dm, 8192);
   double mfu = rate > 0 ? 6.0 * (double)P * n_tok / (med * rate) : 0;
-  printf("device %s\n", be->device);
+  printf("device %s\n", dev->desc);
   printf("%-8s %-8s %8s %10s %12s %10s %8s %12s\n", "vocab", "head", "tokens", "step_ms",
          "tokens_per_s", "mem_GiB", "MFU", "gemm_TFLOPs");
   printf("%-8d %-8s %8d %10.1f %12.0f %10.2f %7.1f%% %12.1f\n", V, unfused ? "textbook" : "fused",
-         n_tok, med * 1e3, n_tok / med, (double)(free0 - free1) / (1 << 30), 100 * mfu,
+         n_tok, med * 1e3, n_tok / med, (double)mem / (1 << 30), 100 * mfu,
          rate / 1e12);
-  be->model_free(pol);
-  be->model_free(ref);
-  poc_backend_close(be);
+  poc_model_free(pol);
+  poc_model_free(ref);
+  poc_device_close(dev);
   poc_layout_free(&lay);
   free(tok); free(ss); free(ts); free(lp); free(lr); free(dl); free(times);
   return 0;

@@ -1,15 +1,17 @@
-/* bench_model.c — forward + backward throughput and peak memory of the CPU model on one
- * configuration, random weights, no files. One configuration per process, so the peak
- * resident size (VmHWM) belongs to it alone; bench/model/run.sh runs the grid.
+/* bench_model.c — whole-model forward + backward throughput and peak memory on the CPU
+ * device, fused loss head vs the textbook one (POC_FWD_UNFUSED), on one configuration,
+ * random weights, no files. One configuration per process, so the peak resident size
+ * (VmHWM) belongs to it alone; bench/model/run.sh runs the grid.
  *
- * usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K]
- * prints one line: key=value pairs (params, tokens, tokens_per_s, fwd_ms, bwd_ms, peak_mib). */
+ * usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K] [--device D]
+ * prints one line: key=value pairs (params, tokens, tokens_per_s, fwd_ms, bwd_ms, peak_mib,
+ * head_chunk: the device's widest vocabulary chunk for the fused head). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "pocrt.h"
+#include "device.h"
 
 static double now(void) {
   struct timespec ts;
@@ -30,14 +32,17 @@ static double peak_mib(void) {
 
 int main(int argc, char **argv) {
   int vocab = 32000, unfused = 0, seqs = 4, len = 128, iters = 3;
+  const char *dev_name = "cpu";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--unfused")) unfused = 1;
+    else if (i + 1 < argc && !strcmp(argv[i], "--device")) dev_name = argv[++i];
     else if (i + 1 < argc && !strcmp(argv[i], "--vocab")) vocab = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--seqs")) seqs = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--len")) len = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--iters")) iters = atoi(argv[++i]);
     else {
-      fprintf(stderr, "usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K]\n");
+      fprintf(stderr, "usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K] "
+              "[--device D]\n");
       return 2;
     }
   }
@@ -69,12 +74,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_model: %s\n", err);
     return 1;
   }
-  float *w = malloc(lay.n_params * sizeof *w), *g = calloc(lay.n_params, sizeof *g);
+  float *w = malloc(lay.n_params * sizeof *w);
   int n_tok = seqs * len, prompt = len / 4 > 0 ? len / 4 : 1;
   int32_t *tok = malloc((size_t)n_tok * sizeof *tok), *ss = malloc(((size_t)seqs + 1) * sizeof *ss),
           *ts = malloc((size_t)seqs * sizeof *ts);
-  float *logp = malloc((size_t)n_tok * sizeof *logp), *dlogp = malloc((size_t)n_tok * sizeof *dlogp);
-  if (!w || !g || !tok || !ss || !ts || !logp || !dlogp) {
+  double *logp = malloc((size_t)n_tok * sizeof *logp), *dlogp = malloc((size_t)n_tok * sizeof *dlogp);
+  if (!w || !tok || !ss || !ts || !logp || !dlogp) {
     fprintf(stderr, "bench_model: out of memory\n");
     return 1;
   }
@@ -89,23 +94,26 @@ int main(int argc, char **argv) {
   for (int s = 0; s < seqs; s++) ts[s] = s * len + prompt;
   poc_pack pack = {seqs, n_tok, tok, ss, ts};
   int n_tgt = poc_pack_targets(&pack);
-  for (int i = 0; i < n_tgt; i++) dlogp[i] = -1.0f / (float)n_tgt;
+  for (int i = 0; i < n_tgt; i++) dlogp[i] = -1.0 / n_tgt;
 
-  poc_model_f32 *m = poc_model_new_f32(&lay, w, g, n_tok);
+  poc_device *d = poc_device_open(dev_name, err);
+  poc_model *m = d ? poc_model_new(d, &lay, w, POC_DT_F32, 1, n_tok, err) : NULL;
   if (!m) {
-    fprintf(stderr, "bench_model: cannot allocate the model workspace\n");
+    fprintf(stderr, "bench_model: %s\n", err);
     return 1;
   }
+  /* the model holds its own copy; the host array would only add to the peak */
+  free(w);
   int flags = POC_FWD_SAVE | (unfused ? POC_FWD_UNFUSED : 0);
   double fwd = 0, bwd = 0;
   for (int it = -1; it < iters; it++) {  /* iteration -1 warms up */
     double t0 = now();
-    if (poc_model_forward_f32(m, &pack, flags, logp, NULL, err)) {
+    if (poc_model_forward(m, &pack, flags, logp, NULL, err)) {
       fprintf(stderr, "bench_model: %s\n", err);
       return 1;
     }
     double t1 = now();
-    if (poc_model_backward_f32(m, &pack, dlogp, NULL, err)) {
+    if (poc_model_backward(m, &pack, dlogp, NULL, err)) {
       fprintf(stderr, "bench_model: %s\n", err);
       return 1;
     }
@@ -118,13 +126,12 @@ int main(int argc, char **argv) {
   double lp = 0;
   for (int i = 0; i < n_tgt; i++) lp += logp[i];
   printf("params=%zu vocab=%d head=%s tokens=%d targets=%d iters=%d tokens_per_s=%.1f fwd_ms=%.1f "
-         "bwd_ms=%.1f peak_mib=%.1f mean_logp=%.4f\n",
+         "bwd_ms=%.1f peak_mib=%.1f mean_logp=%.4f head_chunk=%d device=%s\n",
          lay.n_params, vocab, unfused ? "unfused" : "fused", n_tok, n_tgt, iters,
          (double)n_tok * iters / (fwd + bwd), 1e3 * fwd / iters, 1e3 * bwd / iters, peak_mib(),
-         lp / n_tgt);
-  poc_model_free_f32(m);
-  free(w);
-  free(g);
+         lp / n_tgt, d->head_chunk, d->name);
+  poc_model_free(m);
+  poc_device_close(d);
   free(tok);
   free(ss);
   free(ts);

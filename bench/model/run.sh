@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CPU model benchmark: forward + backward tokens/s and peak memory (VmHWM) of the CPU
-# runtime on a ~20M-parameter Llama (random weights), at vocabulary 32k and 128k, fused
+# CPU model benchmark: forward + backward tokens/s and peak memory (VmHWM) of the model on
+# the CPU device on a ~20M-parameter Llama (random weights), at vocabulary 32k and 128k, fused
 # loss head vs the textbook one (full logits). Each configuration runs in its own process
 # so its peak memory is its own. Writes bench/results/model_cpu.md.
 #
@@ -37,7 +37,7 @@ for cfg in "32000 $seqs" "128256 $seqs" "128256 $((seqs * 2))"; do
   done
 done
 
-chunk="$(sed -n 's/^#define POC_HEAD_CHUNK \([0-9]*\).*/\1/p' "$root/runtime/pocrt.h")"
+chunk="$(field head_chunk "${rows[0]}")"
 blas="$(ldd "$bin" | sed -n 's/.*libopenblas[^ ]* => \([^ ]*\).*/\1/p' | head -1)"
 cpu="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
 cores="$(nproc --all)"
@@ -73,7 +73,7 @@ threads="${OMP_NUM_THREADS:-$cores}"
         'BEGIN{printf "- vocab %s, %s tokens: fused/textbook tokens/s = %.2f×, peak memory = %.2f×\n", v, n, ft/ut, fm/um}'
   done
   echo
-  echo "Fused: the head streams vocabulary chunks (at most POC_HEAD_CHUNK = $chunk columns) with an"
+  echo "Fused: the head streams vocabulary chunks (at most $chunk columns, the CPU device's head_chunk) with an"
   echo "online log-sum-exp and recomputes them in backward; unfused (POC_FWD_UNFUSED)"
   echo "materialises the full tokens × vocabulary logits. Both give the same log-probs"
   echo "(mean_logp below). The recomputation is a fourth head GEMM beside the textbook's three"

@@ -2,6 +2,9 @@
  *
  * Rows of many sequences are concatenated without padding; row t attends to keys
  * [kbeg[t], t] (its own sequence, causally); send[t] is one past its sequence's last row.
+ * The forward also takes a query offset q0: query row t sits at key position q0 + t and
+ * attends to keys [kbeg[t], q0 + t], so key rows may outnumber query rows (the KV cache of
+ * a decode step: q0 is the cache's length). Packs and the backward use q0 = 0.
  * Query head h reads kv head h / (nh/nkv). No T×T score matrix is ever stored:
  *
  * forward (one block per 16 query rows × head; keys streamed in tiles of 32):
@@ -57,18 +60,22 @@ __device__ __forceinline__ void att_load(bf16 *dst, int stride, int rows, const 
   }
 }
 
+/* Query rows [r0, r0 + nq) of the block sit at key positions [q0 + r0, q0 + r0 + nq); the
+ * key tiles start at the block's first row's kbeg (kbeg never decreases along the rows of
+ * a pack, nor of a decode step) and end after the last row's own position. */
 extern "C" __global__ void __launch_bounds__(128)
-attn_fwd(int T, const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf16 *__restrict__ v,
-         const int *__restrict__ kbeg, bf16 *__restrict__ out, float *__restrict__ lse) {
+attn_fwd(int T, int q0, const bf16 *__restrict__ q, const bf16 *__restrict__ k,
+         const bf16 *__restrict__ v, const int *__restrict__ kbeg, bf16 *__restrict__ out,
+         float *__restrict__ lse) {
   enum { RPW = ATT_FQ / ATT_WARPS };
   __shared__ __align__(16) bf16 sq[ATT_FQ][POC_HD];
   __shared__ __align__(16) bf16 sk[ATT_TILE][ATT_PAD];
   __shared__ __align__(16) bf16 sv[ATT_TILE][POC_HD];
-  const int h = blockIdx.y, g = h / POC_GROUP, q0 = blockIdx.x * ATT_FQ;
+  const int h = blockIdx.y, g = h / POC_GROUP, r0 = blockIdx.x * ATT_FQ;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int nq = min(ATT_FQ, T - q0);
+  const int nq = min(ATT_FQ, T - r0);
   const float scale = rsqrtf((float)POC_HD);
-  att_load(&sq[0][0], POC_HD, ATT_FQ, q, POC_QD, h * POC_HD, q0, q0 + nq);
+  att_load(&sq[0][0], POC_HD, ATT_FQ, q, POC_QD, h * POC_HD, r0, r0 + nq);
 
   float m[RPW], l[RPW], o[RPW][ATT_DPL];
   int rb[RPW];
@@ -77,12 +84,12 @@ attn_fwd(int T, const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf
     int r = warp * RPW + i;
     m[i] = POC_NEG_INF;
     l[i] = 0.f;
-    rb[i] = r < nq ? kbeg[q0 + r] : 0;
+    rb[i] = r < nq ? kbeg[r0 + r] : 0;
 #pragma unroll
     for (int dd = 0; dd < ATT_DPL; dd++) o[i][dd] = 0.f;
   }
-  const int k_hi = q0 + nq;
-  for (int k0 = kbeg[q0]; k0 < k_hi; k0 += ATT_TILE) {
+  const int k_hi = q0 + r0 + nq;
+  for (int k0 = kbeg[r0]; k0 < k_hi; k0 += ATT_TILE) {
     __syncthreads();
     att_load(&sk[0][0], ATT_PAD, ATT_TILE, k, POC_KVD, g * POC_HD, k0, k_hi);
     att_load(&sv[0][0], POC_HD, ATT_TILE, v, POC_KVD, g * POC_HD, k0, k_hi);
@@ -90,10 +97,10 @@ attn_fwd(int T, const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf
     const int j = k0 + lane;
 #pragma unroll
     for (int i = 0; i < RPW; i++) {
-      const int r = warp * RPW + i, t = q0 + r;
-      if (r >= nq || k0 > t) continue;
+      const int r = warp * RPW + i, kp = q0 + r0 + r;  /* the row's own key position */
+      if (r >= nq || k0 > kp) continue;
       float s = POC_NEG_INF;
-      if (j >= rb[i] && j <= t) s = att_dot(sq[r], sk[lane]) * scale;
+      if (j >= rb[i] && j <= kp) s = att_dot(sq[r], sk[lane]) * scale;
       float mx = warp_max(s);
       if (mx == POC_NEG_INF) continue;
       float mn = fmaxf(m[i], mx), corr = __expf(m[i] - mn);
@@ -114,7 +121,7 @@ attn_fwd(int T, const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf
   }
 #pragma unroll
   for (int i = 0; i < RPW; i++) {
-    const int r = warp * RPW + i, t = q0 + r;
+    const int r = warp * RPW + i, t = r0 + r;
     if (r >= nq) continue;
     float inv = 1.f / l[i];
 #pragma unroll

@@ -1,9 +1,9 @@
 /* backend_cuda.c — opening the CUDA backend: the driver, the device, cuBLAS, and the
  * kernel modules compiled from the templates.
  *
- * Every failure becomes a message: a missing libcuda.so.1, a driver that finds no
- * device (cuInit's own error string), a device this NVRTC cannot target. Nothing here may
- * crash on a machine without a GPU.
+ * Every failure becomes a message: a missing libcuda.so.1, libnvrtc or libcublas, a driver
+ * that finds no device (cuInit's own error string), a device this NVRTC cannot target.
+ * Nothing here may crash on a machine without a GPU.
  */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -13,30 +13,96 @@
 #include "cuda_internal.h"
 
 cu_driver cu;
+cu_nvrtc nv;
+cu_cublas cb;
 
 #define CU_STR2(x) #x
 #define CU_STR(x) CU_STR2(x)
 
+/* Build-time names (runtime/cuda/CMakeLists.txt): the toolkit's major version picks the
+ * sonames, and its library directory is the last place tried. */
+#ifndef POC_NVRTC_SONAME
+#define POC_NVRTC_SONAME "libnvrtc.so"
+#endif
+#ifndef POC_CUBLAS_SONAME
+#define POC_CUBLAS_SONAME "libcublas.so"
+#endif
+
+/* dlopen of `name`, then of `fallback` and of `libdir/name` when given; the first failure's
+ * message goes to `why` (the one a user can act on). */
+static void *cu_dlopen(const char *name, const char *fallback, char *why, size_t cap) {
+  void *lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+  if (lib) return lib;
+  const char *e = dlerror();
+  snprintf(why, cap, "%s", e ? e : name);
+  if (fallback && (lib = dlopen(fallback, RTLD_NOW | RTLD_LOCAL))) return lib;
+#ifdef POC_CUDA_LIBDIR
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", POC_CUDA_LIBDIR, name);
+  if ((lib = dlopen(path, RTLD_NOW | RTLD_LOCAL))) return lib;
+#endif
+  return NULL;
+}
+
+/* Opens the library behind a table: POC_CUDA_EMULATE's when that is set (all three
+ * tables then come from the test emulation), else the real one. NULL with a one-line
+ * message. */
+static void *cu_open(const char *what, const char *name, const char *fallback, const char *hint,
+                     char *err) {
+  const char *emu = getenv("POC_CUDA_EMULATE");
+  char why[512];
+  if (emu && *emu) {
+    void *lib = cu_dlopen(emu, NULL, why, sizeof why);
+    if (!lib)
+      snprintf(err, POC_ERR_LEN, "cuda: cannot load the CUDA emulation named by "
+               "POC_CUDA_EMULATE (%.300s)", why);
+    return lib;
+  }
+  void *lib = cu_dlopen(name, fallback, why, sizeof why);
+  if (!lib) snprintf(err, POC_ERR_LEN, "cuda: cannot load %s (%.300s)%s", what, why, hint);
+  return lib;
+}
+
+/* Fills a table member from its library by the entry point's (macro-expanded) name. */
+#define CU_LOOKUP(tab, f, what)                                                      \
+  if (!(*(void **)&tab.f = dlsym(tab.lib, CU_STR(f)))) {                              \
+    snprintf(err, POC_ERR_LEN, "cuda: %s lacks %s (too old?)", what, CU_STR(f));      \
+    dlclose(tab.lib);                                                                \
+    return -1;                                                                       \
+  }
+
 int cu_driver_load(char *err) {
   if (cu.lib) return 0;
-  void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) {
-    const char *why = dlerror();
-    snprintf(err, POC_ERR_LEN, "cuda: cannot load the CUDA driver (%s); is an NVIDIA driver "
-             "installed?", why ? why : "libcuda.so.1 not found");
+  cu_driver d = {0};
+  if (!(d.lib = cu_open("the CUDA driver", "libcuda.so.1", NULL,
+                        "; is an NVIDIA driver installed?", err)))
     return -1;
-  }
-  cu_driver d = {.lib = lib};
-#define CU_LOAD(f)                                                                  \
-  if (!(*(void **)&d.f = dlsym(lib, CU_STR(f)))) {                                  \
-    snprintf(err, POC_ERR_LEN, "cuda: the CUDA driver lacks %s (driver too old?)",  \
-             CU_STR(f));                                                            \
-    dlclose(lib);                                                                   \
-    return -1;                                                                      \
-  }
-  CU_FUNCS(CU_LOAD)
-#undef CU_LOAD
+#define CU_LOOKUP_D(f) CU_LOOKUP(d, f, "the CUDA driver")
+  CU_FUNCS(CU_LOOKUP_D)
+#undef CU_LOOKUP_D
   cu = d;
+  return 0;
+}
+
+int cu_nvrtc_load(char *err) {
+  if (nv.lib) return 0;
+  cu_nvrtc d = {0};
+  if (!(d.lib = cu_open("NVRTC", POC_NVRTC_SONAME, "libnvrtc.so", "", err))) return -1;
+#define CU_LOOKUP_N(f) CU_LOOKUP(d, f, "NVRTC")
+  NV_FUNCS(CU_LOOKUP_N)
+#undef CU_LOOKUP_N
+  nv = d;
+  return 0;
+}
+
+int cu_cublas_load(char *err) {
+  if (cb.lib) return 0;
+  cu_cublas d = {0};
+  if (!(d.lib = cu_open("cuBLAS", POC_CUBLAS_SONAME, "libcublas.so", "", err))) return -1;
+#define CU_LOOKUP_B(f) CU_LOOKUP(d, f, "cuBLAS")
+  CB_FUNCS(CU_LOOKUP_B)
+#undef CU_LOOKUP_B
+  cb = d;
   return 0;
 }
 
@@ -45,7 +111,10 @@ const char *cu_errstr(CUresult r) {
   const char *name = NULL, *text = NULL;
   if (cu.cuGetErrorName) cu.cuGetErrorName(r, &name);
   if (cu.cuGetErrorString) cu.cuGetErrorString(r, &text);
-  snprintf(buf, sizeof buf, "%s (%s)", name ? name : "CUDA error", text ? text : "no description");
+  if (name)
+    snprintf(buf, sizeof buf, "%s (%s)", name, text ? text : "no description");
+  else  /* e.g. the toolkit's stub library, which names nothing */
+    snprintf(buf, sizeof buf, "CUDA error %d", (int)r);
   return buf;
 }
 
@@ -89,7 +158,7 @@ int poc_cuda_load(const poc_cuda_image *img, void **module, char *err) {
   return 0;
 }
 
-cu_kernels *cu_kernels_get(cu_backend *b, const poc_cuda_dims *d, char *err) {
+cu_kernels *cu_kernels_get(cu_ctx *b, const poc_cuda_dims *d, char *err) {
   for (cu_kernels *k = b->kernels; k; k = k->next)
     if (!memcmp(&k->dims, d, sizeof *d)) return k;
   char *src = poc_cuda_instantiate(d, NULL, 0, err);
@@ -135,76 +204,89 @@ cu_kernels *cu_kernels_get(cu_backend *b, const poc_cuda_dims *d, char *err) {
   return k;
 }
 
-/* ---- the backend -------------------------------------------------------------------- */
+/* ---- a context ---------------------------------------------------------------------- */
 
-static void cu_close(poc_backend *pb) {
-  cu_backend *b = (cu_backend *)pb;
-  if (!b) return;
-  cu.cuCtxSetCurrent(b->ctx);
-  for (cu_kernels *k = b->kernels, *next; k; k = next) {
+void cu_ctx_close(cu_ctx *c) {
+  if (!c->ctx) return;
+  cu.cuCtxSetCurrent(c->ctx);
+  for (cu_kernels *k = c->kernels, *next; k; k = next) {
     next = k->next;
     cu.cuModuleUnload(k->mod);
     free(k);
   }
-  if (b->blas) cublasDestroy(b->blas);
-  cu.cuDevicePrimaryCtxRelease(b->dev);
-  free(b);
+  c->kernels = NULL;
+  if (c->blas) cb.cublasDestroy(c->blas);
+  c->blas = NULL;
+  cu.cuDevicePrimaryCtxRelease(c->dev);
+  c->ctx = NULL;
 }
 
-poc_backend *poc_backend_cuda_open(char *err) {
-  if (cu_driver_load(err)) return NULL;
-  CUresult r = cu.cuInit(0);
+int cu_ctx_open(cu_ctx *c, char *err) {
+  memset(c, 0, sizeof *c);
+  if (cu_driver_load(err)) return -1;
+  /* A driver older than the toolkit cannot load what this NVRTC emits nor run this
+   * cuBLAS; say so before anything fails with a less direct message. */
+  int drv = 0;
+  CUresult r = cu.cuDriverGetVersion(&drv);
+  if (r == CUDA_SUCCESS && drv < CUDA_VERSION) {
+    snprintf(err, POC_ERR_LEN, "cuda: the NVIDIA driver supports CUDA %d.%d but poc was built "
+             "with CUDA %d.%d; update the driver", drv / 1000, drv % 1000 / 10,
+             CUDA_VERSION / 1000, CUDA_VERSION % 1000 / 10);
+    return -1;
+  }
+  c->driver = drv;
+  r = cu.cuInit(0);
   if (r != CUDA_SUCCESS) {
     snprintf(err, POC_ERR_LEN, "cuda: the CUDA driver found no usable GPU: %s", cu_errstr(r));
-    return NULL;
+    return -1;
   }
   int n = 0;
   r = cu.cuDeviceGetCount(&n);
   if (r != CUDA_SUCCESS || n == 0) {
     snprintf(err, POC_ERR_LEN, "cuda: no CUDA device found%s%s", r ? ": " : "",
              r ? cu_errstr(r) : "");
-    return NULL;
+    return -1;
   }
   const char *env = getenv("POC_CUDA_DEVICE");
   int ord = env && *env ? atoi(env) : 0;
   if (ord < 0 || ord >= n) {
     snprintf(err, POC_ERR_LEN, "cuda: POC_CUDA_DEVICE=%s but there are %d devices", env, n);
-    return NULL;
-  }
-  cu_backend *b = calloc(1, sizeof *b);
-  if (!b) {
-    snprintf(err, POC_ERR_LEN, "cuda: out of memory");
-    return NULL;
+    return -1;
   }
   int ma = 0, mi = 0;
-  size_t mem = 0;
-  char name[100] = "";
-  if ((r = cu.cuDeviceGet(&b->dev, ord)) || (r = cu.cuDevicePrimaryCtxRetain(&b->ctx, b->dev))) {
+  if ((r = cu.cuDeviceGet(&c->dev, ord)) || (r = cu.cuDevicePrimaryCtxRetain(&c->ctx, c->dev))) {
     snprintf(err, POC_ERR_LEN, "cuda: cannot open device %d: %s", ord, cu_errstr(r));
-    free(b);
-    return NULL;
+    c->ctx = NULL;
+    return -1;
   }
-  if ((r = cu.cuCtxSetCurrent(b->ctx)) ||
-      (r = cu.cuDeviceGetAttribute(&ma, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, b->dev)) ||
-      (r = cu.cuDeviceGetAttribute(&mi, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, b->dev)) ||
-      (r = cu.cuDeviceGetAttribute(&b->n_sm, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, b->dev)) ||
-      (r = cu.cuDeviceGetName(name, sizeof name, b->dev)) || (r = cu.cuDeviceTotalMem(&mem, b->dev))) {
+  if ((r = cu.cuCtxSetCurrent(c->ctx)) ||
+      (r = cu.cuDeviceGetAttribute(&ma, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, c->dev)) ||
+      (r = cu.cuDeviceGetAttribute(&mi, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, c->dev)) ||
+      (r = cu.cuDeviceGetAttribute(&c->n_sm, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, c->dev)) ||
+      (r = cu.cuDeviceGetName(c->name, sizeof c->name, c->dev)) ||
+      (r = cu.cuDeviceTotalMem(&c->mem, c->dev))) {
     snprintf(err, POC_ERR_LEN, "cuda: cannot query device %d: %s", ord, cu_errstr(r));
-    cu_close(&b->base);
-    return NULL;
+    cu_ctx_close(c);
+    return -1;
   }
-  b->cc = ma * 10 + mi;
-  cublasStatus_t s = cublasCreate(&b->blas);
+  c->cc = ma * 10 + mi;
+  /* bf16 GEMMs (cublasGemmEx with CUDA_R_16BF) need Ampere or newer */
+  if (c->cc < 80) {
+    snprintf(err, POC_ERR_LEN, "cuda: %s (sm_%d) has no bf16 support; poc needs sm_80 or newer",
+             c->name, c->cc);
+    cu_ctx_close(c);
+    return -1;
+  }
+  if (cu_cublas_load(err)) {
+    cu_ctx_close(c);
+    return -1;
+  }
+  cublasStatus_t s = cb.cublasCreate(&c->blas);
   if (s != CUBLAS_STATUS_SUCCESS) {
-    snprintf(err, POC_ERR_LEN, "cuda: cuBLAS could not start: %s", cublasGetStatusString(s));
-    b->blas = NULL;
-    cu_close(&b->base);
-    return NULL;
+    snprintf(err, POC_ERR_LEN, "cuda: cuBLAS could not start: %s", cb.cublasGetStatusString(s));
+    c->blas = NULL;
+    cu_ctx_close(c);
+    return -1;
   }
-  b->base.name = "cuda";
-  snprintf(b->base.device, sizeof b->base.device, "%s (sm_%d, %d SMs, %.0f GiB)", name, b->cc,
-           b->n_sm, (double)mem / (1 << 30));
-  b->base.close = cu_close;
-  cu_model_install(&b->base);
-  return &b->base;
+  return 0;
 }

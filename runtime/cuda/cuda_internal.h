@@ -1,14 +1,16 @@
-/* cuda_internal.h — what the CUDA backend's files share: the driver entry points (loaded
- * with dlopen, never linked, so a machine without a driver still runs poc), the backend
- * and the compiled kernel set.
+/* cuda_internal.h — what the CUDA backend's files share: the driver, NVRTC and cuBLAS
+ * entry points (all three opened with dlopen, never linked, so a machine without a GPU
+ * driver still runs poc and a CPU-only run maps none of them), the backend and the
+ * compiled kernel set.
  */
 #ifndef POC_CUDA_INTERNAL_H
 #define POC_CUDA_INTERNAL_H
 
 #include <cuda.h>
 #include <cublas_v2.h>
+#include <nvrtc.h>
 
-#include "backend.h"
+#include "device.h"
 #include "pocrt_cuda.h"
 
 /* Driver entry points by their cuda.h names; the header maps several to versioned
@@ -31,8 +33,42 @@ typedef struct cu_driver {
 
 extern cu_driver cu;
 
-/* Opens libcuda.so.1 once; -1 with the loader's message when it is missing. */
+/* NVRTC's entry points (libnvrtc.so.<major>); it needs no driver, so `poc build --arch`
+ * runs on machines without a GPU. */
+#define NV_FUNCS(X)                                                                        \
+  X(nvrtcVersion) X(nvrtcGetErrorString) X(nvrtcCreateProgram) X(nvrtcCompileProgram)      \
+  X(nvrtcDestroyProgram) X(nvrtcGetProgramLogSize) X(nvrtcGetProgramLog) X(nvrtcGetPTXSize) \
+  X(nvrtcGetPTX) X(nvrtcGetCUBINSize) X(nvrtcGetCUBIN)
+
+typedef struct cu_nvrtc {
+  void *lib;
+#define CU_MEMBER(f) __typeof__(&f) f;
+  NV_FUNCS(CU_MEMBER)
+#undef CU_MEMBER
+} cu_nvrtc;
+
+/* cuBLAS's entry points (libcublas.so.<major>, which brings cuBLASLt); cublas_v2.h maps
+ * cublasCreate → cublasCreate_v2 and the table follows, as for the driver. */
+#define CB_FUNCS(X)                                                                        \
+  X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasGemmEx) X(cublasGetStatusString)
+
+typedef struct cu_cublas {
+  void *lib;
+#define CU_MEMBER(f) __typeof__(&f) f;
+  CB_FUNCS(CU_MEMBER)
+#undef CU_MEMBER
+} cu_cublas;
+
+extern cu_nvrtc nv;
+extern cu_cublas cb;
+
+/* Each opens its library once (later calls return 0 at once); -1 with a one-line message
+ * ("cuda: cannot load ...") when it is missing or lacks an entry point.
+ * POC_CUDA_EMULATE=/path/libpoc_cuemu.so (tests only) loads all three tables from that
+ * one library instead: the CPU emulation in tests/cuda_emul. */
 int cu_driver_load(char *err);
+int cu_nvrtc_load(char *err);
+int cu_cublas_load(char *err);
 /* "CUDA_ERROR_OUT_OF_MEMORY (out of memory)" */
 const char *cu_errstr(CUresult r);
 
@@ -53,20 +89,27 @@ typedef struct cu_kernels {
   struct cu_kernels *next;
 } cu_kernels;
 
-typedef struct cu_backend {
-  poc_backend base;
+/* One device's primary context with its cuBLAS handle and compiled kernel sets: what the
+ * device (device.h, device_cuda.c) owns. */
+typedef struct cu_ctx {
   CUdevice dev;
   CUcontext ctx;
   int cc;                        /* compute capability, major·10 + minor */
   int n_sm;
+  int driver;                    /* cuDriverGetVersion: 1000·major + 10·minor */
+  size_t mem;                    /* total device memory, bytes */
+  char name[100];
   cublasHandle_t blas;
   cu_kernels *kernels;           /* compiled sets, by dimensions */
-} cu_backend;
+} cu_ctx;
+
+/* Loads the driver and opens device POC_CUDA_DEVICE (default 0): -1 with a one-line
+ * message for no driver, a driver older than the toolkit, no device, or a device
+ * without bf16 (below sm_80). cu_ctx_close undoes it (also after a failed open). */
+int cu_ctx_open(cu_ctx *c, char *err);
+void cu_ctx_close(cu_ctx *c);
 
 /* The kernel set for a model's dimensions, compiled by NVRTC on first use. */
-cu_kernels *cu_kernels_get(cu_backend *b, const poc_cuda_dims *d, char *err);
-
-/* model_cuda.c: the backend.h entry points of a CUDA model. */
-void cu_model_install(poc_backend *b);
+cu_kernels *cu_kernels_get(cu_ctx *c, const poc_cuda_dims *d, char *err);
 
 #endif

@@ -13,9 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <nvrtc.h>
-
-#include "pocrt_cuda.h"
+#include "cuda_internal.h"
 
 const char *poc_cuda_template_text(const char *name) {
   for (int i = 0; i < poc_cuda_n_templates; i++)
@@ -162,7 +160,8 @@ static char nvb_version[16];
 
 const char *poc_cuda_nvrtc_version(void) {
   int ma = 0, mi = 0;
-  if (nvrtcVersion(&ma, &mi) != NVRTC_SUCCESS) return "unknown";
+  char err[POC_ERR_LEN];
+  if (cu_nvrtc_load(err) || nv.nvrtcVersion(&ma, &mi) != NVRTC_SUCCESS) return "unknown";
   snprintf(nvb_version, sizeof nvb_version, "%d.%d", ma, mi);
   return nvb_version;
 }
@@ -199,21 +198,21 @@ static int nvb_run(const char *source, const char *name, const char *arch, int p
     }
   }
   nvrtcProgram prog;
-  nvrtcResult r = nvrtcCreateProgram(&prog, source, name, nh, hdr_text, hdr_name);
+  nvrtcResult r = nv.nvrtcCreateProgram(&prog, source, name, nh, hdr_text, hdr_name);
   if (r != NVRTC_SUCCESS) {
     nvb_buf b = {0};
-    nvb_add(&b, "%s: NVRTC could not create the program: %s", name, nvrtcGetErrorString(r));
+    nvb_add(&b, "%s: NVRTC could not create the program: %s", name, nv.nvrtcGetErrorString(r));
     *log = b.s;
     return -1;
   }
   char opt_arch[48];
   snprintf(opt_arch, sizeof opt_arch, "--gpu-architecture=%s", arch);
   const char *opts[] = {opt_arch, "--std=c++17", "--device-as-default-execution-space"};
-  r = nvrtcCompileProgram(prog, (int)(sizeof opts / sizeof opts[0]), opts);
+  r = nv.nvrtcCompileProgram(prog, (int)(sizeof opts / sizeof opts[0]), opts);
   size_t log_n = 0;
   char *plog = NULL;
-  if (nvrtcGetProgramLogSize(prog, &log_n) == NVRTC_SUCCESS && log_n > 1 &&
-      (plog = malloc(log_n)) && nvrtcGetProgramLog(prog, plog) != NVRTC_SUCCESS)
+  if (nv.nvrtcGetProgramLogSize(prog, &log_n) == NVRTC_SUCCESS && log_n > 1 &&
+      (plog = malloc(log_n)) && nv.nvrtcGetProgramLog(prog, plog) != NVRTC_SUCCESS)
     plog[0] = 0;
   if (r != NVRTC_SUCCESS) {
     char path[1024];
@@ -221,23 +220,23 @@ static int nvb_run(const char *source, const char *name, const char *arch, int p
     if (nvb_keep(source, name, path, sizeof path))
       snprintf(path, sizeof path, "(could not be written to disk)");
     nvb_add(&b, "%s: NVRTC could not compile for %s (%s); source written to %s\n%s", name,
-            arch, nvrtcGetErrorString(r), path, plog ? plog : "");
+            arch, nv.nvrtcGetErrorString(r), path, plog ? plog : "");
     *log = b.s ? b.s : nvb_strdup("cuda: out of memory formatting the NVRTC log");
     free(plog);
-    nvrtcDestroyProgram(&prog);
+    nv.nvrtcDestroyProgram(&prog);
     return -1;
   }
   if (plog && plog[0]) nvb_add(warn, "%s (%s):\n%s", name, arch, plog);
   free(plog);
   size_t n = 0;
-  r = ptx ? nvrtcGetPTXSize(prog, &n) : nvrtcGetCUBINSize(prog, &n);
+  r = ptx ? nv.nvrtcGetPTXSize(prog, &n) : nv.nvrtcGetCUBINSize(prog, &n);
   blob->data = r == NVRTC_SUCCESS ? malloc(n ? n : 1) : NULL;
-  if (blob->data) r = ptx ? nvrtcGetPTX(prog, (char *)blob->data) : nvrtcGetCUBIN(prog, (char *)blob->data);
-  nvrtcDestroyProgram(&prog);
+  if (blob->data) r = ptx ? nv.nvrtcGetPTX(prog, (char *)blob->data) : nv.nvrtcGetCUBIN(prog, (char *)blob->data);
+  nv.nvrtcDestroyProgram(&prog);
   if (r != NVRTC_SUCCESS || !blob->data) {
     nvb_buf b = {0};
     nvb_add(&b, "%s: NVRTC produced no %s for %s: %s", name, ptx ? "PTX" : "cubin", arch,
-            nvrtcGetErrorString(r));
+            nv.nvrtcGetErrorString(r));
     *log = b.s;
     free(blob->data);
     blob->data = NULL;
@@ -269,6 +268,11 @@ int poc_cuda_compile(const char *source, const char *name, const char *const *ar
       return -1;
     }
     if (!lowest || v < lowest) lowest = v;
+  }
+  char lerr[POC_ERR_LEN];
+  if (cu_nvrtc_load(lerr)) {
+    *log = nvb_strdup(lerr);
+    return -1;
   }
   out->blob = calloc((size_t)n_arch + 1, sizeof *out->blob);
   if (!out->blob) {

@@ -13,8 +13,9 @@ set(E2E_CFLAGS "")
 if(POC_SANITIZE)
   set(E2E_CFLAGS "-fsanitize=address,undefined")
 endif()
-# libpocrt and, when built, its CUDA half (they call each other), then their libraries
-set(E2E_LINK "-Wl,--start-group $<TARGET_FILE:pocrt>")
+# libpocrt (the device registry), the CPU devices, the core and, when built, the CUDA
+# device (they call each other), then their libraries
+set(E2E_LINK "-Wl,--start-group $<TARGET_FILE:pocrt> $<TARGET_FILE:pocrt_cpu> $<TARGET_FILE:pocrt_core>")
 if(TARGET pocrt_cuda)
   string(APPEND E2E_LINK " $<TARGET_FILE:pocrt_cuda> -Wl,--end-group")
   foreach(lib CUDA::nvrtc CUDA::cublas CUDA::cublasLt)

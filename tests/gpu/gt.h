@@ -1,4 +1,4 @@
-/* gt.h — shared pieces of the backend tests: small configurations, random weights and
+/* gt.h — shared pieces of the device tests: small configurations, random weights and
  * packs, and relative-error helpers. */
 #ifndef POC_GT_H
 #define POC_GT_H
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
 #include "check.h"
+#include "device.h"
 #include "../model/mt.h"
 
 /* The model tests' tiny configurations, with room for longer packs. */
@@ -73,17 +73,17 @@ static inline void gt_pack_make(gt_pack *mp, int n, const int *ctx, const int *t
 }
 
 /* ‖a − b‖ / ‖b‖ (∞ when anything is NaN) */
-static inline double gt_rel(const float *a, const float *b, size_t n) {
+static inline double gt_rel(const double *a, const double *b, size_t n) {
   double d = 0, s = 0;
   for (size_t i = 0; i < n; i++) {
     if (a[i] != a[i] || b[i] != b[i]) return INFINITY;
-    d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-    s += (double)b[i] * b[i];
+    d += (a[i] - b[i]) * (a[i] - b[i]);
+    s += b[i] * b[i];
   }
   return s > 0 ? sqrt(d / s) : sqrt(d);
 }
 
-static inline void gt_fill(float *a, size_t n, float v) {
+static inline void gt_fill(double *a, size_t n, double v) {
   for (size_t i = 0; i < n; i++) a[i] = v;
 }
 

@@ -4,7 +4,7 @@
  * Llama-3-8B shapes, covering head_dim 16, 64 and 128) and compiled by NVRTC to cubins
  * for sm_80 and sm_90 plus PTX; each kernel the runtime looks up must be in the PTX. A
  * broken source must come back with NVRTC's log and the path of the source on disk, and
- * opening the CUDA backend must give a message, never a crash, when there is no GPU.
+ * opening the CUDA device must give a message, never a crash, when there is no GPU.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backend.h"
 #include "check.h"
+#include "device.h"
 #include "pocrt_cuda.h"
 
 static const char *kernel_names[] = {
@@ -33,6 +33,36 @@ static int has_entry(const char *ptx, const char *name) {
   char pat[96];
   snprintf(pat, sizeof pat, ".entry %s(", name);
   return strstr(ptx, pat) != NULL;
+}
+
+/* The parameter types the launches in runtime/cuda/device_cuda.c pass, in order: i an int
+ * (.u32/.s32), f a float, p a pointer or poc_size (64 bits). A template whose signature
+ * drifts from its launch fails here instead of corrupting arguments on a GPU. */
+static const struct { const char *name, *sig; } kernel_sigs[] = {
+    {"embed_fwd", "ippp"}, {"embed_bwd", "ippp"}, {"rmsnorm_fwd", "ippppp"},
+    {"rmsnorm_bwd", "ipppppp"}, {"rmsnorm_dw_partial", "ippppp"}, {"colsum_partial", "iipp"},
+    {"colsum_finish", "iipp"}, {"cast_f32_bf16", "ppp"}, {"qkv_bias_rope", "ippppppppp"},
+    {"rope_bwd", "ippppppppp"}, {"swiglu_fwd", "pppp"}, {"swiglu_bwd", "pppppp"},
+    {"attn_fwd", "iipppppp"}, {"attn_bwd_dq", "ippppppppp"}, {"attn_bwd_dkv", "ippppppppp"},
+    {"head_chunk_fwd", "iiipppppp"}, {"head_finish", "ipppppppp"},
+    {"head_chunk_bwd", "iiippppppp"}, {"head_text_lse", "iipp"},
+    {"head_text_logsoftmax", "iipp"}, {"head_text_gather", "iippppp"},
+    {"head_text_bwd", "iipppppp"}, {"adamw", "ppppppffffffff"}, {"sumsq_partial", "ppp"}};
+
+/* "iipp..." from the .param list of `name`'s .entry in the PTX ("" when absent) */
+static void entry_sig(const char *ptx, const char *name, char *sig, size_t cap) {
+  char pat[96];
+  size_t n = 0;
+  snprintf(pat, sizeof pat, ".entry %s(", name);
+  const char *p = strstr(ptx, pat), *end = p ? strchr(p, ')') : NULL;
+  sig[0] = 0;
+  if (!p || !end) return;
+  while ((p = strstr(p, ".param .")) && p < end && n + 1 < cap) {
+    p += strlen(".param .");
+    sig[n++] = !strncmp(p, "f32", 3) ? 'f' : (!strncmp(p, "u64", 3) || !strncmp(p, "b64", 3)) ? 'p'
+             : (!strncmp(p, "u32", 3) || !strncmp(p, "s32", 3)) ? 'i' : '?';
+  }
+  sig[n] = 0;
 }
 
 static void test_model_source(const char *label, poc_cuda_dims d) {
@@ -65,6 +95,12 @@ static void test_model_source(const char *label, poc_cuda_dims d) {
     CHECK(strstr(ptx, ".target sm_80") != NULL);
     for (size_t k = 0; k < sizeof kernel_names / sizeof kernel_names[0]; k++)
       CHECK_MSG(has_entry(ptx, kernel_names[k]), "%s: kernel %s missing", label, kernel_names[k]);
+    for (size_t k = 0; k < sizeof kernel_sigs / sizeof kernel_sigs[0]; k++) {
+      char sig[64];
+      entry_sig(ptx, kernel_sigs[k].name, sig, sizeof sig);
+      CHECK_MSG(!strcmp(sig, kernel_sigs[k].sig), "%s: %s takes (%s), its launch passes (%s)",
+                label, kernel_sigs[k].name, sig, kernel_sigs[k].sig);
+    }
     /* attention's per-lane accumulators are indexed by unrolled constants: no local memory */
     CHECK_MSG(!strstr(ptx, ".local"), "%s: a kernel spills to local memory", label);
   }
@@ -183,16 +219,16 @@ static void test_errors(void) {
 
 static void test_open(void) {
   char err[POC_ERR_LEN] = "";
-  poc_backend *b = poc_backend_open("cuda", err);
-  if (b) {
-    printf("cuda backend: %s\n", b->device);
-    CHECK(!strcmp(b->name, "cuda"));
-    poc_backend_close(b);
+  poc_device *d = poc_device_open("cuda", err);
+  if (d) {
+    printf("cuda device: %s\n", d->desc);
+    CHECK(!strcmp(d->name, "cuda"));
+    poc_device_close(d);
   } else {
-    printf("cuda backend unavailable here: %s\n", err);
+    printf("cuda device unavailable here: %s\n", err);
     CHECK(!strncmp(err, "cuda: ", 6) && strlen(err) > 12);
   }
-  CHECK(poc_backend_open("tpu", err) == NULL && strstr(err, "tpu"));
+  CHECK(poc_device_open("tpu", err) == NULL && strstr(err, "tpu"));
   CHECK(strchr(poc_cuda_nvrtc_version(), '.') != NULL);
 }
 

@@ -1,5 +1,6 @@
 /* mt.h — shared pieces of the model tests: tiny hand-made configurations, random
- * weights and packs of context-conditioned sequences. */
+ * weights, packs of context-conditioned sequences, and models on the CPU devices ("cpu"
+ * float, "cpu64" double) made from double host weights. */
 #ifndef POC_MT_H
 #define POC_MT_H
 
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "device.h"
 #include "pocrt.h"
 
 /* A tiny Llama: hidden H, heads nh sharing nkv K/V heads of size hd. */
@@ -96,6 +98,34 @@ static inline void mt_pack_one(mt_pack *one, const mt_pack *all, int s) {
   one->p.tokens = one->tok;
   one->p.seq_start = one->ss;
   one->p.tgt_start = one->ts;
+}
+
+/* A device by name; a test cannot go on without it, so a failure ends the process. */
+static inline poc_device *mt_device(const char *name) {
+  char err[POC_ERR_LEN] = "";
+  poc_device *d = poc_device_open(name, err);
+  if (!d) {
+    fprintf(stderr, "cannot open device %s: %s\n", name, err);
+    exit(1);
+  }
+  return d;
+}
+
+/* A model from double host weights (the device rounds them to its own type). */
+static inline poc_model *mt_model(poc_device *d, const poc_layout *lay, const double *w,
+                                  int trainable, int max_tokens) {
+  char err[POC_ERR_LEN] = "";
+  poc_model *m = poc_model_new(d, lay, w, POC_DT_F64, trainable, max_tokens, err);
+  CHECK_MSG(m != NULL, "model on %s: %s", d->name, err);
+  if (!m) exit(1);
+  return m;
+}
+
+/* The model's accumulated gradient as double, into g [n_params]. */
+static inline void mt_grad(poc_model *m, double *g) {
+  char err[POC_ERR_LEN] = "";
+  int rc = poc_model_get(m, POC_PART_GRAD, g, POC_DT_F64, err);
+  CHECK_MSG(rc == 0, "reading the gradient: %s", err);
 }
 
 #endif

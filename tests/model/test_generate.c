@@ -1,5 +1,6 @@
 /* test_generate.c — decoding with the KV cache against recomputing the whole forward
- * each step (greedy and sampled, both precisions), eos, and the nucleus sampler. */
+ * each step (greedy and sampled, on the float and double CPU devices), eos, and the
+ * nucleus sampler. */
 #include "mt.h"
 
 /* All next-token log-probs after `ctx` from the packed forward: one sequence ctx ++ [v]
@@ -22,7 +23,7 @@ static poc_pack all_next(const int32_t *ctx, int n, int V) {
 
 /* What generation must produce, from full forwards: greedy argmax (first on ties), or
  * softmax(logp/T) — the same as of logits/T — drawn by the nucleus sampler. */
-static int reference64(poc_model_f64 *m, int V, const int32_t *prompt, int np, int max_new,
+static int reference64(poc_model *m, int V, const int32_t *prompt, int np, int max_new,
                        double temp, double top_p, int eos, poc_rng *rng, int32_t *out) {
   int32_t ctx[GEN_MAXC];
   memcpy(ctx, prompt, (size_t)np * sizeof(int32_t));
@@ -31,7 +32,7 @@ static int reference64(poc_model_f64 *m, int V, const int32_t *prompt, int np, i
   int k = 0;
   while (k < max_new) {
     poc_pack p = all_next(ctx, np + k, V);
-    if (poc_model_forward_f64(m, &p, 0, lp, NULL, err)) return -1;
+    if (poc_model_forward(m, &p, 0, lp, NULL, err)) return -1;
     int best = 0;
     for (int v = 1; v < V; v++)
       if (lp[v] > lp[best]) best = v;
@@ -49,23 +50,24 @@ static int reference64(poc_model_f64 *m, int V, const int32_t *prompt, int np, i
   return k;
 }
 
-static void gen_case(const char *name, poc_config cfg, uint64_t seed) {
+static void gen_case(poc_device *d64, poc_device *d32, const char *name, poc_config cfg,
+                     uint64_t seed) {
   char err[POC_ERR_LEN];
   poc_layout lay;
   CHECK(poc_layout_init(&lay, &cfg, err) == 0);
   const int V = cfg.vocab_size, np = 5, max_new = 12;
   double *w = malloc(lay.n_params * sizeof *w);
-  float *wf = malloc(lay.n_params * sizeof *wf);
   mt_weights(&lay, w, seed);
   /* sharper distributions make greedy paths less tie-prone and sampling less uniform */
-  for (size_t i = 0; i < lay.n_params; i++) wf[i] = (float)(w[i] *= 1.3);
-  poc_model_f64 *m = poc_model_new_f64(&lay, w, NULL, GEN_MAXV * (GEN_MAXC + 1));
-  poc_model_f32 *mf = poc_model_new_f32(&lay, wf, NULL, 8);
+  for (size_t i = 0; i < lay.n_params; i++) w[i] *= 1.3;
+  poc_model *m = mt_model(d64, &lay, w, 0, GEN_MAXV * (GEN_MAXC + 1));
+  /* a workspace far smaller than prompt + new tokens: the KV cache is generation's own */
+  poc_model *mf = mt_model(d32, &lay, w, 0, 8);
   int32_t prompt[5] = {3, 1, 4, 1, 5}, want[32], got[32], gotf[32];
 
   int nw = reference64(m, V, prompt, np, max_new, 0, 1, -1, NULL, want);
-  int ng = poc_generate_f64(m, prompt, np, max_new, 0, 1, -1, NULL, got, err);
-  int nf = poc_generate_f32(mf, prompt, np, max_new, 0, 1, -1, NULL, gotf, err);
+  int ng = poc_model_generate(m, prompt, np, max_new, 0, 1, -1, NULL, got, err);
+  int nf = poc_model_generate(mf, prompt, np, max_new, 0, 1, -1, NULL, gotf, err);
   CHECK(nw == max_new && ng == max_new && nf == max_new);
   CHECK_MSG(memcmp(want, got, sizeof(int32_t) * max_new) == 0, "%s: f64 greedy differs", name);
   CHECK_MSG(memcmp(want, gotf, sizeof(int32_t) * max_new) == 0, "%s: f32 greedy differs", name);
@@ -76,7 +78,7 @@ static void gen_case(const char *name, poc_config cfg, uint64_t seed) {
   /* eos: stop right after the first occurrence of the fourth greedy token */
   int eos = want[3], first = 0;
   while (want[first] != eos) first++;
-  CHECK(poc_generate_f64(m, prompt, np, max_new, 0, 1, eos, NULL, got, err) == first + 1);
+  CHECK(poc_model_generate(m, prompt, np, max_new, 0, 1, eos, NULL, got, err) == first + 1);
   CHECK(got[first] == eos);
 
   /* sampling: the same stream gives the same draws as the recomputing reference */
@@ -84,8 +86,8 @@ static void gen_case(const char *name, poc_config cfg, uint64_t seed) {
     poc_rng r1 = poc_rng_derive(seed, trial, 0), r2 = r1, r3 = r1;
     double temp = 0.7 + 0.3 * trial, top_p = 0.8 + 0.1 * trial;
     nw = reference64(m, V, prompt, np, max_new, temp, top_p, -1, &r1, want);
-    ng = poc_generate_f64(m, prompt, np, max_new, temp, top_p, -1, &r2, got, err);
-    nf = poc_generate_f32(mf, prompt, np, max_new, temp, top_p, -1, &r3, gotf, err);
+    ng = poc_model_generate(m, prompt, np, max_new, temp, top_p, -1, &r2, got, err);
+    nf = poc_model_generate(mf, prompt, np, max_new, temp, top_p, -1, &r3, gotf, err);
     CHECK(nw == max_new && ng == max_new && nf == max_new);
     CHECK_MSG(memcmp(want, got, sizeof(int32_t) * max_new) == 0, "%s: f64 sampling differs",
               name);
@@ -93,17 +95,16 @@ static void gen_case(const char *name, poc_config cfg, uint64_t seed) {
               name);
   }
   /* errors */
-  CHECK(poc_generate_f64(m, prompt, 0, 4, 0, 1, -1, NULL, got, err) == -1);
+  CHECK(poc_model_generate(m, prompt, 0, 4, 0, 1, -1, NULL, got, err) == -1);
   prompt[2] = V;
-  CHECK(poc_generate_f64(m, prompt, np, 4, 0, 1, -1, NULL, got, err) == -1);
+  CHECK(poc_model_generate(m, prompt, np, 4, 0, 1, -1, NULL, got, err) == -1);
   CHECK(strstr(err, "vocabulary") != NULL);
   prompt[2] = 4;
-  CHECK(poc_generate_f64(m, prompt, np, 4, 1.0, 1, -1, NULL, got, err) == -1);
-  CHECK(poc_generate_f64(m, prompt, np, 0, 0, 1, -1, NULL, got, err) == 0);
-  poc_model_free_f64(m);
-  poc_model_free_f32(mf);
+  CHECK(poc_model_generate(m, prompt, np, 4, 1.0, 1, -1, NULL, got, err) == -1);
+  CHECK(poc_model_generate(m, prompt, np, 0, 0, 1, -1, NULL, got, err) == 0);
+  poc_model_free(m);
+  poc_model_free(mf);
   free(w);
-  free(wf);
   poc_layout_free(&lay);
 }
 
@@ -141,8 +142,11 @@ static void top_p_case(void) {
 }
 
 int main(void) {
+  poc_device *d64 = mt_device("cpu64"), *d32 = mt_device("cpu");
   top_p_case();
-  gen_case("gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 3);
-  gen_case("tied_llama3", mt_config(24, 20, 53, 2, 4, 2, 8, 0, 1, 1), 4);
+  gen_case(d64, d32, "gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 3);
+  gen_case(d64, d32, "tied_llama3", mt_config(24, 20, 53, 2, 4, 2, 8, 0, 1, 1), 4);
+  poc_device_close(d32);
+  poc_device_close(d64);
   return check_summary("model_generate");
 }

@@ -3,11 +3,14 @@
  * Llama-3 RoPE scaling, with a loss over several packed context-conditioned sequences:
  *   L = Σ_t c_t·logp_t + Σ_t e_t·H_t   (random c, e).
  * Small tensors are checked entry by entry, large ones on a sample that favours the
- * embedding rows the pack uses. Both heads (fused and textbook) are checked. */
+ * embedding rows the pack uses. Both heads (fused and textbook) are checked. The model
+ * runs on the "cpu64" device (double everywhere); a perturbed weight goes in through
+ * poc_model_set, as a whole host array. */
 #include "mt.h"
 
 typedef struct {
-  poc_model_f64 *m;
+  poc_model *m;
+  const double *w;
   const mt_pack *mp;
   const double *c, *e;
   double *logp, *ent;
@@ -16,7 +19,8 @@ typedef struct {
 
 static double gc_loss(gc_ctx *g) {
   char err[POC_ERR_LEN];
-  if (poc_model_forward_f64(g->m, &g->mp->p, g->flags | POC_FWD_ENTROPY, g->logp, g->ent, err)) {
+  if (poc_model_set(g->m, POC_PART_WEIGHTS, g->w, POC_DT_F64, err) ||
+      poc_model_forward(g->m, &g->mp->p, g->flags | POC_FWD_ENTROPY, g->logp, g->ent, err)) {
     fprintf(stderr, "forward failed: %s\n", err);
     return NAN;
   }
@@ -31,7 +35,7 @@ static int gc_close(double a, double b) {
   return fabs(a - b) <= 1e-6 * s + 1e-9;
 }
 
-static void gc_run(const char *name, poc_config cfg, int unfused, uint64_t seed) {
+static void gc_run(poc_device *d, const char *name, poc_config cfg, int unfused, uint64_t seed) {
   char err[POC_ERR_LEN];
   poc_layout lay;
   CHECK(poc_layout_init(&lay, &cfg, err) == 0);
@@ -48,13 +52,13 @@ static void gc_run(const char *name, poc_config cfg, int unfused, uint64_t seed)
     c[i] = mt_uniform(&r);
     e[i] = mt_uniform(&r);
   }
-  poc_model_f64 *m = poc_model_new_f64(&lay, w, gr, 64);
-  CHECK(m != NULL);
-  gc_ctx g = {m, &mp, c, e, logp, ent, unfused ? POC_FWD_UNFUSED : 0};
+  poc_model *m = mt_model(d, &lay, w, 1, 64);
+  gc_ctx g = {m, w, &mp, c, e, logp, ent, unfused ? POC_FWD_UNFUSED : 0};
   g.flags |= POC_FWD_SAVE;
   double L0 = gc_loss(&g);
   CHECK(L0 == L0);
-  CHECK(poc_model_backward_f64(m, &mp.p, c, e, err) == 0);
+  CHECK_MSG(poc_model_backward(m, &mp.p, c, e, err) == 0, "%s", err);
+  mt_grad(m, gr);
   g.flags &= ~POC_FWD_SAVE;
 
   const double h = 1e-5;
@@ -106,24 +110,26 @@ static void gc_run(const char *name, poc_config cfg, int unfused, uint64_t seed)
   }
   printf("%s: %d entries checked, %d off, worst relative error %.2e\n", name, checked, bad,
          worst_all);
-  poc_model_free_f64(m);
+  poc_model_free(m);
   free(w);
   free(gr);
   poc_layout_free(&lay);
 }
 
 int main(void) {
+  poc_device *d = mt_device("cpu64");
   /* GQA (4 heads over 2 kv heads), QKV bias, untied head */
-  gc_run("gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 0, 11);
+  gc_run(d, "gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 0, 11);
   /* head_dim·heads ≠ hidden, tied embeddings, Llama-3 RoPE scaling */
-  gc_run("tied_llama3", mt_config(24, 20, 53, 2, 4, 2, 8, 0, 1, 1), 0, 22);
+  gc_run(d, "tied_llama3", mt_config(24, 20, 53, 2, 4, 2, 8, 0, 1, 1), 0, 22);
   /* plain multi-head attention through the textbook head, with biases and tying */
-  gc_run("mha_unfused", mt_config(16, 16, 41, 2, 2, 2, 8, 1, 1, 0), 1, 33);
+  gc_run(d, "mha_unfused", mt_config(16, 16, 41, 2, 2, 2, 8, 1, 1, 0), 1, 33);
   /* one kv head for all query heads (multi-query) */
-  gc_run("mqa", mt_config(16, 24, 40, 1, 4, 1, 4, 0, 0, 0), 0, 44);
+  gc_run(d, "mqa", mt_config(16, 24, 40, 1, 4, 1, 4, 0, 0, 0), 0, 44);
   /* Llama with attention_bias: q, k, v and o_proj biases */
   poc_config ob = mt_config(16, 24, 43, 2, 4, 2, 4, 1, 0, 0);
   ob.o_proj_bias = 1;
-  gc_run("llama_o_bias", ob, 0, 55);
+  gc_run(d, "llama_o_bias", ob, 0, 55);
+  poc_device_close(d);
   return check_summary("model_grad");
 }

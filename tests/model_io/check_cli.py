@@ -93,7 +93,12 @@ def main():
     p = poc(args, "logp", model, data, "--field", "chosen")
     fo = [json.loads(l) for l in p.stdout.splitlines()]
     chk.ok(all(set(o) == {"line", "chosen"} for o in fo), "--field chosen prints chosen only")
-    chk.ok(all(a["chosen"] == b["chosen"] for a, b in zip(fo, out)), "--field chosen: same numbers")
+    # A pack of chosen only has other shapes than one of both fields, and the CPU device's
+    # GEMMs may round a row differently with the row count: the numbers agree to float
+    # rounding, as a line alone does above, not bit for bit.
+    chk.ok(all(abs(a["chosen"]["sum"] - b["chosen"]["sum"]) < 1e-5 and
+               max(abs(x - y) for x, y in zip(a["chosen"]["tokens"], b["chosen"]["tokens"])) < 1e-5
+               for a, b in zip(fo, out)), "--field chosen: same numbers")
 
     bad = os.path.join(args.scratch, "bad.jsonl")
     cases = [
@@ -126,7 +131,7 @@ def main():
     chk.ok(p.returncode == 2 and all(f"{bad}:{n}: error" in p.stderr for n in (1, 2, 3)), f"several: {p.stderr!r}")
 
     for argv, msg in [((model,), "usage"), ((model, data, "--bogus"), "unknown option"),
-                      ((model, data, "--backend", "tpu"), "unknown backend 'tpu'"),
+                      ((model, data, "--backend", "tpu"), "unknown device 'tpu'"),
                       ((model, data, "--backend", "cuda"), "--backend cuda"),
                       ((model, os.path.join(args.scratch, "nope.jsonl")), "cannot open"),
                       ((args.scratch, data), "config.json: cannot open")]:

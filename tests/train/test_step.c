@@ -1,26 +1,29 @@
 /* test_step.c — one optimizer step's gradient with the real model and hand-written
  * objectives: separable vs non-separable, micro-batch 1 vs 4, hoisted vs live reference,
- * the loss falling on a fixed batch, and (in float64) the whole step against finite
- * differences with a batch-coupled objective over uneven micro-batches. */
+ * the loss falling on a fixed batch, and (in float64, on the "cpu64" device) the whole
+ * step against finite differences with a batch-coupled objective over uneven
+ * micro-batches. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "device.h"
 #include "train_internal.h"
 #include "tt.h"
 
 static char dir[512], model[600], data[600];
+static poc_device *dev32, *dev64;
 
+/* The policy (0) and the reference (1) as training makes them, on the float device or
+ * the double one; wd[0] is the policy's weights in double, for perturbing. */
 typedef struct {
   poc_program *p;
   trn_data d;
   poc_layout lay;
   trn_ctx c;
   trn_cache k;
-  float *w[2], *g;
-  double *wd[2], *gd;
-  trn_models_f32 ms;
-  trn_models_f64 md;
+  double *wd[2];
+  trn_models ms;
   double knobs[1];
 } env;
 
@@ -42,27 +45,19 @@ static int setup(env *e, poc_program *p, int micro, int f64) {
     e->c.eos[m] = TT_EOS;
     int longest;
     e->c.max_tokens[m] = trn_max_pack_tokens(&e->c, m, micro, &longest);
-    if (f64) {
-      e->wd[m] = malloc(n * sizeof(double));
-      if (poc_weights_load_f64(model, &e->lay, e->wd[m], err)) return -1;
-    } else {
-      e->w[m] = malloc(n * sizeof(float));
-      if (poc_weights_load_f32(model, &e->lay, e->w[m], err)) return -1;
+    /* the file holds float32: loaded as double it is the same values */
+    e->wd[m] = malloc(n * sizeof(double));
+    if (poc_weights_load_f64(model, &e->lay, e->wd[m], err)) return -1;
+    e->ms.m[m] = poc_model_new(f64 ? dev64 : dev32, &e->lay, e->wd[m], POC_DT_F64, m == 0,
+                               e->c.max_tokens[m], err);
+    if (!e->ms.m[m]) {
+      fprintf(stderr, "%s\n", err);
+      return -1;
     }
-  }
-  if (f64) {
-    e->gd = calloc(n, sizeof(double));
-    e->md.m[0] = poc_model_new_f64(&e->lay, e->wd[0], e->gd, e->c.max_tokens[0]);
-    e->md.m[1] = poc_model_new_f64(&e->lay, e->wd[1], NULL, e->c.max_tokens[1]);
-  } else {
-    e->g = calloc(n, sizeof(float));
-    e->ms.m[0] = poc_model_new_f32(&e->lay, e->w[0], e->g, e->c.max_tokens[0]);
-    e->ms.m[1] = poc_model_new_f32(&e->lay, e->w[1], NULL, e->c.max_tokens[1]);
   }
   if (p->calls[2].hoisted) {
     if (trn_cache_alloc(&e->k, p, e->d.n)) return -1;
-    int rc = f64 ? trn_hoist_f64(&e->c, &e->md, &e->k, err) : trn_hoist_f32(&e->c, &e->ms, &e->k, err);
-    if (rc) {
+    if (trn_hoist(&e->c, &e->ms, &e->k, err)) {
       fprintf(stderr, "hoist: %s\n", err);
       return -1;
     }
@@ -73,13 +68,9 @@ static int setup(env *e, poc_program *p, int micro, int f64) {
 
 static void teardown(env *e) {
   for (int m = 0; m < 2; m++) {
-    if (e->ms.m[m]) poc_model_free_f32(e->ms.m[m]);
-    if (e->md.m[m]) poc_model_free_f64(e->md.m[m]);
-    free(e->w[m]);
+    poc_model_free(e->ms.m[m]);
     free(e->wd[m]);
   }
-  free(e->g);
-  free(e->gd);
   trn_cache_free(&e->k);
   trn_data_free(&e->d);
   poc_layout_free(&e->lay);
@@ -94,11 +85,15 @@ static float *grad_f32(poc_program *p, int micro, int B, double *loss) {
   char err[POC_ERR_LEN];
   trn_stepout so;
   float *g = NULL;
-  if (trn_step_grad_f32(&e.c, &e.ms, batch_ex, B, 1, &so, err)) {
+  if (trn_step_grad(&e.c, &e.ms, batch_ex, B, 1, &so, err)) {
     fprintf(stderr, "step: %s\n", err);
   } else {
     g = malloc(e.lay.n_params * sizeof *g);
-    memcpy(g, e.g, e.lay.n_params * sizeof *g);
+    if (poc_model_get(e.ms.m[0], POC_PART_GRAD, g, POC_DT_F32, err)) {
+      fprintf(stderr, "step: %s\n", err);
+      free(g);
+      g = NULL;
+    }
     *loss = so.loss_sum / B;
   }
   teardown(&e);
@@ -126,6 +121,27 @@ static double rel_diff(const float *a, const float *b, size_t n) {
   return d / (s > 1e-12 ? s : 1e-12);
 }
 
+static double sq_norm(const float *g, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+  return s;
+}
+
+/* One AdamW step (train's defaults, lr) from weights w and gradient g; the new weights. */
+static float *adamw_once(const poc_layout *lay, const float *w, const float *g, double lr) {
+  char err[POC_ERR_LEN];
+  size_t n = lay->n_params;
+  poc_train t = POC_TRAIN_DEFAULTS;
+  poc_adamw h = {lr, t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, 1, 1};
+  float *out = malloc(n * sizeof *out);
+  poc_model *m = poc_model_new(dev32, lay, w, POC_DT_F32, 1, 4, err);
+  int rc = !m || poc_model_set(m, POC_PART_GRAD, g, POC_DT_F32, err) ||
+           poc_model_adamw(m, &h, err) || poc_model_get(m, POC_PART_WEIGHTS, out, POC_DT_F32, err);
+  CHECK_MSG(rc == 0, "AdamW: %s", err);
+  poc_model_free(m);
+  return out;
+}
+
 static void test_paths_agree(void) {
   size_t n = n_params();
   double l_sep, l_non, l_mb1, l_live;
@@ -135,7 +151,7 @@ static void test_paths_agree(void) {
   float *g_live = grad_f32(tt_program(model, data, NULL, 1, 0, 0), 4, 8, &l_live);
   CHECK(g_sep && g_non && g_mb1 && g_live);
   if (!g_sep || !g_non || !g_mb1 || !g_live) return;
-  double gn = sqrt(trn_sq_norm(g_sep, n));
+  double gn = sqrt(sq_norm(g_sep, n));
   CHECK_MSG(gn > 1e-6, "the DPO gradient is zero (%g)", gn);
   CHECK_NEAR(l_sep, l_non, 1e-6);
   double d1 = rel_diff(g_sep, g_non, n), d2 = rel_diff(g_sep, g_mb1, n),
@@ -153,20 +169,15 @@ static void test_paths_agree(void) {
   poc_layout lay;
   char err[POC_ERR_LEN];
   poc_layout_init(&lay, &c, err);
-  float *w1 = malloc(n * sizeof *w1), *w4 = malloc(n * sizeof *w4);
-  float *m1 = calloc(n, sizeof *m1), *v1 = calloc(n, sizeof *v1), *m4 = calloc(n, sizeof *m4),
-        *v4 = calloc(n, sizeof *v4);
-  poc_weights_load_f32(model, &lay, w1, err);
-  memcpy(w4, w1, n * sizeof *w1);
-  poc_train t = POC_TRAIN_DEFAULTS;
-  trn_adamw(&lay, w1, g_mb1, m1, v1, 1, 1e-3, 1, &t);
-  trn_adamw(&lay, w4, g_sep, m4, v4, 1, 1e-3, 1, &t);
+  float *w0 = malloc(n * sizeof *w0);
+  CHECK(poc_weights_load_f32(model, &lay, w0, err) == 0);
+  float *w1 = adamw_once(&lay, w0, g_mb1, 1e-3), *w4 = adamw_once(&lay, w0, g_sep, 1e-3);
   /* Adam's first step moves each weight by ≈ lr·sign(g): compare moves where g is not tiny */
   int bad = 0;
   for (size_t i = 0; i < n; i++)
     if (fabs(g_sep[i]) > 1e-4 * gn && fabs(w1[i] - w4[i]) > 1e-6) bad++;
   CHECK_MSG(bad == 0, "%d weights moved differently with micro-batch 1 and 4", bad);
-  free(w1), free(w4), free(m1), free(v1), free(m4), free(v4);
+  free(w0), free(w1), free(w4);
   poc_layout_free(&lay);
   free(g_sep), free(g_non), free(g_mb1), free(g_live);
 }
@@ -176,26 +187,24 @@ static void test_loss_falls(void) {
   env e;
   CHECK(setup(&e, p, 4, 0) == 0);
   char err[POC_ERR_LEN];
-  size_t n = e.lay.n_params;
-  float *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
   poc_train t = p->train;
   double first = 0, last = 0, acc_last = 0;
   for (int s = 1; s <= 15; s++) {
-    memset(e.g, 0, n * sizeof *e.g);
     trn_stepout so;
-    if (trn_step_grad_f32(&e.c, &e.ms, batch_ex, 8, s, &so, err)) {
+    poc_adamw h = {1e-2, t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, s, 1};
+    if (poc_model_zero_grad(e.ms.m[0], err) ||
+        trn_step_grad(&e.c, &e.ms, batch_ex, 8, s, &so, err) ||
+        poc_model_adamw(e.ms.m[0], &h, err)) {
       CHECK_MSG(0, "step %d: %s", s, err);
       break;
     }
     if (s == 1) first = so.loss_sum / 8;
     last = so.loss_sum / 8;
     acc_last = so.report_sum[1] / 8;
-    trn_adamw(&e.lay, e.w[0], e.g, m, v, s, 1e-2, 1, &t);
   }
   CHECK_MSG(last < first - 0.2, "loss %g → %g on a fixed batch", first, last);
   /* random pairs may repeat a response (both just eos): those stay at h = 0 */
   CHECK_MSG(acc_last >= 0.75, "reward accuracy after training %g", acc_last);
-  free(m), free(v);
   teardown(&e);
 }
 
@@ -204,8 +213,9 @@ static void test_loss_falls(void) {
 static double loss64(env *e, int B) {
   char err[POC_ERR_LEN];
   trn_stepout so;
-  memset(e->gd, 0, e->lay.n_params * sizeof(double));
-  if (trn_step_grad_f64(&e->c, &e->md, batch_ex, B, 1, &so, err)) {
+  if (poc_model_set(e->ms.m[0], POC_PART_WEIGHTS, e->wd[0], POC_DT_F64, err) ||
+      poc_model_zero_grad(e->ms.m[0], err) ||
+      trn_step_grad(&e->c, &e->ms, batch_ex, B, 1, &so, err)) {
     fprintf(stderr, "%s\n", err);
     return NAN;
   }
@@ -227,7 +237,8 @@ static void test_fd64(void) {
   int B = 5;
   double L0 = loss64(&e, B);
   double *g = malloc(n * sizeof *g);
-  memcpy(g, e.gd, n * sizeof *g);
+  char err[POC_ERR_LEN];
+  CHECK(poc_model_get(e.ms.m[0], POC_PART_GRAD, g, POC_DT_F64, err) == 0);
   CHECK(isfinite(L0));
   int checked = 0, bad = 0;
   double gmax = 0;
@@ -260,9 +271,16 @@ int main(void) {
   snprintf(model, sizeof model, "%s/model", dir);
   snprintf(data, sizeof data, "%s/pairs.jsonl", dir);
   if (tt_make_model(model, 5) || tt_write_pairs(data, 16, 3)) return 1;
+  char err[POC_ERR_LEN];
+  if (!(dev32 = poc_device_open("cpu", err)) || !(dev64 = poc_device_open("cpu64", err))) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
   test_paths_agree();
   test_loss_falls();
   test_fd64();
+  poc_device_close(dev32);
+  poc_device_close(dev64);
   char cmd[700];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd)) fprintf(stderr, "could not remove %s\n", dir);

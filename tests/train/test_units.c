@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "device.h"
 #include "train_internal.h"
 #include "tt.h"
 
@@ -47,18 +48,25 @@ static void test_schedule(void) {
   CHECK(trn_total_steps(&u, 3) == 1);
 }
 
+/* Training's AdamW is the model's (poc_model_adamw): three steps with decay, changing lr
+ * and a gradient scale against a hand computation in double, on the CPU device. */
 static void test_adamw(void) {
   poc_config c = tt_config();
   poc_layout lay;
   char err[POC_ERR_LEN];
   CHECK(poc_layout_init(&lay, &c, err) == 0);
   size_t n = lay.n_params;
-  float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g), *m = calloc(n, sizeof *m),
-        *v = calloc(n, sizeof *v);
+  float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g);
   double *W = malloc(n * sizeof *W), *M = calloc(n, sizeof *M), *V = calloc(n, sizeof *V);
   poc_rng r;
   poc_rng_seed(&r, 4);
   for (size_t i = 0; i < n; i++) W[i] = w[i] = (float)(2 * poc_rng_uniform(&r) - 1);
+  poc_device *d = poc_device_open("cpu", err);
+  CHECK_MSG(d != NULL, "%s", err);
+  if (!d) return;
+  poc_model *m = poc_model_new(d, &lay, w, POC_DT_F32, 1, 4, err);
+  CHECK_MSG(m != NULL, "%s", err);
+  if (!m) return;
   poc_train t = POC_TRAIN_DEFAULTS;
   t.weight_decay = 0.1;
   t.adam_beta1 = 0.8;
@@ -67,7 +75,9 @@ static void test_adamw(void) {
   double lr[3] = {0.01, 0.02, 0.005}, gs[3] = {1, 0.5, 1};
   for (int s = 1; s <= 3; s++) {
     for (size_t i = 0; i < n; i++) g[i] = (float)(2 * poc_rng_uniform(&r) - 1);
-    trn_adamw(&lay, w, g, m, v, s, lr[s - 1], gs[s - 1], &t);
+    poc_adamw h = {lr[s - 1], t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, s, gs[s - 1]};
+    CHECK(poc_model_set(m, POC_PART_GRAD, g, POC_DT_F32, err) == 0);
+    CHECK_MSG(poc_model_adamw(m, &h, err) == 0, "%s", err);
     /* by hand, in double */
     for (int ti = 0; ti < lay.n_tensors; ti++) {
       const poc_tensor_info *T = &lay.tensors[ti];
@@ -82,24 +92,36 @@ static void test_adamw(void) {
       }
     }
   }
+  CHECK(poc_model_get(m, POC_PART_WEIGHTS, w, POC_DT_F32, err) == 0);
   double worst = 0;
   for (size_t i = 0; i < n; i++)
     if (fabs(W[i] - w[i]) > worst) worst = fabs(W[i] - w[i]);
+  printf("AdamW vs hand computation: %.3g\n", worst);
   CHECK_MSG(worst < 1e-6, "AdamW differs from the hand computation by %g", worst);
   /* decay only on 2-D tensors: a norm weight with zero gradient stays put */
   const poc_tensor_info *norm = poc_layout_find(&lay, "model.norm.weight");
   const poc_tensor_info *q = poc_layout_find(&lay, "model.layers.0.self_attn.q_proj.weight");
   memset(g, 0, n * sizeof *g);
-  memset(m, 0, n * sizeof *m);
-  memset(v, 0, n * sizeof *v);
   float nb = w[norm->offset], qb = w[q->offset];
-  trn_adamw(&lay, w, g, m, v, 1, 0.1, 1, &t);
-  CHECK(w[norm->offset] == nb);
-  CHECK_NEAR(w[q->offset], qb * (1 - 0.1 * 0.1), 1e-7);
-  /* the norm */
-  float gg[3] = {3, 4, 12};
-  CHECK_NEAR(sqrt(trn_sq_norm(gg, 3)), 13, 1e-12);
-  free(w), free(g), free(m), free(v), free(W), free(M), free(V);
+  poc_model_free(m);
+  m = poc_model_new(d, &lay, w, POC_DT_F32, 1, 4, err); /* fresh moments */
+  CHECK_MSG(m != NULL, "%s", err);
+  if (m) {
+    poc_adamw h = {0.1, t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, 1, 1};
+    CHECK(poc_model_adamw(m, &h, err) == 0 && poc_model_get(m, POC_PART_WEIGHTS, w, POC_DT_F32, err) == 0);
+    CHECK(w[norm->offset] == nb);
+    CHECK_NEAR(w[q->offset], qb * (1 - 0.1 * 0.1), 1e-7);
+    /* the norm: sqrt(3² + 4² + 12²) = 13 */
+    memset(g, 0, n * sizeof *g);
+    g[0] = 3, g[n / 2] = 4, g[n - 1] = 12;
+    double norm2 = 0;
+    CHECK(poc_model_set(m, POC_PART_GRAD, g, POC_DT_F32, err) == 0 &&
+          poc_model_grad_norm(m, &norm2, err) == 0);
+    CHECK_NEAR(norm2, 13, 1e-12);
+    poc_model_free(m);
+  }
+  poc_device_close(d);
+  free(w), free(g), free(W), free(M), free(V);
   poc_layout_free(&lay);
 }
 

@@ -1,5 +1,6 @@
-/* train_step_fp.c — one optimizer step's gradient, written once for float (training) and
- * double (the gradient check against finite differences).
+/* train_step.c — one optimizer step's gradient, on whatever device the models live on
+ * (float on "cpu" for training, double on "cpu64" for the gradient check against finite
+ * differences, bf16/fp32 on "cuda").
  *
  * A step of B examples in micro-batches of b:
  *
@@ -17,16 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fp.h"
 #include "train_internal.h"
 
-typedef FP(poc_model) model;
-typedef struct FP(trn_models) models;
+typedef trn_models models;
 
-/* Per-model output buffers of one pack. */
+/* Per-model host buffers of one pack: log-probs, entropies and their seeds. */
 typedef struct {
-  real *lp, *en, *dl, *de;
-  double *lpd, *end;
+  double *lp, *en, *dl, *de;
   size_t cap;
 } outbuf;
 
@@ -35,8 +33,6 @@ static void ob_free(outbuf *o) {
   free(o->en);
   free(o->dl);
   free(o->de);
-  free(o->lpd);
-  free(o->end);
   memset(o, 0, sizeof *o);
 }
 
@@ -44,13 +40,11 @@ static int ob_reserve(outbuf *o, size_t n) {
   if (n == 0) n = 1;
   if (n <= o->cap) return 0;
   ob_free(o);
-  o->lp = malloc(n * sizeof(real));
-  o->en = malloc(n * sizeof(real));
-  o->dl = malloc(n * sizeof(real));
-  o->de = malloc(n * sizeof(real));
-  o->lpd = malloc(n * sizeof(double));
-  o->end = malloc(n * sizeof(double));
-  if (!o->lp || !o->en || !o->dl || !o->de || !o->lpd || !o->end) {
+  o->lp = calloc(n, sizeof(double));
+  o->en = calloc(n, sizeof(double));
+  o->dl = malloc(n * sizeof(double));
+  o->de = malloc(n * sizeof(double));
+  if (!o->lp || !o->en || !o->dl || !o->de) {
     ob_free(o);
     return -1;
   }
@@ -64,7 +58,7 @@ static poc_pack as_pack(const trn_pack *pk) {
 }
 
 /* Forward of every model with something in the pack (only_save: just the models that will
- * run backward, with activations saved). Outputs converted to double. */
+ * run backward, with activations saved). */
 static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, int only_save,
                     outbuf *ob, int64_t *tokens, char *err) {
   for (int m = 0; m < c->prog->n_models; m++) {
@@ -78,13 +72,8 @@ static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, in
     int flags = (save && bwd ? POC_FWD_SAVE : 0) | (pk->entropy ? POC_FWD_ENTROPY : 0) |
                 (c->unfused ? POC_FWD_UNFUSED : 0);
     poc_pack p = as_pack(pk);
-    if (FP(poc_model_forward)(ms->m[m], &p, flags, ob[m].lp, pk->entropy ? ob[m].en : NULL,
-                              err))
+    if (poc_model_forward(ms->m[m], &p, flags, ob[m].lp, pk->entropy ? ob[m].en : NULL, err))
       return -1;
-    for (int i = 0; i < pk->n_tgt; i++) {
-      ob[m].lpd[i] = ob[m].lp[i];
-      ob[m].end[i] = pk->entropy ? ob[m].en[i] : 0;
-    }
     if (tokens && c->prog->models[m].trainable) *tokens += pk->n_tok;
   }
   return 0;
@@ -98,8 +87,8 @@ static int backwards(const trn_ctx *c, models *ms, const trn_mb *mb, const trn_o
   for (int m = 0; m < p->n_models; m++) {
     const trn_pack *pk = &mb->pk[m];
     if (pk->n_seq == 0 || !pk->save || !p->models[m].trainable) continue;
-    memset(ob[m].dl, 0, (size_t)pk->n_tgt * sizeof(real));
-    memset(ob[m].de, 0, (size_t)pk->n_tgt * sizeof(real));
+    memset(ob[m].dl, 0, (size_t)pk->n_tgt * sizeof(double));
+    memset(ob[m].de, 0, (size_t)pk->n_tgt * sizeof(double));
     for (int k = 0; k < p->n_calls; k++) {
       const poc_call *cl = &p->calls[k];
       if (cl->model != m || cl->hoisted || !cl->trainable) continue;
@@ -107,13 +96,13 @@ static int backwards(const trn_ctx *c, models *ms, const trn_mb *mb, const trn_o
         int n = mb->off[k][b + 1] - mb->off[k][b];
         int dst = mb->base[k] + mb->off[k][b], src = o->off[k][b0 + b];
         for (int i = 0; i < n; i++) {
-          ob[m].dl[dst + i] = (real)o->dlogp[k][src + i];
-          if (cl->want_entropy) ob[m].de[dst + i] = (real)o->dent[k][src + i];
+          ob[m].dl[dst + i] = o->dlogp[k][src + i];
+          if (cl->want_entropy) ob[m].de[dst + i] = o->dent[k][src + i];
         }
       }
     }
     poc_pack pp = as_pack(pk);
-    if (FP(poc_model_backward)(ms->m[m], &pp, ob[m].dl, pk->entropy ? ob[m].de : NULL, err))
+    if (poc_model_backward(ms->m[m], &pp, ob[m].dl, pk->entropy ? ob[m].de : NULL, err))
       return -1;
   }
   return 0;
@@ -156,8 +145,8 @@ static int anchors_draw(const trn_ctx *c, models *ms, const int64_t *ex, int B, 
       }
       trn_segs_resolve(c, an->context, an->n_context, ex[b], a, b, ctx);
       poc_rng r = poc_rng_derive(c->seed + (uint64_t)k, (uint64_t)step, (uint64_t)ex[b]);
-      int got = FP(poc_generate)(ms->m[an->model], ctx, n, an->tokens, an->temperature,
-                                 an->top_p, c->eos[an->model], &r, a->tok[k][b], err);
+      int got = poc_model_generate(ms->m[an->model], ctx, n, an->tokens, an->temperature,
+                                   an->top_p, c->eos[an->model], &r, a->tok[k][b], err);
       free(ctx);
       if (got < 0) rc = -1;
       else a->len[k][b] = got;
@@ -178,7 +167,7 @@ static void sum_outputs(const trn_objbuf *o, int n_reports, trn_stepout *out) {
   }
 }
 
-int FP(trn_step_grad)(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_t step,
+int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_t step,
                       trn_stepout *out, char *err) {
   const poc_program *p = c->prog;
   memset(out, 0, sizeof *out);
@@ -203,8 +192,8 @@ int FP(trn_step_grad)(const trn_ctx *c, models *ms, const int64_t *ex, int B, in
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       if (forwards(c, ms, &mb, 1, 0, ob, &out->tokens, err)) goto done;
       for (int m = 0; m < p->n_models; m++) {
-        lp[m] = ob[m].lpd;
-        en[m] = mb.pk[m].entropy ? ob[m].end : NULL;
+        lp[m] = ob[m].lp;
+        en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
       }
       trn_objbuf_reset(&o);
       if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en)) {
@@ -222,8 +211,8 @@ int FP(trn_step_grad)(const trn_ctx *c, models *ms, const int64_t *ex, int B, in
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       if (forwards(c, ms, &mb, 0, 0, ob, &out->tokens, err)) goto done;
       for (int m = 0; m < p->n_models; m++) {
-        lp[m] = ob[m].lpd;
-        en[m] = mb.pk[m].entropy ? ob[m].end : NULL;
+        lp[m] = ob[m].lp;
+        en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
       }
       if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en)) {
         trn_errf(err, "out of memory for the objective's inputs");
@@ -248,7 +237,7 @@ done:
   return rc;
 }
 
-int FP(trn_hoist)(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
+int trn_hoist(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
   const poc_program *p = c->prog;
   const trn_data *d = c->data;
   /* offsets first: the values then go into arrays of their final size */
@@ -283,8 +272,8 @@ int FP(trn_hoist)(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
         int src = mb.base[i] + mb.off[i][b], len = mb.off[i][b + 1] - mb.off[i][b];
         int64_t dst = k->off[i][ex[b]];
         for (int t = 0; t < len; t++) {
-          if (k->logp[i]) k->logp[i][dst + t] = o->lpd[src + t];
-          if (k->ent[i]) k->ent[i][dst + t] = o->end[src + t];
+          if (k->logp[i]) k->logp[i][dst + t] = o->lp[src + t];
+          if (k->ent[i]) k->ent[i][dst + t] = o->en[src + t];
         }
       }
     }

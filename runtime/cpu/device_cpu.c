@@ -1,0 +1,240 @@
+/* device_cpu.c — the CPU devices: "cpu" (float) and "cpu64" (double, for gradient checks).
+ *
+ * Device memory is host memory: a poc_dptr is (uintptr_t) of a pointer, allocations are
+ * 64-byte aligned (a cache line, and what OpenBLAS's packed loads like) and zeroed. Work
+ * runs synchronously on the calling thread and OpenMP's team, so sync only reports the
+ * sticky error. act and acc are one type (shared_act), so the kernels' casts are copies.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cpu_internal.h"
+
+typedef struct cpu_kset {
+  poc_kset base;
+  struct cpu_kset *next;
+} cpu_kset;
+
+typedef struct cpu_device {
+  poc_device base;
+  cpu_kset *ksets;   /* one per set of dimensions asked for, freed at close */
+} cpu_device;
+
+/* No address space holds this much; refusing it up front gives the message below instead
+ * of leaving it to an allocator that may abort (AddressSanitizer's does). */
+#define CPU_ALLOC_MAX ((size_t)1 << 48)
+
+/* ---- memory ----------------------------------------------------------------------------- */
+
+static double cpu_gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
+
+static poc_dptr cpu_alloc(poc_device *d, size_t bytes, const char *what) {
+  if (d->failed) return 0;
+  /* at least one line, so a zero-sized buffer still has an address that is not "none" */
+  size_t sz = bytes <= CPU_ALLOC_MAX ? (bytes + 63) & ~(size_t)63 : 0;
+  void *p = NULL;
+  if (sz == 0 && bytes == 0) sz = 64;
+  if (sz == 0 || posix_memalign(&p, 64, sz)) {
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    double avail = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0;
+    poc_dev_fail(d, "%s: out of memory for %s (%zu bytes = %.2f GiB; %.2f GiB free)",
+                 d->name, what ? what : "a buffer", bytes, cpu_gib((double)bytes),
+                 cpu_gib(avail));
+    return 0;
+  }
+  memset(p, 0, sz);
+  return (poc_dptr)(uintptr_t)p;
+}
+
+static void cpu_free(poc_device *d, poc_dptr p) {
+  (void)d;
+  free((void *)(uintptr_t)p);
+}
+
+/* bf16 is the top half of a float. Round to nearest even: add 0x7fff plus the bit that
+ * lands in the last kept place, so exact halves go to the even neighbour; NaNs stay quiet
+ * NaNs instead of rounding into infinity. */
+static uint16_t cpu_f32_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+/* From double, rounding to float first would round twice (a value just above a bf16 half
+ * can land on it). Rounding to odd in the middle step cannot: float keeps 16 more bits than
+ * bf16, so a sticky odd last bit still tells "above the half" from "on it". */
+static uint16_t cpu_f64_bf16(double x) {
+  float f = (float)x;
+  if ((double)f != x && x == x) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (fabs((double)f) > fabs(x)) u -= 1; /* the neighbour towards zero (inf → FLT_MAX) */
+    u |= 1;
+    memcpy(&f, &u, 4);
+  }
+  return cpu_f32_bf16(f);
+}
+
+static double cpu_bf16_f64(uint16_t b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* n elements of type st at src to type dt at dst (distinct buffers). */
+static int cpu_convert(void *dst, poc_dtype dt, const void *src, poc_dtype st, size_t n) {
+  if (dt == st) {
+    if (n) memcpy(dst, src, n * poc_dtype_size(dt));
+    return 0;
+  }
+  if (dt == POC_DT_I32 || st == POC_DT_I32) return -1;
+  for (size_t i = 0; i < n; i++) {
+    switch (dt) {
+    case POC_DT_F32: {
+      float v = st == POC_DT_F64 ? (float)((const double *)src)[i]
+                                 : (float)cpu_bf16_f64(((const uint16_t *)src)[i]);
+      ((float *)dst)[i] = v;
+      break;
+    }
+    case POC_DT_F64:
+      ((double *)dst)[i] = st == POC_DT_F32 ? (double)((const float *)src)[i]
+                                            : cpu_bf16_f64(((const uint16_t *)src)[i]);
+      break;
+    case POC_DT_BF16:
+      ((uint16_t *)dst)[i] = st == POC_DT_F32 ? cpu_f32_bf16(((const float *)src)[i])
+                                              : cpu_f64_bf16(((const double *)src)[i]);
+      break;
+    default:
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static const char *cpu_dtype_name(poc_dtype t) {
+  switch (t) {
+  case POC_DT_F32: return "f32";
+  case POC_DT_F64: return "f64";
+  case POC_DT_BF16: return "bf16";
+  case POC_DT_I32: return "i32";
+  }
+  return "?";
+}
+
+static void cpu_put(poc_device *d, poc_dptr dst, poc_dtype dt, const void *src, poc_dtype st,
+                    size_t n) {
+  if (d->failed) return;
+  if (cpu_convert((void *)(uintptr_t)dst, dt, src, st, n))
+    poc_dev_fail(d, "%s: cannot copy %s host data into a %s buffer", d->name,
+                 cpu_dtype_name(st), cpu_dtype_name(dt));
+}
+
+static void cpu_get(poc_device *d, void *dst, poc_dtype dt, poc_dptr src, poc_dtype st,
+                    size_t n) {
+  if (d->failed) return;
+  if (cpu_convert(dst, dt, (const void *)(uintptr_t)src, st, n))
+    poc_dev_fail(d, "%s: cannot copy a %s buffer into %s host data", d->name,
+                 cpu_dtype_name(st), cpu_dtype_name(dt));
+}
+
+static void cpu_copy(poc_device *d, poc_dptr dst, poc_dptr src, size_t bytes) {
+  if (d->failed || dst == src || !bytes) return;
+  memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, bytes);
+}
+
+static void cpu_zero(poc_device *d, poc_dptr dst, size_t bytes) {
+  if (d->failed || !bytes) return;
+  memset((void *)(uintptr_t)dst, 0, bytes);
+}
+
+static int cpu_sync(poc_device *d, char *err) {
+  if (!d->failed) return 0;
+  if (err) snprintf(err, POC_ERR_LEN, "%s", d->err);
+  return -1;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------- */
+
+static int cpu_dims_equal(const poc_dims *a, const poc_dims *b) {
+  return a->H == b->H && a->F == b->F && a->V == b->V && a->nh == b->nh && a->nkv == b->nkv &&
+         a->hd == b->hd && a->eps == b->eps;
+}
+
+static poc_kset *cpu_kernels(poc_device *d, const poc_dims *dm) {
+  cpu_device *c = (cpu_device *)d;
+  if (d->failed) return NULL;
+  for (cpu_kset *k = c->ksets; k; k = k->next)
+    if (cpu_dims_equal(&k->base.dm, dm)) return &k->base;
+  /* the kernels index heads by h / (nh/nkv) and rotate pairs (i, i + hd/2) */
+  if (dm->H <= 0 || dm->F <= 0 || dm->V <= 0 || dm->nh <= 0 || dm->nkv <= 0 || dm->hd <= 0 ||
+      dm->nh % dm->nkv || dm->hd % 2) {
+    poc_dev_fail(d, "%s: unusable dimensions (H %d, F %d, V %d, %d heads, %d kv heads, "
+                 "head_dim %d)", d->name, dm->H, dm->F, dm->V, dm->nh, dm->nkv, dm->hd);
+    return NULL;
+  }
+  cpu_kset *k = calloc(1, sizeof *k);
+  if (!k) {
+    poc_dev_fail(d, "%s: out of memory for a kernel set", d->name);
+    return NULL;
+  }
+  k->base.d = d;
+  k->base.dm = *dm;
+  k->next = c->ksets;
+  c->ksets = k;
+  return &k->base;
+}
+
+static void cpu_close(poc_device *d) {
+  if (!d) return;
+  cpu_device *c = (cpu_device *)d;
+  while (c->ksets) {
+    cpu_kset *n = c->ksets->next;
+    free(c->ksets);
+    c->ksets = n;
+  }
+  free(c);
+}
+
+/* The run's first line. A richer description of the processor goes here, in one place. */
+static void cpu_describe(poc_device *d, int fp64) {
+  snprintf(d->desc, sizeof d->desc, "%s: %s, %d threads", d->name, fp64 ? "float64" : "float32",
+           omp_get_max_threads());
+}
+
+poc_device *poc_cpu_device_open(int fp64, char *err) {
+  cpu_device *c = calloc(1, sizeof *c);
+  if (!c) {
+    if (err) snprintf(err, POC_ERR_LEN, "cpu: out of memory");
+    return NULL;
+  }
+  poc_device *d = &c->base;
+  d->name = fp64 ? "cpu64" : "cpu";
+  d->acc = d->act = fp64 ? POC_DT_F64 : POC_DT_F32;
+  d->shared_act = 1;
+  d->head_rows = CPU_HEAD_ROWS;
+  d->head_chunk = 4096; /* columns per fused-head chunk (head_block narrows it) */
+  d->host_memory = 1;
+  d->head_block = CPU_HEAD_BLOCK;
+  d->alloc = cpu_alloc;
+  d->free = cpu_free;
+  d->put = cpu_put;
+  d->get = cpu_get;
+  d->copy = cpu_copy;
+  d->zero = cpu_zero;
+  d->sync = cpu_sync;
+  d->kernels = cpu_kernels;
+  d->close = cpu_close;
+  if (fp64)
+    poc_cpu_kernels_f64(&d->k);
+  else
+    poc_cpu_kernels_f32(&d->k);
+  cpu_describe(d, fp64);
+  return d;
+}

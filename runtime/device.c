@@ -1,0 +1,43 @@
+/* device.c — the device-independent part of device.h: element sizes, the kernels'
+ * dimensions from a model configuration, and the sticky error every device shares. */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "device.h"
+
+size_t poc_dtype_size(poc_dtype t) {
+  switch (t) {
+  case POC_DT_F32: return 4;
+  case POC_DT_F64: return 8;
+  case POC_DT_BF16: return 2;
+  case POC_DT_I32: return 4;
+  }
+  return 0;
+}
+
+void poc_dims_from_config(const poc_config *c, poc_dims *d) {
+  d->H = c->hidden_size;
+  d->F = c->intermediate_size;
+  d->V = c->vocab_size;
+  d->nh = c->num_attention_heads;
+  d->nkv = c->num_key_value_heads;
+  d->hd = c->head_dim;
+  d->eps = c->rms_norm_eps;
+}
+
+/* Only the first failure is kept: what follows it is usually its consequence. */
+void poc_dev_fail(poc_device *d, const char *fmt, ...) {
+  if (d->failed) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(d->err, sizeof d->err, fmt, ap);
+  va_end(ap);
+  d->failed = 1;
+}
+
+int poc_dev_sync(poc_device *d, char *err) {
+  if (d->sync) return d->sync(d, err);
+  if (!d->failed) return 0;
+  if (err) snprintf(err, POC_ERR_LEN, "%s", d->err);
+  return -1;
+}

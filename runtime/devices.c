@@ -1,0 +1,36 @@
+/* devices.c — the registry: the one file that knows every device. The runtime core
+ * (model, training loop) is handed a device or an opener and knows none of them, so the
+ * layering has no circles: core ← cpu device, core ← cuda device, all three ← registry.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "device.h"
+
+poc_device *poc_device_open(const char *name, char *err) {
+  if (!strcmp(name, "cpu")) return poc_cpu_device_open(0, err);
+  if (!strcmp(name, "cpu64")) return poc_cpu_device_open(1, err);
+  if (!strcmp(name, "cuda") || !strcmp(name, "auto")) {
+#ifdef POC_HAVE_CUDA
+    poc_device *d = poc_cuda_device_open(err);
+    if (d || !strcmp(name, "cuda")) return d;
+#else
+    if (!strcmp(name, "cuda")) {
+      snprintf(err, POC_ERR_LEN, "this poc was built without CUDA");
+      return NULL;
+    }
+#endif
+    /* auto: no usable GPU, so the CPU */
+    return poc_cpu_device_open(0, err);
+  }
+  snprintf(err, POC_ERR_LEN, "unknown device '%s' (cpu, cuda or cpu64)", name);
+  return NULL;
+}
+
+void poc_device_close(poc_device *d) {
+  if (d) d->close(d);
+}
+
+int poc_train_main(const poc_program *prog, int argc, char **argv) {
+  return poc_train_run(prog, poc_device_open, argc, argv);
+}

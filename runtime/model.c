@@ -1,0 +1,828 @@
+/* model.c — the Llama-family transformer, written once on the kernel interface (device.h):
+ * packed forward and backward, the loss head (fused and textbook), the KV-cache decode
+ * step with greedy and temperature/top-p sampling, the gradient norm and AdamW. Every
+ * device runs this same sequence; only the kernels differ.
+ *
+ * A pack holds many sequences without padding; row t belongs to one sequence, sits at
+ * position pos[t] inside it and attends to keys [kbeg[t], t]. Per layer:
+ *   xn  = rmsnorm(x)·w_ln1
+ *   q, k, v = xn·W_{q,k,v}ᵀ (+ b),  q, k ← rope(q, k)
+ *   att = softmax(q·kᵀ/√hd, causal within the sequence)·v  (query head h uses kv head
+ *         h / (nh/nkv))
+ *   h1  = x + att·W_oᵀ (+ b_o)
+ *   x'  = h1 + (silu(rmsnorm(h1)·w_ln2·W_gᵀ) ⊙ (rmsnorm(h1)·w_ln2·W_uᵀ))·W_dᵀ
+ * then the final rmsnorm, only on the rows that predict a target, and the loss head.
+ * Residual additions are GEMMs with β = 1 into the residual stream (acc); an o_proj bias
+ * is a rank-1 GEMM ones·b_oᵀ added the same way, so no device needs an add kernel.
+ * Backward recomputes the two normed inputs and the SwiGLU output of each layer instead of
+ * keeping them.
+ *
+ * Precision is the device's: acc buffers (the stream, statistics, gradients, master
+ * weights) and act buffers (GEMM and attention operands, the compute copy of the weights);
+ * see device.h. Host arrays crossing the interface are double (log-probs and seeds) or the
+ * caller's choice (weights).
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "device.h"
+
+typedef struct {
+  poc_dptr x, rstd1, q, k, v, att, lse, h1, rstd2, g, u;
+} mdl_saved;
+
+struct poc_model {
+  poc_device *d;
+  poc_kset *k;
+  const poc_layout *lay;
+  poc_dims dm;
+  int trainable, max_tokens, L, qd, kvd, n_slots, rows_max, chunk;
+  size_t P, sa, sc;              /* parameters; bytes per act and acc element */
+  poc_layer_offsets *lo;
+  size_t off_embed, off_norm, off_head;
+
+  poc_dptr w, wc;                /* master (acc; 0 for a frozen model on a bf16 device) and
+                                    compute copy (act; the same buffer when shared_act) */
+  poc_dptr grad, mom, var;       /* trainable only */
+  poc_dptr arena, text, tdlog;   /* text/tdlog: the textbook head's logits, on first use */
+  poc_dptr tok, pos, kbeg, send, hrow, htgt, cosb, sinb, ones;
+  mdl_saved *sv;
+  poc_dptr xf, xn, a, hf, rstdf, hm, hs, ha, htl, hlse, hmu, chunkbuf, logp, ent;
+  poc_dptr dlogp, dent, dX, dX16, da, dg, du, dxn, dO, dq, dk, dv, dq16, dk16, dv16, D, dh, dlog;
+  int32_t *h_i32;                /* host staging: 5 × max_tokens */
+  int saved_n_tok, saved_flags;
+};
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+#define ACT(p, i) ((p) + (poc_dptr)(i) * m->sa)
+#define ACC(p, i) ((p) + (poc_dptr)(i) * m->sc)
+#define W(off) ACT(m->wc, off)
+#define G(off) ACC(m->grad, off)
+#define BIAS(off) ((off) == POC_NO_TENSOR ? (poc_dptr)0 : W(off))
+#define I32(p, i) ((p) + (poc_dptr)(i) * 4)
+
+/* Y[T×out] (=|+=) X[T×in]·Wᵀ for W [out×in] (HF layout) at parameter offset woff */
+static void mdl_linear(poc_model *m, int T, int in, int out, poc_dptr X, size_t woff, poc_dptr Y,
+                       int y_acc, float beta) {
+  m->d->k.gemm(m->k, 0, 1, T, out, in, X, in, W(woff), in, beta, Y, y_acc, out);
+}
+
+/* dW += dYᵀ·X;  dX (=|+=) dY·W */
+static void mdl_linear_bwd(poc_model *m, int T, int in, int out, poc_dptr X, size_t woff,
+                           poc_dptr dY, poc_dptr dX, int dx_acc, float beta) {
+  m->d->k.gemm(m->k, 1, 0, out, in, T, dY, out, X, in, 1.f, G(woff), 1, in);
+  m->d->k.gemm(m->k, 0, 0, T, in, out, dY, out, W(woff), in, beta, dX, dx_acc, in);
+}
+
+/* Y[T×n] += ones·bᵀ: a bias added to an acc stream as a rank-1 GEMM */
+static void mdl_add_bias(poc_model *m, int T, int n, size_t boff, poc_dptr ones, poc_dptr Y) {
+  if (boff == POC_NO_TENSOR) return;
+  m->d->k.gemm(m->k, 0, 0, T, n, 1, ones, 1, W(boff), n, 1.f, Y, 1, n);
+}
+
+/* cos/sin tables [npos × hd/2] for positions 0..npos-1, computed in double (llama3 scaling
+ * applied by poc_rope_inv_freq) and stored as acc, so no angle is formed in low precision. */
+static int mdl_rope_tables(poc_device *d, const poc_config *c, int npos, poc_dptr cosb,
+                           poc_dptr sinb) {
+  int half = c->head_dim / 2;
+  size_t n = (size_t)npos * half;
+  double *cs = malloc(2 * n * sizeof(double) + 1), *inv = malloc((size_t)(half + 1) * sizeof(double));
+  if (!cs || !inv) {
+    free(cs);
+    free(inv);
+    poc_dev_fail(d, "model: out of memory for RoPE tables");
+    return -1;
+  }
+  poc_rope_inv_freq(c, inv);
+  for (int p = 0; p < npos; p++)
+    for (int i = 0; i < half; i++) {
+      double a = (double)p * inv[i];
+      cs[(size_t)p * half + i] = cos(a);
+      cs[n + (size_t)p * half + i] = sin(a);
+    }
+  d->put(d, cosb, d->acc, cs, POC_DT_F64, n);
+  d->put(d, sinb, d->acc, cs + n, POC_DT_F64, n);
+  free(cs);
+  free(inv);
+  return 0;
+}
+
+/* The fused head's column chunk for blocks of `rows` rows. */
+static int mdl_head_chunk(const poc_device *d, int rows, int V) {
+  int c = d->head_chunk;
+  while (c > 256 && (size_t)rows * (size_t)c > d->head_block) c /= 2;
+  return c < V ? c : V;
+}
+
+/* ---- creation ----------------------------------------------------------------------------- */
+
+typedef struct { poc_dptr base; size_t used; } mdl_carver;
+
+static poc_dptr mdl_take(mdl_carver *c, size_t bytes) {
+  size_t at = (c->used + 255) & ~(size_t)255;
+  c->used = at + bytes;
+  return c->base ? c->base + at : 0;
+}
+
+static void mdl_carve(poc_model *m, mdl_carver *cv) {
+  size_t T = (size_t)m->max_tokens, H = m->dm.H, F = m->dm.F, qd = m->qd, kvd = m->kvd;
+  size_t half = (size_t)m->dm.hd / 2, shared = m->d->shared_act;
+#define CC(n) mdl_take(cv, (size_t)(n) * m->sc)
+#define AA(n) mdl_take(cv, (size_t)(n) * m->sa)
+#define II(n) mdl_take(cv, (size_t)(n) * 4)
+/* an act view of an acc buffer: the buffer itself where the types agree */
+#define VIEW(acc, n) (shared ? (acc) : AA(n))
+  for (int s = 0; s < m->n_slots; s++) {
+    mdl_saved *S = &m->sv[s];
+    S->x = CC(T * H);
+    S->rstd1 = CC(T);
+    S->q = AA(T * qd);
+    S->k = AA(T * kvd);
+    S->v = AA(T * kvd);
+    S->att = AA(T * qd);
+    S->lse = CC(T * m->dm.nh);
+    S->h1 = CC(T * H);
+    S->rstd2 = CC(T);
+    S->g = AA(T * F);
+    S->u = AA(T * F);
+  }
+  m->tok = II(T);
+  m->pos = II(T);
+  m->kbeg = II(T);
+  m->send = II(T);
+  m->hrow = II(T);
+  m->htgt = II(T);
+  m->cosb = CC(T * half);
+  m->sinb = CC(T * half);
+  m->ones = AA(T);
+  m->xf = CC(T * H);
+  m->xn = AA(T * H);
+  m->a = AA(T * F);
+  m->hf = AA(T * H);
+  m->rstdf = CC(T);
+  m->hm = CC(T);
+  m->hs = CC(T);
+  m->ha = CC(T);
+  m->htl = CC(T);
+  m->hlse = CC(T);
+  m->hmu = CC(T);
+  m->chunkbuf = CC((size_t)m->rows_max * m->chunk);
+  m->logp = CC(T);
+  m->ent = CC(T);
+  if (m->trainable) {
+    m->dlog = VIEW(m->chunkbuf, (size_t)m->rows_max * m->chunk);
+    m->dlogp = CC(T);
+    m->dent = CC(T);
+    m->dX = CC(T * H);
+    m->dX16 = VIEW(m->dX, T * H);
+    m->da = AA(T * F);
+    m->dg = AA(T * F);
+    m->du = AA(T * F);
+    m->dxn = CC(T * H);
+    m->dO = AA(T * qd);
+    m->dq = CC(T * qd);
+    m->dk = CC(T * kvd);
+    m->dv = CC(T * kvd);
+    m->dq16 = VIEW(m->dq, T * qd);
+    m->dk16 = VIEW(m->dk, T * kvd);
+    m->dv16 = VIEW(m->dv, T * kvd);
+    m->D = CC(T * m->dm.nh);
+    m->dh = CC(T * H);
+  }
+#undef CC
+#undef AA
+#undef II
+#undef VIEW
+}
+
+void poc_model_free(poc_model *m) {
+  if (!m) return;
+  poc_device *d = m->d;
+  poc_dptr ps[] = {m->wc == m->w ? 0 : m->wc, m->w, m->grad, m->mom, m->var, m->arena, m->text,
+                   m->tdlog == m->text ? 0 : m->tdlog};
+  for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
+    if (ps[i]) d->free(d, ps[i]);
+  free(m->lo);
+  free(m->sv);
+  free(m->h_i32);
+  free(m);
+}
+
+static int mdl_upload_weights(poc_model *m, const void *w, poc_dtype wt) {
+  poc_device *d = m->d;
+  if (m->w) {
+    d->put(d, m->w, d->acc, w, wt, m->P);
+    if (m->wc != m->w) d->k.cast(m->k, m->P, m->w, m->wc);
+  } else {
+    d->put(d, m->wc, d->act, w, wt, m->P);
+  }
+  return d->failed ? -1 : 0;
+}
+
+poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, poc_dtype wt,
+                         int trainable, int max_tokens, char *err) {
+  const poc_config *c = &lay->cfg;
+  if (max_tokens <= 0) {
+    snprintf(err, POC_ERR_LEN, "model: max_tokens must be positive (got %d)", max_tokens);
+    return NULL;
+  }
+  poc_model *m = calloc(1, sizeof *m);
+  if (!m) {
+    snprintf(err, POC_ERR_LEN, "model: out of memory");
+    return NULL;
+  }
+  m->d = d;
+  m->lay = lay;
+  poc_dims_from_config(c, &m->dm);
+  m->trainable = trainable;
+  m->max_tokens = max_tokens;
+  m->L = c->num_hidden_layers;
+  m->qd = m->dm.nh * m->dm.hd;
+  m->kvd = m->dm.nkv * m->dm.hd;
+  m->n_slots = trainable ? m->L : 1;
+  m->P = lay->n_params;
+  m->sa = poc_dtype_size(d->act);
+  m->sc = poc_dtype_size(d->acc);
+  m->saved_n_tok = -1;
+  m->rows_max = max_tokens < d->head_rows ? max_tokens : d->head_rows;
+  m->chunk = mdl_head_chunk(d, m->rows_max, m->dm.V);
+  m->lo = calloc((size_t)m->L + 1, sizeof *m->lo);
+  m->sv = calloc((size_t)m->n_slots + 1, sizeof *m->sv);
+  m->h_i32 = malloc((size_t)max_tokens * 5 * sizeof(int32_t));
+  if (!m->lo || !m->sv || !m->h_i32) {
+    snprintf(err, POC_ERR_LEN, "model: out of memory");
+    goto fail;
+  }
+  poc_model_offsets mo;
+  if (poc_layout_offsets(lay, &mo, err)) goto fail;
+  m->off_embed = mo.embed;
+  m->off_norm = mo.norm;
+  m->off_head = mo.head;
+  memcpy(m->lo, mo.layers, (size_t)m->L * sizeof *m->lo);
+  free(mo.layers);
+  if (!(m->k = d->kernels(d, &m->dm))) goto dev_fail;
+
+  if (d->shared_act) {
+    m->w = m->wc = d->alloc(d, m->P * m->sc, "the model's weights");
+  } else {
+    m->wc = d->alloc(d, m->P * m->sa, "the model's compute weights");
+    if (trainable) m->w = d->alloc(d, m->P * m->sc, "the model's master weights");
+  }
+  if (trainable) {
+    m->grad = d->alloc(d, m->P * m->sc, "the gradients");
+    m->mom = d->alloc(d, m->P * m->sc, "AdamW's first moments");
+    m->var = d->alloc(d, m->P * m->sc, "AdamW's second moments");
+  }
+  if (d->failed) goto dev_fail;
+  mdl_carver cv = {0, 0};
+  mdl_carve(m, &cv);
+  char what[96];
+  snprintf(what, sizeof what, "activations for %d tokens", max_tokens);
+  if (!(m->arena = d->alloc(d, cv.used, what))) goto dev_fail;
+  cv = (mdl_carver){m->arena, 0};
+  mdl_carve(m, &cv);
+  if (trainable) {
+    d->zero(d, m->grad, m->P * m->sc);
+    d->zero(d, m->mom, m->P * m->sc);
+    d->zero(d, m->var, m->P * m->sc);
+  }
+  float *one = malloc((size_t)max_tokens * sizeof(float));
+  if (!one) {
+    snprintf(err, POC_ERR_LEN, "model: out of memory");
+    goto fail;
+  }
+  for (int i = 0; i < max_tokens; i++) one[i] = 1.f;
+  d->put(d, m->ones, d->act, one, POC_DT_F32, (size_t)max_tokens);
+  free(one);
+  if (mdl_rope_tables(d, c, max_tokens, m->cosb, m->sinb) || mdl_upload_weights(m, w, wt))
+    goto dev_fail;
+  if (poc_dev_sync(d, err)) goto fail;
+  return m;
+dev_fail:
+  poc_dev_sync(d, err);
+fail:
+  poc_model_free(m);
+  return NULL;
+}
+
+const poc_layout *poc_model_layout(const poc_model *m) { return m->lay; }
+poc_device *poc_model_device(const poc_model *m) { return m->d; }
+
+/* ---- forward ---------------------------------------------------------------------------- */
+
+/* Checks the pack and uploads the per-row tables: token, position, first key and sequence
+ * end of each row; row and target of each head row. Returns the number of targets, or -1. */
+static int mdl_prepare(poc_model *m, const poc_pack *p, char *err) {
+  if (p->n_tok > m->max_tokens) {
+    snprintf(err, POC_ERR_LEN, "model: pack of %d tokens exceeds the workspace (%d tokens)",
+             p->n_tok, m->max_tokens);
+    return -1;
+  }
+  if (p->n_seq < 0 || p->seq_start[0] != 0 || p->seq_start[p->n_seq] != p->n_tok) {
+    snprintf(err, POC_ERR_LEN, "model: pack sequences must start at 0 and end at %d tokens",
+             p->n_tok);
+    return -1;
+  }
+  const int T = p->n_tok, win = m->lay->cfg.sliding_window, V = m->dm.V;
+  int32_t *pos = m->h_i32, *kb = pos + m->max_tokens, *se = kb + m->max_tokens,
+          *hr = se + m->max_tokens, *ht = hr + m->max_tokens;
+  int n = 0;
+  for (int s = 0; s < p->n_seq; s++) {
+    int a = p->seq_start[s], b = p->seq_start[s + 1], ts = p->tgt_start[s];
+    if (ts <= a || ts > b) {
+      snprintf(err, POC_ERR_LEN,
+               "model: pack sequence %d has an empty context or a target outside it "
+               "(tokens %d..%d, target from %d)", s, a, b, ts);
+      return -1;
+    }
+    if (win > 0 && b - a > win) {
+      snprintf(err, POC_ERR_LEN,
+               "model: pack sequence %d has %d tokens, longer than the sliding window (%d)",
+               s, b - a, win);
+      return -1;
+    }
+    for (int t = a; t < b; t++) {
+      if (p->tokens[t] < 0 || p->tokens[t] >= V) {
+        snprintf(err, POC_ERR_LEN, "model: token %d at pack position %d is outside the "
+                 "vocabulary (%d)", p->tokens[t], t, V);
+        return -1;
+      }
+      pos[t] = t - a;
+      kb[t] = a;
+      se[t] = b;
+      if (t >= ts) {
+        hr[n] = t - 1;
+        ht[n] = p->tokens[t];
+        n++;
+      }
+    }
+  }
+  poc_device *d = m->d;
+  if (T > 0) {
+    d->put(d, m->tok, POC_DT_I32, p->tokens, POC_DT_I32, (size_t)T);
+    d->put(d, m->pos, POC_DT_I32, pos, POC_DT_I32, (size_t)T);
+    d->put(d, m->kbeg, POC_DT_I32, kb, POC_DT_I32, (size_t)T);
+    d->put(d, m->send, POC_DT_I32, se, POC_DT_I32, (size_t)T);
+  }
+  if (n > 0) {
+    d->put(d, m->hrow, POC_DT_I32, hr, POC_DT_I32, (size_t)n);
+    d->put(d, m->htgt, POC_DT_I32, ht, POC_DT_I32, (size_t)n);
+  }
+  return n;
+}
+
+/* One decoder layer on T rows of a pack, S->x → out (out may be S->x). */
+static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out) {
+  const poc_layer_offsets *o = &m->lo[l];
+  const poc_kernels *k = &m->d->k;
+  const int H = m->dm.H, F = m->dm.F;
+  k->rmsnorm_fwd(m->k, T, S->x, 0, W(o->ln1), m->xn, S->rstd1);
+  mdl_linear(m, T, H, m->qd, m->xn, o->wq, S->q, 0, 0.f);
+  mdl_linear(m, T, H, m->kvd, m->xn, o->wk, S->k, 0, 0.f);
+  mdl_linear(m, T, H, m->kvd, m->xn, o->wv, S->v, 0, 0.f);
+  k->qkv_bias_rope(m->k, T, m->pos, m->cosb, m->sinb, S->q, S->k, S->v, BIAS(o->bq),
+                   BIAS(o->bk), BIAS(o->bv));
+  k->attn_fwd(m->k, T, 0, S->q, S->k, S->v, m->kbeg, S->att, S->lse);
+  m->d->copy(m->d, S->h1, S->x, (size_t)T * H * m->sc);
+  mdl_linear(m, T, m->qd, H, S->att, o->wo, S->h1, 1, 1.f);
+  mdl_add_bias(m, T, H, o->bo, m->ones, S->h1);
+  k->rmsnorm_fwd(m->k, T, S->h1, 0, W(o->ln2), m->xn, S->rstd2);
+  mdl_linear(m, T, H, F, m->xn, o->wg, S->g, 0, 0.f);
+  mdl_linear(m, T, H, F, m->xn, o->wu, S->u, 0, 0.f);
+  k->swiglu_fwd(m->k, (size_t)T * F, S->g, S->u, m->a);
+  if (out != S->h1) m->d->copy(m->d, out, S->h1, (size_t)T * H * m->sc);
+  mdl_linear(m, T, F, H, m->a, o->wd, out, 1, 1.f);
+}
+
+/* The fused head on n rows of hf: streams blocks of rows × vocabulary chunks, folding
+ * each chunk of logits into per-row online state; the n×V logits never exist. */
+static void mdl_head_fused_fwd(poc_model *m, int n, poc_dptr ent) {
+  const poc_kernels *k = &m->d->k;
+  const int H = m->dm.H, V = m->dm.V;
+  for (int r0 = 0; r0 < n; r0 += m->rows_max) {
+    int rb = n - r0 < m->rows_max ? n - r0 : m->rows_max;
+    for (int v0 = 0; v0 < V; v0 += m->chunk) {
+      int c = V - v0 < m->chunk ? V - v0 : m->chunk;
+      k->gemm(m->k, 0, 1, rb, c, H, ACT(m->hf, (size_t)r0 * H), H, W(m->off_head + (size_t)v0 * H),
+              H, 0.f, m->chunkbuf, 1, c);
+      k->head_chunk_fwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hm, r0),
+                        ACC(m->hs, r0), ACC(m->ha, r0), ACC(m->htl, r0));
+    }
+    k->head_finish(m->k, rb, ACC(m->hm, r0), ACC(m->hs, r0), ACC(m->ha, r0), ACC(m->htl, r0),
+                   ACC(m->logp, r0), ent ? ACC(ent, r0) : 0, ACC(m->hlse, r0), ACC(m->hmu, r0));
+  }
+}
+
+/* Backward of the fused head from the forward's lse and μ: each chunk is regenerated and
+ * turned into dlogits, then dh (=|+=) dlogits·W_chunk and dW_chunk += dlogitsᵀ·h. */
+static void mdl_head_fused_bwd(poc_model *m, int n, poc_dptr dent) {
+  const poc_kernels *k = &m->d->k;
+  const int H = m->dm.H, V = m->dm.V;
+  for (int r0 = 0; r0 < n; r0 += m->rows_max) {
+    int rb = n - r0 < m->rows_max ? n - r0 : m->rows_max;
+    poc_dptr hb = ACT(m->hf, (size_t)r0 * H);
+    for (int v0 = 0; v0 < V; v0 += m->chunk) {
+      int c = V - v0 < m->chunk ? V - v0 : m->chunk;
+      poc_dptr Wc = W(m->off_head + (size_t)v0 * H), gWc = G(m->off_head + (size_t)v0 * H);
+      k->gemm(m->k, 0, 1, rb, c, H, hb, H, Wc, H, 0.f, m->chunkbuf, 1, c);
+      k->head_chunk_bwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hlse, r0),
+                        ACC(m->hmu, r0), ACC(m->dlogp, r0), dent ? ACC(dent, r0) : 0, m->dlog);
+      k->gemm(m->k, 0, 0, rb, H, c, m->dlog, c, Wc, H, v0 ? 1.f : 0.f,
+              ACC(m->dh, (size_t)r0 * H), 1, H);
+      k->gemm(m->k, 1, 0, c, H, rb, m->dlog, c, hb, H, 1.f, gWc, 1, H);
+    }
+  }
+}
+
+static int mdl_text_alloc(poc_model *m, char *err) {
+  if (m->text) return 0;
+  poc_device *d = m->d;
+  size_t nV = (size_t)m->max_tokens * m->dm.V;
+  m->text = d->alloc(d, nV * m->sc, "the textbook head's logits");
+  if (m->text && m->trainable)
+    m->tdlog = d->shared_act ? m->text : d->alloc(d, nV * m->sa, "the textbook head's dlogits");
+  return poc_dev_sync(d, err);
+}
+
+int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp, double *entropy,
+                      char *err) {
+  poc_device *d = m->d;
+  const poc_kernels *k = &d->k;
+  m->saved_n_tok = -1;
+  if ((flags & POC_FWD_SAVE) && !m->trainable) {
+    snprintf(err, POC_ERR_LEN, "model: a forward for backward needs a trainable model");
+    return -1;
+  }
+  if ((flags & POC_FWD_ENTROPY) && !entropy) {
+    snprintf(err, POC_ERR_LEN, "model: entropy asked for without an output array");
+    return -1;
+  }
+  int n = mdl_prepare(m, p, err);
+  if (n < 0) return -1;
+  const int T = p->n_tok, H = m->dm.H, V = m->dm.V, save = (flags & POC_FWD_SAVE) != 0;
+  if (T == 0) return 0;
+  if ((flags & POC_FWD_UNFUSED) && mdl_text_alloc(m, err)) return -1;
+
+  k->embed_fwd(m->k, T, m->tok, W(m->off_embed), m->sv[0].x);
+  for (int l = 0; l < m->L; l++) {
+    mdl_saved *S = &m->sv[save ? l : 0];
+    poc_dptr out = l + 1 == m->L ? m->xf : save ? m->sv[l + 1].x : S->x;
+    mdl_layer_fwd(m, l, T, S, out);
+  }
+  if (n > 0) {
+    poc_dptr ent = (flags & POC_FWD_ENTROPY) ? m->ent : 0;
+    k->rmsnorm_fwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->hf, m->rstdf);
+    if (flags & POC_FWD_UNFUSED) {
+      k->gemm(m->k, 0, 1, n, V, H, m->hf, H, W(m->off_head), H, 0.f, m->text, 1, V);
+      k->head_text_fwd(m->k, n, m->text, m->htgt, m->logp, ent, m->hlse, m->hmu);
+    } else {
+      mdl_head_fused_fwd(m, n, ent);
+    }
+    d->get(d, logp, POC_DT_F64, m->logp, d->acc, (size_t)n);
+    if (ent) d->get(d, entropy, POC_DT_F64, m->ent, d->acc, (size_t)n);
+  }
+  if (poc_dev_sync(d, err)) return -1;
+  if (save) {
+    m->saved_n_tok = T;
+    m->saved_flags = flags;
+  }
+  return 0;
+}
+
+/* ---- backward ----------------------------------------------------------------------------- */
+
+/* One decoder layer backward: dX holds dL/d(layer output) and leaves holding
+ * dL/d(layer input); weight gradients are accumulated. */
+static void mdl_layer_bwd(poc_model *m, int l, int T, const mdl_saved *S) {
+  const poc_layer_offsets *o = &m->lo[l];
+  const poc_kernels *k = &m->d->k;
+  const int H = m->dm.H, F = m->dm.F, qd = m->qd, kvd = m->kvd;
+  const size_t TH = (size_t)T * H, TF = (size_t)T * F;
+  /* MLP */
+  k->rmsnorm_fwd(m->k, T, S->h1, 0, W(o->ln2), m->xn, 0);
+  k->swiglu_fwd(m->k, TF, S->g, S->u, m->a);
+  k->cast(m->k, TH, m->dX, m->dX16);
+  mdl_linear_bwd(m, T, F, H, m->a, o->wd, m->dX16, m->da, 0, 0.f);
+  k->swiglu_bwd(m->k, TF, S->g, S->u, m->da, m->dg, m->du);
+  mdl_linear_bwd(m, T, H, F, m->xn, o->wg, m->dg, m->dxn, 1, 0.f);
+  mdl_linear_bwd(m, T, H, F, m->xn, o->wu, m->du, m->dxn, 1, 1.f);
+  k->rmsnorm_bwd(m->k, T, S->h1, 0, W(o->ln2), S->rstd2, m->dxn, m->dX);
+  k->rmsnorm_dw(m->k, T, S->h1, 0, S->rstd2, m->dxn, G(o->ln2));
+  /* attention: dX is now dL/dh1 */
+  k->cast(m->k, TH, m->dX, m->dX16);
+  mdl_linear_bwd(m, T, qd, H, S->att, o->wo, m->dX16, m->dO, 0, 0.f);
+  if (o->bo != POC_NO_TENSOR) k->colsum(m->k, T, H, m->dX, G(o->bo));
+  k->attn_bwd(m->k, T, S->q, S->k, S->v, S->att, m->dO, S->lse, m->kbeg, m->send, m->dq, m->dk,
+              m->dv, m->D);
+  k->rope_bwd(m->k, T, m->pos, m->cosb, m->sinb, m->dq, m->dk, m->dv, m->dq16, m->dk16, m->dv16);
+  if (o->bq != POC_NO_TENSOR) {
+    k->colsum(m->k, T, qd, m->dq, G(o->bq));
+    k->colsum(m->k, T, kvd, m->dk, G(o->bk));
+    k->colsum(m->k, T, kvd, m->dv, G(o->bv));
+  }
+  k->rmsnorm_fwd(m->k, T, S->x, 0, W(o->ln1), m->xn, 0);
+  mdl_linear_bwd(m, T, H, qd, m->xn, o->wq, m->dq16, m->dxn, 1, 0.f);
+  mdl_linear_bwd(m, T, H, kvd, m->xn, o->wk, m->dk16, m->dxn, 1, 1.f);
+  mdl_linear_bwd(m, T, H, kvd, m->xn, o->wv, m->dv16, m->dxn, 1, 1.f);
+  k->rmsnorm_bwd(m->k, T, S->x, 0, W(o->ln1), S->rstd1, m->dxn, m->dX);
+  k->rmsnorm_dw(m->k, T, S->x, 0, S->rstd1, m->dxn, G(o->ln1));
+}
+
+int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
+                       const double *dentropy, char *err) {
+  poc_device *d = m->d;
+  const poc_kernels *k = &d->k;
+  if (!m->trainable || m->saved_n_tok < 0 || m->saved_n_tok != p->n_tok) {
+    snprintf(err, POC_ERR_LEN, "model: backward must follow a forward with POC_FWD_SAVE on "
+             "the same pack");
+    return -1;
+  }
+  const int T = p->n_tok, H = m->dm.H, V = m->dm.V, n = poc_pack_targets(p);
+  m->saved_n_tok = -1; /* the head's buffers are consumed below */
+  if (T == 0) return 0;
+  d->zero(d, m->dX, (size_t)T * H * m->sc);
+  if (n > 0) {
+    if (dlogp)
+      d->put(d, m->dlogp, d->acc, dlogp, POC_DT_F64, (size_t)n);
+    else
+      d->zero(d, m->dlogp, (size_t)n * m->sc);
+    poc_dptr dent = 0;
+    if (dentropy) {
+      d->put(d, m->dent, d->acc, dentropy, POC_DT_F64, (size_t)n);
+      dent = m->dent;
+    }
+    if (m->saved_flags & POC_FWD_UNFUSED) {
+      k->head_text_bwd(m->k, n, m->text, m->htgt, m->hmu, m->dlogp, dent, m->tdlog);
+      k->gemm(m->k, 0, 0, n, H, V, m->tdlog, V, W(m->off_head), H, 0.f, m->dh, 1, H);
+      k->gemm(m->k, 1, 0, V, H, n, m->tdlog, V, m->hf, H, 1.f, G(m->off_head), 1, H);
+    } else {
+      mdl_head_fused_bwd(m, n, dent);
+    }
+    /* the final norm ran on gathered rows; its gradient scatters back (each row predicts
+       one target, so no two targets share a row) */
+    k->rmsnorm_bwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->rstdf, m->dh, m->dX);
+    k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
+  }
+  for (int l = m->L - 1; l >= 0; l--) mdl_layer_bwd(m, l, T, &m->sv[l]);
+  k->embed_bwd(m->k, T, m->tok, m->dX, G(m->off_embed));
+  return poc_dev_sync(d, err);
+}
+
+/* ---- generation: the KV-cache decode step ---------------------------------------------- */
+
+typedef struct {
+  int rows, n_ctx;              /* the most rows one step runs (the prompt); cache rows */
+  poc_dptr arena;
+  poc_dptr kc, vc;              /* act [L][n_ctx × kvd] */
+  poc_dptr x, xn, q, att, lse, g, u, a, ones, cosb, sinb, tok, pos, kbeg, last, logits;
+  double *logit_h, *prob;       /* host [V] */
+} mdl_gen;
+
+static int mdl_gen_alloc(poc_model *m, mdl_gen *g, int rows, int n_ctx, char *err) {
+  poc_device *d = m->d;
+  memset(g, 0, sizeof *g);
+  g->rows = rows;
+  g->n_ctx = n_ctx;
+  size_t R = (size_t)rows, H = m->dm.H, F = m->dm.F, half = (size_t)m->dm.hd / 2;
+  size_t cache = (size_t)m->L * n_ctx * m->kvd;
+  mdl_carver cv = {0, 0};
+  for (int pass = 0; pass < 2; pass++) {
+#define CC(n) mdl_take(&cv, (size_t)(n) * m->sc)
+#define AA(n) mdl_take(&cv, (size_t)(n) * m->sa)
+#define II(n) mdl_take(&cv, (size_t)(n) * 4)
+    g->kc = AA(cache);
+    g->vc = AA(cache);
+    g->x = CC(R * H);
+    g->xn = AA(R * H);
+    g->q = AA(R * m->qd);
+    g->att = AA(R * m->qd);
+    g->lse = CC(R * m->dm.nh);
+    g->g = AA(R * F);
+    g->u = AA(R * F);
+    g->a = AA(R * F);
+    g->ones = AA(R);
+    g->cosb = CC((size_t)n_ctx * half);
+    g->sinb = CC((size_t)n_ctx * half);
+    g->tok = II(R);
+    g->pos = II(R);
+    g->kbeg = II(R);
+    g->last = II(1);
+    g->logits = CC(m->dm.V);
+#undef CC
+#undef AA
+#undef II
+    if (pass == 0) {
+      char what[96];
+      snprintf(what, sizeof what, "a %d-token KV cache", n_ctx);
+      if (!(g->arena = d->alloc(d, cv.used, what))) return poc_dev_sync(d, err);
+      cv = (mdl_carver){g->arena, 0};
+    }
+  }
+  g->logit_h = malloc((size_t)m->dm.V * sizeof(double));
+  g->prob = malloc((size_t)m->dm.V * sizeof(double));
+  float *one = malloc(R * sizeof(float));
+  int32_t *zero = calloc(R, sizeof(int32_t));
+  if (!g->logit_h || !g->prob || !one || !zero) {
+    free(one);
+    free(zero);
+    snprintf(err, POC_ERR_LEN, "generate: out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < R; i++) one[i] = 1.f;
+  d->put(d, g->ones, d->act, one, POC_DT_F32, R);
+  d->put(d, g->kbeg, POC_DT_I32, zero, POC_DT_I32, R);
+  free(one);
+  free(zero);
+  mdl_rope_tables(d, &m->lay->cfg, n_ctx, g->cosb, g->sinb);
+  return poc_dev_sync(d, err);
+}
+
+static void mdl_gen_free(poc_model *m, mdl_gen *g) {
+  if (g->arena) m->d->free(m->d, g->arena);
+  free(g->logit_h);
+  free(g->prob);
+}
+
+/* Runs n tokens at positions p0.. through the model, appending their keys and values to
+ * the cache, and leaves the logits of the last one in g->logit_h. The layer math is the
+ * pack forward's; only attention reads the cache: row i sits at key position p0 + i. */
+static int mdl_gen_step(poc_model *m, mdl_gen *g, const int32_t *tok, int n, int p0, char *err) {
+  poc_device *d = m->d;
+  const poc_kernels *k = &d->k;
+  const int H = m->dm.H, F = m->dm.F, V = m->dm.V;
+  int32_t pos[1024];
+  d->put(d, g->tok, POC_DT_I32, tok, POC_DT_I32, (size_t)n);
+  for (int i0 = 0; i0 < n; i0 += 1024) {
+    int c = n - i0 < 1024 ? n - i0 : 1024;
+    for (int i = 0; i < c; i++) pos[i] = p0 + i0 + i;
+    d->put(d, g->pos + (poc_dptr)i0 * 4, POC_DT_I32, pos, POC_DT_I32, (size_t)c);
+  }
+  k->embed_fwd(m->k, n, g->tok, W(m->off_embed), g->x);
+  for (int l = 0; l < m->L; l++) {
+    const poc_layer_offsets *o = &m->lo[l];
+    poc_dptr Kc = ACT(g->kc, (size_t)l * g->n_ctx * m->kvd), Vc = ACT(g->vc, (size_t)l * g->n_ctx * m->kvd);
+    poc_dptr Kn = ACT(Kc, (size_t)p0 * m->kvd), Vn = ACT(Vc, (size_t)p0 * m->kvd);
+    k->rmsnorm_fwd(m->k, n, g->x, 0, W(o->ln1), g->xn, 0);
+    mdl_linear(m, n, H, m->qd, g->xn, o->wq, g->q, 0, 0.f);
+    mdl_linear(m, n, H, m->kvd, g->xn, o->wk, Kn, 0, 0.f);
+    mdl_linear(m, n, H, m->kvd, g->xn, o->wv, Vn, 0, 0.f);
+    k->qkv_bias_rope(m->k, n, g->pos, g->cosb, g->sinb, g->q, Kn, Vn, BIAS(o->bq), BIAS(o->bk),
+                     BIAS(o->bv));
+    k->attn_fwd(m->k, n, p0, g->q, Kc, Vc, g->kbeg, g->att, g->lse);
+    mdl_linear(m, n, m->qd, H, g->att, o->wo, g->x, 1, 1.f);
+    mdl_add_bias(m, n, H, o->bo, g->ones, g->x);
+    k->rmsnorm_fwd(m->k, n, g->x, 0, W(o->ln2), g->xn, 0);
+    mdl_linear(m, n, H, F, g->xn, o->wg, g->g, 0, 0.f);
+    mdl_linear(m, n, H, F, g->xn, o->wu, g->u, 0, 0.f);
+    k->swiglu_fwd(m->k, (size_t)n * F, g->g, g->u, g->a);
+    mdl_linear(m, n, F, H, g->a, o->wd, g->x, 1, 1.f);
+  }
+  int32_t last = n - 1;
+  d->put(d, g->last, POC_DT_I32, &last, POC_DT_I32, 1);
+  k->rmsnorm_fwd(m->k, 1, g->x, g->last, W(m->off_norm), g->xn, 0);
+  k->gemm(m->k, 0, 1, 1, V, H, g->xn, H, W(m->off_head), H, 0.f, g->logits, 1, V);
+  d->get(d, g->logit_h, POC_DT_F64, g->logits, d->acc, (size_t)V);
+  return poc_dev_sync(d, err);
+}
+
+/* Greedy: the first token of highest logit. Sampling: p ∝ exp((l − max)/T), then top-p. */
+static int mdl_gen_pick(const poc_model *m, mdl_gen *g, double temperature, double top_p,
+                        poc_rng *rng) {
+  const double *l = g->logit_h;
+  const int V = m->dm.V;
+  int best = 0;
+  for (int v = 1; v < V; v++)
+    if (l[v] > l[best]) best = v;
+  if (temperature <= 0) return best;
+  double mx = l[best], s = 0;
+  for (int v = 0; v < V; v++) s += g->prob[v] = exp((l[v] - mx) / temperature);
+  for (int v = 0; v < V; v++) g->prob[v] /= s;
+  return poc_sample_top_p(g->prob, V, top_p, rng);
+}
+
+int poc_model_generate(poc_model *m, const int32_t *prompt, int n_prompt, int max_new,
+                       double temperature, double top_p, int eos, poc_rng *rng, int32_t *out,
+                       char *err) {
+  m->saved_n_tok = -1;
+  if (poc_generate_check(m->dm.V, prompt, n_prompt, max_new, temperature, rng, err)) return -1;
+  if (max_new == 0) return 0;
+  int n_ctx = n_prompt + max_new, win = m->lay->cfg.sliding_window;
+  if (win > 0 && n_ctx > win) {
+    snprintf(err, POC_ERR_LEN, "generate: %d prompt + %d new tokens exceed the sliding "
+             "window (%d)", n_prompt, max_new, win);
+    return -1;
+  }
+  mdl_gen g;
+  if (mdl_gen_alloc(m, &g, n_prompt, n_ctx, err)) {
+    mdl_gen_free(m, &g);
+    return -1;
+  }
+  int k = 0;
+  if (mdl_gen_step(m, &g, prompt, n_prompt, 0, err)) k = -1;
+  while (k >= 0 && k < max_new) {
+    int32_t tok = mdl_gen_pick(m, &g, temperature, top_p, rng);
+    out[k++] = tok;
+    if (tok == eos || k == max_new) break;
+    if (mdl_gen_step(m, &g, &tok, 1, n_prompt + k - 1, err)) k = -1;
+  }
+  mdl_gen_free(m, &g);
+  return k;
+}
+
+/* ---- optimizer and host copies ------------------------------------------------------------- */
+
+static int mdl_need_train(const poc_model *m, const char *what, char *err) {
+  if (m->trainable) return 0;
+  snprintf(err, POC_ERR_LEN, "model: %s needs a trainable model", what);
+  return -1;
+}
+
+int poc_model_decays(const poc_layout *lay, int i) { return lay->tensors[i].ndim == 2; }
+
+int poc_model_zero_grad(poc_model *m, char *err) {
+  if (mdl_need_train(m, "zero_grad", err)) return -1;
+  m->d->zero(m->d, m->grad, m->P * m->sc);
+  return poc_dev_sync(m->d, err);
+}
+
+int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err) {
+  if (mdl_need_train(m, "grad_norm", err)) return -1;
+  double s = m->d->k.sumsq(m->k, m->P, m->grad);
+  if (poc_dev_sync(m->d, err)) return -1;
+  *sumsq = s;
+  return 0;
+}
+
+int poc_model_grad_norm(poc_model *m, double *norm, char *err) {
+  if (poc_model_grad_sumsq(m, norm, err)) return -1;
+  *norm = sqrt(*norm);
+  return 0;
+}
+
+/* One kernel launch per run of consecutive tensors that share a weight-decay setting
+ * (matrices decay; norm weights and biases, whose natural values are not 0, do not). */
+int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
+  if (mdl_need_train(m, "adamw_step", err)) return -1;
+  if (h->step < 1) {
+    snprintf(err, POC_ERR_LEN, "model: AdamW step numbers start at 1 (got %ld)", h->step);
+    return -1;
+  }
+  const poc_layout *lay = m->lay;
+  float lr = (float)h->lr, b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps,
+        gs = (float)h->grad_scale;
+  float bc1 = (float)(1 - pow(h->beta1, (double)h->step));
+  float bc2 = (float)(1 - pow(h->beta2, (double)h->step));
+  for (int t = 0; t < lay->n_tensors;) {
+    int dec = poc_model_decays(lay, t), e = t;
+    while (e < lay->n_tensors && poc_model_decays(lay, e) == dec) e++;
+    size_t a = lay->tensors[t].offset;
+    size_t b = lay->tensors[e - 1].offset + lay->tensors[e - 1].numel;
+    float wd = dec ? (float)h->weight_decay : 0.f;
+    m->d->k.adamw(m->k, b - a, ACC(m->w, a), ACC(m->grad, a), ACC(m->mom, a), ACC(m->var, a),
+                  ACT(m->wc, a), lr, b1, b2, eps, wd, bc1, bc2, gs);
+    t = e;
+  }
+  return poc_dev_sync(m->d, err);
+}
+
+int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *err) {
+  poc_device *d = m->d;
+  if (part != POC_PART_WEIGHTS && mdl_need_train(m, "reading gradients or AdamW state", err))
+    return -1;
+  switch (part) {
+  case POC_PART_WEIGHTS:
+    if (m->w)
+      d->get(d, dst, dt, m->w, d->acc, m->P);
+    else
+      d->get(d, dst, dt, m->wc, d->act, m->P);
+    break;
+  case POC_PART_GRAD: d->get(d, dst, dt, m->grad, d->acc, m->P); break;
+  case POC_PART_MOM: d->get(d, dst, dt, m->mom, d->acc, m->P); break;
+  case POC_PART_VAR: d->get(d, dst, dt, m->var, d->acc, m->P); break;
+  }
+  return poc_dev_sync(d, err);
+}
+
+int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, char *err) {
+  poc_device *d = m->d;
+  if (part != POC_PART_WEIGHTS && mdl_need_train(m, "writing gradients or AdamW state", err))
+    return -1;
+  switch (part) {
+  case POC_PART_WEIGHTS: mdl_upload_weights(m, src, st); break;
+  case POC_PART_GRAD: d->put(d, m->grad, d->acc, src, st, m->P); break;
+  case POC_PART_MOM: d->put(d, m->mom, d->acc, src, st, m->P); break;
+  case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, m->P); break;
+  }
+  return poc_dev_sync(d, err);
+}
+
+float *poc_model_host_f32(poc_model *m, poc_part part) {
+  if (!m->d->host_memory || m->d->acc != POC_DT_F32) return NULL;
+  poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_GRAD ? m->grad
+             : part == POC_PART_MOM     ? m->mom : m->var;
+  return (float *)(uintptr_t)p;
+}

@@ -1,0 +1,40 @@
+# The CUDA emulation (test-only; never installed, never linked into poc): libpoc_cuemu.so
+# stands in for the driver, NVRTC and cuBLAS when POC_CUDA_EMULATE names it, so the CUDA
+# backend's code runs on every change, on machines without a GPU. docs/cuda.md describes it.
+if(TARGET pocrt_cuda)
+  add_library(poc_cuemu SHARED
+    ${CMAKE_CURRENT_LIST_DIR}/cuemu_driver.c
+    ${CMAKE_CURRENT_LIST_DIR}/cuemu_nvrtc.c
+    ${CMAKE_CURRENT_LIST_DIR}/cuemu_cublas.c)
+  target_include_directories(poc_cuemu PRIVATE ${CMAKE_CURRENT_LIST_DIR})
+  target_include_directories(poc_cuemu SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  # kernels are compiled at run time with -include of the emulation header, found here
+  target_compile_definitions(poc_cuemu PRIVATE
+    POC_CUEMU_HEADER="${CMAKE_CURRENT_LIST_DIR}/cuda_emul.h")
+  target_link_libraries(poc_cuemu PRIVATE ${CMAKE_DL_LIBS})
+  set(POC_CUEMU_ENV "POC_CUDA_EMULATE=$<TARGET_FILE:poc_cuemu>")
+
+  # the emulation itself: scheduling, barriers, warps, memory checks, NVRTC, cuBLAS;
+  # under two seeds of the thread order
+  add_executable(test_cuda_emul ${CMAKE_CURRENT_LIST_DIR}/test_cuda_emul.c)
+  target_include_directories(test_cuda_emul PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_cuda_emul PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_cuda_emul poc_cuemu)
+  foreach(seed 1 2)
+    add_test(NAME cuda_emul_self_seed${seed} COMMAND test_cuda_emul)
+    set_tests_properties(cuda_emul_self_seed${seed} PROPERTIES LABELS "unit;cuda_emul" TIMEOUT 120
+      ENVIRONMENT "${POC_CUEMU_ENV};POC_CUDA_EMU_SEED=${seed}")
+  endforeach()
+
+  # the CUDA model against the CPU one (tests/gpu/test_cuda_model.c), on the emulation:
+  # here a failure to open the device is a failure, not a skip
+  add_executable(test_cuda_emul_model ${PROJECT_SOURCE_DIR}/tests/gpu/test_cuda_model.c)
+  target_include_directories(test_cuda_emul_model PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_cuda_emul_model PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_cuda_emul_model poc_cuemu)
+  add_test(NAME cuda_emul_model COMMAND test_cuda_emul_model)
+  # (OpenMP threads of the CPU reference sleep between loops rather than spin: the
+  # emulation runs on one core and needs it)
+  set_tests_properties(cuda_emul_model PROPERTIES LABELS "cuda_emul" TIMEOUT 300
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+endif()
