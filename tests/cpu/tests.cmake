@@ -1,0 +1,7 @@
+# The CPU device: kernel choice from feature bits (pure functions), and the device line of
+# real runs against /proc/cpuinfo and the environment.
+add_executable(test_cpu_kernels ${CMAKE_CURRENT_LIST_DIR}/test_cpu_kernels.c)
+target_include_directories(test_cpu_kernels PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+target_link_libraries(test_cpu_kernels PRIVATE pocrt)
+add_test(NAME cpu_kernels COMMAND test_cpu_kernels)
+set_tests_properties(cpu_kernels PROPERTIES LABELS unit TIMEOUT 60)
