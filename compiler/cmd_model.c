@@ -15,6 +15,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cpu/cpu_kernels.h"
 #include "driver.h"
 #include "pocrt.h"
 
@@ -307,6 +308,7 @@ int poc_cmd_logp(int argc, char **argv) {
   }
   int rc = mdl_check_backend("logp", backend);
   if (rc) return rc;
+  poc_cpu_report(NULL); /* the device line */
 
   FILE *in = fopen(data, "r");
   if (!in) {
@@ -494,6 +496,7 @@ int poc_cmd_generate(int argc, char **argv) {
   if (!dir || !prompt_s) return gen_usage();
   int rc = mdl_check_backend("generate", backend);
   if (rc) return rc;
+  poc_cpu_report(NULL); /* the device line */
   mdl_loaded m;
   if ((rc = mdl_load("generate", dir, &m))) return rc;
   const poc_config *cfg = &m.lay.cfg;

@@ -25,6 +25,7 @@
 #include <cjson/cJSON.h>
 
 #include "backend.h"
+#include "cpu/cpu_kernels.h"
 #include "st.h"
 #include "train_internal.h"
 
@@ -366,6 +367,7 @@ int poc_train_main(const poc_program *p, int argc, char **argv) {
   rc = 2;
 
   if (check_program(p)) goto done;
+  poc_cpu_report(NULL); /* the run's first line: device, BLAS, kernels, threads, features */
   const poc_train *T = &p->train;
   for (int k = 0; k < p->n_knobs; k++) knobs[k] = p->knobs[k].value;
   if (apply_sets(p, &fl, knobs)) goto done;

@@ -5,3 +5,8 @@ target_include_directories(test_cpu_kernels PRIVATE ${PROJECT_SOURCE_DIR}/tests)
 target_link_libraries(test_cpu_kernels PRIVATE pocrt)
 add_test(NAME cpu_kernels COMMAND test_cpu_kernels)
 set_tests_properties(cpu_kernels PROPERTIES LABELS unit TIMEOUT 60)
+
+add_test(NAME cpu_line
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_line.py --poc ${POC_EXE}
+                 --root ${PROJECT_SOURCE_DIR} --scratch ${CMAKE_CURRENT_BINARY_DIR}/cpu_line)
+set_tests_properties(cpu_line PROPERTIES LABELS cpu TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=2")
