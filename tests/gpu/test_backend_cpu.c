@@ -1,6 +1,7 @@
 /* test_backend_cpu.c — the CPU backend behind backend.h: it is the fp32 reference model
  * bit for bit, and its AdamW, gradient norm and host copies do what backend.h says. */
 #include "gt.h"
+#include "cpu/cpu_kernels.h"
 
 static void test_model_matches_reference(void) {
   char err[POC_ERR_LEN] = "";
@@ -134,6 +135,7 @@ static void test_open_names(void) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   test_model_matches_reference();
   test_open_names();
   return check_summary("backend_cpu");

@@ -1,6 +1,7 @@
 /* test_generate.c — decoding with the KV cache against recomputing the whole forward
  * each step (greedy and sampled, both precisions), eos, and the nucleus sampler. */
 #include "mt.h"
+#include "cpu/cpu_kernels.h"
 
 /* All next-token log-probs after `ctx` from the packed forward: one sequence ctx ++ [v]
  * for every v. */
@@ -141,6 +142,7 @@ static void top_p_case(void) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   top_p_case();
   gen_case("gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 3);
   gen_case("tied_llama3", mt_config(24, 20, 53, 2, 4, 2, 8, 0, 1, 1), 4);

@@ -5,6 +5,7 @@
  * Small tensors are checked entry by entry, large ones on a sample that favours the
  * embedding rows the pack uses. Both heads (fused and textbook) are checked. */
 #include "mt.h"
+#include "cpu/cpu_kernels.h"
 
 typedef struct {
   poc_model_f64 *m;
@@ -113,6 +114,7 @@ static void gc_run(const char *name, poc_config cfg, int unfused, uint64_t seed)
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   /* GQA (4 heads over 2 kv heads), QKV bias, untied head */
   gc_run("gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 0, 11);
   /* head_dim·heads ≠ hidden, tied embeddings, Llama-3 RoPE scaling */

@@ -4,6 +4,7 @@
  * block, and logits large enough that a naive exp overflows. The textbook head is itself
  * checked against a direct long-double evaluation and finite differences. */
 #include "mt.h"
+#include "cpu/cpu_kernels.h"
 
 /* Direct reference of one row: logp of target and entropy, in long double. */
 static void ref_row(int H, int V, const double *h, const double *W, int t, double *logp,
@@ -143,6 +144,7 @@ static void head_fd(void) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   head_fd();
   head_case("small_vocab", 9, 8, 37, 1.0, 1);
   head_case("one_full_chunk", 5, 8, POC_HEAD_CHUNK, 1.0, 2);
