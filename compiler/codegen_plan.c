@@ -374,10 +374,14 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
                        : "batch reductions: one objective call over the whole step");
   fputs("    .objective = poc_objective,\n};\n\n", f);
 
+  /* main() first picks the CPU's GEMM kernels: OpenBLAS chose at load time, and a weaker
+   * choice than the processor allows is corrected by restarting (runtime/cpu/) */
+  fputs("#include \"cpu/cpu_features.h\"\n\n", f);
   if (p->opt->unfused) {
     fputs("/* Built with --unfused: the runtime computes the loss head the textbook way (full\n"
           " * logits, log-softmax, gather), the baseline the fused head is measured against. */\n"
           "int main(int argc, char **argv) {\n"
+          "  poc_cpu_start(argc, argv);\n"
           "  char **args = calloc((size_t)argc + 2, sizeof *args);\n"
           "  if (!args) return 1;\n"
           "  args[0] = argv[0];\n"
@@ -388,7 +392,10 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
           "  return rc;\n"
           "}\n", f);
   } else {
-    fputs("int main(int argc, char **argv) { return poc_train_main(&poc_this_program, argc, argv); }\n", f);
+    fputs("int main(int argc, char **argv) {\n"
+          "  poc_cpu_start(argc, argv);\n"
+          "  return poc_train_main(&poc_this_program, argc, argv);\n"
+          "}\n", f);
   }
   return errors ? -1 : 0;
 }

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cpu/cpu_features.h"
 #include "driver.h"
 
 static const struct {
@@ -26,6 +27,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  poc_cpu_start(argc, argv); /* before the first GEMM: may restart with better kernels */
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -144,7 +144,7 @@ typedef struct poc_kernels {
 
 struct poc_device {
   const char *name;             /* "cpu", "cpu64", "cuda" */
-  char desc[256];               /* the run's first line: "cuda: NVIDIA H100 (sm_90, 80 GiB)" */
+  char desc[512];               /* the run's first line: "cuda: NVIDIA H100 (sm_90, 80 GiB)" */
   poc_dtype acc, act;
   int shared_act;               /* acc and act are one type: one buffer serves both views */
   int host_memory;              /* device addresses are host pointers (the CPU devices) */

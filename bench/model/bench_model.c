@@ -4,6 +4,7 @@
  * (VmHWM) belongs to it alone; bench/model/run.sh runs the grid.
  *
  * usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K] [--device D]
+ *        bench_model --gemm-peak N     (sgemm N×N×N GFLOP/s with the kernels in use)
  * prints one line: key=value pairs (params, tokens, tokens_per_s, fwd_ms, bwd_ms, peak_mib,
  * head_chunk: the device's widest vocabulary chunk for the fused head). */
 #include <stdio.h>
@@ -11,6 +12,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
+
+#include "cpu/cpu_features.h"
 #include "device.h"
 
 static double now(void) {
@@ -30,7 +34,36 @@ static double peak_mib(void) {
   return kb / 1024;
 }
 
+/* The GEMM peak the kernels in use reach: the best of 5 sgemm N×N×N after a warm-up,
+ * 2N³ FLOPs each. A BLAS on generic kernels shows here as a small number. */
+static int gemm_peak(int n) {
+  size_t nn = (size_t)n * (size_t)n;
+  float *a = malloc(nn * sizeof *a), *b = malloc(nn * sizeof *b), *c = malloc(nn * sizeof *c);
+  if (!a || !b || !c) {
+    fprintf(stderr, "bench_model: out of memory for sgemm %d\n", n);
+    return 1;
+  }
+  for (size_t i = 0; i < nn; i++) {
+    a[i] = (float)(i % 7) * 0.25f - 0.75f;
+    b[i] = (float)(i % 5) * 0.125f - 0.25f;
+  }
+  double best = 1e30;
+  for (int it = -1; it < 5; it++) {
+    double t0 = now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    double t = now() - t0;
+    if (it >= 0 && t < best) best = t;
+  }
+  printf("gemm=sgemm n=%d kernels=%s gflops=%.1f\n", n, poc_cpu_kernels_in_use(),
+         2.0 * n * (double)n * n / best / 1e9);
+  free(a);
+  free(b);
+  free(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  poc_cpu_start(argc, argv); /* the GEMM kernels the processor allows */
   int vocab = 32000, unfused = 0, seqs = 4, len = 128, iters = 3;
   const char *dev_name = "cpu";
   for (int i = 1; i < argc; i++) {
@@ -40,9 +73,11 @@ int main(int argc, char **argv) {
     else if (i + 1 < argc && !strcmp(argv[i], "--seqs")) seqs = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--len")) len = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(argv[i], "--iters")) iters = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(argv[i], "--gemm-peak"))
+      return gemm_peak(atoi(argv[++i]) > 0 ? atoi(argv[i]) : 2048);
     else {
       fprintf(stderr, "usage: bench_model --vocab V [--unfused] [--seqs S] [--len T] [--iters K] "
-              "[--device D]\n");
+              "[--device D]\n       bench_model --gemm-peak N\n");
       return 2;
     }
   }
@@ -125,11 +160,21 @@ int main(int argc, char **argv) {
   }
   double lp = 0;
   for (int i = 0; i < n_tgt; i++) lp += logp[i];
+  /* The model's FLOPs (what MFU counts, not what the fused head recomputes): forward
+   * 2·tokens per matmul weight in the layers, 2·targets·H·V in the head (it sees target
+   * rows only), causal attention 2·H·len² per layer and sequence (QKᵀ and PV, half the
+   * square each); backward twice the forward. */
+  double Hd = c.hidden_size, qd = (double)c.num_attention_heads * c.head_dim,
+         kvd = (double)c.num_key_value_heads * c.head_dim;
+  double per_layer = Hd * qd * 2 + 2 * Hd * kvd + 3 * Hd * c.intermediate_size;
+  double fwd_flops = 2.0 * n_tok * per_layer * c.num_hidden_layers + 2.0 * n_tgt * Hd * vocab +
+                     2.0 * Hd * (double)len * len * seqs * c.num_hidden_layers;
+  fprintf(stderr, "%s\n", d->desc);
   printf("params=%zu vocab=%d head=%s tokens=%d targets=%d iters=%d tokens_per_s=%.1f fwd_ms=%.1f "
-         "bwd_ms=%.1f peak_mib=%.1f mean_logp=%.4f head_chunk=%d device=%s\n",
+         "bwd_ms=%.1f peak_mib=%.1f mean_logp=%.4f head_chunk=%d device=%s model_gflops=%.1f\n",
          lay.n_params, vocab, unfused ? "unfused" : "fused", n_tok, n_tgt, iters,
          (double)n_tok * iters / (fwd + bwd), 1e3 * fwd / iters, 1e3 * bwd / iters, peak_mib(),
-         lp / n_tgt, d->head_chunk, d->name);
+         lp / n_tgt, d->head_chunk, d->name, 3 * fwd_flops * iters / (fwd + bwd) / 1e9);
   poc_model_free(m);
   poc_device_close(d);
   free(tok);

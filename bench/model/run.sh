@@ -37,6 +37,15 @@ for cfg in "32000 $seqs" "128256 $seqs" "128256 $((seqs * 2))"; do
   done
 done
 
+# the GEMM peak of the kernels in use: MFU is measured against it, so a BLAS running
+# generic kernels shows as a low peak rather than as a slow model
+devfile="$(mktemp)"
+peak_line="$("$bin" --gemm-peak 2048 2>"$devfile")"
+device="$(head -1 "$devfile")"
+rm -f "$devfile"
+peak="$(field gflops "$peak_line")"
+echo "$peak_line" >&2
+
 chunk="$(field head_chunk "${rows[0]}")"
 blas="$(ldd "$bin" | sed -n 's/.*libopenblas[^ ]* => \([^ ]*\).*/\1/p' | head -1)"
 cpu="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
@@ -51,14 +60,19 @@ threads="${OMP_NUM_THREADS:-$cores}"
   echo "$((len - len / 4)) of each are targets); mean of $iters iterations after one warm-up;"
   echo "peak memory is the process's VmHWM (weights, gradients and workspace included)."
   echo "BLAS: $blas."
+  echo "Device line: \`$device\`."
+  echo "sgemm peak (2048³, best of 5, the kernels in use): $peak GFLOP/s; MFU is the model's"
+  echo "FLOPs per second (bench_model's model_gflops: 6 per weight per token in the layers, the"
+  echo "head on target rows, causal attention) over that peak."
   if [ -n "${NOTE:-}" ]; then echo; echo "Note: $NOTE"; fi
   echo
-  echo "| vocab | params | tokens | head | tokens/s | forward ms | backward ms | peak MiB |"
-  echo "|------:|-------:|-------:|:-----|---------:|-----------:|------------:|---------:|"
+  echo "| vocab | params | tokens | head | tokens/s | forward ms | backward ms | peak MiB | MFU |"
+  echo "|------:|-------:|-------:|:-----|---------:|-----------:|------------:|---------:|----:|"
   for l in "${rows[@]}"; do
-    printf '| %s | %.1fM | %s | %s | %s | %s | %s | %s |\n' "$(field vocab "$l")" \
+    printf '| %s | %.1fM | %s | %s | %s | %s | %s | %s | %s |\n' "$(field vocab "$l")" \
       "$(awk "BEGIN{print $(field params "$l")/1e6}")" "$(field tokens "$l")" "$(field head "$l")" \
-      "$(field tokens_per_s "$l")" "$(field fwd_ms "$l")" "$(field bwd_ms "$l")" "$(field peak_mib "$l")"
+      "$(field tokens_per_s "$l")" "$(field fwd_ms "$l")" "$(field bwd_ms "$l")" "$(field peak_mib "$l")" \
+      "$(awk "BEGIN{printf \"%.0f%%\", 100 * $(field model_gflops "$l") / $peak}")"
   done
   echo
   for cfg in "32000 $seqs" "128256 $seqs" "128256 $((seqs * 2))"; do

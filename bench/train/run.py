@@ -27,6 +27,8 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench", "cpu"))
+import peak  # noqa: E402  (the sgemm peak of the kernels in use, and the device line)
 
 
 def cpu_name():
@@ -71,6 +73,7 @@ def main():
                     help="runs of each binary, alternating; the best is kept")
     a = ap.parse_args()
     methods = a.methods.split(",")
+    gemm_gflops, kernels, device = peak.gemm_peak(peak.bench_model_path(a.poc))
     rows, hoist = [], []
     with tempfile.TemporaryDirectory(prefix="poc-bench-") as tmp:
         m20 = os.path.join(tmp, "llama20m")
@@ -134,6 +137,8 @@ def main():
                 f"{16 * (most + 1)} lines of its data; tokens/s (the trainable model's tokens per second of step) is the "
                 f"median over the steps after the first (metrics.jsonl), peak memory the "
                 f"process's VmHWM.\n\n")
+        f.write(f"Device line: `{device}`; sgemm 2048³ peak with these {kernels} kernels: "
+                f"{gemm_gflops:.1f} GFLOP/s (bench/cpu/run.py has the MFU of the DPO step against it).\n\n")
         if os.environ.get("NOTE"):
             f.write(os.environ["NOTE"] + "\n\n")
         f.write("| model | method | fused tokens/s | unfused tokens/s | speed-up | fused peak MiB | unfused peak MiB |\n")

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cpu_features.h"
 #include "cpu_internal.h"
 
 typedef struct cpu_kset {
@@ -203,9 +204,17 @@ static void cpu_close(poc_device *d) {
 }
 
 /* The run's first line. A richer description of the processor goes here, in one place. */
+/* The run's first line: the BLAS, its kernels and why, threads, CPU features
+ * (cpu_features.c), e.g. "cpu: OpenBLAS 0.3.21, SkylakeX kernels (corrected from Prescott),
+ * 2 threads, avx512f avx512_bf16"; the double device says so. */
 static void cpu_describe(poc_device *d, int fp64) {
-  snprintf(d->desc, sizeof d->desc, "%s: %s, %d threads", d->name, fp64 ? "float64" : "float32",
-           omp_get_max_threads());
+  char line[sizeof d->desc];
+  poc_cpu_describe(line, sizeof line);
+  size_t n = sizeof d->desc;
+  if (fp64 && !strncmp(line, "cpu: ", 5))
+    snprintf(d->desc, n, "cpu64: float64, %.*s", (int)(n - 32), line + 5);
+  else
+    snprintf(d->desc, n, "%s", line);
 }
 
 poc_device *poc_cpu_device_open(int fp64, char *err) {

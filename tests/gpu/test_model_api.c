@@ -6,6 +6,7 @@
  * within float tolerance. Every device must pass the same; tests/gpu/test_cuda_model.c
  * holds CUDA to the CPU. */
 #include "gt.h"
+#include "cpu/cpu_features.h"
 
 #define MAXN 64
 
@@ -273,6 +274,7 @@ static void test_open_names(void) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   char err[POC_ERR_LEN] = "";
   poc_device *cpu = poc_device_open("cpu", err), *c64 = cpu ? poc_device_open("cpu64", err) : NULL;
   CHECK_MSG(cpu && c64, "%s", err);

@@ -2,6 +2,7 @@
  * each step (greedy and sampled, on the float and double CPU devices), eos, and the
  * nucleus sampler. */
 #include "mt.h"
+#include "cpu/cpu_features.h"
 
 /* All next-token log-probs after `ctx` from the packed forward: one sequence ctx ++ [v]
  * for every v. */
@@ -142,6 +143,7 @@ static void top_p_case(void) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   poc_device *d64 = mt_device("cpu64"), *d32 = mt_device("cpu");
   top_p_case();
   gen_case(d64, d32, "gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 3);

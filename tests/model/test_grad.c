@@ -7,6 +7,7 @@
  * runs on the "cpu64" device (double everywhere); a perturbed weight goes in through
  * poc_model_set, as a whole host array. */
 #include "mt.h"
+#include "cpu/cpu_features.h"
 
 typedef struct {
   poc_model *m;
@@ -117,6 +118,7 @@ static void gc_run(poc_device *d, const char *name, poc_config cfg, int unfused,
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   poc_device *d = mt_device("cpu64");
   /* GQA (4 heads over 2 kv heads), QKV bias, untied head */
   gc_run(d, "gqa_bias_untied", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 0, 11);

@@ -11,6 +11,7 @@
  * long-double evaluation reproduces. The textbook head is itself checked against finite
  * differences. */
 #include "mt.h"
+#include "cpu/cpu_features.h"
 
 /* Weights of the "identity layers" model: embeddings and lm_head ~ U(±1), the final norm
  * `scale` everywhere (it sets the logits' size), o_proj and down_proj zero. */
@@ -264,6 +265,7 @@ static void head_fd(poc_device *d64) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   poc_device *d64 = mt_device("cpu64"), *d32 = mt_device("cpu");
   /* The device's chunk for blocks of few rows; blocks of head_rows rows may stream it in
    * narrower chunks (device.h), which the 1100-row cases cross. */

@@ -3,6 +3,7 @@
  * positions restart); runs repeat bit for bit; the float device ("cpu") agrees with the
  * double one ("cpu64"); bad packs and misuse are refused with a message. */
 #include "mt.h"
+#include "cpu/cpu_features.h"
 
 #define NSEQ 5
 static const int CTX[NSEQ] = {4, 1, 6, 2, 3}, TGT[NSEQ] = {3, 5, 1, 4, 6};
@@ -180,6 +181,7 @@ static void pack_errors(poc_device *d64) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   poc_device *d64 = mt_device("cpu64"), *d32 = mt_device("cpu");
   pack_case(d64, d32, "gqa_bias", mt_config(16, 24, 47, 2, 4, 2, 4, 1, 0, 0), 0, CTX, TGT, 7);
   pack_case(d64, d32, "tied_llama3", mt_config(24, 20, 53, 2, 4, 2, 8, 0, 1, 1), 0, CTX, TGT, 8);

@@ -10,6 +10,7 @@
 #include "device.h"
 #include "train_internal.h"
 #include "tt.h"
+#include "cpu/cpu_features.h"
 
 static char dir[512], model[600], data[600];
 static poc_device *dev32, *dev64;
@@ -266,6 +267,7 @@ static void test_fd64(void) {
 }
 
 int main(void) {
+  poc_cpu_start(0, NULL); /* the GEMM kernels the processor allows */
   snprintf(dir, sizeof dir, "%s/poc-train-step-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   if (!mkdtemp(dir)) return 1;
   snprintf(model, sizeof model, "%s/model", dir);

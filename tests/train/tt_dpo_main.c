@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tt.h"
+#include "cpu/cpu_features.h"
 
 /* The anchor variant: calls 4 policy/a and 5 ref/a score a = sample(policy, prompt, 3
  * tokens); loss_e += λ (Σ_t π_t − ref_t)², so ∂L/∂π_t = 2λ (Σ_t π_t − ref_t) / B_norm. */
@@ -24,6 +25,7 @@ static const poc_segment anchor_seg[] = {{POC_SRC_ANCHOR, 0, POC_OPEN, POC_OPEN,
 static const poc_anchor anchors[] = {{"a", 0, 1, tt_prompt, 3, 0.7, 0.9}};
 
 int main(int argc, char **argv) {
+  poc_cpu_start(argc, argv); /* the GEMM kernels the processor allows */
   const char *model = getenv("TT_MODEL"), *data = getenv("TT_DATA"), *eval = getenv("TT_EVAL");
   const char *variant = getenv("TT_VARIANT");
   if (!model || !data) {
