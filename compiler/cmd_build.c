@@ -97,22 +97,34 @@ static void link_line(argv_t *a, const poc_home *h, const char *dir, const char 
   for (int i = 0; i < h->nlink; i++) arg_push(a, h->link[i]);
 }
 
+/* Appends s to buf (cap bytes, *n used), ending in "..." when it does not fit. */
+static void add_word(char *buf, size_t cap, size_t *n, const char *sep, const char *s) {
+  if (*n + 1 >= cap) return;
+  int w = snprintf(buf + *n, cap - *n, "%s%s", sep, s);
+  if (w < 0) return;
+  if ((size_t)w >= cap - *n) {
+    *n = cap - 1;
+    if (cap > 4) strcpy(buf + cap - 4, "...");
+  } else {
+    *n += (size_t)w;
+  }
+}
+
 /* The same command for the header of kernels.c: file names without this machine's
  * directories, and no rpaths. */
 static void shown_line(char *buf, size_t cap, const argv_t *cmd, const poc_home *h) {
   size_t n = 0;
-#define ADD(...) (n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, __VA_ARGS__))
-  ADD("%s -std=c11 -O2", cmd->v[0]);
-  for (int i = 0; i < h->ncflags; i++) ADD(" %s", h->cflags[i]);
-  ADD(" -I include/poc plan.c kernels.c");
+  buf[0] = 0;
+  add_word(buf, cap, &n, "", cmd->v[0]);
+  add_word(buf, cap, &n, " ", "-std=c11 -O2");
+  for (int i = 0; i < h->ncflags; i++) add_word(buf, cap, &n, " ", h->cflags[i]);
+  add_word(buf, cap, &n, " ", "-I include/poc plan.c kernels.c");
   for (int i = 0; i < h->nruntime + h->nlink; i++) {
     const char *s = i < h->nruntime ? h->runtime[i] : h->link[i - h->nruntime];
     if (!strncmp(s, "-Wl,-rpath", 10) || !strncmp(s, "-L", 2)) continue;
     const char *b = s[0] == '-' ? NULL : strrchr(s, '/');
-    ADD(" %s", b ? b + 1 : s);
+    add_word(buf, cap, &n, " ", b ? b + 1 : s);
   }
-#undef ADD
-  if (n >= cap && cap > 4) strcpy(buf + cap - 4, "...");
 }
 
 /* Runs argv with stdout and stderr into log; returns the exit status (-1: not run). */

@@ -76,7 +76,7 @@ def main():
 
         desc = open(os.path.join(p2, "lib", "poc", "link.txt")).read()
         for tree in (a.build, a.source):
-            check(os.path.realpath(tree) not in desc and tree not in desc,
+            check(os.path.realpath(tree) not in desc and os.path.abspath(tree) not in desc,
                   f"the installed link.txt names {tree}")
 
         work = os.path.join(tmp, "work")
