@@ -6,15 +6,16 @@
  *   headers, linked with libpocrt.a and what it needs (OpenBLAS, cJSON, OpenMP, libm, and
  *   the CUDA libraries when libpocrt was built with them).
  *
- * The link line mirrors the one CMake used for libpocrt: the library paths are read from
- * the build tree's CMakeCache.txt (POC_BINARY_DIR), with plain -l names as the fallback.
+ * The headers, libraries and flags come from the link description of poc's installation
+ * or build tree (home.h), which CMake wrote from libpocrt's link interface.
  * The compiler is $CC (words split at spaces), else cc; it runs without a shell.
  *
  * `poc run` builds into a cache ($POC_CACHE_DIR, else $XDG_CACHE_HOME/poc, else
  * ~/.cache/poc) under a name that hashes the source text, poc's version, the build flags,
- * libpocrt.a's size and modification time (rebuilding poc's runtime invalidates it) and the
- * OpenBLAS it links, writing to a temporary name and renaming, then execs the binary with
- * the remaining arguments. POC_KEEP_C=1 keeps the generated sources and says where. */
+ * the installation (its place, its link description, its runtime libraries' sizes and
+ * modification times) and the objective template, writing to a temporary name and
+ * renaming, then execs the binary with the remaining arguments. POC_KEEP_C=1 keeps the
+ * generated sources and says where. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -26,6 +27,7 @@
 
 #include "codegen.h"
 #include "driver.h"
+#include "home.h"
 #include "ir.h"
 
 typedef struct build_opts {
@@ -58,50 +60,10 @@ static void arg_free(argv_t *a) {
 
 /* ---- the link line ---------------------------------------------------------------- */
 
-/* The value of KEY in POC_BINARY_DIR/CMakeCache.txt ("KEY:TYPE=value"), malloc'd. */
-static char *cmake_cache(const char *key) {
-  FILE *f = fopen(POC_BINARY_DIR "/CMakeCache.txt", "r");
-  if (!f) return NULL;
-  char line[4096];
-  char *val = NULL;
-  size_t kl = strlen(key);
-  while (!val && fgets(line, sizeof line, f)) {
-    if (strncmp(line, key, kl) || line[kl] != ':') continue;
-    char *eq = strchr(line, '=');
-    if (!eq) continue;
-    eq[strcspn(eq, "\r\n")] = 0;
-    if (eq[1] && !strstr(eq + 1, "NOTFOUND")) val = strdup(eq + 1);
-  }
-  fclose(f);
-  return val;
-}
-
 static bool exists(const char *path) {
   struct stat st;
   return stat(path, &st) == 0;
 }
-
-static void push_lib(argv_t *a, const char *key, const char *fallback) {
-  char *v = cmake_cache(key);
-  if (v) {
-    /* a shared library outside the default paths needs its directory at run time */
-    char *slash = strrchr(v, '/');
-    if (slash && strstr(v, ".so")) {
-      char rp[4200];
-      snprintf(rp, sizeof rp, "-Wl,-rpath,%.*s", (int)(slash - v), v);
-      arg_push(a, rp);
-    }
-    arg_push(a, v);
-    free(v);
-  } else if (fallback) {
-    arg_push(a, fallback);
-  }
-}
-
-static const char *pocrt_lib(void) { return POC_BINARY_DIR "/runtime/libpocrt.a"; }
-static const char *pocrt_cuda_lib(void) { return POC_BINARY_DIR "/runtime/cuda/libpocrt_cuda.a"; }
-static const char *pocrt_cpu_lib(void) { return POC_BINARY_DIR "/runtime/cpu/libpocrt_cpu.a"; }
-static const char *pocrt_core_lib(void) { return POC_BINARY_DIR "/runtime/libpocrt_core.a"; }
 
 static void cc_command(argv_t *a) {
   const char *cc = getenv("CC");
@@ -112,40 +74,57 @@ static void cc_command(argv_t *a) {
   free(copy);
 }
 
-/* cc -std=c11 -O2 -I... plan.c kernels.c libpocrt.a ... -o out */
-static void link_line(argv_t *a, const char *dir, const char *out) {
+/* cc -std=c11 -O2 CFLAGS -I... plan.c kernels.c -o out RUNTIME... LINK..., from the
+ * installation's link description (home.h) */
+static void link_line(argv_t *a, const poc_home *h, const char *dir, const char *out) {
   char path[4200];
   cc_command(a);
   arg_push(a, "-std=c11");
   arg_push(a, "-O2");
-  arg_push(a, "-fopenmp");
-  char *san = cmake_cache("POC_SANITIZE");
-  if (san && (!strcmp(san, "ON") || !strcmp(san, "1") || !strcmp(san, "TRUE")))
-    arg_push(a, "-fsanitize=address,undefined"); /* libpocrt's objects are instrumented */
-  free(san);
-  arg_push(a, "-I" POC_SOURCE_DIR "/runtime");
+  for (int i = 0; i < h->ncflags; i++) arg_push(a, h->cflags[i]);
+  arg_push(a, "-I");
+  arg_push(a, h->include);
   snprintf(path, sizeof path, "%s/plan.c", dir);
   arg_push(a, path);
   snprintf(path, sizeof path, "%s/kernels.c", dir);
   arg_push(a, path);
   arg_push(a, "-o");
   arg_push(a, out);
-  /* the registry, the devices, the core: each calls only those after it */
-  bool cuda = exists(pocrt_cuda_lib());
-  arg_push(a, pocrt_lib());
-  if (cuda) arg_push(a, pocrt_cuda_lib());
-  arg_push(a, pocrt_cpu_lib());
-  arg_push(a, pocrt_core_lib());
-  if (cuda) {
-    push_lib(a, "CUDA_nvrtc_LIBRARY", "-lnvrtc");
-    push_lib(a, "CUDA_cublas_LIBRARY", "-lcublas");
-    push_lib(a, "CUDA_cublasLt_LIBRARY", NULL);
-    arg_push(a, "-ldl");
+  /* poc's runtime libraries call each other (pocrt and pocrt_cuda) */
+  arg_push(a, "-Wl,--start-group");
+  for (int i = 0; i < h->nruntime; i++) arg_push(a, h->runtime[i]);
+  arg_push(a, "-Wl,--end-group");
+  for (int i = 0; i < h->nlink; i++) arg_push(a, h->link[i]);
+}
+
+/* Appends s to buf (cap bytes, *n used), ending in "..." when it does not fit. */
+static void add_word(char *buf, size_t cap, size_t *n, const char *sep, const char *s) {
+  if (*n + 1 >= cap) return;
+  int w = snprintf(buf + *n, cap - *n, "%s%s", sep, s);
+  if (w < 0) return;
+  if ((size_t)w >= cap - *n) {
+    *n = cap - 1;
+    if (cap > 4) strcpy(buf + cap - 4, "...");
+  } else {
+    *n += (size_t)w;
   }
-  push_lib(a, "OPENBLAS_LIB", "-lopenblas");
-  push_lib(a, "pkgcfg_lib_CJSON_cjson", "-lcjson");
-  arg_push(a, "-lm");
-  arg_push(a, "-lpthread");
+}
+
+/* The same command for the header of kernels.c: file names without this machine's
+ * directories, and no rpaths. */
+static void shown_line(char *buf, size_t cap, const argv_t *cmd, const poc_home *h) {
+  size_t n = 0;
+  buf[0] = 0;
+  add_word(buf, cap, &n, "", cmd->v[0]);
+  add_word(buf, cap, &n, " ", "-std=c11 -O2");
+  for (int i = 0; i < h->ncflags; i++) add_word(buf, cap, &n, " ", h->cflags[i]);
+  add_word(buf, cap, &n, " ", "-I include/poc plan.c kernels.c");
+  for (int i = 0; i < h->nruntime + h->nlink; i++) {
+    const char *s = i < h->nruntime ? h->runtime[i] : h->link[i - h->nruntime];
+    if (!strncmp(s, "-Wl,-rpath", 10) || !strncmp(s, "-L", 2)) continue;
+    const char *b = s[0] == '-' ? NULL : strrchr(s, '/');
+    add_word(buf, cap, &n, " ", b ? b + 1 : s);
+  }
 }
 
 /* Runs argv with stdout and stderr into log; returns the exit status (-1: not run). */
@@ -262,11 +241,14 @@ bad:
 static int build(const build_opts *o, bool quiet) {
   int rc = check_arch(o);
   if (rc) return rc;
-  if (!o->emit_dir && !exists(pocrt_lib())) {
-    fprintf(stderr, "poc build: the runtime library %s is missing; build the target pocrt first\n",
-            pocrt_lib());
-    return 1;
-  }
+  const poc_home *h = poc_home_get();
+  if (!h) return 1;
+  for (int i = 0; !o->emit_dir && i < h->nruntime; i++)
+    if (!exists(h->runtime[i])) {
+      fprintf(stderr, "poc build: the runtime library %s is missing (named by %s); build poc "
+                      "or reinstall it\n", h->runtime[i], h->desc);
+      return 1;
+    }
   char dir[4096];
   if (o->emit_dir) {
     snprintf(dir, sizeof dir, "%s", o->emit_dir);
@@ -284,11 +266,9 @@ static int build(const build_opts *o, bool quiet) {
     }
   }
   argv_t cmd = {0};
-  link_line(&cmd, dir, o->out ? o->out : "a.out");
-  /* the header of kernels.c says how it is compiled, without this machine's paths */
+  link_line(&cmd, h, dir, o->out ? o->out : "a.out");
   char shown[1024];
-  snprintf(shown, sizeof shown, "%s -std=c11 -O2 -fopenmp -I runtime plan.c kernels.c libpocrt.a%s "
-           "OpenBLAS cJSON libm", cmd.v[0], exists(pocrt_cuda_lib()) ? " libpocrt_cuda.a NVRTC cuBLAS" : "");
+  shown_line(shown, sizeof shown, &cmd, h);
   rc = write_sources(o, dir, shown);
   if (rc || o->emit_dir) {
     if (!o->emit_dir) remove_dir(dir);
@@ -437,17 +417,20 @@ int poc_cmd_run(int argc, char **argv) {
   snprintf(flags, sizeof flags, "|poc %s|unfused=%d|no_hoist=%d|arch=%s|", POC_VERSION, o.unfused,
            o.no_hoist, o.arch ? o.arch : "");
   h = fnv(h, flags, strlen(flags));
-  struct stat st;
-  const char *libs[] = {pocrt_lib(), pocrt_cuda_lib(), pocrt_cpu_lib(), pocrt_core_lib()};
-  for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++)
-    if (stat(libs[i], &st) == 0) {
+  /* the installation it links against: where it is, its link description (a different
+   * BLAS build means a different binary) and its runtime libraries' size and mtime
+   * (rebuilding or reinstalling poc's runtime invalidates the cache) */
+  const poc_home *ph = poc_home_get();
+  if (!ph) return 1;
+  h = fnv(h, ph->root, strlen(ph->root) + 1);
+  h = fnv(h, ph->text, strlen(ph->text) + 1);
+  for (int i = 0; i < ph->nruntime; i++) {
+    struct stat st;
+    if (stat(ph->runtime[i], &st) == 0) {
       int64_t sm[2] = {(int64_t)st.st_size, (int64_t)st.st_mtime};
       h = fnv(h, sm, sizeof sm);
     }
-  /* and what it links against: a different BLAS build means a different binary */
-  char *blas = cmake_cache("OPENBLAS_LIB");
-  if (blas) h = fnv(h, blas, strlen(blas));
-  free(blas);
+  }
   /* the templates are part of what is generated */
   size_t tl;
   char *t = cg_template("objective.c", &tl);

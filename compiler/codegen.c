@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "codegen.h"
+#include "home.h"
 
 
 /* ---- escaping ---------------------------------------------------------------------- */
@@ -76,8 +77,13 @@ void cg_where(FILE *f, const cg_prog *p, po_loc loc) {
 
 char *cg_template(const char *name, size_t *len) {
   const char *dir = getenv("POC_TEMPLATE_DIR");
+  if (!dir || !*dir) {
+    const poc_home *h = poc_home_get();
+    if (!h) return NULL;
+    dir = h->templates;
+  }
   char path[4096];
-  snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : POC_SOURCE_DIR "/kernels/templates", name);
+  snprintf(path, sizeof path, "%s/%s", dir, name);
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   size_t cap = 1 << 14, n = 0;

@@ -75,8 +75,9 @@ const char *cg_base(const char *path);
 void cg_where(FILE *f, const cg_prog *p, po_loc loc);
 /* The .po file's base name, or a phrase when the name is not comment-safe. */
 void cg_file(FILE *f, const cg_prog *p);
-/* A template from kernels/templates (POC_TEMPLATE_DIR overrides where), read whole and
- * NUL-terminated; NULL when it cannot be read. Caller frees. */
+/* A template from kernels/templates, as installed with poc (home.h; POC_TEMPLATE_DIR
+ * overrides where), read whole and NUL-terminated; NULL when it cannot be read. Caller
+ * frees. */
 char *cg_template(const char *name, size_t *len);
 /* "%12 = logsigmoid %11" — an IR node described for a comment, without source text. */
 void cg_describe(FILE *f, const cg_prog *p, int id);

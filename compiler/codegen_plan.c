@@ -376,7 +376,6 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
 
   /* main() first picks the CPU's GEMM kernels: OpenBLAS chose at load time, and a weaker
    * choice than the processor allows is corrected by restarting (runtime/cpu/) */
-  fputs("#include \"cpu/cpu_features.h\"\n\n", f);
   if (p->opt->unfused) {
     fputs("/* Built with --unfused: the runtime computes the loss head the textbook way (full\n"
           " * logits, log-softmax, gather), the baseline the fused head is measured against. */\n"

@@ -4,6 +4,7 @@
 
 #include "cpu/cpu_features.h"
 #include "driver.h"
+#include "home.h"
 
 static const struct {
   const char *name;
@@ -24,6 +25,7 @@ static void usage(FILE *f) {
   fprintf(f, "poc %s — a compiler for preference-optimization training\n\nusage:\n", POC_VERSION);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(f, "  poc %s\n", commands[i].usage);
+  fprintf(f, "  poc --home                    where poc's headers and libraries are (POC_HOME overrides)\n");
 }
 
 int main(int argc, char **argv) {
@@ -38,6 +40,13 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "--version")) {
     printf("poc %s\n", POC_VERSION);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--home")) {
+    /* which installation (or build tree) poc build takes its headers and libraries from */
+    const poc_home *h = poc_home_get();
+    if (!h) return 1;
+    printf("%s\n", h->root);
     return 0;
   }
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

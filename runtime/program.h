@@ -232,6 +232,9 @@ typedef struct poc_program {
  * [--set k=v] [--seed N] [--unfused-head] [--help]. Returns the process exit status:
  * 0 done, 1 runtime failure (I/O, numerics), 2 bad input or usage. */
 int poc_train_main(const poc_program *prog, int argc, char **argv);
+/* The first statement of a generated main: re-executes the program when the BLAS chose
+ * GEMM kernels weaker than the processor allows (runtime/cpu/cpu_features.h). */
+void poc_cpu_start(int argc, char **argv);
 /* What poc_train_main (runtime/devices.c, the registry) calls with the registry's device
  * opener: the runtime core itself knows no device. */
 typedef struct poc_device poc_device;

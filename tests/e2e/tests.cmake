@@ -13,21 +13,11 @@ set(E2E_CFLAGS "")
 if(POC_SANITIZE)
   set(E2E_CFLAGS "-fsanitize=address,undefined")
 endif()
-# libpocrt (the device registry), the CPU devices, the core and, when built, the CUDA
-# device (they call each other), then their libraries
-set(E2E_LINK "-Wl,--start-group $<TARGET_FILE:pocrt> $<TARGET_FILE:pocrt_cpu> $<TARGET_FILE:pocrt_core>")
-if(TARGET pocrt_cuda)
-  string(APPEND E2E_LINK " $<TARGET_FILE:pocrt_cuda> -Wl,--end-group")
-  foreach(lib CUDA::nvrtc CUDA::cublas CUDA::cublasLt)
-    if(TARGET ${lib})
-      string(APPEND E2E_LINK " $<TARGET_FILE:${lib}>")
-    endif()
-  endforeach()
-  string(APPEND E2E_LINK " -Wl,-rpath,${CUDAToolkit_LIBRARY_DIR} -ldl")
-else()
-  string(APPEND E2E_LINK " -Wl,--end-group")
-endif()
-string(APPEND E2E_LINK " ${OPENBLAS_LIB}")
+# libpocrt and the runtime libraries it links (they call each other), then their
+# libraries: the link line poc build uses (cmake/PocLink.cmake)
+list(JOIN POC_LINK_RUNTIME_FILES " " E2E_RUNTIME)
+list(JOIN POC_LINK_ARGS " " E2E_LINK_ARGS)
+set(E2E_LINK "-Wl,--start-group ${E2E_RUNTIME} -Wl,--end-group ${E2E_LINK_ARGS}")
 
 # examples and objectives written for the generator's corner cases
 file(GLOB E2E_OBJECTIVES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/objectives/*.po)
