@@ -11,7 +11,11 @@ a shared machine's slow spells do not land on one of them. Runs from the reposit
 relative to it. Writes bench/results/train_cpu.md.
 
 usage: bench/train/run.py [--poc build/poc] [--steps 12] [--tiny-steps 64] [--rounds 3]
-                          [--methods dpo,simpo,copo,inspo]
+                          [--methods dpo,simpo,copo,inspo] [--baseline OTHER_POC]
+
+With --baseline, each method's fused binary is built by both pocs and the two are run side
+by side (alternating rounds), to show that a change of the runtime costs no speed; the
+table goes to bench/results/train_cpu_baseline.md instead.
 knobs: OMP_NUM_THREADS (all cores unless set), NOTE (a sentence added to the results)
 """
 import argparse
@@ -71,6 +75,8 @@ def main():
     ap.add_argument("--methods", default="dpo,simpo,copo,inspo")
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs of each binary, alternating; the best is kept")
+    ap.add_argument("--baseline", help="another poc (e.g. an earlier commit's build): compare "
+                                       "its fused binaries with this poc's, side by side")
     a = ap.parse_args()
     methods = a.methods.split(",")
     gemm_gflops, kernels, device = peak.gemm_peak(peak.bench_model_path(a.poc))
@@ -100,33 +106,39 @@ def main():
                     text = text.replace(f'"{src}"', f'"{dst}"')
                 po = os.path.join(tmp, f"{method}.po")
                 open(po, "w").write(text)
-                variants = [("fused", []), ("unfused", ["--unfused"])]
-                if method == "dpo":
-                    variants.append(("fused, --no-hoist", ["--no-hoist"]))
+                if a.baseline:
+                    variants = [("fused", [], a.poc), ("baseline", [], a.baseline)]
+                else:
+                    variants = [("fused", [], a.poc), ("unfused", ["--unfused"], a.poc)]
+                    if method == "dpo":
+                        variants.append(("fused, --no-hoist", ["--no-hoist"], a.poc))
                 bins = {}
-                for i, (label, flags) in enumerate(variants):
+                for i, (label, flags, poc) in enumerate(variants):
                     bins[label] = os.path.join(tmp, f"{method}-{i}")
-                    subprocess.run([a.poc, "build", po, "-o", bins[label], *flags], check=True,
+                    subprocess.run([poc, "build", po, "-o", bins[label], *flags], check=True,
                                    cwd=ROOT, stdout=subprocess.DEVNULL)
                 # rounds alternate the variants, so a slow spell of a shared machine falls
                 # on all of them; each keeps its best round
                 res = {}
                 for r in range(a.rounds):
-                    for i, (label, _) in enumerate(variants):
+                    for i, (label, _, _) in enumerate(variants):
                         out = os.path.join(tmp, f"run-{method}-{len(rows)}-{i}-{r}")
                         tps, wall, peak = measure(bins[label], steps, out)
                         old = res.get(label)
                         res[label] = (max(tps, old[0]) if old else tps, wall,
                                       max(peak, old[2]) if old else peak)
-                for label, _ in variants:
+                for label, _, _ in variants:
                     print(f"{mname:>15} {method:>6} {label:>18}: {res[label][0]:10.0f} tokens/s, "
                           f"{res[label][2]:8.1f} MiB peak", flush=True)
-                rows.append((mname, method, res["fused"], res["unfused"]))
+                rows.append((mname, method, res["fused"], res["baseline" if a.baseline else "unfused"]))
                 if "fused, --no-hoist" in res:
                     hoist.append((mname, res["fused"], res["fused, --no-hoist"]))
+    threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
+    if a.baseline:
+        write_baseline(a, rows, most, threads, gemm_gflops, kernels, device)
+        return
     out = os.path.join(ROOT, "bench", "results", "train_cpu.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
     with open(out, "w") as f:
         f.write("# Training step on the CPU: fused vs unfused, and hoisting\n\n")
         f.write(f"Measured {datetime.date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} "
@@ -163,6 +175,31 @@ def main():
         f.write("| model | hoisted tokens/s | every step tokens/s | time per step saved |\n|---|---:|---:|---:|\n")
         for mname, h, n in hoist:
             f.write(f"| {mname} | {h[0]:.0f} | {n[0]:.0f} | {100 * (1 - n[0] / h[0]):.0f}% |\n")
+    print(f"wrote {out}")
+
+
+def write_baseline(a, rows, most, threads, gemm_gflops, kernels, device):
+    out = os.path.join(ROOT, "bench", "results", "train_cpu_baseline.md")
+    base_rev = os.environ.get("BASELINE_NAME", a.baseline)
+    with open(out, "w") as f:
+        f.write("# Training step on the CPU: this runtime against a baseline, side by side\n\n")
+        f.write(f"Measured {datetime.date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} "
+                f"cores, OMP_NUM_THREADS={threads}), {platform.system()} {platform.release()}, "
+                f"by `bench/train/run.py --baseline ... --steps {a.steps} --tiny-steps "
+                f"{a.tiny_steps} --rounds {a.rounds}`: the same fused .po built by this poc and "
+                f"by the baseline ({base_rev}), each binary the best of {a.rounds} processes, "
+                f"the two alternating; {a.tiny_steps} optimizer steps (tiny) or {a.steps} (20M) "
+                f"on the first {16 * (most + 1)} lines of the data; tokens/s is the median over "
+                f"the steps after the first, peak memory the process's VmHWM.\n\n")
+        f.write(f"Device line: `{device}`; sgemm 2048³ peak with these {kernels} kernels: "
+                f"{gemm_gflops:.1f} GFLOP/s.\n\n")
+        if os.environ.get("NOTE"):
+            f.write(os.environ["NOTE"] + "\n\n")
+        f.write("| model | method | tokens/s | baseline tokens/s | ratio | peak MiB | baseline peak MiB |\n")
+        f.write("|---|---|---:|---:|---:|---:|---:|\n")
+        for mname, method, new, old in rows:
+            f.write(f"| {mname} | {method} | {new[0]:.0f} | {old[0]:.0f} | {new[0] / old[0]:.3f} | "
+                    f"{new[2]:.0f} | {old[2]:.0f} |\n")
     print(f"wrote {out}")
 
 
