@@ -206,5 +206,10 @@ void poc_device_close(poc_device *d);
 /* Device constructors, called by the registry only. */
 poc_device *poc_cpu_device_open(int fp64, char *err);
 poc_device *poc_cuda_device_open(char *err);
+/* The kernels `poc build --arch` embedded in the program (program.h): the registry hands
+ * them over before any device opens, and the CUDA device looks there first whenever it
+ * needs kernels for a set of dimensions. Process-wide, as the program is; the images are
+ * static data and are never copied. */
+void poc_cuda_use_images(const poc_kernel_image *img, int n);
 
 #endif
