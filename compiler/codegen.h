@@ -22,6 +22,8 @@ typedef struct cg_options {
                         the textbook loss head at run time */
   bool no_hoist;     /* frozen calls run every step instead of once (benchmarks) */
   const char *cc_line; /* how the files will be compiled, for the header; may be NULL */
+  int n_kernel_images; /* poc build --arch: the GPU kernel images cuda_images.c defines as
+                          poc_kernel_images[] (0: none, plan.c refers to nothing) */
 } cg_options;
 
 /* ---- codegen.c: the experiment as the runtime sees it ---------------------------- */

@@ -209,6 +209,21 @@ static const char *decl_path(const cg_prog *p, const char *builtin) {
   return NULL;
 }
 
+/* The GPU kernels `poc build --arch` compiled: cuda_images.c (written by the build, one
+ * image per distinct model config) defines them; plan.c only points at them. */
+static void emit_kernel_images_decl(FILE *f, const cg_prog *p) {
+  if (p->opt->n_kernel_images <= 0) return;
+  fprintf(f, "/* the GPU kernels compiled by poc build --arch (cuda_images.c) */\n"
+             "extern const poc_kernel_image poc_kernel_images[%d];\n\n",
+          p->opt->n_kernel_images);
+}
+
+static void emit_kernel_images_fields(FILE *f, const cg_prog *p) {
+  if (p->opt->n_kernel_images <= 0) return;
+  fprintf(f, "    .n_kernel_images = %d,\n    .kernel_images = poc_kernel_images,\n",
+          p->opt->n_kernel_images);
+}
+
 int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
   const ir_graph *g = p->g;
   int errors = 0;
@@ -354,6 +369,7 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
   }
 
   const char *data = decl_path(p, g->data_kind ? g->data_kind : "pairs");
+  emit_kernel_images_decl(f, p);
   fputs("static const poc_program poc_this_program = {\n    .name = ", f);
   cg_cstr(f, p->name);
   fputs(",\n    .source = source,\n", f);
@@ -372,7 +388,9 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
   fprintf(f, "    .separable = %d, /* %s */\n", p->separable,
           p->separable ? "no batch reduction: one objective call per micro-batch"
                        : "batch reductions: one objective call over the whole step");
-  fputs("    .objective = poc_objective,\n};\n\n", f);
+  fputs("    .objective = poc_objective,\n", f);
+  emit_kernel_images_fields(f, p);
+  fputs("};\n\n", f);
 
   /* main() first picks the CPU's GEMM kernels: OpenBLAS chose at load time, and a weaker
    * choice than the processor allows is corrected by restarting (runtime/cpu/) */

@@ -26,13 +26,30 @@ void poc_dims_from_config(const poc_config *c, poc_dims *d) {
 }
 
 /* Only the first failure is kept: what follows it is usually its consequence. */
-void poc_dev_fail(poc_device *d, const char *fmt, ...) {
+static void dev_failv(poc_device *d, int staged, const char *fmt, va_list ap) {
   if (d->failed) return;
+  int n = vsnprintf(d->err, sizeof d->err, fmt, ap);
+  if (staged && d->stage && n >= 0 && (size_t)n < sizeof d->err) {
+    if (d->layer >= 0)
+      snprintf(d->err + n, sizeof d->err - (size_t)n, " in layer %d %s", d->layer, d->stage);
+    else
+      snprintf(d->err + n, sizeof d->err - (size_t)n, " in %s", d->stage);
+  }
+  d->failed = 1;
+}
+
+void poc_dev_fail(poc_device *d, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(d->err, sizeof d->err, fmt, ap);
+  dev_failv(d, 1, fmt, ap);
   va_end(ap);
-  d->failed = 1;
+}
+
+void poc_dev_fail_unstaged(poc_device *d, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  dev_failv(d, 0, fmt, ap);
+  va_end(ap);
 }
 
 int poc_dev_sync(poc_device *d, char *err) {

@@ -157,6 +157,13 @@ struct poc_device {
   int failed;                   /* sticky: set by the first failing kernel or copy */
   char err[POC_ERR_LEN];
 
+  /* The model's stage marker: runtime/model.c sets it as it goes ("attention backward"
+   * with layer 3, "loss head" with layer -1, ...) — two stores, no formatting, so it costs
+   * nothing on the hot path — and poc_dev_fail names it in the error: "... in layer 3
+   * attention backward". NULL outside the model. */
+  const char *stage;
+  int layer;                    /* -1: the stage is not a decoder layer's */
+
   /* Memory. alloc returns 0 and records a message naming `what`, the size and the memory
    * free when it cannot; free(0) does nothing. put/get copy n elements between host and
    * device, converting between the host type and the device type (f32, f64, bf16 — round
@@ -178,8 +185,13 @@ struct poc_device {
   poc_kernels k;
 };
 
-/* Records the first error (printf-style) and marks the device failed. */
+/* Records the first error (printf-style) and marks the device failed; the stage marker,
+ * when set, is appended ("... in layer 3 attention backward"). */
 void poc_dev_fail(poc_device *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The same without the stage: for a failure found at a synchronisation point, whose cause
+ * may be any kernel queued since the last one, so the current stage would mislead. */
+void poc_dev_fail_unstaged(poc_device *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* d->sync, or just the sticky error: 0, or -1 with the message in err. */
 int poc_dev_sync(poc_device *d, char *err);
 
@@ -194,5 +206,10 @@ void poc_device_close(poc_device *d);
 /* Device constructors, called by the registry only. */
 poc_device *poc_cpu_device_open(int fp64, char *err);
 poc_device *poc_cuda_device_open(char *err);
+/* The kernels `poc build --arch` embedded in the program (program.h): the registry hands
+ * them over before any device opens, and the CUDA device looks there first whenever it
+ * needs kernels for a set of dimensions. Process-wide, as the program is; the images are
+ * static data and are never copied. */
+void poc_cuda_use_images(const poc_kernel_image *img, int n);
 
 #endif

@@ -32,5 +32,9 @@ void poc_device_close(poc_device *d) {
 }
 
 int poc_train_main(const poc_program *prog, int argc, char **argv) {
+#ifdef POC_HAVE_CUDA
+  /* before any device opens: the CUDA device takes its kernels from here when it can */
+  poc_cuda_use_images(prog->kernel_images, prog->n_kernel_images);
+#endif
   return poc_train_run(prog, poc_device_open, argc, argv);
 }

@@ -64,6 +64,9 @@ struct poc_model {
 #define G(off) ACC(m->grad, off)
 #define BIAS(off) ((off) == POC_NO_TENSOR ? (poc_dptr)0 : W(off))
 #define I32(p, i) ((p) + (poc_dptr)(i) * 4)
+/* The device's stage marker (device.h): two stores, read only when something fails, so
+ * an error names where in the model it happened ("in layer 3 attention backward"). */
+#define STAGE(name, l) (m->d->stage = (name), m->d->layer = (l))
 
 /* Y[T×out] (=|+=) X[T×in]·Wᵀ for W [out×in] (HF layout) at parameter offset woff */
 static void mdl_linear(poc_model *m, int T, int in, int out, poc_dptr X, size_t woff, poc_dptr Y,
@@ -264,6 +267,7 @@ poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, po
   m->off_head = mo.head;
   memcpy(m->lo, mo.layers, (size_t)m->L * sizeof *m->lo);
   free(mo.layers);
+  STAGE("setting up the model", -1);
   if (!(m->k = d->kernels(d, &m->dm))) goto dev_fail;
 
   if (d->shared_act) {
@@ -380,6 +384,7 @@ static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out
   const poc_layer_offsets *o = &m->lo[l];
   const poc_kernels *k = &m->d->k;
   const int H = m->dm.H, F = m->dm.F;
+  STAGE("attention", l);
   k->rmsnorm_fwd(m->k, T, S->x, 0, W(o->ln1), m->xn, S->rstd1);
   mdl_linear(m, T, H, m->qd, m->xn, o->wq, S->q, 0, 0.f);
   mdl_linear(m, T, H, m->kvd, m->xn, o->wk, S->k, 0, 0.f);
@@ -390,6 +395,7 @@ static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out
   m->d->copy(m->d, S->h1, S->x, (size_t)T * H * m->sc);
   mdl_linear(m, T, m->qd, H, S->att, o->wo, S->h1, 1, 1.f);
   mdl_add_bias(m, T, H, o->bo, m->ones, S->h1);
+  STAGE("MLP", l);
   k->rmsnorm_fwd(m->k, T, S->h1, 0, W(o->ln2), m->xn, S->rstd2);
   mdl_linear(m, T, H, F, m->xn, o->wg, S->g, 0, 0.f);
   mdl_linear(m, T, H, F, m->xn, o->wu, S->u, 0, 0.f);
@@ -467,6 +473,7 @@ int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp, 
   if (T == 0) return 0;
   if ((flags & POC_FWD_UNFUSED) && mdl_text_alloc(m, err)) return -1;
 
+  STAGE("the embedding", -1);
   k->embed_fwd(m->k, T, m->tok, W(m->off_embed), m->sv[0].x);
   for (int l = 0; l < m->L; l++) {
     mdl_saved *S = &m->sv[save ? l : 0];
@@ -475,6 +482,7 @@ int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp, 
   }
   if (n > 0) {
     poc_dptr ent = (flags & POC_FWD_ENTROPY) ? m->ent : 0;
+    STAGE("the loss head", -1);
     k->rmsnorm_fwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->hf, m->rstdf);
     if (flags & POC_FWD_UNFUSED) {
       k->gemm(m->k, 0, 1, n, V, H, m->hf, H, W(m->off_head), H, 0.f, m->text, 1, V);
@@ -503,6 +511,7 @@ static void mdl_layer_bwd(poc_model *m, int l, int T, const mdl_saved *S) {
   const int H = m->dm.H, F = m->dm.F, qd = m->qd, kvd = m->kvd;
   const size_t TH = (size_t)T * H, TF = (size_t)T * F;
   /* MLP */
+  STAGE("MLP backward", l);
   k->rmsnorm_fwd(m->k, T, S->h1, 0, W(o->ln2), m->xn, 0);
   k->swiglu_fwd(m->k, TF, S->g, S->u, m->a);
   k->cast(m->k, TH, m->dX, m->dX16);
@@ -513,6 +522,7 @@ static void mdl_layer_bwd(poc_model *m, int l, int T, const mdl_saved *S) {
   k->rmsnorm_bwd(m->k, T, S->h1, 0, W(o->ln2), S->rstd2, m->dxn, m->dX);
   k->rmsnorm_dw(m->k, T, S->h1, 0, S->rstd2, m->dxn, G(o->ln2));
   /* attention: dX is now dL/dh1 */
+  STAGE("attention backward", l);
   k->cast(m->k, TH, m->dX, m->dX16);
   mdl_linear_bwd(m, T, qd, H, S->att, o->wo, m->dX16, m->dO, 0, 0.f);
   if (o->bo != POC_NO_TENSOR) k->colsum(m->k, T, H, m->dX, G(o->bo));
@@ -544,6 +554,7 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
   const int T = p->n_tok, H = m->dm.H, V = m->dm.V, n = poc_pack_targets(p);
   m->saved_n_tok = -1; /* the head's buffers are consumed below */
   if (T == 0) return 0;
+  STAGE("the loss head backward", -1);
   d->zero(d, m->dX, (size_t)T * H * m->sc);
   if (n > 0) {
     if (dlogp)
@@ -568,6 +579,7 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
     k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
   }
   for (int l = m->L - 1; l >= 0; l--) mdl_layer_bwd(m, l, T, &m->sv[l]);
+  STAGE("the embedding backward", -1);
   k->embed_bwd(m->k, T, m->tok, m->dX, G(m->off_embed));
   return poc_dev_sync(d, err);
 }
@@ -655,6 +667,7 @@ static int mdl_gen_step(poc_model *m, mdl_gen *g, const int32_t *tok, int n, int
   const poc_kernels *k = &d->k;
   const int H = m->dm.H, F = m->dm.F, V = m->dm.V;
   int32_t pos[1024];
+  STAGE("a decode step's embedding", -1);
   d->put(d, g->tok, POC_DT_I32, tok, POC_DT_I32, (size_t)n);
   for (int i0 = 0; i0 < n; i0 += 1024) {
     int c = n - i0 < 1024 ? n - i0 : 1024;
@@ -666,6 +679,7 @@ static int mdl_gen_step(poc_model *m, mdl_gen *g, const int32_t *tok, int n, int
     const poc_layer_offsets *o = &m->lo[l];
     poc_dptr Kc = ACT(g->kc, (size_t)l * g->n_ctx * m->kvd), Vc = ACT(g->vc, (size_t)l * g->n_ctx * m->kvd);
     poc_dptr Kn = ACT(Kc, (size_t)p0 * m->kvd), Vn = ACT(Vc, (size_t)p0 * m->kvd);
+    STAGE("decode step", l);
     k->rmsnorm_fwd(m->k, n, g->x, 0, W(o->ln1), g->xn, 0);
     mdl_linear(m, n, H, m->qd, g->xn, o->wq, g->q, 0, 0.f);
     mdl_linear(m, n, H, m->kvd, g->xn, o->wk, Kn, 0, 0.f);
@@ -682,6 +696,7 @@ static int mdl_gen_step(poc_model *m, mdl_gen *g, const int32_t *tok, int n, int
     mdl_linear(m, n, F, H, g->a, o->wd, g->x, 1, 1.f);
   }
   int32_t last = n - 1;
+  STAGE("a decode step's head", -1);
   d->put(d, g->last, POC_DT_I32, &last, POC_DT_I32, 1);
   k->rmsnorm_fwd(m->k, 1, g->x, g->last, W(m->off_norm), g->xn, 0);
   k->gemm(m->k, 0, 1, 1, V, H, g->xn, H, W(m->off_head), H, 0.f, g->logits, 1, V);
@@ -745,12 +760,14 @@ int poc_model_decays(const poc_layout *lay, int i) { return lay->tensors[i].ndim
 
 int poc_model_zero_grad(poc_model *m, char *err) {
   if (mdl_need_train(m, "zero_grad", err)) return -1;
+  STAGE("clearing the gradients", -1);
   m->d->zero(m->d, m->grad, m->P * m->sc);
   return poc_dev_sync(m->d, err);
 }
 
 int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err) {
   if (mdl_need_train(m, "grad_norm", err)) return -1;
+  STAGE("the gradient norm", -1);
   double s = m->d->k.sumsq(m->k, m->P, m->grad);
   if (poc_dev_sync(m->d, err)) return -1;
   *sumsq = s;
@@ -771,6 +788,7 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
     snprintf(err, POC_ERR_LEN, "model: AdamW step numbers start at 1 (got %ld)", h->step);
     return -1;
   }
+  STAGE("AdamW", -1);
   const poc_layout *lay = m->lay;
   float lr = (float)h->lr, b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps,
         gs = (float)h->grad_scale;
@@ -793,6 +811,7 @@ int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *er
   poc_device *d = m->d;
   if (part != POC_PART_WEIGHTS && mdl_need_train(m, "reading gradients or AdamW state", err))
     return -1;
+  STAGE("copying the model to the host", -1);
   switch (part) {
   case POC_PART_WEIGHTS:
     if (m->w)
@@ -811,6 +830,7 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
   poc_device *d = m->d;
   if (part != POC_PART_WEIGHTS && mdl_need_train(m, "writing gradients or AdamW state", err))
     return -1;
+  STAGE("copying the model to the device", -1);
   switch (part) {
   case POC_PART_WEIGHTS: mdl_upload_weights(m, src, st); break;
   case POC_PART_GRAD: d->put(d, m->grad, d->acc, src, st, m->P); break;

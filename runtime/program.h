@@ -203,6 +203,29 @@ typedef struct poc_objective_args {
 
 typedef int (*poc_objective_fn)(const poc_objective_args *a);
 
+/* ---- compiled GPU kernels ------------------------------------------------------------ */
+
+/* What `poc build --arch sm_80,sm_90` embeds: the CUDA kernels compiled ahead of time for
+ * one set of model dimensions (they are compile-time constants of the kernels), as a cubin
+ * per architecture asked for plus PTX for compute_XY of the lowest. source_hash is the
+ * FNV-1a hash of the CUDA source the blobs were compiled from: the runtime instantiates
+ * the same source for a model and uses an image only when the hashes agree, so a binary
+ * can never run kernels from other templates than the ones it links. */
+typedef struct poc_kernel_blob {
+  const char *arch;              /* "sm_90" (cubin) or "compute_80" (PTX) */
+  int is_ptx;
+  const unsigned char *data;     /* PTX is NUL-terminated; size counts the NUL */
+  size_t size;
+} poc_kernel_blob;
+
+typedef struct poc_kernel_image {
+  int H, F, V, nh, nkv, hd;      /* the dimensions, as poc_dims (device.h) */
+  double eps;
+  uint64_t source_hash;
+  int n_blobs;
+  const poc_kernel_blob *blobs;
+} poc_kernel_image;
+
 /* ---- the program ------------------------------------------------------------------- */
 
 typedef struct poc_program {
@@ -226,10 +249,12 @@ typedef struct poc_program {
   poc_train train;
   int separable;                 /* 1: no batch reductions; one objective per micro-batch */
   poc_objective_fn objective;
+  int n_kernel_images;           /* poc build --arch: one per distinct model config, else 0 */
+  const poc_kernel_image *kernel_images;
 } poc_program;
 
 /* The training binary: BIN [--backend cpu|cuda] [--steps N] [--out DIR] [--resume DIR]
- * [--set k=v] [--seed N] [--unfused-head] [--help]. Returns the process exit status:
+ * [--set k=v] [--seed N] [--unfused-head] [--kernel-images] [--help]. Returns the process exit status:
  * 0 done, 1 runtime failure (I/O, numerics), 2 bad input or usage. */
 int poc_train_main(const poc_program *prog, int argc, char **argv);
 /* The first statement of a generated main: re-executes the program when the BLAS chose

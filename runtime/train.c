@@ -43,7 +43,7 @@ typedef struct {
 static void usage(const poc_program *p, FILE *f) {
   fprintf(f,
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
-          "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
+          "       %*s [--set knob=value ...] [--seed N] [--unfused-head] [--kernel-images]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -52,11 +52,30 @@ static void usage(const poc_program *p, FILE *f) {
           "  --resume DIR    continue the run in DIR from its newest complete checkpoint\n"
           "  --set k=v       set a knob (param) without rebuilding\n"
           "  --seed N        seed of every random draw (overrides the train block)\n"
-          "  --unfused-head  compute the loss head the textbook way (full logits)\n",
+          "  --unfused-head  compute the loss head the textbook way (full logits)\n"
+          "  --kernel-images list the GPU kernels built in by poc build --arch, and exit\n",
           p->name, (int)strlen(p->name), "", p->name, p->name);
   if (p->n_knobs) {
     fprintf(f, "knobs:");
     for (int i = 0; i < p->n_knobs; i++) fprintf(f, " %s=%g", p->knobs[i].name, p->knobs[i].value);
+    fputc('\n', f);
+  }
+}
+
+/* What `poc build --arch` embedded: one line per image and blob, so a user (and the tests)
+ * can see which GPUs the binary runs on without NVRTC. */
+static void kernel_images(const poc_program *p, FILE *f) {
+  if (!p->n_kernel_images)
+    fprintf(f, "%s: no GPU kernels built in (poc build --arch embeds them); a GPU run "
+            "compiles them with NVRTC\n", p->name);
+  for (int i = 0; i < p->n_kernel_images; i++) {
+    const poc_kernel_image *k = &p->kernel_images[i];
+    fprintf(f, "kernels for hidden %d, intermediate %d, vocab %d, heads %d/%d, head_dim %d, "
+            "eps %g (source %016llx):", k->H, k->F, k->V, k->nh, k->nkv, k->hd, k->eps,
+            (unsigned long long)k->source_hash);
+    for (int b = 0; b < k->n_blobs; b++)
+      fprintf(f, " %s %s (%zu bytes)%s", k->blobs[b].arch, k->blobs[b].is_ptx ? "PTX" : "cubin",
+              k->blobs[b].size, b + 1 < k->n_blobs ? "," : "");
     fputc('\n', f);
   }
 }
@@ -121,6 +140,9 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       f->set[f->n_set++] = (char *)val;
     } else if (!strcmp(a, "--unfused-head")) {
       f->unfused = 1;
+    } else if (!strcmp(a, "--kernel-images")) {
+      kernel_images(p, stdout);
+      return 1;
     } else {
       fprintf(stderr, "%s: error: unknown argument '%s'\n", p->name, a);
       usage(p, stderr);

@@ -1,5 +1,6 @@
-/* backend_cuda.c — opening the CUDA backend: the driver, the device, cuBLAS, and the
- * kernel modules compiled from the templates.
+/* backend_cuda.c — opening the CUDA device: the driver, the context, cuBLAS, and the
+ * kernel modules — built in by `poc build --arch`, cached on disk (kcache.c) or compiled
+ * from the templates by NVRTC.
  *
  * Every failure becomes a message: a missing libcuda.so.1, libnvrtc or libcublas, a driver
  * that finds no device (cuInit's own error string), a device this NVRTC cannot target.
@@ -120,7 +121,22 @@ const char *cu_errstr(CUresult r) {
 
 /* ---- modules ------------------------------------------------------------------------ */
 
-int poc_cuda_load(const poc_cuda_image *img, void **module, char *err) {
+/* Loads one cubin or PTX blob into the current context; `what` names it in the message. */
+static int cu_module_load(const void *data, const char *what, CUmodule *mod, char *err) {
+  char log[4096] = "";
+  CUjit_option opt[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+  void *val[] = {log, (void *)(size_t)sizeof log};
+  CUresult r = cu.cuModuleLoadDataEx(mod, data, 2, opt, val);
+  if (r == CUDA_SUCCESS) return 0;
+  for (char *p = log; *p; p++)  /* one line */
+    if (*p == '\n') *p = ' ';
+  snprintf(err, POC_ERR_LEN, "cuda: loading the %s kernels failed: %s %.300s", what,
+           cu_errstr(r), log);
+  return -1;
+}
+
+/* The device's compute capability as major·10 + minor, or -1 with a message. */
+static int cu_current_cc(char *err) {
   CUdevice dev;
   int ma = 0, mi = 0;
   CUresult r = cu.lib ? cu.cuCtxGetDevice(&dev) : CUDA_ERROR_NOT_INITIALIZED;
@@ -131,62 +147,141 @@ int poc_cuda_load(const poc_cuda_image *img, void **module, char *err) {
              cu.lib ? cu_errstr(r) : "the driver is not loaded");
     return -1;
   }
-  int cc = ma * 10 + mi;
+  return ma * 10 + mi;
+}
+
+/* "compute_80" → 80 */
+static int cu_ptx_arch(const char *a) { return atoi(a + 8); }
+
+int poc_cuda_load(const poc_cuda_image *img, void **module, char *err) {
+  int cc = cu_current_cc(err);
+  if (cc < 0) return -1;
   char want[16];
   snprintf(want, sizeof want, "sm_%d", cc);
   const poc_cuda_blob *pick = NULL;
   for (int i = 0; i < img->n && !pick; i++)
     if (!img->blob[i].is_ptx && !strcmp(img->blob[i].arch, want)) pick = &img->blob[i];
   for (int i = 0; i < img->n && !pick; i++)
-    if (img->blob[i].is_ptx && atoi(img->blob[i].arch + 8) <= cc) pick = &img->blob[i];
+    if (img->blob[i].is_ptx && cu_ptx_arch(img->blob[i].arch) <= cc) pick = &img->blob[i];
   if (!pick) {
-    snprintf(err, POC_ERR_LEN, "cuda: the embedded kernels have no cubin for %s and no PTX "
-             "it can run; rebuild with --arch %s", want, want);
+    snprintf(err, POC_ERR_LEN, "cuda: the kernels have no cubin for %s and no PTX it can run; "
+             "rebuild with --arch %s", want, want);
     return -1;
   }
-  char log[4096] = "";
-  CUjit_option opt[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
-  void *val[] = {log, (void *)(size_t)sizeof log};
   CUmodule mod;
-  r = cu.cuModuleLoadDataEx(&mod, pick->data, 2, opt, val);
-  if (r != CUDA_SUCCESS) {
-    snprintf(err, POC_ERR_LEN, "cuda: loading the %s kernels failed: %s %.300s", pick->arch,
-             cu_errstr(r), log);
-    return -1;
-  }
+  if (cu_module_load(pick->data, pick->arch, &mod, err)) return -1;
   *module = mod;
   return 0;
 }
 
-cu_kernels *cu_kernels_get(cu_ctx *b, const poc_cuda_dims *d, char *err) {
-  for (cu_kernels *k = b->kernels; k; k = k->next)
-    if (!memcmp(&k->dims, d, sizeof *d)) return k;
-  char *src = poc_cuda_instantiate(d, NULL, 0, err);
-  if (!src) return NULL;
-  char arch[16], *log = NULL;
-  snprintf(arch, sizeof arch, "sm_%d", b->cc);
+/* What `poc build --arch` embedded in the program, handed over by the registry. */
+static const poc_kernel_image *cu_images;
+static int cu_n_images;
+
+void poc_cuda_use_images(const poc_kernel_image *img, int n) {
+  cu_images = img;
+  cu_n_images = img ? n : 0;
+}
+
+/* From the built-in images: a cubin for exactly the device's sm_XY, else the PTX when its
+ * compute_XY is not newer than the device (the driver JIT-compiles it). 0 with *mod set,
+ * or 1 (a note says why) when none can serve and NVRTC must. */
+static int cu_images_load(int cc, const poc_cuda_dims *d, uint64_t hash, CUmodule *mod) {
+  const poc_kernel_image *im = NULL;
+  int stale = 0;
+  for (int i = 0; i < cu_n_images && !im; i++) {
+    const poc_kernel_image *k = &cu_images[i];
+    if (k->H == d->H && k->F == d->F && k->V == d->V && k->nh == d->NH && k->nkv == d->NKV &&
+        k->hd == d->HD && k->eps == d->eps) {
+      if (k->source_hash == hash) im = k;
+      else stale = 1;
+    }
+  }
+  if (!im) {
+    if (stale)
+      fprintf(stderr, "poc: note: the built-in GPU kernels were compiled from other kernel "
+              "sources than this runtime's; compiling them with NVRTC\n");
+    else if (cu_n_images)
+      fprintf(stderr, "poc: note: no built-in GPU kernels for a model of hidden size %d, "
+              "vocabulary %d; compiling them with NVRTC\n", d->H, d->V);
+    return 1;
+  }
+  char want[16];
+  snprintf(want, sizeof want, "sm_%d", cc);
+  const poc_kernel_blob *pick = NULL;
+  for (int i = 0; i < im->n_blobs && !pick; i++)
+    if (!im->blobs[i].is_ptx && !strcmp(im->blobs[i].arch, want)) pick = &im->blobs[i];
+  for (int i = 0; i < im->n_blobs && !pick; i++)
+    if (im->blobs[i].is_ptx && cu_ptx_arch(im->blobs[i].arch) <= cc) {
+      pick = &im->blobs[i];
+      fprintf(stderr, "poc: note: no %s cubin built in; the driver compiles the %s PTX\n", want,
+              pick->arch);
+    }
+  if (!pick) {
+    fprintf(stderr, "poc: note: the built-in GPU kernels have no cubin for %s and no PTX it "
+            "can run (poc build --arch %s adds them); compiling them with NVRTC\n", want, want);
+    return 1;
+  }
+  char err[POC_ERR_LEN];
+  if (cu_module_load(pick->data, pick->arch, mod, err)) {
+    fprintf(stderr, "poc: note: %s; compiling them with NVRTC\n", err);
+    return 1;
+  }
+  return 0;
+}
+
+/* From the kernel cache, else NVRTC for the device's sm_XY (then cached). */
+static int cu_jit_load(int cc, const char *src, uint64_t hash, CUmodule *mod, char *err) {
+  char arch[16];
+  snprintf(arch, sizeof arch, "sm_%d", cc);
+  unsigned char *data;
+  size_t n;
+  if (cu_cache_load(hash, arch, &data, &n) == 0) {
+    char lerr[POC_ERR_LEN];
+    int rc = cu_module_load(data, arch, mod, lerr);
+    free(data);
+    if (rc == 0) return 0;
+    /* intact but refused (e.g. a driver change): replaced like a damaged entry */
+    fprintf(stderr, "poc: note: the cached kernels could not be loaded (%s); recompiling\n", lerr);
+  }
   const char *archs[] = {arch};
   poc_cuda_image img;
-  int rc = poc_cuda_compile(src, "poc_model.cu", archs, 1, &img, &log);
-  free(src);
-  if (rc) {
+  char *log = NULL;
+  if (poc_cuda_compile_cubins(src, "poc_model.cu", archs, 1, &img, &log)) {
     /* the whole log goes to stderr: it does not fit an error message */
     fprintf(stderr, "%s\n", log ? log : "");
     snprintf(err, POC_ERR_LEN, "cuda: NVRTC could not compile the model kernels for %s "
              "(log above)", arch);
     free(log);
-    return NULL;
+    return -1;
   }
   free(log);
+  int rc = cu_module_load(img.blob[0].data, arch, mod, err);
+  if (rc == 0) cu_cache_store(hash, arch, img.blob[0].data, img.blob[0].size);
+  poc_cuda_image_free(&img);
+  return rc;
+}
+
+cu_kernels *cu_kernels_get(cu_ctx *b, const poc_cuda_dims *d, char *err) {
+  for (cu_kernels *k = b->kernels; k; k = k->next)
+    if (!memcmp(&k->dims, d, sizeof *d)) return k;
+  int cc = cu_current_cc(err);
+  if (cc < 0) return NULL;
+  /* the source is instantiated even when an image serves: its hash is what proves the
+   * image was compiled from these templates for these dimensions */
+  char *src = poc_cuda_instantiate(d, NULL, 0, err);
+  if (!src) return NULL;
+  uint64_t hash = poc_cuda_source_hash(src);
+  CUmodule mod = NULL;
+  int rc = cu_images_load(cc, d, hash, &mod) == 0 ? 0 : cu_jit_load(cc, src, hash, &mod, err);
+  free(src);
+  if (rc) return NULL;
   cu_kernels *k = calloc(1, sizeof *k);
-  void *mod = NULL;
-  if (!k || poc_cuda_load(&img, &mod, err)) {
-    if (!k) snprintf(err, POC_ERR_LEN, "cuda: out of memory");
-    poc_cuda_image_free(&img);
-    free(k);
+  if (!k) {
+    snprintf(err, POC_ERR_LEN, "cuda: out of memory");
+    cu.cuModuleUnload(mod);
     return NULL;
   }
-  poc_cuda_image_free(&img);
   k->dims = *d;
   k->mod = mod;
 #define CU_GETK(name)                                                                   \

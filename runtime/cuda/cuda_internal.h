@@ -109,7 +109,16 @@ typedef struct cu_ctx {
 int cu_ctx_open(cu_ctx *c, char *err);
 void cu_ctx_close(cu_ctx *c);
 
-/* The kernel set for a model's dimensions, compiled by NVRTC on first use. */
+/* The kernel set for a model's dimensions, on first use: from the kernels the binary has
+ * built in (poc_cuda_use_images) when one fits the device, else from the kernel cache,
+ * else compiled by NVRTC (and cached). */
 cu_kernels *cu_kernels_get(cu_ctx *c, const poc_cuda_dims *d, char *err);
+
+/* kcache.c: the on-disk cache of NVRTC's cubins, keyed by the source's hash, the
+ * architecture and NVRTC's version. load: 0 with a malloc'd *data, 1 no entry (or no
+ * cache), 2 a damaged entry (one note printed; the caller recompiles and stores over it).
+ * store: best effort; an unusable cache directory prints one note per process. */
+int cu_cache_load(uint64_t source, const char *arch, unsigned char **data, size_t *n);
+void cu_cache_store(uint64_t source, const char *arch, const unsigned char *data, size_t n);
 
 #endif

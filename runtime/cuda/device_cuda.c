@@ -3,12 +3,13 @@
  *
  * Types: acc is fp32, act is bf16 (GEMM and attention operands, the compute copy of the
  * weights). Every kernel member below launches the template kernel(s) of the same name
- * exactly as the CUDA model (model_cuda.c) did; docs/cuda.md has the table.
+ * as docs/cuda.md's table says.
  *
  * Work is issued on the legacy default stream, so kernels, cuBLAS and copies run in order.
  * Launch errors are recorded at once (sticky, naming the kernel); faults inside a kernel
  * surface at the next synchronising call (sync, get, sumsq). POC_CUDA_SYNC=1 synchronises
- * after every launch so the error names the kernel that faulted.
+ * after every launch so the error names the kernel that faulted and the model stage it
+ * came from (the device's stage marker, set by runtime/model.c).
  *
  * The calling thread must have the device's context current: the memory calls, sync and
  * kernels() make it so, and the model calls those before launching anything.
@@ -58,10 +59,26 @@ static dc_kset *ks_of(poc_kset *k) { return (dc_kset *)k; }
  * so this file links on its own). */
 #define dc_fail poc_dev_fail
 
-/* 0, or records "cuda: <what>: <driver error>" and returns -1 */
+/* Errors a kernel leaves in the context: the driver reports them at whatever call comes
+ * next, so they say nothing about that call or the model's current stage. */
+static int dc_async_error(CUresult r) {
+  return r == CUDA_ERROR_ILLEGAL_ADDRESS || r == CUDA_ERROR_LAUNCH_FAILED ||
+         r == CUDA_ERROR_ILLEGAL_INSTRUCTION || r == CUDA_ERROR_MISALIGNED_ADDRESS ||
+         r == CUDA_ERROR_INVALID_ADDRESS_SPACE || r == CUDA_ERROR_INVALID_PC ||
+         r == CUDA_ERROR_HARDWARE_STACK_ERROR || r == CUDA_ERROR_ASSERT ||
+         r == CUDA_ERROR_LAUNCH_TIMEOUT;
+}
+
+/* 0, or records "cuda: <what>: <driver error>" and returns -1. A kernel's fault met here
+ * is reported as such, without the stage (it may come from any kernel since the last
+ * synchronisation), and with the way to find the kernel. */
 static int dc_check(poc_device *d, CUresult r, const char *what) {
   if (r == CUDA_SUCCESS) return 0;
-  dc_fail(d, "cuda: %s: %s", what, cu_errstr(r));
+  if (dc_async_error(r) && !dc_of(d)->sync_each)
+    poc_dev_fail_unstaged(d, "cuda: a kernel failed before %s: %s (POC_CUDA_SYNC=1 names the "
+                          "kernel and the model stage)", what, cu_errstr(r));
+  else
+    dc_fail(d, "cuda: %s: %s", what, cu_errstr(r));
   return -1;
 }
 
@@ -113,10 +130,11 @@ static poc_dptr dc_alloc(poc_device *d, size_t bytes, const char *what) {
   if (r == CUDA_SUCCESS) return (poc_dptr)p;
   size_t fr = 0, tot = 0;
   if (cu.cuMemGetInfo(&fr, &tot) != CUDA_SUCCESS) fr = tot = 0;
-  dc_fail(d, "cuda: cannot allocate %s (%.2f GiB): %.2f GiB of %.2f GiB free on the device "
-          "(%s); try a smaller micro_batch", what ? what : "a buffer",
-          (double)bytes / (1 << 30), (double)fr / (1 << 30), (double)tot / (1 << 30),
-          cu_errstr(r));
+  /* the buffer's name says where; a stage after the advice would only blur it */
+  poc_dev_fail_unstaged(d, "cuda: cannot allocate %s (%.2f GiB): %.2f GiB of %.2f GiB free on "
+                        "the device (%s); try a smaller micro_batch", what ? what : "a buffer",
+                        (double)bytes / (1 << 30), (double)fr / (1 << 30),
+                        (double)tot / (1 << 30), cu_errstr(r));
   return 0;
 }
 
@@ -231,8 +249,9 @@ static int dc_sync(poc_device *d, char *err) {
   if (!d->failed && !dc_current(dv)) {
     CUresult r = cu.cuCtxSynchronize();
     if (r != CUDA_SUCCESS)
-      dc_fail(d, "cuda: a kernel or copy failed: %s%s", cu_errstr(r),
-              dv->sync_each ? "" : " (POC_CUDA_SYNC=1 names the kernel)");
+      poc_dev_fail_unstaged(d, "cuda: a kernel or copy failed: %s%s", cu_errstr(r),
+                            dv->sync_each ? "" : " (POC_CUDA_SYNC=1 names the kernel and the "
+                                                 "model stage)");
   }
   if (!d->failed) return 0;
   if (err) snprintf(err, POC_ERR_LEN, "%s", d->err);
@@ -247,7 +266,9 @@ static void dc_launch(dc_kset *s, CUfunction f, const char *name, unsigned gx, u
   if (d->failed || gx == 0 || gy == 0) return;
   CUresult r = cu.cuLaunchKernel(f, gx, gy, 1, bx, 1, 1, 0, NULL, args, NULL);
   if (r != CUDA_SUCCESS) {
-    dc_fail(d, "cuda: launching %s failed: %s", name, cu_errstr(r));
+    char what[96];
+    snprintf(what, sizeof what, "launching %s", name);
+    dc_check(d, r, what);
     return;
   }
   if (dc_of(d)->sync_each && (r = cu.cuCtxSynchronize()) != CUDA_SUCCESS)

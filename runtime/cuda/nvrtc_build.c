@@ -1,7 +1,7 @@
 /* nvrtc_build.c — kernel templates → CUDA source → cubin/PTX through NVRTC.
  *
- * Used by `poc build --arch` (the binary embeds the result) and by the CUDA backend at
- * start-up when no compiled image is given. A failed compile leaves the source on disk
+ * Used by `poc build --arch` (the binary embeds the result) and by the CUDA device when
+ * the binary has no usable image and the kernel cache (kcache.c) has no entry. A failed compile leaves the source on disk
  * and returns NVRTC's whole log, because a template error is only readable next to the
  * instantiated text.
  */
@@ -248,8 +248,15 @@ static int nvb_run(const char *source, const char *name, const char *arch, int p
   return 0;
 }
 
-int poc_cuda_compile(const char *source, const char *name, const char *const *archs, int n_arch,
-                     poc_cuda_image *out, char **log) {
+uint64_t poc_cuda_source_hash(const char *source) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const unsigned char *p = (const unsigned char *)source; *p; p++)
+    h = (h ^ *p) * 0x100000001b3ULL;
+  return h;
+}
+
+static int nvb_compile(const char *source, const char *name, const char *const *archs,
+                       int n_arch, int with_ptx, poc_cuda_image *out, char **log) {
   memset(out, 0, sizeof *out);
   *log = NULL;
   nvb_buf msg = {0};
@@ -288,7 +295,7 @@ int poc_cuda_compile(const char *source, const char *name, const char *const *ar
       fprintf(stderr, "poc: CUDA source kept at %s\n", path);
   }
   nvb_buf warn = {0};
-  for (int i = 0; i <= n_arch; i++) {
+  for (int i = 0; i < n_arch + with_ptx; i++) {
     char ptx_arch[16];
     snprintf(ptx_arch, sizeof ptx_arch, "compute_%d", lowest);
     int ptx = i == n_arch;
@@ -301,6 +308,16 @@ int poc_cuda_compile(const char *source, const char *name, const char *const *ar
   }
   *log = warn.s;
   return 0;
+}
+
+int poc_cuda_compile(const char *source, const char *name, const char *const *archs, int n_arch,
+                     poc_cuda_image *out, char **log) {
+  return nvb_compile(source, name, archs, n_arch, 1, out, log);
+}
+
+int poc_cuda_compile_cubins(const char *source, const char *name, const char *const *archs,
+                            int n_arch, poc_cuda_image *out, char **log) {
+  return nvb_compile(source, name, archs, n_arch, 0, out, log);
 }
 
 void poc_cuda_image_free(poc_cuda_image *img) {

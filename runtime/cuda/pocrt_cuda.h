@@ -16,6 +16,7 @@
 #define POC_RT_CUDA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "pocrt.h"
 
@@ -69,6 +70,13 @@ typedef struct poc_cuda_image {
 int poc_cuda_compile(const char *source, const char *name, const char *const *archs, int n_arch,
                      poc_cuda_image *out, char **log);
 void poc_cuda_image_free(poc_cuda_image *img);
+/* The same without the PTX: one cubin per architecture (the device's own JIT path). */
+int poc_cuda_compile_cubins(const char *source, const char *name, const char *const *archs,
+                            int n_arch, poc_cuda_image *out, char **log);
+
+/* FNV-1a (64 bits) of an instantiated source: what an embedded image is checked against
+ * and what the kernel cache is keyed by. */
+uint64_t poc_cuda_source_hash(const char *source);
 
 /* NVRTC's version as "MAJOR.MINOR" (for cache keys and messages). */
 const char *poc_cuda_nvrtc_version(void);

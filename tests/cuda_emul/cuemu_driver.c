@@ -21,6 +21,15 @@
  * warp meeting at different warp operations or masks, reading a lane outside the mask,
  * deadlock (a live thread never reaches the barrier others wait at), launches beyond
  * __launch_bounds__ or the device's limits.
+ *
+ * For tests of poc's error and kernel-selection paths:
+ *   POC_CUDA_EMU_CC=XY          the device reports compute capability X.Y (default 90); the
+ *                               module loader accepts a cubin of the same major and no newer
+ *                               minor, and PTX of compute_XY no newer than the device, as the
+ *                               real driver does
+ *   POC_CUDA_EMU_FAULT=NAME:N   the Nth launch (from 1) of kernel NAME faults as a kernel
+ *                               does on a device: the launch returns success, and the next
+ *                               call that checks the context gets CUDA_ERROR_ILLEGAL_ADDRESS
  */
 #undef _FORTIFY_SOURCE /* __longjmp_chk refuses jumps between fibre stacks */
 #include <dlfcn.h>
@@ -120,6 +129,13 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
   return CUDA_SUCCESS;
 }
 
+/* POC_CUDA_EMU_CC, else 90 (sm_90) */
+static int emu_cc(void) {
+  const char *s = getenv("POC_CUDA_EMU_CC");
+  int cc = s && *s ? atoi(s) : 90;
+  return cc >= 10 && cc <= 199 ? cc : 90;
+}
+
 /* An H100-like device: what poc asks about, nothing else (an unknown attribute is an error,
  * so new uses get added here on purpose). */
 CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d) {
@@ -127,8 +143,8 @@ CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d) {
   if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
   if (!v) return CUDA_ERROR_INVALID_VALUE;
   switch (a) {
-    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
-    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = emu_cc() / 10; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = emu_cc() % 10; break;
     case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = 132; break;
     case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *v = 32; break;
     case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = EMU_MAX_THREADS; break;
@@ -340,8 +356,9 @@ static CUresult emu_jit_fail(unsigned n, CUjit_option *opt, void **val, const ch
   return CUDA_ERROR_NO_BINARY_FOR_GPU;
 }
 
-/* The image is the NVRTC stand-in's: a cubin for sm_9x or PTX for compute_XY <= 90,
- * as the device would accept. The .so goes to a temporary file only for dlopen. */
+/* The image is the NVRTC stand-in's: a cubin of the device's major version and no newer
+ * minor, or PTX for compute_XY no newer than the device, as the device would accept. The
+ * .so goes to a temporary file only for dlopen. */
 CUresult cuModuleLoadDataEx(CUmodule *mod, const void *image, unsigned n, CUjit_option *opt,
                             void **val) {
   EMU_CTX();
@@ -350,9 +367,10 @@ CUresult cuModuleLoadDataEx(CUmodule *mod, const void *image, unsigned n, CUjit_
   memcpy(&h, image, sizeof h);
   if (memcmp(h.magic, EMU_IMAGE_MAGIC, 8))
     return emu_jit_fail(n, opt, val, "not an image of the emulation's NVRTC (a real cubin?)");
-  if (h.is_ptx ? h.arch > 90 : h.arch / 10 != 9)
-    return emu_jit_fail(n, opt, val, h.is_ptx ? "PTX for a newer architecture than sm_90"
-                                              : "cubin for another architecture than sm_9x");
+  int cc = emu_cc();
+  if (h.is_ptx ? (int)h.arch > cc : (int)h.arch / 10 != cc / 10 || (int)h.arch > cc)
+    return emu_jit_fail(n, opt, val, h.is_ptx ? "PTX for a newer architecture than the device"
+                                              : "cubin for another architecture than the device's");
   const char *tmp = getenv("TMPDIR");
   char path[512];
   snprintf(path, sizeof path, "%s/poc-cuemu-XXXXXX.so", tmp && *tmp ? tmp : "/tmp");
@@ -715,6 +733,15 @@ static int emu_run_block(void) {
   return -1;
 }
 
+/* POC_CUDA_EMU_FAULT=NAME:N: whether this launch of `name` is the one to fail. */
+static int emu_injected_fault(const char *name) {
+  static unsigned long count;
+  const char *s = getenv("POC_CUDA_EMU_FAULT"), *colon = s ? strrchr(s, ':') : NULL;
+  if (!colon || strlen(name) != (size_t)(colon - s) || strncmp(s, name, (size_t)(colon - s)))
+    return 0;
+  return ++count == strtoul(colon + 1, NULL, 10);
+}
+
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                         unsigned by, unsigned bz, unsigned shmem, CUstream stream, void **params,
                         void **extra) {
@@ -738,6 +765,11 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
   S.fn = f;
   S.args = params;
   if (f->launch(POC_EMU_CHECK, params)) return emu_sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
+  if (emu_injected_fault(f->name)) {
+    emu_report("kernel %s: injected fault (POC_CUDA_EMU_FAULT)", f->name);
+    emu_sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
+    return CUDA_SUCCESS; /* as on a device: the launch was queued; the fault shows later */
+  }
   unsigned long long nblk = (unsigned long long)gx * gy * gz;
   if (nblk > (1ull << 26)) {
     emu_report("launch of %s: %llu blocks is more than the emulation runs", f->name, nblk);

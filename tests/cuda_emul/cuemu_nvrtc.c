@@ -14,7 +14,9 @@
  * own parameter types. The "cubin" or "PTX" is the .so's bytes behind a small header
  * (emu_image) saying which architecture it was built for; a compile error is
  * NVRTC_ERROR_COMPILATION with the compiler's output as the program log.
- * POC_CUDA_EMU_CXX names another compiler.
+ * POC_CUDA_EMU_CXX names another compiler. POC_CUDA_EMU_NVRTC_LOG=FILE appends one line
+ * per nvrtcCompileProgram call ("nvrtcCompileProgram NAME ARCH"), so tests can tell a run
+ * that compiled kernels from one that loaded them.
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -305,6 +307,19 @@ static nvrtcResult nve_image(struct _nvrtcProgram *p, const char *so, size_t n) 
   return NVRTC_SUCCESS;
 }
 
+/* One line per compile, appended in one write so concurrent processes do not interleave. */
+static void nve_log_call(const struct _nvrtcProgram *p) {
+  const char *path = getenv("POC_CUDA_EMU_NVRTC_LOG");
+  if (!path || !*path) return;
+  char line[300];
+  int n = snprintf(line, sizeof line, "nvrtcCompileProgram %s %s_%d\n", p->name,
+                   p->is_ptx ? "compute" : "sm", p->arch);
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  if (fd < 0) return;
+  if (n > 0 && write(fd, line, (size_t)n) < 0) n = 0;
+  close(fd);
+}
+
 nvrtcResult nvrtcCompileProgram(nvrtcProgram p, int nopt, const char *const *opts) {
   if (!p) return NVRTC_ERROR_INVALID_PROGRAM;
   if (nopt < 0 || (nopt > 0 && !opts)) return NVRTC_ERROR_INVALID_INPUT;
@@ -332,6 +347,7 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram p, int nopt, const char *const *opt
       argv[argc++] = o; /* macros and include paths mean the same to c++ */
     } /* everything else (--std, -default-device, --use_fast_math, ...) has no CPU meaning */
   }
+  nve_log_call(p);
   char arch_def[40];
   snprintf(arch_def, sizeof arch_def, "-D__CUDA_ARCH__=%d", p->arch * 10);
   if (strstr(p->src, "__CUDA_ARCH__")) argv[argc++] = arch_def;

@@ -38,3 +38,17 @@ if(TARGET pocrt_cuda)
   set_tests_properties(cuda_emul_model PROPERTIES LABELS "cuda_emul" TIMEOUT 300
     ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
 endif()
+
+# What a GPU user meets (tests/cuda_emul/gpu_user_check.py): kernels built in by
+# `poc build --arch` and run without NVRTC, the JIT kernel cache (reuse, corruption,
+# concurrent runs, an unusable directory), and a kernel fault's one-line error naming the
+# kernel and the model stage with checkpoints intact
+if(TARGET pocrt_cuda)
+  foreach(what arch cache fault)
+    add_test(NAME cuda_emul_${what}
+             COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/gpu_user_check.py
+                     --poc ${POC_EXE} --emu $<TARGET_FILE:poc_cuemu> --root ${PROJECT_SOURCE_DIR}
+                     --scratch ${CMAKE_CURRENT_BINARY_DIR}/cuda_emul_${what}_scratch ${what})
+    set_tests_properties(cuda_emul_${what} PROPERTIES LABELS "cuda_emul" TIMEOUT 900)
+  endforeach()
+endif()
