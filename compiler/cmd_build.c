@@ -188,7 +188,7 @@ static void emit_bytes(FILE *f, const unsigned char *b, size_t n) {
 /* One image for dimensions cd: every --arch architecture's cubin plus PTX of the lowest,
  * as arrays named img<k>_*, with the hash of the source they came from and their count.
  * Returns 0, or 1 after printing NVRTC's log. */
-static int write_kernel_image(FILE *f, const build_opts *o, const poc_cuda_dims *cd, int k,
+static int write_kernel_image(FILE *f, const build_opts *o, const poc_dims *cd, int k,
                               uint64_t *hash, int *n_blobs) {
   const char *archs[16];
   char list[256];
@@ -232,7 +232,7 @@ static int write_kernel_image(FILE *f, const build_opts *o, const poc_cuda_dims 
  * Returns 0 with *n_images set, 2 for a model folder it cannot read, 1 otherwise. */
 static int write_kernel_images(const build_opts *o, const ir_graph *g, const char *dir,
                                int *n_images) {
-  poc_cuda_dims dims[64];
+  poc_dims dims[64];
   int n = 0;
   for (int m = 0; m < g->nmodels; m++) {
     if (g->models[m].of >= 0 || !g->models[m].path) continue; /* frozen: its source's config */
@@ -243,8 +243,8 @@ static int write_kernel_images(const build_opts *o, const ir_graph *g, const cha
               "but model '%s' cannot be read: %s\n", o->file, g->models[m].name, err);
       return 2;
     }
-    poc_cuda_dims cd;
-    poc_cuda_dims_from_config(&cfg, &cd);
+    poc_dims cd;
+    poc_dims_from_config(&cfg, &cd);
     int seen = 0;
     for (int i = 0; i < n && !seen; i++) seen = !memcmp(&dims[i], &cd, sizeof cd);
     if (!seen && n < 64) dims[n++] = cd;
@@ -266,7 +266,7 @@ static int write_kernel_images(const build_opts *o, const ir_graph *g, const cha
     fprintf(f, "const poc_kernel_image poc_kernel_images[%d] = {\n", n);
     for (int k = 0; k < n; k++)
       fprintf(f, "    {%d, %d, %d, %d, %d, %d, %.17g, UINT64_C(0x%016llx), %d, img%d_blobs},\n",
-              dims[k].H, dims[k].F, dims[k].V, dims[k].NH, dims[k].NKV, dims[k].HD, dims[k].eps,
+              dims[k].H, dims[k].F, dims[k].V, dims[k].nh, dims[k].nkv, dims[k].hd, dims[k].eps,
               (unsigned long long)hash[k], n_blobs[k], k);
     fputs("};\n", f);
   }

@@ -185,6 +185,12 @@ struct poc_device {
   poc_kernels k;
 };
 
+/* bf16 on the host, round to nearest even (NaN stays a quiet NaN); from double without
+ * double rounding. */
+uint16_t poc_bf16_from_f32(float f);
+uint16_t poc_bf16_from_f64(double x);
+float poc_bf16_to_f32(uint16_t b);
+
 /* Records the first error (printf-style) and marks the device failed; the stage marker,
  * when set, is appended ("... in layer 3 attention backward"). */
 void poc_dev_fail(poc_device *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -57,38 +57,6 @@ static void cpu_free(poc_device *d, poc_dptr p) {
   free((void *)(uintptr_t)p);
 }
 
-/* bf16 is the top half of a float. Round to nearest even: add 0x7fff plus the bit that
- * lands in the last kept place, so exact halves go to the even neighbour; NaNs stay quiet
- * NaNs instead of rounding into infinity. */
-static uint16_t cpu_f32_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
-/* From double, rounding to float first would round twice (a value just above a bf16 half
- * can land on it). Rounding to odd in the middle step cannot: float keeps 16 more bits than
- * bf16, so a sticky odd last bit still tells "above the half" from "on it". */
-static uint16_t cpu_f64_bf16(double x) {
-  float f = (float)x;
-  if ((double)f != x && x == x) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if (fabs((double)f) > fabs(x)) u -= 1; /* the neighbour towards zero (inf → FLT_MAX) */
-    u |= 1;
-    memcpy(&f, &u, 4);
-  }
-  return cpu_f32_bf16(f);
-}
-
-static double cpu_bf16_f64(uint16_t b) {
-  uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
 /* n elements of type st at src to type dt at dst (distinct buffers). */
 static int cpu_convert(void *dst, poc_dtype dt, const void *src, poc_dtype st, size_t n) {
   if (dt == st) {
@@ -100,17 +68,17 @@ static int cpu_convert(void *dst, poc_dtype dt, const void *src, poc_dtype st, s
     switch (dt) {
     case POC_DT_F32: {
       float v = st == POC_DT_F64 ? (float)((const double *)src)[i]
-                                 : (float)cpu_bf16_f64(((const uint16_t *)src)[i]);
+                                 : poc_bf16_to_f32(((const uint16_t *)src)[i]);
       ((float *)dst)[i] = v;
       break;
     }
     case POC_DT_F64:
       ((double *)dst)[i] = st == POC_DT_F32 ? (double)((const float *)src)[i]
-                                            : cpu_bf16_f64(((const uint16_t *)src)[i]);
+                                            : poc_bf16_to_f32(((const uint16_t *)src)[i]);
       break;
     case POC_DT_BF16:
-      ((uint16_t *)dst)[i] = st == POC_DT_F32 ? cpu_f32_bf16(((const float *)src)[i])
-                                              : cpu_f64_bf16(((const double *)src)[i]);
+      ((uint16_t *)dst)[i] = st == POC_DT_F32 ? poc_bf16_from_f32(((const float *)src)[i])
+                                              : poc_bf16_from_f64(((const double *)src)[i]);
       break;
     default:
       return -1;

@@ -186,13 +186,13 @@ void poc_cuda_use_images(const poc_kernel_image *img, int n) {
 /* From the built-in images: a cubin for exactly the device's sm_XY, else the PTX when its
  * compute_XY is not newer than the device (the driver JIT-compiles it). 0 with *mod set,
  * or 1 (a note says why) when none can serve and NVRTC must. */
-static int cu_images_load(int cc, const poc_cuda_dims *d, uint64_t hash, CUmodule *mod) {
+static int cu_images_load(int cc, const poc_dims *d, uint64_t hash, CUmodule *mod) {
   const poc_kernel_image *im = NULL;
   int stale = 0;
   for (int i = 0; i < cu_n_images && !im; i++) {
     const poc_kernel_image *k = &cu_images[i];
-    if (k->H == d->H && k->F == d->F && k->V == d->V && k->nh == d->NH && k->nkv == d->NKV &&
-        k->hd == d->HD && k->eps == d->eps) {
+    if (k->H == d->H && k->F == d->F && k->V == d->V && k->nh == d->nh && k->nkv == d->nkv &&
+        k->hd == d->hd && k->eps == d->eps) {
       if (k->source_hash == hash) im = k;
       else stale = 1;
     }
@@ -262,7 +262,7 @@ static int cu_jit_load(int cc, const char *src, uint64_t hash, CUmodule *mod, ch
   return rc;
 }
 
-cu_kernels *cu_kernels_get(cu_ctx *b, const poc_cuda_dims *d, char *err) {
+cu_kernels *cu_kernels_get(cu_ctx *b, const poc_dims *d, char *err) {
   for (cu_kernels *k = b->kernels; k; k = k->next)
     if (!memcmp(&k->dims, d, sizeof *d)) return k;
   int cc = cu_current_cc(err);

@@ -81,7 +81,7 @@ const char *cu_errstr(CUresult r);
   X(head_text_logsoftmax) X(head_text_gather) X(head_text_bwd) X(adamw) X(sumsq_partial)
 
 typedef struct cu_kernels {
-  poc_cuda_dims dims;
+  poc_dims dims;
   CUmodule mod;
 #define CU_KMEMBER(k) CUfunction k;
   CU_KERNELS(CU_KMEMBER)
@@ -112,7 +112,7 @@ void cu_ctx_close(cu_ctx *c);
 /* The kernel set for a model's dimensions, on first use: from the kernels the binary has
  * built in (poc_cuda_use_images) when one fits the device, else from the kernel cache,
  * else compiled by NVRTC (and cached). */
-cu_kernels *cu_kernels_get(cu_ctx *c, const poc_cuda_dims *d, char *err);
+cu_kernels *cu_kernels_get(cu_ctx *c, const poc_dims *d, char *err);
 
 /* kcache.c: the on-disk cache of NVRTC's cubins, keyed by the source's hash, the
  * architecture and NVRTC's version. load: 0 with a malloc'd *data, 1 no entry (or no

@@ -86,39 +86,6 @@ static int dc_current(dc_device *dv) {
   return dc_check(&dv->base, cu.cuCtxSetCurrent(dv->c.ctx), "selecting the device");
 }
 
-/* ---- bf16 on the host --------------------------------------------------------------- */
-
-/* round to nearest even, as f2bf in poc_common.cuh (NaN stays NaN) */
-static uint16_t dc_f2bf(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-/* double → bf16 with one rounding: double → float rounded to odd (truncate, then set the
- * last bit when inexact) keeps the sticky information, so the float → bf16 rounding to
- * nearest even gives what a direct double → bf16 rounding would. */
-static uint16_t dc_d2bf(double x) {
-  float f = (float)x;
-  if (f == f && (double)f != x) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if (fabs((double)f) > fabs(x)) u--;  /* rounded away from zero: step back to truncation */
-    u |= 1u;
-    memcpy(&f, &u, 4);
-  }
-  return dc_f2bf(f);
-}
-
-static float dc_bf2f(uint16_t b) {
-  uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
 /* ---- memory ------------------------------------------------------------------------- */
 
 static poc_dptr dc_alloc(poc_device *d, size_t bytes, const char *what) {
@@ -170,11 +137,11 @@ static int dc_convert(void *dst, poc_dtype dt, const void *src, poc_dtype st, si
   for (size_t i = 0; i < n; i++) {
     double x = st == POC_DT_F32 ? ((const float *)src)[i]
              : st == POC_DT_F64 ? ((const double *)src)[i]
-                                : dc_bf2f(((const uint16_t *)src)[i]);
+                                : poc_bf16_to_f32(((const uint16_t *)src)[i]);
     if (dt == POC_DT_F32) ((float *)dst)[i] = (float)x;
     else if (dt == POC_DT_F64) ((double *)dst)[i] = x;
-    else if (st == POC_DT_F32) ((uint16_t *)dst)[i] = dc_f2bf(((const float *)src)[i]);
-    else ((uint16_t *)dst)[i] = dc_d2bf(x);
+    else if (st == POC_DT_F32) ((uint16_t *)dst)[i] = poc_bf16_from_f32(((const float *)src)[i]);
+    else ((uint16_t *)dst)[i] = poc_bf16_from_f64(x);
   }
   return 0;
 }
@@ -575,7 +542,7 @@ static poc_kset *dc_kernels(poc_device *d, const poc_dims *dm) {
   for (dc_kset *s = dv->sets; s; s = s->next)
     if (dc_dims_eq(&s->base.dm, dm)) return &s->base;
   if (d->failed || dc_current(dv)) return NULL;
-  poc_cuda_dims cd = {dm->H, dm->F, dm->V, dm->nh, dm->nkv, dm->hd, dm->eps};
+  poc_dims cd = *dm;
   char err[POC_ERR_LEN] = "";
   cu_kernels *K = cu_kernels_get(&dv->c, &cd, err);
   if (!K) {

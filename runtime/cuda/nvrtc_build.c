@@ -21,16 +21,6 @@ const char *poc_cuda_template_text(const char *name) {
   return NULL;
 }
 
-void poc_cuda_dims_from_config(const poc_config *c, poc_cuda_dims *d) {
-  d->H = c->hidden_size;
-  d->F = c->intermediate_size;
-  d->V = c->vocab_size;
-  d->NH = c->num_attention_heads;
-  d->NKV = c->num_key_value_heads;
-  d->HD = c->head_dim;
-  d->eps = c->rms_norm_eps;
-}
-
 /* ---- a growable string ----------------------------------------------------------- */
 
 typedef struct { char *s; size_t len, cap; int oom; } nvb_buf;
@@ -68,24 +58,24 @@ static void nvb_add(nvb_buf *b, const char *fmt, ...) {
  * up to 256 dims they fit the 48 KB a block gets without opting in. */
 #define NVB_MAX_HD 256
 
-char *poc_cuda_instantiate(const poc_cuda_dims *d, const char *const *names, int n_names,
+char *poc_cuda_instantiate(const poc_dims *d, const char *const *names, int n_names,
                            char *err) {
-  if (d->H <= 0 || d->F <= 0 || d->V <= 0 || d->NH <= 0 || d->NKV <= 0 || d->HD <= 0 ||
-      d->NH % d->NKV || d->HD % 2 || d->HD > NVB_MAX_HD || !(d->eps >= 0)) {
+  if (d->H <= 0 || d->F <= 0 || d->V <= 0 || d->nh <= 0 || d->nkv <= 0 || d->hd <= 0 ||
+      d->nh % d->nkv || d->hd % 2 || d->hd > NVB_MAX_HD || !(d->eps >= 0)) {
     snprintf(err, POC_ERR_LEN,
              "cuda: the kernels cannot take these dimensions (hidden %d, intermediate %d, "
              "vocab %d, heads %d, kv heads %d, head_dim %d): head_dim must be even and at "
-             "most %d, heads a multiple of kv heads", d->H, d->F, d->V, d->NH, d->NKV, d->HD,
+             "most %d, heads a multiple of kv heads", d->H, d->F, d->V, d->nh, d->nkv, d->hd,
              NVB_MAX_HD);
     return NULL;
   }
   nvb_buf b = {0};
   nvb_add(&b, "/* poc kernels for a Llama-family model: hidden %d, intermediate %d, vocab %d,\n"
           " * %d query heads, %d kv heads, head_dim %d. Instantiated from kernels/templates. */\n",
-          d->H, d->F, d->V, d->NH, d->NKV, d->HD);
+          d->H, d->F, d->V, d->nh, d->nkv, d->hd);
   nvb_add(&b, "#define POC_H %d\n#define POC_F %d\n#define POC_V %d\n#define POC_NH %d\n"
           "#define POC_NKV %d\n#define POC_HD %d\n#define POC_EPS %.9ef\n",
-          d->H, d->F, d->V, d->NH, d->NKV, d->HD, d->eps);
+          d->H, d->F, d->V, d->nh, d->nkv, d->hd, d->eps);
   for (int i = 0; i < poc_cuda_n_templates; i++) {
     const poc_cuda_template *t = &poc_cuda_templates[i];
     size_t nl = strlen(t->name);

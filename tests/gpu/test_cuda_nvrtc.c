@@ -65,13 +65,13 @@ static void entry_sig(const char *ptx, const char *name, char *sig, size_t cap) 
   sig[n] = 0;
 }
 
-static void test_model_source(const char *label, poc_cuda_dims d) {
+static void test_model_source(const char *label, poc_dims d) {
   char err[POC_ERR_LEN] = "";
   char *src = poc_cuda_instantiate(&d, NULL, 0, err);
   CHECK_MSG(src != NULL, "%s: %s", label, err);
   if (!src) return;
   char def[64];
-  snprintf(def, sizeof def, "#define POC_HD %d\n", d.HD);
+  snprintf(def, sizeof def, "#define POC_HD %d\n", d.hd);
   CHECK_MSG(strstr(src, def) != NULL, "%s: the prelude lacks %s", label, def);
   CHECK(strstr(src, "#line 1 \"attention.cu\"") != NULL);
   const char *archs[] = {"sm_80", "sm_90"};
@@ -110,7 +110,7 @@ static void test_model_source(const char *label, poc_cuda_dims d) {
 }
 
 /* Each template compiles alone (it includes what it needs). */
-static void test_each_template(poc_cuda_dims d) {
+static void test_each_template(poc_dims d) {
   int seen = 0;
   for (int i = 0; i < poc_cuda_n_templates; i++) {
     const char *name = poc_cuda_templates[i].name;
@@ -210,9 +210,9 @@ static void test_errors(void) {
   free(log);
 
   char err[POC_ERR_LEN] = "";
-  poc_cuda_dims odd = {64, 176, 32, 4, 2, 15, 1e-5};
+  poc_dims odd = {64, 176, 32, 4, 2, 15, 1e-5};
   CHECK(poc_cuda_instantiate(&odd, NULL, 0, err) == NULL && strstr(err, "head_dim"));
-  poc_cuda_dims ok = {64, 176, 32, 4, 2, 16, 1e-5};
+  poc_dims ok = {64, 176, 32, 4, 2, 16, 1e-5};
   const char *nope[] = {"nope.cu"};
   CHECK(poc_cuda_instantiate(&ok, nope, 1, err) == NULL && strstr(err, "nope.cu"));
 }
@@ -233,9 +233,9 @@ static void test_open(void) {
 }
 
 int main(void) {
-  poc_cuda_dims tiny = {64, 176, 32, 4, 2, 16, 1e-5};
-  poc_cuda_dims llama1b = {2048, 8192, 128256, 32, 8, 64, 1e-5};
-  poc_cuda_dims llama8b = {4096, 14336, 128256, 32, 8, 128, 1e-5};
+  poc_dims tiny = {64, 176, 32, 4, 2, 16, 1e-5};
+  poc_dims llama1b = {2048, 8192, 128256, 32, 8, 64, 1e-5};
+  poc_dims llama8b = {4096, 14336, 128256, 32, 8, 128, 1e-5};
   test_errors();
   test_open();
   test_each_template(tiny);
