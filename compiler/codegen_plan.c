@@ -118,7 +118,8 @@ static int const_value(const po_expr *e, double *v) {
 
 typedef struct train_key {
   const char *key;
-  char kind;          /* 'd' double, 'i' int, 'u' uint64, 's' schedule, 'p' precision */
+  char kind;          /* 'd' double, 'i' int, 'u' uint64, 's' schedule, 'p' precision,
+                         'n' on_nonfinite */
   double dflt;
 } train_key;
 
@@ -129,8 +130,8 @@ static const train_key train_keys[] = {
     {"max_len", 'i', 512},      {"clip", 'd', 1.0},       {"precision", 'p', 1},
     {"seed", 'u', 1},           {"weight_decay", 'd', 0}, {"adam_beta1", 'd', 0.9},
     {"adam_beta2", 'd', 0.999}, {"adam_eps", 'd', 1e-8},  {"log_every", 'i', 1},
-    {"ckpt_every", 'i', 0},     {"eval_every", 'i', 0},   {"eval_tokens", 'i', 0},
-    {"steps", 'i', 0},
+    {"ckpt_every", 'i', 500},   {"eval_every", 'i', 0},   {"eval_tokens", 'i', 0},
+    {"steps", 'i', 0},          {"on_nonfinite", 'n', 0}, {"ckpt_minutes", 'd', 10},
 };
 
 static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
@@ -145,11 +146,12 @@ static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
     for (int j = 0; tr && j < tr->nitems; j++)
       if (!strcmp(tr->items[j].key, tk->key)) it = &tr->items[j];
     fprintf(f, "        .%s = ", tk->key);
-    if (tk->kind == 's' || tk->kind == 'p') {
+    if (tk->kind == 's' || tk->kind == 'p' || tk->kind == 'n') {
       const char *name = it && it->value->kind == PO_E_NAME ? it->value->str : NULL;
       static const char *const sched[] = {"cosine", "linear", "constant"};
       static const char *const prec[] = {"fp32", "bf16"};
-      const char *const *names = tk->kind == 's' ? sched : prec;
+      static const char *const nonf[] = {"stop", "skip"};
+      const char *const *names = tk->kind == 's' ? sched : tk->kind == 'p' ? prec : nonf;
       int n = tk->kind == 's' ? 3 : 2, v = (int)tk->dflt;
       if (name) {
         v = -1;
@@ -163,7 +165,8 @@ static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
       }
       static const char *const sched_c[] = {"POC_SCHED_COSINE", "POC_SCHED_LINEAR", "POC_SCHED_CONSTANT"};
       static const char *const prec_c[] = {"POC_PREC_FP32", "POC_PREC_BF16"};
-      fprintf(f, "%s,", tk->kind == 's' ? sched_c[v] : prec_c[v]);
+      static const char *const nonf_c[] = {"POC_NONFINITE_STOP", "POC_NONFINITE_SKIP"};
+      fprintf(f, "%s,", tk->kind == 's' ? sched_c[v] : tk->kind == 'p' ? prec_c[v] : nonf_c[v]);
     } else {
       double v = tk->dflt;
       if (it && const_value(it->value, &v)) {

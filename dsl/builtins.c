@@ -36,6 +36,7 @@ po_builtin po_builtin_lookup(const char *name) {
 
 static const char *const schedules[] = {"cosine", "linear", "constant", NULL};
 static const char *const precisions[] = {"fp32", "bf16", NULL};
+static const char *const nonfinite[] = {"stop", "skip", NULL};
 
 static const po_train_key train_keys[] = {
     {"lr", PO_TK_NUMBER, NULL, "peak learning rate"},
@@ -53,7 +54,9 @@ static const po_train_key train_keys[] = {
     {"adam_beta2", PO_TK_NUMBER, NULL, "AdamW second-moment decay"},
     {"adam_eps", PO_TK_NUMBER, NULL, "AdamW denominator epsilon"},
     {"log_every", PO_TK_NUMBER, NULL, "steps between metric lines"},
-    {"ckpt_every", PO_TK_NUMBER, NULL, "steps between checkpoints (0: only at the end)"},
+    {"ckpt_every", PO_TK_NUMBER, NULL, "steps between checkpoints (default 500; 0: no step trigger)"},
+    {"ckpt_minutes", PO_TK_NUMBER, NULL, "minutes between checkpoints (default 10; 0: off)"},
+    {"on_nonfinite", PO_TK_NAME, nonfinite, "a step with a non-finite loss or gradient: stop or skip"},
     {"eval_every", PO_TK_NUMBER, NULL, "steps between evaluations on the prompts() set"},
     {"eval_tokens", PO_TK_NUMBER, NULL, "tokens generated per evaluation prompt"},
     {"steps", PO_TK_NUMBER, NULL, "cap on optimizer steps (default: epochs over the data)"},

@@ -699,7 +699,7 @@ static const struct {
     {"adam_beta2", false, 0, false, 1}, {"adam_eps", false, 0, true, 0},
     {"log_every", true, 1, false, 0},   {"ckpt_every", true, 0, false, 0},
     {"eval_every", true, 0, false, 0},  {"eval_tokens", true, 1, false, 0},
-    {"steps", true, 1, false, 0},
+    {"steps", true, 1, false, 0},       {"ckpt_minutes", false, 0, false, 0},
 };
 
 static void check_train_number(ck *c, const po_item *it, double *value) {

@@ -5,6 +5,11 @@
  * several trainable models the first sits at the top and each other one in a subfolder
  * named after it.
  *
+ * No checkpoint holds a non-finite number: the arrays are scanned before anything is
+ * written, and a non-finite value refuses the write (the run's own checks stop it before
+ * that; this is the last line). state.json also records the input files' content hashes,
+ * which a resume compares.
+ *
  * A checkpoint appears whole or not at all: it is built in OUT/.tmp-ckpt-<step>/, every
  * file fsynced, then the folder is renamed into place and OUT fsynced. A failure (disk
  * full) removes the temporary folder and leaves every earlier checkpoint as it was.
@@ -13,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,14 +116,48 @@ static char *state_json(const trn_state *st, const poc_program *prog) {
   cJSON *k = cJSON_AddObjectToObject(o, "knobs");
   for (int i = 0; i < st->n_knobs && i < prog->n_knobs; i++)
     cJSON_AddNumberToObject(k, prog->knobs[i].name, st->knobs[i]);
+  cJSON_AddNumberToObject(o, "skipped_steps", (double)st->skipped);
+  cJSON *fh = cJSON_AddObjectToObject(o, "input_hashes");
+  for (int i = 0; i < st->n_files; i++) {
+    trn_path(buf, sizeof buf, "%016" PRIx64, st->file_hash[i]);
+    cJSON_AddStringToObject(fh, st->file_name[i], buf);
+  }
   char *s = cJSON_Print(o);
   cJSON_Delete(o);
   return s;
 }
 
+/* The first non-finite element of a[0..n), or -1. */
+static int64_t first_nonfinite(const float *a, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(a[i])) return (int64_t)i;
+  return -1;
+}
+
+/* The tensor of cm's layout that holds flat index i. */
+static const char *tensor_at(const poc_layout *lay, int64_t i) {
+  for (int t = 0; t < lay->n_tensors; t++)
+    if ((size_t)i >= lay->tensors[t].offset &&
+        (size_t)i < lay->tensors[t].offset + lay->tensors[t].numel)
+      return lay->tensors[t].name;
+  return "?";
+}
+
 int trn_ckpt_write(const char *out, const trn_state *st, const poc_program *prog,
                    const trn_ckmodel *cm, int n, char *err) {
   char tmp[PATHN], fin[PATHN], old[PATHN], dir[PATHN], path[PATHN];
+  for (int i = 0; i < n; i++) {
+    const float *arr[3] = {cm[i].w, cm[i].m, cm[i].v};
+    static const char *const what[3] = {"weight", "first moment", "second moment"};
+    for (int k = 0; k < 3; k++) {
+      int64_t at = first_nonfinite(arr[k], cm[i].lay->n_params);
+      if (at >= 0) {
+        trn_errf(err, "model '%s': a non-finite %s in '%s'; no checkpoint is written with one",
+                 cm[i].name, what[k], tensor_at(cm[i].lay, at));
+        return -1;
+      }
+    }
+  }
   trn_path(tmp, sizeof tmp, "%s/.tmp-ckpt-%lld", out, (long long)st->step);
   trn_path(fin, sizeof fin, "%s/ckpt-%lld", out, (long long)st->step);
   trn_path(old, sizeof old, "%s/.old-ckpt-%lld", out, (long long)st->step);
@@ -198,12 +238,37 @@ int64_t trn_ckpt_latest(const char *out, char *dir, size_t dir_len) {
   return best;
 }
 
-static int read_text(const char *path, char **out, char *err) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    trn_errf(err, "%s: cannot read: %s", path, strerror(errno));
-    return -1;
+static int cmp_desc(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+int trn_ckpt_list(const char *out, int64_t *steps, int max) {
+  DIR *d = opendir(out);
+  if (!d) return 0;
+  int k = 0;
+  struct dirent *e;
+  char p[PATHN];
+  while ((e = readdir(d)) && k < max) {
+    const char *s = e->d_name;
+    if (strncmp(s, "ckpt-", 5) || !s[5] || s[5] < '0' || s[5] > '9') continue;
+    char *end;
+    errno = 0;
+    long long step = strtoll(s + 5, &end, 10);
+    if (*end || errno || step < 0) continue;
+    trn_path(p, sizeof p, "%s/%s", out, s);
+    if (has_file(p, "state.json") && has_file(p, "config.json") &&
+        has_file(p, "model.safetensors") && has_file(p, "optimizer.safetensors"))
+      steps[k++] = step;
   }
+  closedir(d);
+  qsort(steps, (size_t)k, sizeof *steps, cmp_desc);
+  return k;
+}
+
+static int read_text(const char *path, char **out, char *err) {
+  FILE *f = st_fopen_regular(path, err);
+  if (!f) return -1;
   fseek(f, 0, SEEK_END);
   long n = ftell(f);
   fseek(f, 0, SEEK_SET);
@@ -232,9 +297,10 @@ static int load_optimizer(const char *dir, const trn_ckmodel *cm, char *err) {
       char name[160];
       trn_path(name, sizeof name, "%s.%s", k ? "exp_avg_sq" : "exp_avg", ti->name);
       const st_tensor *t = st_find(&f, name);
-      if (!t || t->numel != ti->numel) {
-        trn_errf(err, "%s: %s '%s'", path, t ? "wrong size of" : "missing tensor",
-                 name);
+      int same = t && t->ndim == ti->ndim && t->numel == ti->numel;
+      for (int d = 0; same && d < ti->ndim; d++) same = t->shape[d] == ti->shape[d];
+      if (!same) {
+        trn_errf(err, "%s: %s '%s'", path, t ? "wrong shape of" : "missing tensor", name);
         rc = -1;
       } else {
         rc = st_read_f32(&f, t, (k ? cm->v : cm->m) + ti->offset, err);
@@ -245,42 +311,136 @@ static int load_optimizer(const char *dir, const trn_ckmodel *cm, char *err) {
   return rc;
 }
 
-int trn_ckpt_load(const char *dir, trn_state *st, const poc_program *prog,
+/* A whole number in [lo, hi] (hi <= 2^53, where doubles stop being exact). */
+static int whole_in(const cJSON *v, double lo, double hi, int64_t *out) {
+  if (!cJSON_IsNumber(v)) return -1;
+  double d = v->valuedouble;
+  if (!(d >= lo && d <= hi) || d != floor(d)) return -1;
+  *out = (int64_t)d;
+  return 0;
+}
+
+static int hex64(const char *s, uint64_t *out) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 16) return -1;
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return -1;
+  *out = strtoull(s, NULL, 16);
+  return 0;
+}
+
+/* state.json, every field checked: a checkpoint written by poc always passes, so anything
+ * else is damage (or an edit), and resuming from it would train from a made-up state. */
+static int parse_state(const char *path, const char *text, int64_t dir_step, trn_state *st,
+                       const poc_program *prog, char *err) {
+  const double LIM = 9007199254740992.0; /* 2^53 */
+  cJSON *o = cJSON_Parse(text);
+  if (!cJSON_IsObject(o)) {
+    cJSON_Delete(o);
+    trn_errf(err, "%s: not a JSON object (truncated or damaged)", path);
+    return -1;
+  }
+  const cJSON *v;
+  const char *bad = NULL, *want = "";
+  memset(st, 0, sizeof *st);
+#define FIELD(name) (v = cJSON_GetObjectItemCaseSensitive(o, name), name)
+  const char *f;
+  if (whole_in(cJSON_GetObjectItemCaseSensitive(o, f = "step"), 0, LIM, &st->step))
+    bad = f, want = "a whole number >= 0";
+  else if (st->step != dir_step)
+    bad = f, want = "the step in the folder's name";
+  else if (whole_in(cJSON_GetObjectItemCaseSensitive(o, f = "total_steps"), 1, LIM, &st->total) ||
+           st->total < st->step)
+    bad = f, want = "a whole number >= 1 and >= step";
+  else if (whole_in(cJSON_GetObjectItemCaseSensitive(o, f = "data_position"), 0, LIM, &st->pos))
+    bad = f, want = "a whole number >= 0";
+  else if (FIELD("epoch"), !cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 0)
+    bad = "epoch", want = "a finite number >= 0";
+  else if (FIELD("skipped_steps"), v && (whole_in(v, 0, (double)st->step, &st->skipped)))
+    bad = "skipped_steps", want = "a whole number in [0, step]";
+  if (!bad) {
+    FIELD("seed");
+    const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
+    int ok = s && *s && strlen(s) <= 20;
+    for (const char *q = s; ok && *q; q++) ok = *q >= '0' && *q <= '9';
+    if (ok) {
+      errno = 0;
+      st->seed = strtoull(s, NULL, 10);
+      ok = errno == 0;
+    }
+    if (!ok) bad = "seed", want = "a string of decimal digits below 2^64";
+  }
+  if (!bad && (FIELD("program_hash"), !cJSON_IsString(v) || hex64(v->valuestring, &st->program_hash)))
+    bad = "program_hash", want = "a string of 16 hex digits";
+  if (!bad) {
+    FIELD("knobs");
+    int n = 0, ok = cJSON_IsObject(v);
+    for (const cJSON *k = ok ? v->child : NULL; k && ok; k = k->next, n++) {
+      int found = -1;
+      for (int i = 0; i < prog->n_knobs; i++)
+        if (k->string && !strcmp(k->string, prog->knobs[i].name)) found = i;
+      if (found < 0 || !cJSON_IsNumber(k) || !isfinite(k->valuedouble)) ok = 0;
+      else st->knobs[found] = k->valuedouble;
+    }
+    if (!ok || n != prog->n_knobs) bad = "knobs", want = "the program's knobs, each a finite number";
+    st->n_knobs = prog->n_knobs;
+  }
+  if (!bad && (FIELD("input_hashes"), v)) {
+    int ok = cJSON_IsObject(v);
+    for (const cJSON *k = ok ? v->child : NULL; k && ok; k = k->next) {
+      if (st->n_files >= 2 || !k->string || !cJSON_IsString(k) ||
+          strlen(k->string) >= sizeof st->file_name[0] ||
+          hex64(k->valuestring, &st->file_hash[st->n_files])) {
+        ok = 0;
+        break;
+      }
+      trn_path(st->file_name[st->n_files], sizeof st->file_name[0], "%s", k->string);
+      st->n_files++;
+    }
+    if (!ok) bad = "input_hashes", want = "an object of file names and 16-hex-digit hashes";
+  }
+#undef FIELD
+  if (bad) {
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, bad);
+    char *shown = b ? cJSON_PrintUnformatted(b) : NULL;
+    trn_errf(err, "%s: '%s' must be %s, got %.60s", path, bad, want, shown ? shown : "nothing");
+    cJSON_free(shown);
+    cJSON_Delete(o);
+    return -1;
+  }
+  st->epoch = cJSON_GetObjectItemCaseSensitive(o, "epoch")->valuedouble;
+  cJSON_Delete(o);
+  return 0;
+}
+
+int trn_ckpt_load(const char *dir, int64_t step, trn_state *st, const poc_program *prog,
                   const trn_ckmodel *cm, int n, char *err) {
   char path[PATHN], sub[PATHN];
   trn_path(path, sizeof path, "%s/state.json", dir);
   char *text;
   if (read_text(path, &text, err)) return -1;
-  cJSON *o = cJSON_Parse(text);
+  int rc = parse_state(path, text, step, st, prog, err);
   free(text);
-  const cJSON *step = cJSON_GetObjectItemCaseSensitive(o, "step"),
-              *tot = cJSON_GetObjectItemCaseSensitive(o, "total_steps"),
-              *pos = cJSON_GetObjectItemCaseSensitive(o, "data_position"),
-              *seed = cJSON_GetObjectItemCaseSensitive(o, "seed"),
-              *ph = cJSON_GetObjectItemCaseSensitive(o, "program_hash"),
-              *kn = cJSON_GetObjectItemCaseSensitive(o, "knobs");
-  if (!cJSON_IsNumber(step) || !cJSON_IsNumber(tot) || !cJSON_IsNumber(pos) ||
-      !cJSON_IsString(seed) || !cJSON_IsString(ph) || !cJSON_IsObject(kn)) {
-    cJSON_Delete(o);
-    trn_errf(err, "%s: malformed checkpoint state", path);
-    return -1;
-  }
-  memset(st, 0, sizeof *st);
-  st->step = (int64_t)step->valuedouble;
-  st->total = (int64_t)tot->valuedouble;
-  st->pos = (int64_t)pos->valuedouble;
-  st->seed = strtoull(seed->valuestring, NULL, 10);
-  st->program_hash = strtoull(ph->valuestring, NULL, 16);
-  st->n_knobs = prog->n_knobs;
-  for (int i = 0; i < prog->n_knobs && i < 64; i++) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(kn, prog->knobs[i].name);
-    st->knobs[i] = cJSON_IsNumber(v) ? v->valuedouble : prog->knobs[i].value;
-  }
-  cJSON_Delete(o);
+  if (rc) return -1;
   for (int i = 0; i < n; i++) {
     model_dir(sub, sizeof sub, dir, cm, i);
     if (poc_weights_load_f32(sub, cm[i].lay, cm[i].w, err)) return -1;
     if (load_optimizer(sub, &cm[i], err)) return -1;
+    const float *arr[3] = {cm[i].w, cm[i].m, cm[i].v};
+    static const char *const file[3] = {"model", "optimizer", "optimizer"};
+    for (int k = 0; k < 3; k++) {
+      int64_t at = first_nonfinite(arr[k], cm[i].lay->n_params);
+      if (at < 0 && k == 2)
+        for (size_t j = 0; j < cm[i].lay->n_params && at < 0; j++)
+          if (arr[k][j] < 0) at = (int64_t)j;
+      if (at >= 0) {
+        trn_errf(err, "%s/%s.safetensors: '%s%s' holds %s", sub, file[k],
+                 k == 0 ? "" : k == 1 ? "exp_avg." : "exp_avg_sq.", tensor_at(cm[i].lay, at),
+                 k == 2 && isfinite(arr[k][at]) ? "a negative second moment"
+                                                : "a non-finite value");
+        return -1;
+      }
+    }
   }
   return 0;
 }

@@ -188,8 +188,12 @@ static int read_window(cfg_reader *r, poc_config *c) {
   const cJSON *v = get(r->root, "sliding_window");
   if (v && cJSON_IsNull(v)) return 0;
   if (get_int(r, r->root, "sliding_window", 1, 4096, &c->sliding_window)) return -1;
-  if (c->sliding_window < 0)
-    return fail(r, "'%s' must be positive or null, got %lld", "sliding_window", c->sliding_window, 0);
+  /* 0 has always meant "no window" here; 1 would let a token see only itself, which no
+   * trained model means. Windows shorter than the run's sequences are refused at setup,
+   * where the data's longest sequence is known. */
+  if (c->sliding_window < 0 || c->sliding_window == 1)
+    return fail(r, "'%s' must be at least 2 (or null for none), got %lld", "sliding_window",
+                c->sliding_window, 0);
   return 0;
 }
 
@@ -279,6 +283,14 @@ static int read_config(cfg_reader *r, poc_config *c) {
   if (read_window(r, c)) return -1;
   if (get_token(r, "bos_token_id", &c->bos_token_id) || get_token(r, "eos_token_id", &c->eos_token_id))
     return -1;
+  /* generation compares sampled ids with eos, and data ids are checked against vocab_size:
+   * a special id outside the vocabulary can never be produced or embedded */
+  if (c->bos_token_id >= c->vocab_size || c->bos_token_id < -1)
+    return fail(r, "'%s' = %lld is outside the vocabulary (vocab_size = %lld)", "bos_token_id",
+                c->bos_token_id, c->vocab_size);
+  if (c->eos_token_id >= c->vocab_size || c->eos_token_id < -1)
+    return fail(r, "'%s' = %lld is outside the vocabulary (vocab_size = %lld)", "eos_token_id",
+                c->eos_token_id, c->vocab_size);
   /* 5.x writes `dtype`, 4.x `torch_dtype`; the weights carry their own dtype anyway. */
   const cJSON *dt = get(root, "dtype");
   if (!cJSON_IsString(dt)) dt = get(root, "torch_dtype");
@@ -309,9 +321,8 @@ int poc_config_load(const char *model_dir, poc_config *cfg, char *err) {
     snprintf(err, POC_ERR_LEN, "%s: out of memory", model_dir);
     return -1;
   }
-  FILE *fp = fopen(path, "rb");
+  FILE *fp = st_fopen_regular(path, err);
   if (!fp) {
-    snprintf(err, POC_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
     free(path);
     return -1;
   }

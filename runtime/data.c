@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "st.h"
 #include "train_internal.h"
 
 #define DATA_MAX_ERRORS 20
@@ -131,11 +132,10 @@ void trn_data_free(trn_data *d) {
 static int data_line(dctx *c, trn_data *d, const poc_program *prog, const char *text,
                      dvec *tok, dvec *soff, dvec *slen, dvec *exf, dvec *tokf, dvec *tfoff,
                      int max_len) {
-  cJSON *j = cJSON_Parse(text);
+  char why[160];
+  cJSON *j = trn_json_line(text, why, sizeof why);
   if (!j) {
-    const char *at = cJSON_GetErrorPtr();
-    if (at && at >= text) derr(c, "malformed JSON near column %ld", (long)(at - text) + 1);
-    else derr(c, "malformed JSON");
+    derr(c, "%s", why);
     return -1;
   }
   int rc = 0;
@@ -300,9 +300,10 @@ int trn_data_load(trn_data *d, const poc_program *prog, const char *path, int vo
       return -1;
     }
   }
-  FILE *fp = fopen(path, "r");
+  char why[POC_ERR_LEN];
+  FILE *fp = st_fopen_regular(path, why);
   if (!fp) {
-    fprintf(stderr, "%s: error: cannot read data file: %s\n", path, strerror(errno));
+    fprintf(stderr, "%s: error: cannot read the data file: %s\n", path, trn_after_path(why, path));
     return -1;
   }
   d->path = strdup(path);
@@ -367,6 +368,51 @@ int trn_path(char *buf, size_t n, const char *fmt, ...) {
   int k = vsnprintf(buf, n, fmt, ap);
   va_end(ap);
   return k < 0 || (size_t)k >= n ? -1 : 0;
+}
+
+/* The first key that appears twice in an object of v (at any depth), or NULL. */
+static const char *dup_key(const cJSON *v) {
+  if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) return NULL;
+  for (const cJSON *a = v->child; a; a = a->next) {
+    if (cJSON_IsObject(v))
+      for (const cJSON *b = v->child; b != a; b = b->next)
+        if (a->string && b->string && !strcmp(a->string, b->string)) return a->string;
+    const char *d = dup_key(a);
+    if (d) return d;
+  }
+  return NULL;
+}
+
+cJSON *trn_json_line(const char *text, char *why, size_t why_len) {
+  const char *end = NULL;
+  cJSON *j = cJSON_ParseWithOpts(text, &end, 0);
+  if (!j) {
+    const char *at = cJSON_GetErrorPtr();
+    if (at && at >= text && at <= text + strlen(text))
+      snprintf(why, why_len, "malformed JSON near column %ld", (long)(at - text) + 1);
+    else snprintf(why, why_len, "malformed JSON");
+    return NULL;
+  }
+  const char *s = end;
+  while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+  if (*s) {
+    snprintf(why, why_len, "trailing content after the JSON value at column %ld (one value "
+             "a line)", (long)(s - text) + 1);
+    cJSON_Delete(j);
+    return NULL;
+  }
+  const char *d = dup_key(j);
+  if (d) {
+    snprintf(why, why_len, "duplicate key '%.60s'", d);
+    cJSON_Delete(j);
+    return NULL;
+  }
+  return j;
+}
+
+const char *trn_after_path(const char *msg, const char *path) {
+  size_t n = strlen(path);
+  return !strncmp(msg, path, n) && msg[n] == ':' && msg[n + 1] == ' ' ? msg + n + 2 : msg;
 }
 
 /* ---- content hash (FNV-1a, 64 bit) ------------------------------------------------- */

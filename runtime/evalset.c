@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "st.h"
 #include "train_internal.h"
 
 void trn_evalset_free(trn_evalset *e) {
@@ -53,23 +54,32 @@ static int ids(const char *path, long line, const cJSON *o, const char *name, in
 
 int trn_evalset_load(trn_evalset *e, const char *path, int vocab, int eos) {
   memset(e, 0, sizeof *e);
-  FILE *f = fopen(path, "r");
+  char why[POC_ERR_LEN];
+  FILE *f = st_fopen_regular(path, why);
   if (!f) {
-    fprintf(stderr, "%s: error: cannot read evaluation set: %s\n", path, strerror(errno));
+    fprintf(stderr, "%s: error: cannot read the evaluation set: %s\n", path, trn_after_path(why, path));
     return -1;
   }
   char *line = NULL;
   size_t lcap = 0, ntok = 0, tcap = 0;
   int cap = 0, bad = 0;
   long ln = 0;
-  while (getline(&line, &lcap, f) >= 0) {
+  ssize_t got;
+  while ((got = getline(&line, &lcap, f)) >= 0) {
     ln++;
+    if ((size_t)got != strlen(line)) {
+      /* the parser would stop at the NUL and miss whatever follows it */
+      fprintf(stderr, "%s:%ld: error: contains a NUL byte\n", path, ln);
+      bad++;
+      continue;
+    }
     const char *s = line;
     while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
     if (!*s) continue;
-    cJSON *o = cJSON_Parse(line);
+    char why[160];
+    cJSON *o = trn_json_line(line, why, sizeof why);
     if (!cJSON_IsObject(o)) {
-      fprintf(stderr, "%s:%ld: error: malformed JSON (expected an object)\n", path, ln);
+      fprintf(stderr, "%s:%ld: error: %s\n", path, ln, o ? "expected a JSON object" : why);
       cJSON_Delete(o);
       bad++;
       continue;

@@ -1,6 +1,15 @@
-/* metrics.c — OUT/metrics.jsonl (one JSON object a line, flushed as written) and the
- * progress line on stderr. */
+/* metrics.c — OUT/metrics.jsonl (one JSON object a line) and the progress line on
+ * stderr.
+ *
+ * A line is whole or absent: each is written by one write() of the line and its newline
+ * on an O_APPEND descriptor, and a failed or short write is cut back off. A line torn
+ * anyway (the machine lost power mid-write) is recognised on resume by its missing
+ * newline, or by not parsing, and dropped with the lines after the checkpoint. */
 #include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +28,9 @@ int trn_metrics_truncate(const char *path, int64_t max_step, char *err) {
   ssize_t got;
   int dropped = 0;
   while ((got = getline(&line, &cap, f)) >= 0) {
-    cJSON *o = cJSON_Parse(line);
+    /* a line without its newline was cut short by a crash, whatever it parses as */
+    int whole = got > 0 && line[got - 1] == '\n' && (size_t)got == strlen(line);
+    cJSON *o = whole ? cJSON_Parse(line) : NULL;
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "step");
     int keep = cJSON_IsNumber(s) && s->valuedouble <= (double)max_step;
     cJSON_Delete(o);
@@ -58,14 +69,35 @@ int trn_metrics_truncate(const char *path, int64_t max_step, char *err) {
 }
 
 int trn_metrics_append(const char *path, const char *line, char *err) {
-  FILE *f = fopen(path, "a");
-  if (!f) {
-    trn_errf(err, "%s: cannot open: %s", path, strerror(errno));
+  size_t n = strlen(line);
+  char *buf = malloc(n + 1);
+  if (!buf) {
+    trn_errf(err, "%s: out of memory", path);
     return -1;
   }
-  int bad = fputs(line, f) < 0 || fputc('\n', f) < 0;
-  bad |= fclose(f) != 0;
-  if (bad) {
+  memcpy(buf, line, n);
+  buf[n++] = '\n';
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st)) {
+    trn_errf(err, "%s: cannot open: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    free(buf);
+    return -1;
+  }
+  ssize_t w;
+  do w = write(fd, buf, n);
+  while (w < 0 && errno == EINTR);
+  int e = errno;
+  free(buf);
+  if (w != (ssize_t)n) {
+    /* the run holds the directory's lock, so the file ended at st_size before this line */
+    if (w > 0) (void)!ftruncate(fd, st.st_size);
+    close(fd);
+    trn_errf(err, "%s: cannot write: %s", path, w < 0 ? strerror(e) : "short write (disk full?)");
+    return -1;
+  }
+  if (close(fd)) {
     trn_errf(err, "%s: cannot write: %s", path, strerror(errno));
     return -1;
   }
@@ -91,7 +123,10 @@ void trn_progress(int64_t step, int64_t total, double loss, double tok_s, double
   char left[32];
   if (s >= 3600) trn_path(left, sizeof left, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
   else trn_path(left, sizeof left, "%02ld:%02ld", s / 60, s % 60);
-  fprintf(stderr, "%sstep %lld/%lld | loss %.4f | %s tok/s | %s left%s", tty ? "\r" : "",
-          (long long)step, (long long)total, loss, ts, left, tty ? "\033[K" : "\n");
+  /* %.4g past a million: a diverging loss should not print 300 digits */
+  fprintf(stderr, fabs(loss) < 1e6 ? "%sstep %lld/%lld | loss %.4f | %s tok/s | %s left%s"
+                                   : "%sstep %lld/%lld | loss %.4g | %s tok/s | %s left%s",
+          tty ? "\r" : "", (long long)step, (long long)total, loss, ts, left,
+          tty ? "\033[K" : "\n");
   fflush(stderr);
 }

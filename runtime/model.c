@@ -774,6 +774,14 @@ int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err) {
   return 0;
 }
 
+int poc_model_weights_sumsq(poc_model *m, double *sumsq, char *err) {
+  if (mdl_need_train(m, "weights_sumsq", err)) return -1;
+  double s = m->d->k.sumsq(m->k, m->P, m->w);
+  if (poc_dev_sync(m->d, err)) return -1;
+  *sumsq = s;
+  return 0;
+}
+
 int poc_model_grad_norm(poc_model *m, double *norm, char *err) {
   if (poc_model_grad_sumsq(m, norm, err)) return -1;
   *norm = sqrt(*norm);

@@ -169,6 +169,9 @@ int poc_model_zero_grad(poc_model *m, char *err);
 int poc_model_grad_norm(poc_model *m, double *norm, char *err);
 /* Σ grad², the square of the above (several models' norms add up exactly). */
 int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err);
+/* Σ w² over the master weights (trainable models): a cheap finiteness check after an
+ * update, on the device, in the device's sum-of-squares precision. */
+int poc_model_weights_sumsq(poc_model *m, double *sumsq, char *err);
 int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err);
 /* Whether AdamW decays tensor i of the layout (2-D tensors). */
 int poc_model_decays(const poc_layout *lay, int i);

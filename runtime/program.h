@@ -115,6 +115,9 @@ typedef struct poc_knob {
 
 typedef enum poc_schedule { POC_SCHED_COSINE, POC_SCHED_LINEAR, POC_SCHED_CONSTANT } poc_schedule;
 typedef enum poc_precision { POC_PREC_FP32, POC_PREC_BF16 } poc_precision;
+/* What a step with a non-finite loss or gradient norm does: stop the run (exit 1, the
+ * step not applied, no checkpoint written) or skip it (no update; counted). */
+typedef enum poc_nonfinite { POC_NONFINITE_STOP, POC_NONFINITE_SKIP } poc_nonfinite;
 
 /* The train block. Generated code fills every field: the key's value when the .po file
  * sets it, else the default given in brackets (POC_TRAIN_DEFAULTS below spells them). */
@@ -134,15 +137,17 @@ typedef struct poc_train {
   double adam_beta2;             /* [0.999] */
   double adam_eps;               /* [1e-8] */
   int log_every;                 /* [1] */
-  int ckpt_every;                /* [0] 0: only at the end */
+  int ckpt_every;                /* [500] steps between checkpoints; 0: no step trigger */
   int eval_every;                /* [0] 0: only before and after training */
   int eval_tokens;               /* [0] 0: the answer's length + 2 */
   int steps;                     /* [0] 0: epochs over the data decide */
+  poc_nonfinite on_nonfinite;    /* [stop] */
+  double ckpt_minutes;           /* [10] wall-clock minutes between checkpoints; 0: off */
 } poc_train;
 
 #define POC_TRAIN_DEFAULTS                                                               \
   {5e-7, POC_SCHED_COSINE, 0.1, 128, 8, 1, 512, 1.0, POC_PREC_BF16, 1, 0.0, 0.9, 0.999, \
-   1e-8, 1, 0, 0, 0, 0}
+   1e-8, 1, 500, 0, 0, 0, POC_NONFINITE_STOP, 10.0}
 
 /* ---- the objective kernel ---------------------------------------------------------- */
 

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define ST_MAX_DIMS 8
 
@@ -46,6 +47,12 @@ size_t st_dtype_size(enum st_dtype d);
 int st_open(st_file *f, const char *path, char *err);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
+/* Opens an input file for reading only if it is a regular file: a FIFO, a device
+ * (/dev/urandom) or a directory is refused by name before a byte is read. The open is
+ * non-blocking, so a FIFO without a writer cannot hang it; the file is then read
+ * normally. "PATH: not a regular file (a FIFO)" in err, or "PATH: cannot open: ...". */
+int st_open_regular(const char *path, char *err);
+FILE *st_fopen_regular(const char *path, char *err);
 /* Converts a tensor's elements exactly (bf16/f16/f32 → float or double; f64 → double, or
  * rounded to float). A non-floating dtype is an error naming the file and tensor. */
 int st_read_f32(const st_file *f, const st_tensor *t, float *out, char *err);

@@ -295,6 +295,41 @@ static int parse_header(st_file *f, const char *json, size_t len, char *err) {
   return 0;
 }
 
+static const char *file_kind(mode_t m) {
+  return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device"
+         : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "not a plain file";
+}
+
+int st_open_regular(const char *path, char *err) {
+  /* O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer, forever */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  struct stat stt;
+  if (fd < 0 || fstat(fd, &stt)) {
+    snprintf(err, POC_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  if (!S_ISREG(stt.st_mode)) {
+    snprintf(err, POC_ERR_LEN, "%s: not a regular file (%s)", path, file_kind(stt.st_mode));
+    close(fd);
+    return -1;
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  return fd;
+}
+
+FILE *st_fopen_regular(const char *path, char *err) {
+  int fd = st_open_regular(path, err);
+  if (fd < 0) return NULL;
+  FILE *f = fdopen(fd, "rb");
+  if (!f) {
+    snprintf(err, POC_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
+    close(fd);
+  }
+  return f;
+}
+
 int st_open(st_file *f, const char *path, char *err) {
   memset(f, 0, sizeof *f);
   f->path = strdup(path);
@@ -302,17 +337,13 @@ int st_open(st_file *f, const char *path, char *err) {
     snprintf(err, POC_ERR_LEN, "%s: out of memory", path);
     return -1;
   }
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = st_open_regular(path, err);
   struct stat stt;
   if (fd < 0 || fstat(fd, &stt)) {
-    snprintf(err, POC_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    st_close(f);
-    return -1;
-  }
-  if (!S_ISREG(stt.st_mode)) {
-    snprintf(err, POC_ERR_LEN, "%s: not a regular file", path);
-    close(fd);
+    if (fd >= 0) {
+      snprintf(err, POC_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
+      close(fd);
+    }
     st_close(f);
     return -1;
   }
@@ -389,11 +420,8 @@ static char *join(const char *dir, const char *name) {
 }
 
 static char *slurp(const char *path, size_t *len, char *err) {
-  FILE *fp = fopen(path, "rb");
-  if (!fp) {
-    snprintf(err, POC_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
-    return NULL;
-  }
+  FILE *fp = st_fopen_regular(path, err);
+  if (!fp) return NULL;
   size_t cap = 4096, n = 0;
   char *buf = malloc(cap);
   while (buf) {

@@ -10,14 +10,17 @@
  * One optimizer step: B = batch examples from the data stream, their gradient by
  * trn_step_grad (micro-batches, objective, backward), the global norm (reported before
  * clipping), clip, AdamW at lr(step), metrics, progress, maybe a checkpoint or an eval.
- * Nothing depends on wall time, so on the CPU k steps + resume gives the bytes an unbroken
- * run gives.
+ * Nothing a checkpoint holds depends on wall time (only which steps get one, through
+ * ckpt_minutes), so on the CPU k steps + resume gives the bytes an unbroken run gives.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,6 +39,7 @@ typedef struct {
   int have_seed;
   uint64_t seed;
   int unfused;
+  int allow_data_change;
   int n_set;
   char **set;
 } trn_flags;
@@ -43,7 +47,8 @@ typedef struct {
 static void usage(const poc_program *p, FILE *f) {
   fprintf(f,
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
-          "       %*s [--set knob=value ...] [--seed N] [--unfused-head] [--kernel-images]\n"
+          "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
+          "       %*s [--allow-data-change] [--kernel-images]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -53,8 +58,10 @@ static void usage(const poc_program *p, FILE *f) {
           "  --set k=v       set a knob (param) without rebuilding\n"
           "  --seed N        seed of every random draw (overrides the train block)\n"
           "  --unfused-head  compute the loss head the textbook way (full logits)\n"
+          "  --allow-data-change  resume although a data file's content changed since\n"
+          "                  the checkpoint\n"
           "  --kernel-images list the GPU kernels built in by poc build --arch, and exit\n",
-          p->name, (int)strlen(p->name), "", p->name, p->name);
+          p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", p->name, p->name);
   if (p->n_knobs) {
     fprintf(f, "knobs:");
     for (int i = 0; i < p->n_knobs; i++) fprintf(f, " %s=%g", p->knobs[i].name, p->knobs[i].value);
@@ -143,6 +150,8 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     } else if (!strcmp(a, "--kernel-images")) {
       kernel_images(p, stdout);
       return 1;
+    } else if (!strcmp(a, "--allow-data-change")) {
+      f->allow_data_change = 1;
     } else {
       fprintf(stderr, "%s: error: unknown argument '%s'\n", p->name, a);
       usage(p, stderr);
@@ -242,7 +251,8 @@ static int check_program(const poc_program *p) {
 }
 
 static int read_file(const char *path, unsigned char **out, size_t *n) {
-  FILE *f = fopen(path, "rb");
+  char why[POC_ERR_LEN];
+  FILE *f = st_fopen_regular(path, why);
   if (!f) return -1;
   size_t cap = 1 << 16, len = 0;
   unsigned char *b = malloc(cap);
@@ -318,9 +328,14 @@ typedef struct {
   trn_state st;
   trn_ckmodel cm[TRN_MAX_MODELS];
   int n_cm, policy, eos, resuming;
+  int lock_fd;                   /* OUT/.lock, flock'ed for the run's life; -1 none */
+  int created;                   /* this run made OUT (removed again if it fails early) */
+  int opened;                    /* something was written into OUT */
+  int restart;                   /* a fresh run in an OUT with no complete checkpoint */
+  uint64_t file_hash[2];         /* the data set's and evaluation set's content */
   int64_t *ex;
   double knobs[64];
-  char out[PATHN], metrics[PATHN + 32], ckdir[PATHN];
+  char out[PATHN], metrics[PATHN + 32], ckdir[PATHN], good_ckpt[PATHN];
 } trn_run;
 
 static void run_free(trn_run *r) {
@@ -340,6 +355,16 @@ static void run_free(trn_run *r) {
   trn_evalset_free(&r->ev);
   trn_data_free(&r->data);
   free(r->fl.set);
+  if (r->lock_fd >= 0) {
+    if (r->created && !r->opened) {
+      /* a run that failed before writing anything leaves no directory behind */
+      char path[PATHN + 8];
+      trn_path(path, sizeof path, "%s/.lock", r->out);
+      unlink(path);
+      rmdir(r->out);
+    }
+    close(r->lock_fd); /* releases the lock (as the process's end would) */
+  }
 }
 
 static int run_error(trn_run *r, int rc) {
@@ -390,6 +415,8 @@ static int metric_line(const char *path, cJSON *o, char *err) {
   return rc;
 }
 
+static int run_shapes(trn_run *r);
+
 /* Configs and layouts (a frozen model shares its source's architecture), the data and the
  * evaluation set: every input checked before anything is written. */
 static int run_inputs(trn_run *r) {
@@ -415,40 +442,169 @@ static int run_inputs(trn_run *r) {
             (long long)r->data.n, r->T->max_len);
   r->eos = r->lay[r->policy].cfg.eos_token_id;
   if (p->eval_path && trn_evalset_load(&r->ev, p->eval_path, vocab, r->eos)) return -1;
+  if (run_shapes(r)) return -1;
+  /* content hashes, recorded in checkpoints so a resume notices changed inputs */
+  const char *files[2] = {p->data_path, p->eval_path};
+  for (int i = 0; i < 2 && files[i]; i++) {
+    unsigned char *bytes;
+    size_t nb;
+    if (read_file(files[i], &bytes, &nb)) {
+      fprintf(stderr, "%s: error: cannot read\n", files[i]);
+      return -1;
+    }
+    r->file_hash[i] = trn_hash(0, bytes, nb);
+    free(bytes);
+  }
   return 0;
 }
 
-/* The run directory: --resume's, --out, or runs/NAME-<timestamp>; a fresh run refuses one
- * that already holds a run. Nothing is created yet. */
+/* The step's context, and the longest sequence each model will see against its positions
+ * and its sliding window (which the model refuses to exceed): an error now rather than at
+ * some step hours in. Also the evaluation prompts with the tokens generated after them. */
+static int run_shapes(trn_run *r) {
+  const poc_program *p = r->p;
+  const poc_train *T = r->T;
+  r->ctx = (trn_ctx){.prog = p, .data = &r->data, .knobs = r->knobs,
+                     .micro_batch = T->micro_batch < T->batch ? T->micro_batch : T->batch,
+                     .unfused = r->fl.unfused};
+  for (int m = 0; m < p->n_models; m++) {
+    r->ctx.lay[m] = &r->lay[m];
+    r->ctx.eos[m] = r->lay[m].cfg.eos_token_id;
+  }
+  for (int m = 0; m < p->n_models; m++) {
+    const poc_model_decl *d = &p->models[m];
+    const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
+    int longest, mt = trn_max_pack_tokens(&r->ctx, m, r->ctx.micro_batch, &longest);
+    int maxpos = r->lay[m].cfg.max_position_embeddings, win = r->lay[m].cfg.sliding_window;
+    if (m == r->policy && p->eval_path)
+      for (int i = 0; i < r->ev.n; i++) {
+        int len = r->ev.p_len[i] + (T->eval_tokens > 0 ? T->eval_tokens : r->ev.a_len[i] + 2);
+        if (len > longest) longest = len;
+      }
+    if (maxpos > 0 && longest > maxpos) {
+      fprintf(stderr, "%s: error: model '%s' would see a %d-token sequence (context + target) "
+              "but has %d positions; lower max_len (now %d)\n", p->name, d->name, longest,
+              maxpos, T->max_len);
+      return -1;
+    }
+    if (win > 0 && longest > win) {
+      fprintf(stderr, "%s%sconfig.json: error: 'sliding_window' = %d is shorter than the "
+              "longest sequence this run gives model '%s' (%d tokens, context + target); poc "
+              "attends within the window only, so lower max_len (now %d)\n", dir,
+              dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", win, d->name, longest,
+              T->max_len);
+      return -1;
+    }
+    r->ctx.max_tokens[m] = mt > 0 ? mt : 1;
+  }
+  return 0;
+}
+
+/* Takes OUT/.lock with flock for the run's life, so one process owns a run directory; the
+ * kernel drops the lock when the process ends however it ends, so a crash never leaves it
+ * stuck. The holder's pid is written in the file for the message another run gives. */
+static int run_lock(trn_run *r) {
+  const poc_program *p = r->p;
+  char path[PATHN + 8];
+  trn_path(path, sizeof path, "%s/.lock", r->out);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    fprintf(stderr, "%s: error: %s: cannot create: %s\n", p->name, path, strerror(errno));
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB)) {
+    int e = errno;
+    char pid[32] = "";
+    ssize_t n = e == EWOULDBLOCK ? pread(fd, pid, sizeof pid - 1, 0) : -1;
+    pid[n > 0 ? n : 0] = 0;
+    pid[strcspn(pid, "\n")] = 0;
+    if (e == EWOULDBLOCK)
+      fprintf(stderr, "%s: error: %s is in use by another run (pid %s)\n", p->name, r->out,
+              pid[0] ? pid : "unknown");
+    else
+      fprintf(stderr, "%s: error: %s: cannot lock: %s\n", p->name, path, strerror(e));
+    close(fd);
+    return -1;
+  }
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) || pwrite(fd, pid, (size_t)n, 0) != n) {
+    /* the lock holds without the pid; only the other run's message is poorer */
+  }
+  r->lock_fd = fd;
+  return 0;
+}
+
+static int is_dir(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* The run directory: --resume's, --out, or runs/NAME-<timestamp>[-k], locked (run_lock).
+ * OUT "holds a run" when it has a complete checkpoint: a fresh run refuses it. Without
+ * one (a run killed before its first checkpoint, or an empty folder) a fresh run starts
+ * there afresh and --resume is refused. */
 static int run_directory(trn_run *r) {
   const poc_program *p = r->p;
   r->resuming = r->fl.resume != NULL;
-  if (r->resuming) {
-    trn_path(r->out, sizeof r->out, "%s", r->fl.resume);
-  } else if (r->fl.out) {
-    trn_path(r->out, sizeof r->out, "%s", r->fl.out);
+  if (r->resuming || r->fl.out) {
+    trn_path(r->out, sizeof r->out, "%s", r->resuming ? r->fl.resume : r->fl.out);
+    struct stat sb;
+    if (stat(r->out, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+      fprintf(stderr, "%s: error: %s exists and is not a directory\n", p->name, r->out);
+      return -1;
+    }
+    if (r->resuming && !is_dir(r->out)) {
+      fprintf(stderr, "%s: error: --resume %s: no such run directory\n", p->name, r->out);
+      return -1;
+    }
+    if (!r->resuming && !is_dir(r->out)) {
+      if (mkdir_p(r->out)) {
+        fprintf(stderr, "%s: error: %s: cannot create the run directory: %s\n", p->name,
+                r->out, strerror(errno));
+        return -1;
+      }
+      r->created = 1;
+    }
   } else {
+    /* runs/NAME-<timestamp>, made with mkdir so two runs starting in the same second
+     * cannot share it: the second gets a -2 suffix (and so on) */
     time_t t = time(NULL);
     struct tm tm;
     localtime_r(&t, &tm);
     char ts[32];
     strftime(ts, sizeof ts, "%Y%m%d-%H%M%S", &tm);
-    trn_path(r->out, sizeof r->out, "runs/%s-%s", p->name, ts);
+    if (mkdir_p("runs")) {
+      fprintf(stderr, "%s: error: runs: cannot create: %s\n", p->name, strerror(errno));
+      return -1;
+    }
+    for (int k = 1;; k++) {
+      if (k == 1) trn_path(r->out, sizeof r->out, "runs/%s-%s", p->name, ts);
+      else trn_path(r->out, sizeof r->out, "runs/%s-%s-%d", p->name, ts, k);
+      if (mkdir(r->out, 0777) == 0) break;
+      if (errno != EEXIST || k == 1000) {
+        fprintf(stderr, "%s: error: %s: cannot create the run directory: %s\n", p->name,
+                r->out, strerror(errno));
+        return -1;
+      }
+    }
+    r->created = 1;
   }
   trn_path(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", r->out);
+  if (run_lock(r)) return -1;
   if (r->resuming) {
     if (trn_ckpt_latest(r->out, r->ckdir, sizeof r->ckdir) < 0) {
-      fprintf(stderr, "%s: error: --resume %s: no complete checkpoint (ckpt-<step>/) there\n",
-              p->name, r->out);
+      fprintf(stderr, "%s: error: --resume %s: no complete checkpoint (ckpt-<step>/) there; "
+              "the run stopped before its first one, so start it again without --resume "
+              "(--out %s)\n", p->name, r->out, r->out);
       return -1;
     }
-  } else {
-    struct stat sb;
-    if (stat(r->metrics, &sb) == 0 || trn_ckpt_latest(r->out, r->ckdir, sizeof r->ckdir) >= 0) {
-      fprintf(stderr, "%s: error: %s already holds a run; continue it with --resume %s or "
-              "choose another --out\n", p->name, r->out, r->out);
-      return -1;
-    }
+  } else if (trn_ckpt_latest(r->out, r->ckdir, sizeof r->ckdir) >= 0) {
+    fprintf(stderr, "%s: error: %s already holds a run; continue it with --resume %s or "
+            "choose another --out\n", p->name, r->out, r->out);
+    return -1;
+  } else if (!r->created) {
+    r->restart = 1;
   }
   return 0;
 }
@@ -459,25 +615,8 @@ static int run_directory(trn_run *r) {
  * of the initial weights). Returns 2 for bad input, 1 for other failures. */
 static int run_models(trn_run *r) {
   const poc_program *p = r->p;
-  const poc_train *T = r->T;
-  r->ctx = (trn_ctx){.prog = p, .data = &r->data, .knobs = r->knobs, .seed = r->st.seed,
-                     .micro_batch = T->micro_batch < T->batch ? T->micro_batch : T->batch,
-                     .unfused = r->fl.unfused};
-  for (int m = 0; m < p->n_models; m++) {
-    r->ctx.lay[m] = &r->lay[m];
-    r->ctx.eos[m] = r->lay[m].cfg.eos_token_id;
-  }
   for (int m = 0; m < p->n_models; m++) {
     const poc_model_decl *d = &p->models[m];
-    int longest, mt = trn_max_pack_tokens(&r->ctx, m, r->ctx.micro_batch, &longest);
-    int maxpos = r->lay[m].cfg.max_position_embeddings;
-    if (maxpos > 0 && longest > maxpos) {
-      fprintf(stderr, "%s: error: model '%s' would see a %d-token sequence (context + target) "
-              "but has %d positions; lower max_len (now %d)\n", p->name, d->name, longest,
-              maxpos, T->max_len);
-      return 2;
-    }
-    r->ctx.max_tokens[m] = mt > 0 ? mt : 1;
     size_t n = r->lay[m].n_params;
     float *w = malloc(n * sizeof(float));
     if (!w) {
@@ -542,8 +681,42 @@ static int run_stage_state(trn_run *r, int to_device) {
  * still win, with a note). */
 static int run_resume(trn_run *r, uint64_t prog_hash) {
   const poc_program *p = r->p;
-  if (trn_ckpt_load(r->ckdir, &r->st, p, r->cm, r->n_cm, r->err) || run_stage_state(r, 1))
-    return run_error(r, 1);
+  /* newest first; a damaged checkpoint (truncated, edited, non-finite) is reported and the
+   * one before it is tried, so a crash during a checkpoint's write costs one interval */
+  int64_t steps[256];
+  int n = trn_ckpt_list(r->out, steps, 256), k;
+  for (k = 0; k < n; k++) {
+    trn_path(r->ckdir, sizeof r->ckdir, "%s/ckpt-%lld", r->out, (long long)steps[k]);
+    if (!trn_ckpt_load(r->ckdir, steps[k], &r->st, p, r->cm, r->n_cm, r->err)) break;
+    fprintf(stderr, "%s: note: skipping %s, which is damaged: %s\n", p->name, r->ckdir, r->err);
+  }
+  if (k == n) {
+    fprintf(stderr, "%s: error: --resume %s: no usable checkpoint (every complete one is "
+            "damaged)\n", p->name, r->out);
+    return 2;
+  }
+  if (k > 0)
+    fprintf(stderr, "%s: note: resuming from the previous complete checkpoint, %s\n", p->name,
+            r->ckdir);
+  if (run_stage_state(r, 1)) return run_error(r, 1);
+  trn_path(r->good_ckpt, sizeof r->good_ckpt, "%s", r->ckdir);
+  /* the inputs' content, as the checkpoint recorded it */
+  const char *files[2] = {p->data_path, p->eval_path};
+  for (int i = 0; i < r->st.n_files; i++) {
+    int f = -1;
+    for (int j = 0; j < 2; j++)
+      if (files[j] && !strcmp(files[j], r->st.file_name[i])) f = j;
+    if (f < 0 || r->file_hash[f] == r->st.file_hash[i]) continue;
+    if (!r->fl.allow_data_change) {
+      fprintf(stderr, "%s: error: %s changed since %s was written (content hash %016" PRIx64
+              ", now %016" PRIx64 "); resuming would train on other data than the run "
+              "began with. Restore it, or pass --allow-data-change to resume anyway\n",
+              p->name, files[f], r->ckdir, r->st.file_hash[i], r->file_hash[f]);
+      return 2;
+    }
+    fprintf(stderr, "%s: note: %s changed since %s was written; resuming anyway "
+            "(--allow-data-change)\n", p->name, files[f], r->ckdir);
+  }
   if (r->st.program_hash != prog_hash) {
     fprintf(stderr, "%s: error: %s was made by a different program (its .po source "
             "differs); resume it with the binary that started it\n", p->name, r->out);
@@ -575,9 +748,18 @@ static int run_open_directory(trn_run *r) {
             strerror(errno));
     return -1;
   }
+  r->opened = 1;
   trn_path(path, sizeof path, "%s/%s.po", r->out, p->name);
   if (p->source && st_write_text_atomic(path, p->source, r->err)) return run_error(r, -1);
-  if (r->resuming && trn_metrics_truncate(r->metrics, r->st.step, r->err))
+  if (r->restart) {
+    struct stat sb;
+    if (stat(r->metrics, &sb) == 0)
+      fprintf(stderr, "%s: note: %s holds no complete checkpoint; starting the run there "
+              "afresh (its metrics.jsonl too)\n", p->name, r->out);
+  }
+  /* resume: drop the lines after the checkpoint (and a torn last line); a restart: all */
+  if ((r->resuming || r->restart) &&
+      trn_metrics_truncate(r->metrics, r->resuming ? r->st.step : -1, r->err))
     return run_error(r, -1);
   return 0;
 }
@@ -645,45 +827,81 @@ static int run_eval0(trn_run *r) {
 
 typedef struct {
   double loss, lr, gnorm, tok_s;
+  int skipped;                   /* the step was not applied (non-finite, skip policy) */
   trn_stepout so;
 } run_step_out;
 
+enum { STEP_OK = 0, STEP_SKIPPED = 1, STEP_ERROR = -1, STEP_NONFINITE = -2 };
+
 /* One optimizer step: the gradient of the step's mean loss, its global norm (reported
- * before clipping), clipping folded into AdamW's gradient scale, AdamW at lr(step). */
+ * before clipping), clipping folded into AdamW's gradient scale, AdamW at lr(step).
+ *
+ * Non-finite numbers never reach the weights: the loss, the gradient's sum of squares and
+ * the learning rate are checked before AdamW runs, and a failing step is skipped
+ * (on_nonfinite = skip: no update, the data position still advances) or stops the run
+ * (STEP_NONFINITE) with weights and moments as the previous step left them. An update
+ * that overflows although its inputs were finite (an enormous lr) is caught by the
+ * weights' sum of squares afterwards; it cannot be undone, so it always stops the run,
+ * and since checkpoints are written only after this check, none holds the result. */
 static int run_step(trn_run *r, int64_t step, run_step_out *o) {
   const poc_program *p = r->p;
   const poc_train *T = r->T;
   double t0 = now_s();
+  o->skipped = 0;
   for (int b = 0; b < T->batch; b++) r->ex[b] = trn_order_at(&r->order, r->st.pos + b);
   for (int m = 0; m < p->n_models; m++)
-    if (p->models[m].trainable && poc_model_zero_grad(r->ms.m[m], r->err)) return -1;
-  if (trn_step_grad(&r->ctx, &r->ms, r->ex, T->batch, step, &o->so, r->err)) return -1;
+    if (p->models[m].trainable && poc_model_zero_grad(r->ms.m[m], r->err)) return STEP_ERROR;
+  if (trn_step_grad(&r->ctx, &r->ms, r->ex, T->batch, step, &o->so, r->err)) return STEP_ERROR;
   o->loss = o->so.loss_sum / T->batch;
-  if (!isfinite(o->loss)) {
-    trn_errf(r->err, "the loss is %g; stopping (the last checkpoint is kept)", o->loss);
-    return -1;
-  }
   double sq = 0;
   for (int m = 0; m < p->n_models; m++) {
     double s;
     if (!p->models[m].trainable) continue;
-    if (poc_model_grad_sumsq(r->ms.m[m], &s, r->err)) return -1;
+    if (poc_model_grad_sumsq(r->ms.m[m], &s, r->err)) return STEP_ERROR;
     sq += s;
   }
   o->gnorm = sqrt(sq);
-  double gscale = 1;
-  if (T->clip > 0 && o->gnorm > T->clip) gscale = T->clip / (o->gnorm + 1e-6);
   o->lr = trn_lr(T, step, r->st.total);
-  poc_adamw h = {o->lr, T->adam_beta1, T->adam_beta2, T->adam_eps, T->weight_decay, (long)step,
-                 gscale};
-  for (int m = 0; m < p->n_models; m++)
-    if (p->models[m].trainable && poc_model_adamw(r->ms.m[m], &h, r->err)) return -1;
+  const char *bad = !isfinite(o->loss) ? "loss" : !isfinite(o->gnorm) ? "gradient norm"
+                    : !isfinite(o->lr) ? "learning rate" : NULL;
+  if (bad) {
+    double x = !isfinite(o->loss) ? o->loss : !isfinite(o->gnorm) ? o->gnorm : o->lr;
+    const char *xs = isnan(x) ? "NaN" : x > 0 ? "+inf" : "-inf";
+    if (T->on_nonfinite != POC_NONFINITE_SKIP) {
+      trn_errf(r->err, "the %s is %s; the step was not applied", bad, xs);
+      return STEP_NONFINITE;
+    }
+    fprintf(stderr, "%s: warning: step %lld skipped: the %s is %s (on_nonfinite = skip)\n",
+            p->name, (long long)step, bad, xs);
+    o->skipped = 1;
+    r->st.skipped++;
+  } else {
+    double gscale = 1;
+    if (T->clip > 0 && o->gnorm > T->clip) gscale = T->clip / (o->gnorm + 1e-6);
+    /* AdamW's bias correction counts the updates actually made */
+    poc_adamw h = {o->lr, T->adam_beta1, T->adam_beta2, T->adam_eps, T->weight_decay,
+                   (long)(step - r->st.skipped), gscale};
+    for (int m = 0; m < p->n_models; m++)
+      if (p->models[m].trainable && poc_model_adamw(r->ms.m[m], &h, r->err)) return STEP_ERROR;
+    for (int m = 0; m < p->n_models; m++) {
+      double s;
+      if (!p->models[m].trainable) continue;
+      if (poc_model_weights_sumsq(r->ms.m[m], &s, r->err)) return STEP_ERROR;
+      if (!isfinite(s)) {
+        trn_errf(r->err, "model '%s' has non-finite weights after the update (lr %g, gradient "
+                 "norm %g)%s", p->models[m].name, o->lr, o->gnorm,
+                 T->on_nonfinite == POC_NONFINITE_SKIP
+                     ? "; an applied update cannot be skipped, so the run stops" : "");
+        return STEP_NONFINITE;
+      }
+    }
+  }
   r->st.step = step;
   r->st.pos += T->batch;
   r->st.epoch = (double)r->st.pos / (double)r->data.n;
   double dt = now_s() - t0;
   o->tok_s = dt > 0 ? (double)o->so.tokens / dt : 0;
-  return 0;
+  return o->skipped ? STEP_SKIPPED : STEP_OK;
 }
 
 /* The step's metrics line (and evaluation when due). eval_acc < 0 when none ran. */
@@ -700,6 +918,10 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
     cJSON_AddNumberToObject(j, "tokens_per_s", o->tok_s);
     for (int k = 0; k < p->n_reports; k++)
       cJSON_AddNumberToObject(j, p->reports[k], o->so.report_sum[k] / r->T->batch);
+    /* cJSON writes a non-finite number as null: a skipped step's loss reads as null */
+    if (o->skipped) cJSON_AddTrueToObject(j, "skipped");
+    if (r->T->on_nonfinite == POC_NONFINITE_SKIP)
+      cJSON_AddNumberToObject(j, "skipped_steps", (double)r->st.skipped);
   }
   *eval_acc = -1;
   if (do_eval) {
@@ -721,7 +943,17 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
 
 static int run_checkpoint(trn_run *r) {
   if (run_stage_state(r, 0)) return -1;
-  return trn_ckpt_write(r->out, &r->st, r->p, r->cm, r->n_cm, r->err);
+  if (trn_ckpt_write(r->out, &r->st, r->p, r->cm, r->n_cm, r->err)) return -1;
+  trn_path(r->good_ckpt, sizeof r->good_ckpt, "%s/ckpt-%lld", r->out, (long long)r->st.step);
+  return 0;
+}
+
+/* Whether a checkpoint is due after `step`: every ckpt_every steps, and when ckpt_minutes
+ * of wall clock have passed since the last one (or the run's start). Which steps get one
+ * may depend on time; what a checkpoint holds never does. */
+static int ckpt_due(const poc_train *T, int64_t step, double since_s) {
+  if (T->ckpt_every > 0 && step % T->ckpt_every == 0) return 1;
+  return T->ckpt_minutes > 0 && since_s >= 60.0 * T->ckpt_minutes;
 }
 
 /* Steps until --steps or the schedule's end: metrics, progress, evaluation, checkpoints. */
@@ -733,10 +965,26 @@ static int run_loop(trn_run *r) {
   const char *nl = tty ? "\n" : "";
   double t_start = now_s();
   int64_t first = r->st.step, last_ckpt = r->resuming ? r->st.step : -1;
+  double t_ckpt = t_start;
   while (r->st.step < stop) {
     int64_t step = r->st.step + 1;
     run_step_out o;
-    if (run_step(r, step, &o)) {
+    int sr = run_step(r, step, &o);
+    if (sr == STEP_NONFINITE) {
+      fprintf(stderr, "%s%s: error: step %lld: %s. Nothing was written; ", nl, p->name,
+              (long long)step, r->err);
+      if (r->good_ckpt[0])
+        fprintf(stderr, "the last good checkpoint is %s (resume with --resume %s).",
+                r->good_ckpt, r->out);
+      else
+        fprintf(stderr, "no checkpoint was written before it.");
+      fprintf(stderr, " Lower lr or the knobs%s\n", r->T->on_nonfinite == POC_NONFINITE_SKIP
+                                                     ? ""
+                                                     : ", or set on_nonfinite = skip in the "
+                                                       "train block to skip such steps");
+      return -1;
+    }
+    if (sr == STEP_ERROR) {
       fprintf(stderr, "%s%s: error: step %lld: %s\n", nl, p->name, (long long)step, r->err);
       return -1;
     }
@@ -754,7 +1002,8 @@ static int run_loop(trn_run *r) {
     if (eval_acc >= 0)
       fprintf(stderr, "%s%s: eval/accuracy %.4f after step %lld\n", nl, p->name, eval_acc,
               (long long)step);
-    if ((T->ckpt_every > 0 && step % T->ckpt_every == 0) || step == stop) {
+    if (ckpt_due(T, step, now_s() - t_ckpt) || step == stop) {
+      t_ckpt = now_s();
       if (run_checkpoint(r)) {
         fprintf(stderr, "%s%s: error: checkpoint at step %lld: %s (earlier checkpoints are "
                 "intact)\n", nl, p->name, (long long)step, r->err);
@@ -783,6 +1032,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   }
   r->p = p;
   r->T = &p->train;
+  r->lock_fd = -1;
   int rc = parse_flags(p, argc, argv, &r->fl);
   if (rc) {
     rc = rc == 1 ? 0 : 2;
@@ -802,7 +1052,17 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   r->st.seed = r->fl.have_seed ? r->fl.seed : r->T->seed;
   r->st.total = trn_total_steps(r->T, r->data.n);
   r->st.program_hash = prog_hash;
+  r->st.n_files = 0;
+  r->ctx.seed = r->st.seed;
   if ((rc = run_models(r)) || (r->resuming && (rc = run_resume(r, prog_hash)))) goto done;
+  /* what a checkpoint records of the inputs (a resume keeps comparing with these) */
+  r->st.n_files = 0;
+  const char *files[2] = {p->data_path, p->eval_path};
+  for (int i = 0; i < 2; i++)
+    if (files[i] && strlen(files[i]) < sizeof r->st.file_name[0]) {
+      trn_path(r->st.file_name[r->st.n_files], sizeof r->st.file_name[0], "%s", files[i]);
+      r->st.file_hash[r->st.n_files++] = r->file_hash[i];
+    }
   r->st.n_knobs = p->n_knobs;
   memcpy(r->st.knobs, r->knobs, sizeof(double) * (size_t)p->n_knobs);
   rc = 1;

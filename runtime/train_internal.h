@@ -30,6 +30,8 @@
  * trn_path says so with -1) rather than overflowing. */
 void trn_errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int trn_path(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A message "PATH: what" without its "PATH: " (for lines that name the path already). */
+const char *trn_after_path(const char *msg, const char *path);
 
 /* ---- data.c ---------------------------------------------------------------------- */
 
@@ -72,6 +74,14 @@ void trn_order_free(trn_order *o);
  * permutation. */
 int64_t trn_order_at(trn_order *o, int64_t pos);
 
+/* One JSONL line, strictly: a single JSON value with nothing but white space after it,
+ * and no object in it with the same key twice (JSON parsers disagree on which copy wins,
+ * so a duplicate is an ambiguity, not a choice to make silently). NULL with the reason in
+ * why ("malformed JSON near column 9", "trailing content after the JSON value at column
+ * 14", "duplicate key 'prompt'"). */
+struct cJSON;
+struct cJSON *trn_json_line(const char *text, char *why, size_t why_len);
+
 /* FNV-1a 64; h = 0 starts a new hash. */
 uint64_t trn_hash(uint64_t h, const void *p, size_t n);
 uint64_t trn_hash_str(uint64_t h, const char *s);
@@ -98,9 +108,10 @@ double trn_lr(const poc_train *t, int64_t step, int64_t total);
 /* ---- metrics.c -------------------------------------------------------------------- */
 
 /* Keeps the lines of PATH whose "step" is <= max_step (a resumed run rewrites what came
- * after its checkpoint), atomically. A missing file is fine. */
+ * after its checkpoint), atomically; a torn line (no newline, or not JSON) goes too.
+ * max_step < 0 empties the file. A missing file is fine. */
 int trn_metrics_truncate(const char *path, int64_t max_step, char *err);
-/* Appends one JSON line and flushes. */
+/* Appends one JSON line with a single write(), so a line is whole or absent. */
 int trn_metrics_append(const char *path, const char *line, char *err);
 /* "1,234" */
 void trn_fmt_thousands(char *buf, size_t n, double x);
@@ -119,6 +130,10 @@ typedef struct trn_state {
   uint64_t program_hash;
   int n_knobs;
   double knobs[64];
+  int64_t skipped;               /* steps skipped as non-finite (on_nonfinite = skip) */
+  int n_files;                   /* input files and their content hashes at write time: */
+  char file_name[2][1024];       /* the data set, the evaluation set */
+  uint64_t file_hash[2];
 } trn_state;
 
 /* One trainable model as a checkpoint holds it. */
@@ -133,9 +148,16 @@ typedef struct trn_ckmodel {
  * optimizer.safetensors); with several, each gets a subfolder by name. */
 int trn_ckpt_write(const char *out, const trn_state *st, const poc_program *prog,
                    const trn_ckmodel *cm, int n, char *err);
-/* The newest complete OUT/ckpt-<step>: its step, or -1 when there is none. */
+/* The newest complete OUT/ckpt-<step> (all four files present): its step, or -1 when
+ * there is none. */
 int64_t trn_ckpt_latest(const char *out, char *dir, size_t dir_len);
-int trn_ckpt_load(const char *dir, trn_state *st, const poc_program *prog,
+/* The steps of every complete checkpoint, newest first, up to max; their count. */
+int trn_ckpt_list(const char *out, int64_t *steps, int max);
+/* Loads OUT/ckpt-<step> = dir, validating everything it reads: state.json's fields (type,
+ * range, the step matching the folder's name, the program's knobs exactly), the tensors'
+ * shapes, and every weight and moment finite (second moments >= 0). A message naming the
+ * file and what is wrong otherwise; the arrays may then hold part of the checkpoint. */
+int trn_ckpt_load(const char *dir, int64_t step, trn_state *st, const poc_program *prog,
                   const trn_ckmodel *cm, int n, char *err);
 
 /* ---- train_cache.c: hoisted call values ------------------------------------------- */

@@ -139,6 +139,10 @@ static void test_params_and_train(void) {
   expect(HEAD "loss = 1\ntrain { lrr = 1 }\n", 1, "unknown train key 'lrr'; did you mean 'lr'?");
   expect(HEAD "loss = 1\ntrain { foo = 1 }\n", 1, "unknown train key 'foo'\n");
   expect(HEAD "loss = 1\ntrain { schedule = cosin }\n", 1, "unknown schedule 'cosin'; did you mean 'cosine'?");
+  expect(HEAD "loss = 1\ntrain { on_nonfinite = skp }\n", 1, "unknown on_nonfinite 'skp'; did you mean 'skip'?");
+  expect(HEAD "loss = 1\ntrain { on_nonfinite = 1 }\n", 1, "train key 'on_nonfinite' takes one of stop or skip");
+  expect(HEAD "loss = 1\ntrain { ckpt_minutes = -1 }\n", 1, "train key 'ckpt_minutes' must be at least 0");
+  expect(HEAD "loss = 1\ntrain { on_nonfinite = skip; ckpt_minutes = 2.5 }\n", 0, NULL);
   expect(HEAD "loss = 1\ntrain { schedule = 1 }\n", 1,
          "train key 'schedule' takes one of cosine, linear or constant");
   expect(HEAD "loss = 1\ntrain { precision = fp8 }\n", 1, "unknown precision 'fp8'");
@@ -200,7 +204,7 @@ static void test_tables(void) {
     if (!strcmp(k->key, "schedule"))
       has_schedule = k->type == PO_TK_NAME && !strcmp(k->choices[0], "cosine");
   }
-  CHECK(nkeys == 19 && has_schedule);
+  CHECK(nkeys == 21 && has_schedule);
 
   fe_run r = fe_compile(HEAD "param beta = 1\ndef S(m) = 1\nfield f\nloss = 1\nreport loss = 2\n", 1);
   CHECK(r.errors == 0);

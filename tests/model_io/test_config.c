@@ -156,6 +156,29 @@ static void test_errors(void) {
                "unsupported dtype 'int8'");
   expect_error("eps", "{\"model_type\":\"llama\"," BASE ",\"num_attention_heads\":4,\"rms_norm_eps\":\"small\"}",
                "'rms_norm_eps' must be a number");
+  /* every field that would break the model later is refused at load, by name */
+  expect_error("window-1", "{\"model_type\":\"mistral\"," BASE ",\"num_attention_heads\":4,\"sliding_window\":1}",
+               "'sliding_window' must be at least 2");
+  expect_error("window-neg", "{\"model_type\":\"mistral\"," BASE ",\"num_attention_heads\":4,\"sliding_window\":-4}",
+               "'sliding_window' must be at least 2");
+  expect_error("eos-vocab", "{\"model_type\":\"llama\"," BASE ",\"num_attention_heads\":4,\"eos_token_id\":300}",
+               "'eos_token_id' = 300 is outside the vocabulary");
+  expect_error("bos-neg", "{\"model_type\":\"llama\"," BASE ",\"num_attention_heads\":4,\"bos_token_id\":-7}",
+               "'bos_token_id' = -7 is outside the vocabulary");
+  expect_error("theta-0", "{\"model_type\":\"llama\"," BASE ",\"num_attention_heads\":4,\"rope_theta\":0}",
+               "'rope_theta' must be positive");
+  expect_error("eps-0", "{\"model_type\":\"llama\"," BASE ",\"num_attention_heads\":4,\"rms_norm_eps\":0}",
+               "'rms_norm_eps' must be positive");
+  expect_error("eps-inf", "{\"model_type\":\"llama\"," BASE ",\"num_attention_heads\":4,\"rms_norm_eps\":1e999}",
+               "'rms_norm_eps' must be a number");
+  expect_error("vocab-0", "{\"model_type\":\"llama\",\"hidden_size\":64,\"intermediate_size\":128,"
+               "\"num_hidden_layers\":2,\"vocab_size\":0,\"num_attention_heads\":4}",
+               "'vocab_size' must be positive, got 0");
+  expect_error("head-odd", "{\"model_type\":\"llama\"," BASE ",\"num_attention_heads\":4,\"head_dim\":7}",
+               "'head_dim' must be positive and even");
+  expect_error("hidden-odd-head", "{\"model_type\":\"llama\",\"hidden_size\":60,\"intermediate_size\":128,"
+               "\"num_hidden_layers\":2,\"vocab_size\":300,\"num_attention_heads\":4}",
+               "odd head dimension 15");
   expect_error("badjson", "{\"model_type\":\"llama\",\n\"hidden_size\":64,,}", "config.json:2: not valid JSON");
   expect_error("array", "[1,2]", "not a JSON object");
   CHECK(poc_config_load(mio_path("no-such-model"), &c, err) == -1 && strstr(err, "config.json: cannot open"));

@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "device.h"
 #include "train_internal.h"
 #include "tt.h"
@@ -313,7 +315,7 @@ static void test_ckpt(void) {
   float *w2 = calloc(n, 4), *m2 = calloc(n, 4), *v2 = calloc(n, 4);
   trn_ckmodel cm2 = {"policy", &lay, w2, m2, v2};
   trn_state s2;
-  CHECK(trn_ckpt_load(got, &s2, prog, &cm2, 1, err) == 0);
+  CHECK(trn_ckpt_load(got, 7, &s2, prog, &cm2, 1, err) == 0);
   CHECK(s2.step == 7 && s2.total == 20 && s2.pos == 56 && s2.seed == 12345678901234567ULL);
   CHECK(s2.program_hash == 0xfeedbeefcafe1234ULL);
   CHECK(s2.knobs[0] == 0.25);
@@ -322,8 +324,17 @@ static void test_ckpt(void) {
   w[0] = 42;
   st.step = 7;
   CHECK(trn_ckpt_write(out, &st, prog, &cm, 1, err) == 0);
-  CHECK(trn_ckpt_load(got, &s2, prog, &cm2, 1, err) == 0);
+  CHECK(trn_ckpt_load(got, 7, &s2, prog, &cm2, 1, err) == 0);
   CHECK(w2[0] == 42);
+  /* no checkpoint is ever written with a non-finite value */
+  w[3] = NAN;
+  st.step = 9;
+  CHECK(trn_ckpt_write(out, &st, prog, &cm, 1, err) == -1 && strstr(err, "non-finite weight"));
+  snprintf(p, sizeof p, "%s/ckpt-9", out);
+  CHECK(!file_exists(p));
+  w[3] = 0;
+  /* state.json naming another step than its folder is damage */
+  CHECK(trn_ckpt_load(got, 8, &s2, prog, &cm2, 1, err) == -1 && strstr(err, "'step'"));
   /* a write that cannot happen (the run folder is a file) fails cleanly */
   snprintf(p, sizeof p, "%s/notadir", dir);
   write_text(p, "x");
@@ -346,6 +357,22 @@ static void test_metrics(void) {
   CHECK(!strcmp(buf, "{\"step\":0,\"eval/accuracy\":0.1}\n{\"step\":1,\"loss\":2}\n"
                      "{\"step\":2,\"loss\":1}\n"));
   CHECK(trn_metrics_append(path, "{\"step\":3}", err) == 0);
+  /* a last line without its newline was torn by a crash: dropped, even if it parses */
+  write_text(path, "{\"step\":1,\"loss\":2}\n{\"step\":2}");
+  CHECK(trn_metrics_truncate(path, 5, err) == 0);
+  f = fopen(path, "r");
+  n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = 0;
+  fclose(f);
+  CHECK(!strcmp(buf, "{\"step\":1,\"loss\":2}\n"));
+  /* JSONL lines: one value, no duplicate keys */
+  char why[160];
+  cJSON *j = trn_json_line("{\"a\":1} \r\n", why, sizeof why);
+  CHECK(j != NULL);
+  cJSON_Delete(j);
+  CHECK(!trn_json_line("{\"a\":1}{\"a\":2}\n", why, sizeof why) && strstr(why, "column 8"));
+  CHECK(!trn_json_line("{\"a\":1,\"b\":{\"c\":1,\"c\":2}}", why, sizeof why) &&
+        strstr(why, "duplicate key 'c'"));
   char t[32];
   trn_fmt_thousands(t, sizeof t, 5120);
   CHECK(!strcmp(t, "5,120"));

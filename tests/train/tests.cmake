@@ -23,3 +23,9 @@ add_test(NAME train_make_task
          COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/test_make_task.py
                  ${PROJECT_SOURCE_DIR}/tools/make_task.py ${CMAKE_CURRENT_BINARY_DIR}/make_task_scratch)
 set_tests_properties(train_make_task PROPERTIES LABELS train TIMEOUT 120)
+
+# What a run promises when things go wrong (docs/reliability.md, "Training runs").
+add_test(NAME train_reliability
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/test_reliability.py
+                 $<TARGET_FILE:train_tt_dpo> ${CMAKE_CURRENT_BINARY_DIR}/train_reliability_scratch)
+set_tests_properties(train_reliability PROPERTIES LABELS train TIMEOUT 300)

@@ -1,7 +1,8 @@
 /* tt_dpo_main.c — a training binary as generated code would make it, with the program
  * written by hand: DPO (or batch-centred DPO) over the model, data and evaluation set named
  * by the environment (TT_MODEL, TT_DATA, TT_EVAL), optionally with an anchor drawn from the
- * policy each step (TT_VARIANT=anchor). The flags are the binary's own. */
+ * policy each step (TT_VARIANT=anchor). TT_LR, TT_ON_NONFINITE=skip, TT_CKPT_EVERY, TT_CKPT_MINUTES override the train
+ * block. The flags are the binary's own. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,5 +57,12 @@ int main(int argc, char **argv) {
   p->train.eval_tokens = 0;
   p->train.log_every = 1;
   p->train.ckpt_every = 5;
+  /* train-block overrides for the reliability tests */
+  const char *lr = getenv("TT_LR"), *nf = getenv("TT_ON_NONFINITE");
+  if (lr) p->train.lr = atof(lr);
+  if (nf && !strcmp(nf, "skip")) p->train.on_nonfinite = POC_NONFINITE_SKIP;
+  const char *ce = getenv("TT_CKPT_EVERY"), *cm = getenv("TT_CKPT_MINUTES");
+  if (ce) p->train.ckpt_every = atoi(ce);
+  if (cm) p->train.ckpt_minutes = atof(cm);
   return poc_train_main(p, argc, argv);
 }
