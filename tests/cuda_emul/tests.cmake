@@ -37,4 +37,14 @@ if(TARGET pocrt_cuda)
   # emulation runs on one core and needs it)
   set_tests_properties(cuda_emul_model PROPERTIES LABELS "cuda_emul" TIMEOUT 300
     ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+
+  # every kernel of device.h on the emulated device against the cpu device, same inputs
+  add_executable(test_emul_kernels ${CMAKE_CURRENT_LIST_DIR}/test_emul_kernels.c)
+  target_include_directories(test_emul_kernels PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_emul_kernels PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_emul_kernels poc_cuemu)
+  add_test(NAME cuda_emul_kernels COMMAND test_emul_kernels)
+  set_tests_properties(cuda_emul_kernels PROPERTIES LABELS "cuda_emul" TIMEOUT 300
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+
 endif()
