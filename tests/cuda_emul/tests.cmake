@@ -47,4 +47,10 @@ if(TARGET pocrt_cuda)
   set_tests_properties(cuda_emul_kernels PROPERTIES LABELS "cuda_emul" TIMEOUT 300
     ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
 
+  # poc logp / poc generate with --backend cuda against --backend cpu on the bundled model
+  add_test(NAME cuda_emul_cli
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/cli_check.py
+                   --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR})
+  set_tests_properties(cuda_emul_cli PROPERTIES LABELS "cuda_emul" TIMEOUT 300
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
 endif()
