@@ -37,6 +37,30 @@ if(TARGET pocrt_cuda)
   # emulation runs on one core and needs it)
   set_tests_properties(cuda_emul_model PROPERTIES LABELS "cuda_emul" TIMEOUT 300
     ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+
+  # every kernel of device.h on the emulated device against the cpu device, same inputs
+  add_executable(test_emul_kernels ${CMAKE_CURRENT_LIST_DIR}/test_emul_kernels.c)
+  target_include_directories(test_emul_kernels PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_emul_kernels PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_emul_kernels poc_cuemu)
+  add_test(NAME cuda_emul_kernels COMMAND test_emul_kernels)
+  set_tests_properties(cuda_emul_kernels PROPERTIES LABELS "cuda_emul" TIMEOUT 300
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+
+  # poc logp / poc generate with --backend cuda against --backend cpu on the bundled model
+  add_test(NAME cuda_emul_cli
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/cli_check.py
+                   --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR})
+  set_tests_properties(cuda_emul_cli PROPERTIES LABELS "cuda_emul" TIMEOUT 300
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+  # DPO, CoPO (on-policy sample()), InsPO and RAO trained 20 steps on both devices, and
+  # checkpoints crossing devices; about 3 minutes of one core, most of it the emulation
+  add_test(NAME cuda_emul_train
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/train_check.py
+                   --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR} --steps 20 --batch 4 --micro 2
+                   --eval 16 dpo copo inspo rao)
+  set_tests_properties(cuda_emul_train PROPERTIES LABELS "cuda_emul" TIMEOUT 900
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
 endif()
 
 # What a GPU user meets (tests/cuda_emul/gpu_user_check.py): kernels built in by
