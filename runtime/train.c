@@ -1022,6 +1022,19 @@ static int run_loop(trn_run *r) {
   return 0;
 }
 
+/* The train block's precision is what the device computes in only where the device has
+ * both: say so where it does not, rather than train in another precision silently. */
+static void run_precision_note(const trn_run *r) {
+  const poc_device *d = r->dev;
+  int wants_bf16 = r->T->precision == POC_PREC_BF16, is_bf16 = d->act == POC_DT_BF16;
+  if (wants_bf16 == is_bf16) return;
+  fprintf(stderr, "%s: note: precision = %s, but the %s device computes in %s%s\n", r->p->name,
+          wants_bf16 ? "bf16" : "fp32", d->name,
+          is_bf16 ? "bf16 with fp32 master weights and optimizer state"
+                  : d->act == POC_DT_F64 ? "fp64" : "fp32",
+          is_bf16 ? "" : " (it has no bf16 path yet)");
+}
+
 /*   flags → device → program check → inputs → run directory → models (resume) → hoist →
  *   eval@0 → loop → final checkpoint */
 int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc, char **argv) {
@@ -1044,6 +1057,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     goto done;
   }
   fprintf(stderr, "%s\n", r->dev->desc);
+  run_precision_note(r);
   if (check_program(p)) goto done;
   for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = p->knobs[k].value;
   if (apply_sets(p, &r->fl, r->knobs) || run_inputs(r) || run_directory(r)) goto done;

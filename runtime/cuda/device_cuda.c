@@ -315,7 +315,7 @@ static void k_embed_fwd(poc_kset *k, int T, poc_dptr tok, poc_dptr E, poc_dptr x
 static void k_embed_bwd(poc_kset *k, int T, poc_dptr tok, poc_dptr dx, poc_dptr dE) {
   dc_kset *s = ks_of(k);
   CUdeviceptr p_tok = tok, p_dx = dx, p_dE = dE;
-  LAUNCH(embed_bwd, T, 1, 256, &T, &p_tok, &p_dx, &p_dE);
+  LAUNCH(embed_bwd, (k->dm.H + 127) / 128, 1, 128, &T, &p_tok, &p_dx, &p_dE);
 }
 
 static void k_rmsnorm_fwd(poc_kset *k, int n, poc_dptr x, poc_dptr rows, poc_dptr w, poc_dptr y,

@@ -247,13 +247,8 @@ static void t_embed(void) {
   pb dx = pb_rand((size_t)T * H, 0, 1), dE = pb_rand((size_t)V * H, 0, 1);
   C->k.embed_bwd(KC, T, tk.c, dx.c, dE.c);
   G->k.embed_bwd(KG, T, tk.g, dx.g, dE.g);
-  int most = 1; /* the most rows any token has: the length of the longest sum */
-  for (int v = 0; v < V; v++) {
-    int c = 1;
-    for (int t = 0; t < T; t++) c += tok[t] == v;
-    most = c > most ? c : most;
-  }
-  cmp_pb("embed_bwd T=300 (+=, repeats)", &dE, 2 * most * U32 * 2 * most, 0, NULL);
+  /* one thread per column walks the rows in order, as the CPU does: the same bits */
+  cmp_pb("embed_bwd T=300 (+=, repeats; the CPU's order, exact)", &dE, 0, 0, NULL);
   pi_free(&tk);
   pb_free(&E);
   pb_free(&x);
