@@ -11,18 +11,23 @@
  * The compiler is $CC (words split at spaces), else cc; it runs without a shell.
  *
  * `poc run` builds into a cache ($POC_CACHE_DIR, else $XDG_CACHE_HOME/poc, else
- * ~/.cache/poc) under a name that hashes the source text, poc's version, the build flags,
+ * ~/.cache/poc) under a name that hashes the source text, poc's version and executable,
+ * the build flags,
  * the installation (its place, its link description, its runtime libraries' sizes and
  * modification times) and the objective template, writing to a temporary name and
- * renaming, then execs the binary with the remaining arguments. POC_KEEP_C=1 keeps the
+ * renaming, then checks the entry's size and hash and execs the binary with the remaining
+ * arguments (the cache's rules are at poc_cmd_run). POC_KEEP_C=1 keeps the
  * generated sources and says where. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "codegen.h"
@@ -32,6 +37,7 @@
 
 typedef struct build_opts {
   const char *file, *out, *emit_dir, *arch;
+  const po_source *src;   /* poc run: the source already read and hashed (else read here) */
   bool unfused, no_hoist;
 } build_opts;
 
@@ -290,7 +296,7 @@ static int write_kernel_images(const build_opts *o, const ir_graph *g, const cha
 
 static int write_sources(const build_opts *o, const char *dir, const char *cc_shown) {
   po_diag *d = po_diag_new(stderr);
-  po_source *src = po_source_read(o->file, d);
+  const po_source *src = o->src ? o->src : po_source_read(o->file, d);
   po_program *prog = src ? po_parse(src, d) : NULL;
   if (prog) po_check(prog, d);
   ir_graph *g = prog && !po_diag_errors(d) ? ir_lower(prog, d) : NULL;
@@ -473,6 +479,29 @@ int poc_cmd_build(int argc, char **argv) {
 }
 
 /* ---- poc run ---------------------------------------------------------------------- */
+/* The cache trusts nothing it reads back. An entry is one file, NAME-KEY: the binary as
+ * the C compiler wrote it, then a trailer (below) with its size and a hash of its bytes.
+ * The trailer is checked before every exec, so an entry truncated by a full disk, a
+ * crash or a careless hand, emptied, or with a byte changed is reported in one line,
+ * removed and built again, where it used to crash or fail with "exec format error" on
+ * every run. The trailer sits behind the ELF image, which the loader never reads.
+ * Because a damaged entry is caught and rebuilt, no fsync is needed: a power loss can
+ * only cost a rebuild.
+ *
+ * Builds go to NAME-KEY.tmp-PID-HOST and are renamed into place, so concurrent runs of one .po each build and
+ * each succeed, the last rename winning; a running binary keeps its own inode. A build
+ * that was interrupted leaves its temporaries behind: every poc run removes those whose
+ * process is gone (same host) or that are older than an hour (any host, for a cache on
+ * a shared file system). */
+
+typedef struct cache_trailer {
+  char magic[8];  /* TRAILER_MAGIC */
+  uint64_t size;  /* bytes of the binary before the trailer */
+  uint64_t hash;  /* FNV-1a 64 of those bytes */
+} cache_trailer;
+
+#define TRAILER_MAGIC "POCRUN01"
+#define FNV_INIT 0xcbf29ce484222325ULL
 
 /* FNV-1a, 64 bits. */
 static uint64_t fnv(uint64_t h, const void *data, size_t n) {
@@ -484,6 +513,22 @@ static uint64_t fnv(uint64_t h, const void *data, size_t n) {
   return h;
 }
 
+/* Hashes the first `len` bytes of fd from offset 0 into *h; -1 on a read error or an
+ * early end. */
+static int hash_fd(int fd, uint64_t len, uint64_t *h) {
+  char buf[65536];
+  uint64_t off = 0;
+  while (off < len) {
+    size_t want = len - off < sizeof buf ? (size_t)(len - off) : sizeof buf;
+    ssize_t r = pread(fd, buf, want, (off_t)off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    *h = fnv(*h, buf, (size_t)r);
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
 static int mkdirs(char *path) {
   for (char *s = path + 1; *s; s++) {
     if (*s != '/') continue;
@@ -493,6 +538,105 @@ static int mkdirs(char *path) {
     if (r && errno != EEXIST) return -1;
   }
   return mkdir(path, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+/* poc's own identity for the key: a hash of its executable's bytes. A rebuilt poc may
+ * generate different code under the same version number, and size + mtime would miss
+ * a copy that kept its mtime (cp -p, install -p, a package) or a rebuild within the
+ * same second; a build id is not always linked in. The bytes cost one read of a file
+ * under a megabyte, about a millisecond, against seconds for a C compile. */
+static uint64_t self_hash(void) {
+  int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  uint64_t h = FNV_INIT;
+  if (fd < 0 || fstat(fd, &st) || hash_fd(fd, (uint64_t)st.st_size, &h)) {
+    /* no /proc: the version and build flags still key the entry */
+    if (fd >= 0) close(fd);
+    return 0;
+  }
+  close(fd);
+  return h;
+}
+
+static uint32_t host_tag(void) {
+  char host[256] = "";
+  gethostname(host, sizeof host - 1);
+  return (uint32_t)fnv(FNV_INIT, host, strlen(host));
+}
+
+/* Removes the temporaries of builds that did not finish (see above). */
+static void clean_stale(const char *dir) {
+  DIR *dp = opendir(dir);
+  if (!dp) return;
+  uint32_t me = host_tag();
+  time_t now = time(NULL);
+  char path[4400];
+  for (struct dirent *e; (e = readdir(dp));) {
+    const char *t = strstr(e->d_name, ".tmp-");
+    if (!t) continue;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    struct stat st;
+    if (lstat(path, &st)) continue;
+    long pid = 0;
+    unsigned host = 0;
+    bool parsed = sscanf(t, ".tmp-%ld-%8x", &pid, &host) == 2 && pid > 0;
+    bool old = now - st.st_mtime > 3600;
+    bool gone = parsed && host == me && kill((pid_t)pid, 0) && errno == ESRCH;
+    if (S_ISREG(st.st_mode) && (old || gone)) unlink(path);
+  }
+  closedir(dp);
+}
+
+/* 1: a sound entry; 0: none; -1: damaged, with the reason in why. */
+static int verify_entry(const char *bin, char *why, size_t n) {
+  int fd = open(bin, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return 0;
+    snprintf(why, n, "cannot open it: %s", strerror(errno));
+    return -1;
+  }
+  struct stat st;
+  cache_trailer t;
+  int rc = -1;
+  if (fstat(fd, &st)) {
+    snprintf(why, n, "cannot stat it: %s", strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    snprintf(why, n, "not a regular file");
+  } else if ((uint64_t)st.st_size < sizeof t) {
+    snprintf(why, n, "%lld bytes, too short to hold its record", (long long)st.st_size);
+  } else if (pread(fd, &t, sizeof t, st.st_size - (off_t)sizeof t) != (ssize_t)sizeof t ||
+             memcmp(t.magic, TRAILER_MAGIC, 8)) {
+    snprintf(why, n, "no size and hash record at its end (truncated, or not written by poc run)");
+  } else if (t.size != (uint64_t)st.st_size - sizeof t) {
+    snprintf(why, n, "%lld bytes where its record says %llu", (long long)(st.st_size - (off_t)sizeof t),
+             (unsigned long long)t.size);
+  } else {
+    uint64_t h = FNV_INIT;
+    if (hash_fd(fd, t.size, &h)) snprintf(why, n, "cannot read it: %s", strerror(errno));
+    else if (h != t.hash) snprintf(why, n, "its content does not match its hash");
+    else if (!(st.st_mode & S_IXUSR)) snprintf(why, n, "not executable");
+    else rc = 1;
+  }
+  close(fd);
+  return rc;
+}
+
+/* Appends the trailer to the binary the C compiler wrote at path. */
+static int seal(const char *path) {
+  int fd = open(path, O_RDWR | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st)) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  cache_trailer t;
+  memcpy(t.magic, TRAILER_MAGIC, 8);
+  t.size = (uint64_t)st.st_size;
+  t.hash = FNV_INIT;
+  int rc = hash_fd(fd, t.size, &t.hash);
+  if (!rc && pwrite(fd, &t, sizeof t, st.st_size) != (ssize_t)sizeof t) rc = -1;
+  if (close(fd)) rc = -1;
+  return rc;
 }
 
 int poc_cmd_run(int argc, char **argv) {
@@ -524,19 +668,15 @@ int poc_cmd_run(int argc, char **argv) {
     fprintf(stderr, "usage: poc run [--unfused] [--no-hoist] FILE.po [BIN flags]\n");
     return 2;
   }
-  FILE *f = fopen(o.file, "rb");
-  if (!f) {
-    fprintf(stderr, "%s: error: cannot read: %s\n", o.file, strerror(errno));
-    return 2;
-  }
-  uint64_t h = 0xcbf29ce484222325ULL;
-  char buf[8192];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) h = fnv(h, buf, n);
-  fclose(f);
-  char flags[256];
-  snprintf(flags, sizeof flags, "|poc %s|unfused=%d|no_hoist=%d|arch=%s|", POC_VERSION, o.unfused,
-           o.no_hoist, o.arch ? o.arch : "");
+  /* read once: what is hashed is what is built */
+  po_diag *d = po_diag_new(stderr);
+  o.src = po_source_read(o.file, d);
+  po_diag_free(d);
+  if (!o.src) return 2;
+  uint64_t h = fnv(FNV_INIT, o.src->text, o.src->len);
+  char flags[320];
+  snprintf(flags, sizeof flags, "|poc %s %016llx|unfused=%d|no_hoist=%d|arch=%s|", POC_VERSION,
+           (unsigned long long)self_hash(), o.unfused, o.no_hoist, o.arch ? o.arch : "");
   h = fnv(h, flags, strlen(flags));
   /* the installation it links against: where it is, its link description (a different
    * BLAS build means a different binary) and its runtime libraries' size and mtime
@@ -568,6 +708,7 @@ int poc_cmd_run(int argc, char **argv) {
     fprintf(stderr, "poc run: cannot create the cache directory %s: %s\n", dir, strerror(errno));
     return 1;
   }
+  clean_stale(dir);
   const char *base = cg_base(o.file);
   size_t bl = strcspn(base, ".");
   char name[64];
@@ -577,14 +718,26 @@ int poc_cmd_run(int argc, char **argv) {
       *s = '_';
   char bin[4200];
   snprintf(bin, sizeof bin, "%s/%s-%016llx", dir, name[0] ? name : "po", (unsigned long long)h);
-  if (access(bin, X_OK) != 0) {
+  char why[256];
+  int v = verify_entry(bin, why, sizeof why);
+  if (v < 0) {
+    fprintf(stderr, "poc run: the cached binary %s is damaged: %s; removing it and building "
+                    "again\n", bin, why);
+    unlink(bin);
+  }
+  if (v <= 0) {
     char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp%ld", bin, (long)getpid());
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld-%08x", bin, (long)getpid(), (unsigned)host_tag());
     o.out = tmp;
     int rc = build(&o, true);
     if (rc) {
       unlink(tmp);
       return rc;
+    }
+    if (seal(tmp)) {
+      fprintf(stderr, "poc run: cannot write %s: %s\n", tmp, strerror(errno));
+      unlink(tmp);
+      return 1;
     }
     if (rename(tmp, bin)) {
       fprintf(stderr, "poc run: cannot move the binary into %s: %s\n", bin, strerror(errno));

@@ -307,6 +307,11 @@ void ir_print_dot(const ir_graph *g, FILE *f);
 int *ir_use_counts(const ir_graph *g);
 
 /* ---- lower.c --------------------------------------------------------------------- */
+/* Size limits of lowering, each reported as an error at the construct that crosses it.
+ * The examples lower to under 100 nodes; the limits are there so that hostile or
+ * runaway input (defs that expand exponentially) ends in a second with a message. */
+#define IR_MAX_NODES 50000     /* nodes of the lowered graph                          */
+#define IR_MAX_INLINED 100000  /* expression nodes instantiated from def bodies       */
 /* AST → IR: inlines defs, resolves names, infers levels and token domains, and reports
  * what the language cannot say on d with the source position. Returns NULL when any
  * error was reported. The program must have passed po_check. */

@@ -48,6 +48,8 @@ typedef struct lw {
   char *let_state;       /* 0 not lowered, 1 in progress, 2 done */
   scope *sc;
   int depth;
+  long inlined;          /* expressions lowered inside def bodies, against IR_MAX_INLINED */
+  bool stopped;          /* a size limit was hit: everything after lowers to LV_ERR */
   const po_expr **picks; /* pick calls in source order */
   int npicks;
   int prompt_dom;
@@ -354,7 +356,29 @@ static lv lower_slice(lw *L, const po_expr *e) {
   return LV_ERROR;
 }
 
+/* Defs are inlined, so a def that uses another one twice doubles in size at each level:
+ * forty such lines would take 2^40 nodes. Counting what is inlined and the nodes made
+ * stops that within milliseconds, with the limit named, instead of running out of
+ * memory. One error, then every later expression is LV_ERR and says nothing more. */
+static bool over_limit(lw *L, const po_expr *e) {
+  if (L->stopped) return true;
+  if (L->sc && ++L->inlined > IR_MAX_INLINED) {
+    const scope *top = L->sc;
+    while (top->up) top = top->up;
+    po_error(L->d, top->call_loc, "def expansion limit reached: expanding '%s' inlines more "
+             "than %d expression nodes (a def that uses another def twice doubles in size)",
+             top->def->name, IR_MAX_INLINED);
+    L->stopped = true;
+  } else if (L->g->n >= IR_MAX_NODES) {
+    lerr(L, e->loc, "IR node limit reached: the program lowers to more than %d nodes",
+         IR_MAX_NODES);
+    L->stopped = true;
+  }
+  return L->stopped;
+}
+
 static lv lower_expr(lw *L, const po_expr *e) {
+  if (over_limit(L, e)) return LV_ERROR;
   switch (e->kind) {
   case PO_E_NUM: return lv_node(ir_const(L->g, e->num, e->loc));
   case PO_E_STR: {

@@ -479,7 +479,8 @@ static void po_yyerror(po_loc *loc, void *scanner, po_lex *lx, const char *msg) 
   (void)scanner;
   if (lx->stop) return;
   if (!strcmp(msg, "memory exhausted"))
-    po_error(lx->diag, *loc, "expression is nested too deeply");
+    po_error(lx->diag, *loc, "expression is nested too deeply (the parser's stack limit is %d "
+             "levels)", (int)YYMAXDEPTH);
   else
     po_error(lx->diag, *loc, "%s", msg);
   lx->stop = true;

@@ -4,10 +4,12 @@
  * would make the file unusable as text at all (NUL bytes, size); everything else,
  * including where non-ASCII bytes may appear, is the scanner's business. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "front.h"
 
@@ -19,20 +21,48 @@ po_source *po_source_from_memory(const char *path, const char *text, size_t len)
   return src;
 }
 
+/* What a non-regular file is, for the message that refuses it. */
+static const char *file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  return "not a regular file";
+}
+
 po_source *po_source_read(const char *path, po_diag *d) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
+  /* Only regular files: a FIFO would block the compiler until a writer came, and
+   * /dev/urandom or /dev/zero would feed it forever. O_NONBLOCK makes the open itself
+   * return at once on a FIFO; fstat on the descriptor then judges the file that was
+   * opened, not one a stat of the name might have seen before a rename. */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
     po_error_file(d, path, "cannot open: %s", strerror(errno));
     return NULL;
   }
   struct stat st;
-  if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
-    po_error_file(d, path, "cannot read: is a directory");
-    fclose(f);
+  if (fstat(fd, &st) != 0) {
+    po_error_file(d, path, "cannot read: %s", strerror(errno));
+    close(fd);
     return NULL;
   }
-  /* Read in blocks rather than trusting the size from stat: pipes and /proc files
-   * report 0, and the file may change under us. */
+  if (!S_ISREG(st.st_mode)) {
+    po_error_file(d, path, "cannot read: %s; a .po file must be a regular file",
+                  file_kind(st.st_mode));
+    close(fd);
+    return NULL;
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  FILE *f = fdopen(fd, "rb");
+  if (!f) {
+    po_error_file(d, path, "cannot read: %s", strerror(errno));
+    close(fd);
+    return NULL;
+  }
+  /* Read in blocks rather than trusting the size from stat: the file may change under
+   * us. */
   size_t cap = 4096, len = 0;
   char *buf = malloc(cap + 1);
   if (!buf) {

@@ -4,6 +4,9 @@
   bad/NAME.po   must exit 2 and print exactly bad/NAME.expected on stderr
   good/NAME.po  must exit 0 and print nothing
 
+bad/lower_*.po are errors of lowering (the size limits of def expansion and of the
+graph), which the front end alone does not see: --bare leaves them out.
+
 Files are passed as relative paths from this directory, so the expected text does not
 depend on where the repository lives. --update rewrites the .expected files (review
 the diff before committing them). --bare runs EXE FILE instead of EXE check FILE (for
@@ -15,9 +18,12 @@ import sys
 
 
 def run(exe, rel, bare):
+    # The size-limit cases must stop quickly, not merely eventually: they stood for
+    # inputs that ran for minutes and out of memory before the limits.
+    timeout = 10 if "limit" in rel else 60
     p = subprocess.run([exe, rel] if bare else [exe, "check", rel],
                        cwd=os.path.dirname(os.path.abspath(__file__)),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
     return p.returncode, p.stderr.decode("utf-8", "replace")
 
 
@@ -36,6 +42,8 @@ def main():
     for kind in ("good", "bad"):
         for name in sorted(os.listdir(os.path.join(here, kind))):
             if not name.endswith(".po"):
+                continue
+            if bare and name.startswith("lower_"):
                 continue
             rel = kind + "/" + name
             count += 1
