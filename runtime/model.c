@@ -217,6 +217,7 @@ void poc_model_free(poc_model *m) {
 
 static int mdl_upload_weights(poc_model *m, const void *w, poc_dtype wt) {
   poc_device *d = m->d;
+  if (!w) return d->failed ? -1 : 0; /* zeros, until the caller sets them */
   if (m->w) {
     d->put(d, m->w, d->acc, w, wt, m->P);
     if (m->wc != m->w) d->k.cast(m->k, m->P, m->w, m->wc);

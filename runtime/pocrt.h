@@ -137,8 +137,9 @@ enum {
   POC_FWD_UNFUSED = 4   /* textbook head: full N×V logits, log-softmax, gather */
 };
 
-/* A model from host weights w[lay->n_params] of type wt (copied). The layout must outlive
- * the model. NULL with a message (out of device memory names the buffer and its size). */
+/* A model from host weights w[lay->n_params] of type wt (copied; NULL leaves them zero,
+ * for a caller that fills them with poc_model_set or through poc_model_host_f32 — on the
+ * CPU, loading straight into the model's own buffer). The layout must outlive the model. NULL with a message (out of device memory names the buffer and its size). */
 poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, poc_dtype wt,
                          int trainable, int max_tokens, char *err);
 void poc_model_free(poc_model *m);

@@ -618,28 +618,30 @@ static int run_models(trn_run *r) {
   for (int m = 0; m < p->n_models; m++) {
     const poc_model_decl *d = &p->models[m];
     size_t n = r->lay[m].n_params;
-    float *w = malloc(n * sizeof(float));
+    r->ms.m[m] = poc_model_new(r->dev, &r->lay[m], NULL, POC_DT_F32, d->trainable,
+                               r->ctx.max_tokens[m], r->err);
+    if (!r->ms.m[m]) {
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+      return 1;
+    }
+    /* the weights go straight into the device's own buffer where that is host memory
+       (the CPU), so the model is never held twice; elsewhere through a host copy */
+    float *dev_w = poc_model_host_f32(r->ms.m[m], POC_PART_WEIGHTS);
+    float *w = dev_w ? dev_w : malloc(n * sizeof(float));
     if (!w) {
       fprintf(stderr, "%s: error: out of memory for model '%s' (%zu parameters)\n", p->name,
               d->name, n);
       return 1;
     }
     const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
-    if (poc_weights_load_f32(dir, &r->lay[m], w, r->err)) {
-      free(w);
+    int bad = poc_weights_load_f32(dir, &r->lay[m], w, r->err);
+    /* the reference cache's key covers the frozen weights */
+    if (!bad && !d->trainable) r->ctx.frozen_hash[m] = trn_hash(0, w, n * sizeof(float));
+    if (!bad && !dev_w) bad = poc_model_set(r->ms.m[m], POC_PART_WEIGHTS, w, POC_DT_F32, r->err);
+    if (!dev_w) free(w);
+    if (bad) {
       fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
       return 2;
-    }
-    if (!d->trainable) {
-      /* the reference cache's key covers the frozen weights */
-      r->ctx.frozen_hash[m] = trn_hash(0, w, n * sizeof(float));
-    }
-    r->ms.m[m] = poc_model_new(r->dev, &r->lay[m], w, POC_DT_F32, d->trainable,
-                               r->ctx.max_tokens[m], r->err);
-    free(w);
-    if (!r->ms.m[m]) {
-      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
-      return 1;
     }
     if (!d->trainable) continue;
     r->hw[m] = poc_model_host_f32(r->ms.m[m], POC_PART_WEIGHTS);

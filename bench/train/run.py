@@ -123,10 +123,10 @@ def main():
                 for r in range(a.rounds):
                     for i, (label, _, _) in enumerate(variants):
                         out = os.path.join(tmp, f"run-{method}-{len(rows)}-{i}-{r}")
-                        tps, wall, peak = measure(bins[label], steps, out)
+                        tps, wall, hwm = measure(bins[label], steps, out)
                         old = res.get(label)
                         res[label] = (max(tps, old[0]) if old else tps, wall,
-                                      max(peak, old[2]) if old else peak)
+                                      max(hwm, old[2]) if old else hwm)
                 for label, _, _ in variants:
                     print(f"{mname:>15} {method:>6} {label:>18}: {res[label][0]:10.0f} tokens/s, "
                           f"{res[label][2]:8.1f} MiB peak", flush=True)

@@ -38,9 +38,13 @@ static poc_dptr cpu_alloc(poc_device *d, size_t bytes, const char *what) {
   if (d->failed) return 0;
   /* at least one line, so a zero-sized buffer still has an address that is not "none" */
   size_t sz = bytes <= CPU_ALLOC_MAX ? (bytes + 63) & ~(size_t)63 : 0;
-  void *p = NULL;
+  void *raw = NULL;
   if (sz == 0 && bytes == 0) sz = 64;
-  if (sz == 0 || posix_memalign(&p, 64, sz)) {
+  /* calloc rather than an aligned malloc and memset: a large calloc comes from fresh
+     pages the kernel zeroes on first touch, so a buffer costs resident memory only where
+     it is used (a workspace sized for the longest pack, a rarely full KV cache). The
+     aligned address keeps calloc's pointer just below it for cpu_free. */
+  if (sz == 0 || sz > SIZE_MAX - 72 || !(raw = calloc(1, sz + 72))) {
     long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     double avail = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0;
     poc_dev_fail(d, "%s: out of memory for %s (%zu bytes = %.2f GiB; %.2f GiB free)",
@@ -48,13 +52,14 @@ static poc_dptr cpu_alloc(poc_device *d, size_t bytes, const char *what) {
                  cpu_gib(avail));
     return 0;
   }
-  memset(p, 0, sz);
-  return (poc_dptr)(uintptr_t)p;
+  uintptr_t a = ((uintptr_t)raw + sizeof(void *) + 63) & ~(uintptr_t)63;
+  ((void **)a)[-1] = raw;
+  return (poc_dptr)a;
 }
 
 static void cpu_free(poc_device *d, poc_dptr p) {
   (void)d;
-  free((void *)(uintptr_t)p);
+  if (p) free(((void **)(uintptr_t)p)[-1]);
 }
 
 /* n elements of type st at src to type dt at dst (distinct buffers). */
