@@ -14,6 +14,9 @@
  * block's seed (else 1). Every number is printed with 17 significant digits. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -160,9 +163,27 @@ static int print_template(const ir_graph *g) {
 /* ---- reading the input ----------------------------------------------------------- */
 
 static char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
+  /* a regular file only, checked on the opened descriptor: a FIFO would block here and
+     /dev/urandom would never end (O_NONBLOCK keeps the open itself from waiting) */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    perr(path, "cannot open: %s", strerror(errno));
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    perr(path, "cannot read: not a regular file (%s)",
+         S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device");
+    close(fd);
+    return NULL;
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  FILE *f = fdopen(fd, "rb");
   if (!f) {
     perr(path, "cannot open: %s", strerror(errno));
+    close(fd);
     return NULL;
   }
   size_t cap = 1 << 16, n = 0;

@@ -115,7 +115,7 @@ typedef struct poc_knob {
 
 typedef enum poc_schedule { POC_SCHED_COSINE, POC_SCHED_LINEAR, POC_SCHED_CONSTANT } poc_schedule;
 typedef enum poc_precision { POC_PREC_FP32, POC_PREC_BF16 } poc_precision;
-/* What a step with a non-finite loss or gradient norm does: stop the run (exit 1, the
+/* What a step with a non-finite loss or gradient norm does: stop the run (exit 2, the
  * step not applied, no checkpoint written) or skip it (no update; counted). */
 typedef enum poc_nonfinite { POC_NONFINITE_STOP, POC_NONFINITE_SKIP } poc_nonfinite;
 
@@ -260,7 +260,8 @@ typedef struct poc_program {
 
 /* The training binary: BIN [--backend cpu|cuda] [--steps N] [--out DIR] [--resume DIR]
  * [--set k=v] [--seed N] [--unfused-head] [--kernel-images] [--help]. Returns the process exit status:
- * 0 done, 1 runtime failure (I/O, numerics), 2 bad input or usage. */
+ * 0 done, 1 runtime failure (I/O, a device), 2 bad input or usage, and a run that diverged
+ * (a non-finite step: its settings are the cause). */
 int poc_train_main(const poc_program *prog, int argc, char **argv);
 /* The first statement of a generated main: re-executes the program when the BLAS chose
  * GEMM kernels weaker than the processor allows (runtime/cpu/cpu_features.h). */

@@ -984,7 +984,7 @@ static int run_loop(trn_run *r) {
                                                      ? ""
                                                      : ", or set on_nonfinite = skip in the "
                                                        "train block to skip such steps");
-      return -1;
+      return -2;
     }
     if (sr == STEP_ERROR) {
       fprintf(stderr, "%s%s: error: step %lld: %s\n", nl, p->name, (long long)step, r->err);
@@ -1089,7 +1089,13 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     fprintf(stderr, "%s: error: out of memory\n", p->name);
     goto done;
   }
-  if (run_eval0(r) || run_loop(r)) goto done;
+  if (run_eval0(r)) goto done;
+  /* a run that diverges stops as bad input does: its settings (lr, knobs) are the cause */
+  int loop_rc = run_loop(r);
+  if (loop_rc) {
+    rc = loop_rc == -2 ? 2 : 1;
+    goto done;
+  }
   rc = 0;
 done:
   run_free(r);

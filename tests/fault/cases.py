@@ -226,6 +226,15 @@ else:
                   "poc %s: exit %d, %r" % (" ".join(args), rc, err))
             check(time.time() - t < 5, "poc %s answers at once" % " ".join(args))
     check(not os.path.exists(os.path.join(work, "never")), "no binary from a bad input")
+    # probe's --inputs JSON is read the same way
+    for path, kind in bad[:3]:
+        try:
+            rc, err = poc("probe", PO, "--inputs", path, timeout=20)
+        except subprocess.TimeoutExpired:
+            check(False, "poc probe --inputs hangs on %s" % kind)
+            continue
+        check(rc == 2 and "%s: error: cannot read: not a regular file" % path in err,
+              "poc probe --inputs %s: exit %d, %r" % (kind, rc, err))
     unchanged("bad inputs")
 
 print("%s: %d passed, %d failed" % (a.mode, passed, failed))

@@ -93,7 +93,7 @@ check(rc == 0 and ckpts(S("base")) == ["ckpt-5", "ckpt-6"], "base run: " + err)
 
 # ---- 1. non-finite steps are never kept ------------------------------------------------
 rc, err = run(["--out", "nf1", "--steps", "3", "--set", "beta=1e308"])
-check(rc == 1 and "step 1: the gradient norm is NaN; the step was not applied" in err and
+check(rc == 2 and "step 1: the gradient norm is NaN; the step was not applied" in err and
       "no checkpoint was written before it" in err and "on_nonfinite = skip" in err,
       "beta=1e308 stops at step 1: " + err)
 check(ckpts(S("nf1")) == [], "no checkpoint after a non-finite first step")
@@ -101,13 +101,13 @@ shutil.copytree(S("base"), S("nf2"))
 shutil.rmtree(S("nf2", "ckpt-6"))
 before = tree(S("nf2", "ckpt-5"))
 rc, err = run(["--resume", "nf2", "--steps", "8"], TT_LR="1e300")
-check(rc == 1 and "step 6:" in err and "last good checkpoint is nf2/ckpt-5" in err,
+check(rc == 2 and "step 6:" in err and "last good checkpoint is nf2/ckpt-5" in err,
       "a non-finite step names the last good checkpoint: " + err)
 check(ckpts(S("nf2")) == ["ckpt-5"] and tree(S("nf2", "ckpt-5")) == before,
       "the last good checkpoint is untouched and no later one exists")
 # an lr so large that the update itself overflows: caught after AdamW, nothing written
 rc, err = run(["--out", "nf3", "--steps", "5"], TT_LR="1e300")
-check(rc == 1 and "non-finite weights after the update" in err, "lr 1e300: " + err)
+check(rc == 2 and "non-finite weights after the update" in err, "lr 1e300: " + err)
 check(ckpts(S("nf3")) == [], "no checkpoint holds the overflowed weights")
 # on_nonfinite = skip: no update, counted in the metrics and the checkpoint
 rc, err = run(["--out", "nf4", "--steps", "3", "--set", "beta=1e308"], TT_ON_NONFINITE="skip")
