@@ -37,6 +37,9 @@ static double peak_mib(void) {
 /* The GEMM peak the kernels in use reach: the best of 5 sgemm N×N×N after a warm-up,
  * 2N³ FLOPs each. A BLAS on generic kernels shows here as a small number. */
 static int gemm_peak(int n) {
+  char line[512];
+  poc_cpu_describe(line, sizeof line); /* the device line, as a run's first */
+  fprintf(stderr, "%s\n", line);
   size_t nn = (size_t)n * (size_t)n;
   float *a = malloc(nn * sizeof *a), *b = malloc(nn * sizeof *b), *c = malloc(nn * sizeof *c);
   if (!a || !b || !c) {
