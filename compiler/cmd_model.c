@@ -498,6 +498,7 @@ int poc_cmd_generate(int argc, char **argv) {
   int32_t *prompt = gen_ids(prompt_s, cfg->vocab_size, &n_prompt);
   if (!prompt) {
     mdl_unload(&m);
+    poc_device_close(dev);
     return 2;
   }
   long total = (long)n_prompt + n_new;
