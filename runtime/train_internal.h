@@ -2,14 +2,14 @@
  *
  *   data.c          the data set: JSONL parsing, validation, truncation, visiting order
  *   evalset.c       the prompts(...) evaluation set
- *   optim.c         AdamW, learning-rate schedules, gradient norm and clipping
+ *   optim.c         learning-rate schedules (AdamW and the norm are the model's, model.c)
  *   ckpt.c          checkpoints: atomic write, discovery, load; state.json
  *   metrics.c       metrics.jsonl and the progress line
  *   train_pack.c    segments → packed sequences per model; the objective's buffers
- *   train_step_fp.c one optimizer step's gradient (anchors, forward, objective, backward)
- *                   and the hoisted reference values, in float and in double
+ *   train_step.c    one optimizer step's gradient (anchors, forward, objective, backward)
+ *                   and the hoisted reference values, on whatever device the models use
  *   train_cache.c   OUT/ref_cache.bin, the hoisted values on disk
- *   train.c         poc_train_main: flags, setup, the loop, evaluation
+ *   train.c         poc_train_run: flags, setup, the loop, evaluation
  *
  * Not a public header: generated code sees program.h only.
  */
