@@ -27,16 +27,9 @@ ap.add_argument("--root", required=True)
 ap.add_argument("--scratch", required=True)
 a = ap.parse_args()
 
-failed = passed = 0
-
-
-def check(cond, what):
-    global failed, passed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
+from pycheck import check  # noqa: E402
 
 
 work = os.path.abspath(a.scratch)
@@ -237,5 +230,4 @@ else:
               "poc probe --inputs %s: exit %d, %r" % (kind, rc, err))
     unchanged("bad inputs")
 
-print("%s: %d passed, %d failed" % (a.mode, passed, failed))
-sys.exit(1 if failed else 0)
+sys.exit(pycheck.finish(a.mode))

@@ -17,17 +17,9 @@ import sys
 import time
 
 BIN, SCRATCH = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-failed = 0
-passed = 0
-
-
-def check(cond, what):
-    global failed, passed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
+from pycheck import check  # noqa: E402
 
 
 def run(args, data=None, model=None, evalset=None, **env_extra):
@@ -344,5 +336,4 @@ for name, kv, want in (
     check(rc == 2 and want in err and "config.json" in err and not os.path.exists(S("cf")),
           "config %s: %s" % (name, err))
 
-print("train_reliability: %d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+sys.exit(pycheck.finish("train_reliability"))

@@ -14,17 +14,9 @@ import subprocess
 import sys
 
 BIN, SCRATCH = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-failed = 0
-passed = 0
-
-
-def check(cond, what):
-    global failed, passed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, file=sys.stderr)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
+from pycheck import check  # noqa: E402
 
 
 def run(args, variant="dpo", data=None, env_extra=None):
@@ -210,5 +202,4 @@ for i, (line, want) in enumerate(bad_lines):
           "bad line %d: no new run directory" % i)
 check(tree(B) == before, "the run directory keeps what it had")
 
-print("train_runs: %d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+sys.exit(pycheck.finish("train_runs"))
