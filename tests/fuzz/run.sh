@@ -56,7 +56,7 @@ data)
   "$CC" "$B/cjson.c" $CJSON -o "$B/cjson" >/dev/null 2>&1 || skip "cJSON's headers or library not found"
   # shellcheck disable=SC2086
   "$CC" $FLAGS -I"$ROOT/runtime" -Wall -Wextra -Werror "$HERE/fuzz_data.c" "$ROOT/runtime/data.c" \
-    "$ROOT/runtime/rng.c" $CJSON -lm -o "$B/fuzz_data"
+    "$ROOT/runtime/rng.c" "$ROOT/runtime/st_read.c" $CJSON -lm -o "$B/fuzz_data"
   SEEDS=corpus_data DICT=data.dict ;;
 *)
   echo "run.sh: unknown target '$TARGET' (frontend or data)" >&2
