@@ -16,7 +16,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +57,8 @@ static void usage(const poc_program *p, FILE *f) {
           "  --steps N       stop after optimizer step N (the schedule keeps its length)\n"
           "  --out DIR       run directory (default runs/%s-<timestamp>)\n"
           "  --resume DIR    continue the run in DIR from its newest complete checkpoint\n"
-          "  --set k=v       set a knob (param) without rebuilding\n"
+          "  --set k=v       set a knob (param), or a train setting as train.NAME=v\n"
+          "                  (train.lr=1e-6, train.epochs=2), without rebuilding\n"
           "  --seed N        seed of every random draw (overrides the train block)\n"
           "  --unfused-head  compute the loss head the textbook way (full logits)\n"
           "  --allow-data-change  resume although a data file's content changed since\n"
@@ -166,12 +169,93 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
   return 0;
 }
 
-static int apply_sets(const poc_program *p, const trn_flags *f, double *knobs) {
+/* The train block's settings --set can change without a rebuild (`--set train.lr=1e-6`),
+ * with the range each must lie in. The enumerations take their .po spellings. */
+typedef enum { TF_REAL, TF_INT, TF_SEED, TF_SCHEDULE, TF_PRECISION, TF_NONFINITE } trn_fkind;
+typedef struct {
+  const char *name;
+  trn_fkind kind;
+  size_t off;
+  double lo, hi;                 /* inclusive, for numbers */
+} trn_field;
+#define TF(name, kind, lo, hi) {#name, kind, offsetof(poc_train, name), lo, hi}
+static const trn_field trn_fields[] = {
+    TF(lr, TF_REAL, 0, 1e30), TF(schedule, TF_SCHEDULE, 0, 0), TF(warmup, TF_REAL, 0, 1e12),
+    TF(batch, TF_INT, 1, 1 << 24), TF(micro_batch, TF_INT, 1, 1 << 24),
+    TF(epochs, TF_INT, 1, 1 << 24), TF(max_len, TF_INT, 2, 1 << 24),
+    TF(clip, TF_REAL, 0, 1e30), TF(precision, TF_PRECISION, 0, 0),
+    TF(seed, TF_SEED, 0, 9007199254740992.0), TF(weight_decay, TF_REAL, 0, 1e30),
+    TF(adam_beta1, TF_REAL, 0, 0.999999999), TF(adam_beta2, TF_REAL, 0, 0.999999999),
+    TF(adam_eps, TF_REAL, 1e-300, 1), TF(log_every, TF_INT, 1, INT_MAX),
+    TF(ckpt_every, TF_INT, 0, INT_MAX), TF(eval_every, TF_INT, 0, INT_MAX),
+    TF(eval_tokens, TF_INT, 0, 1 << 24), TF(steps, TF_INT, 0, INT_MAX),
+    TF(on_nonfinite, TF_NONFINITE, 0, 0), TF(ckpt_minutes, TF_REAL, 0, 1e9),
+};
+#undef TF
+#define TRN_N_FIELDS ((int)(sizeof trn_fields / sizeof trn_fields[0]))
+
+static const char *const trn_enum_names[][3] = {
+    [TF_SCHEDULE] = {"cosine", "linear", "constant"},
+    [TF_PRECISION] = {"fp32", "bf16", NULL},
+    [TF_NONFINITE] = {"stop", "skip", NULL},
+};
+
+/* --set train.NAME=VALUE into t; -1 after a message naming what is wrong. */
+static int set_train(const poc_program *p, const char *name, size_t nlen, const char *val,
+                     poc_train *t) {
+  const trn_field *f = NULL;
+  for (int i = 0; i < TRN_N_FIELDS; i++)
+    if (strlen(trn_fields[i].name) == nlen && !strncmp(trn_fields[i].name, name, nlen))
+      f = &trn_fields[i];
+  if (!f) {
+    fprintf(stderr, "%s: error: --set: unknown train setting 'train.%.*s'; they are:", p->name,
+            (int)nlen, name);
+    for (int i = 0; i < TRN_N_FIELDS; i++) fprintf(stderr, " %s", trn_fields[i].name);
+    fputc('\n', stderr);
+    return -1;
+  }
+  char *at = (char *)t + f->off;
+  if (f->kind >= TF_SCHEDULE) {
+    for (int e = 0; e < 3 && trn_enum_names[f->kind][e]; e++)
+      if (!strcmp(val, trn_enum_names[f->kind][e])) {
+        *(int *)at = e; /* the enums' values are their .po spellings' positions */
+        return 0;
+      }
+    fprintf(stderr, "%s: error: --set train.%s: '%s' is not one of", p->name, f->name, val);
+    for (int e = 0; e < 3 && trn_enum_names[f->kind][e]; e++)
+      fprintf(stderr, " %s", trn_enum_names[f->kind][e]);
+    fputc('\n', stderr);
+    return -1;
+  }
+  char *end;
+  errno = 0;
+  double v = strtod(val, &end);
+  int integral = f->kind != TF_REAL;
+  if (!*val || *end || errno || !isfinite(v) || v < f->lo || v > f->hi ||
+      (integral && v != floor(v))) {
+    fprintf(stderr, "%s: error: --set train.%s: '%s' is not %s in [%g, %g]\n", p->name, f->name,
+            val, integral ? "an integer" : "a number", f->lo, f->hi);
+    return -1;
+  }
+  if (f->kind == TF_REAL) *(double *)at = v;
+  else if (f->kind == TF_SEED) *(uint64_t *)at = (uint64_t)v;
+  else *(int *)at = (int)v;
+  return 0;
+}
+
+/* --set: knobs (param) by name, and train settings as train.NAME (into t when it is not
+ * NULL; a resumed run applies only the knobs again). */
+static int apply_sets(const poc_program *p, const trn_flags *f, double *knobs, poc_train *t) {
   for (int i = 0; i < f->n_set; i++) {
     const char *s = f->set[i], *eq = strchr(s, '=');
     if (!eq || eq == s) {
-      fprintf(stderr, "%s: error: --set wants knob=value, got '%s'\n", p->name, s);
+      fprintf(stderr, "%s: error: --set wants knob=value or train.NAME=value, got '%s'\n",
+              p->name, s);
       return -1;
+    }
+    if (!strncmp(s, "train.", 6)) {
+      if (t && set_train(p, s + 6, (size_t)(eq - s - 6), eq + 1, t)) return -1;
+      continue;
     }
     int k = -1;
     for (int j = 0; j < p->n_knobs; j++)
@@ -179,12 +263,12 @@ static int apply_sets(const poc_program *p, const trn_flags *f, double *knobs) {
         k = j;
     if (k < 0) {
       fprintf(stderr, "%s: error: --set: unknown knob '%.*s'; ", p->name, (int)(eq - s), s);
-      if (!p->n_knobs) fprintf(stderr, "this program has no knobs\n");
+      if (!p->n_knobs) fprintf(stderr, "this program has no knobs");
       else {
         fprintf(stderr, "the knobs are:");
         for (int j = 0; j < p->n_knobs; j++) fprintf(stderr, " %s", p->knobs[j].name);
-        fputc('\n', stderr);
       }
+      fprintf(stderr, " (train settings are set as train.NAME=value)\n");
       return -1;
     }
     char *end;
@@ -198,6 +282,23 @@ static int apply_sets(const poc_program *p, const trn_flags *f, double *knobs) {
     knobs[k] = v;
   }
   return 0;
+}
+
+/* The effective train settings as JSON, for OUT/train.json. */
+static char *train_json(const poc_train *t) {
+  cJSON *o = cJSON_CreateObject();
+  for (int i = 0; o && i < TRN_N_FIELDS; i++) {
+    const trn_field *f = &trn_fields[i];
+    const char *at = (const char *)t + f->off;
+    if (f->kind >= TF_SCHEDULE)
+      cJSON_AddStringToObject(o, f->name, trn_enum_names[f->kind][*(const int *)at]);
+    else if (f->kind == TF_REAL) cJSON_AddNumberToObject(o, f->name, *(const double *)at);
+    else if (f->kind == TF_SEED) cJSON_AddNumberToObject(o, f->name, (double)*(const uint64_t *)at);
+    else cJSON_AddNumberToObject(o, f->name, *(const int *)at);
+  }
+  char *s = o ? cJSON_Print(o) : NULL;
+  cJSON_Delete(o);
+  return s;
 }
 
 /* The program's internal consistency: what generated code must guarantee, checked so a
@@ -309,6 +410,7 @@ int64_t trn_total_steps(const poc_train *t, int64_t n_examples) {
 typedef struct {
   const poc_program *p;
   const poc_train *T;
+  poc_train train;               /* the train block with --set train.NAME applied */
   trn_flags fl;
   char err[POC_ERR_LEN];
   poc_device *dev;
@@ -727,7 +829,7 @@ static int run_resume(trn_run *r, uint64_t prog_hash) {
   for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = r->st.knobs[k];
   if (r->fl.n_set) {
     fprintf(stderr, "%s: note: --set changes knobs of a resumed run\n", p->name);
-    if (apply_sets(p, &r->fl, r->knobs)) return 2;
+    if (apply_sets(p, &r->fl, r->knobs, NULL)) return 2;
   }
   if (r->fl.have_seed && r->fl.seed != r->st.seed) {
     fprintf(stderr, "%s: note: --seed %llu replaces the run's seed %llu from step %lld on\n",
@@ -753,6 +855,13 @@ static int run_open_directory(trn_run *r) {
   r->opened = 1;
   trn_path(path, sizeof path, "%s/%s.po", r->out, p->name);
   if (p->source && st_write_text_atomic(path, p->source, r->err)) return run_error(r, -1);
+  /* the settings this invocation trains with, --set train.NAME included */
+  char *tj = train_json(r->T);
+  trn_path(path, sizeof path, "%s/train.json", r->out);
+  int bad = !tj || st_write_text_atomic(path, tj, r->err);
+  if (!tj) trn_errf(r->err, "out of memory");
+  cJSON_free(tj);
+  if (bad) return run_error(r, -1);
   if (r->restart) {
     struct stat sb;
     if (stat(r->metrics, &sb) == 0)
@@ -1062,7 +1171,10 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   run_precision_note(r);
   if (check_program(p)) goto done;
   for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = p->knobs[k].value;
-  if (apply_sets(p, &r->fl, r->knobs) || run_inputs(r) || run_directory(r)) goto done;
+  r->train = p->train;
+  if (apply_sets(p, &r->fl, r->knobs, &r->train)) goto done;
+  r->T = &r->train; /* the train block with --set train.NAME=value applied */
+  if (run_inputs(r) || run_directory(r)) goto done;
 
   uint64_t prog_hash = trn_hash_str(trn_hash_str(0, p->name), p->source ? p->source : "");
   r->st.seed = r->fl.have_seed ? r->fl.seed : r->T->seed;

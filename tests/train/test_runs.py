@@ -202,4 +202,28 @@ for i, (line, want) in enumerate(bad_lines):
           "bad line %d: no new run directory" % i)
 check(tree(B) == before, "the run directory keeps what it had")
 
+# train settings from the command line, no rebuild: the run uses them and records them
+rc, err = run(["--out", "S", "--set", "train.lr=0", "--set", "train.steps=2",
+               "--set", "train.schedule=constant", "--set", "train.ckpt_every=1"])
+S = os.path.join(SCRATCH, "S")
+check(rc == 0, "--set train.*: runs: " + err)
+ms = [m for m in metrics(S) if "loss" in m]
+check(len(ms) == 2 and all(m["lr"] == 0 for m in ms), "train.lr=0, train.steps=2: %s" % ms)
+with open(os.path.join(S, "train.json")) as f:
+    tj = json.load(f)
+check(tj["lr"] == 0 and tj["steps"] == 2 and tj["schedule"] == "constant" and
+      tj["ckpt_every"] == 1, "train.json holds the effective values: %s" % tj)
+check(os.path.isdir(os.path.join(S, "ckpt-1")), "train.ckpt_every=1 checkpoints every step")
+with open(os.path.join(S, "ckpt-2", "model.safetensors"), "rb") as f1, \
+        open(os.path.join(S, "ckpt-1", "model.safetensors"), "rb") as f2:
+    check(f1.read() == f2.read(), "lr 0 leaves the weights as they were")
+for bad, want in (("train.batch=0", "not an integer in [1,"),
+                  ("train.lr=-1", "not a number in [0,"),
+                  ("train.schedule=step", "'step' is not one of cosine linear constant"),
+                  ("train.epoch=2", "unknown train setting 'train.epoch'; they are: lr"),
+                  ("train.micro_batch=2.5", "not an integer")):
+    rc, err = run(["--out", "SB", "--set", bad])
+    check(rc == 2 and want in err and not os.path.exists(os.path.join(SCRATCH, "SB")),
+          "--set %s: exit 2, %r, no run directory (got %d: %s)" % (bad, want, rc, err))
+
 sys.exit(pycheck.finish("train_runs"))
