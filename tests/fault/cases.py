@@ -27,6 +27,7 @@ ap.add_argument("--root", required=True)
 ap.add_argument("--scratch", required=True)
 a = ap.parse_args()
 
+sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
 from pycheck import check  # noqa: E402

@@ -17,6 +17,7 @@ import sys
 import time
 
 BIN, SCRATCH = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
 from pycheck import check  # noqa: E402
@@ -55,29 +56,9 @@ def S(*p):
 
 shutil.rmtree(SCRATCH, ignore_errors=True)
 os.makedirs(SCRATCH)
-sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
-import make_task  # noqa: E402
-import random  # noqa: E402
-
-MODEL = S("model")
-cfg = dict(make_task.CONFIG)
-cfg.update({"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8})
-make_task.CONFIG = cfg
-make_task.make_model(MODEL, 3, std=0.3)
-DATA = S("pairs.jsonl")
-rng = random.Random(5)
-with open(DATA, "w") as f:
-    for i in range(16):
-        p = [1] + [rng.randrange(4, 32) for _ in range(rng.randrange(2, 5))]
-        c = [rng.randrange(4, 32) for _ in range(rng.randrange(1, 4))] + [2]
-        r = [rng.randrange(4, 32) for _ in range(rng.randrange(1, 4))] + [2]
-        f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r, "margin": i % 3,
-                            "chosen_scores": [0.5] * len(c)}) + "\n")
-EVAL = S("eval.jsonl")
-with open(EVAL, "w") as f:
-    f.write('{"prompt":[1,5,6],"answer":[7,8]}\n{"prompt":[1,9],"answer":[4,2]}\n')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tt_fixture  # noqa: E402  (the tiny model, pairs and eval set test_runs.py uses too)
+MODEL, DATA, EVAL = tt_fixture.make(SCRATCH)
 
 # A run with checkpoints at 5 and 6 that the cases below copy and damage.
 rc, err = run(["--steps", "6", "--out", "base"])

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 BIN, SCRATCH = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
 from pycheck import check  # noqa: E402
@@ -58,30 +59,10 @@ def st_header(path):
 shutil.rmtree(SCRATCH, ignore_errors=True)
 os.makedirs(SCRATCH)
 
-# A tiny random model (the embedded task's writer at a smaller size) and random pairs.
-sys.dont_write_bytecode = True  # nothing written into the source tree
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
-import make_task  # noqa: E402
-
-MODEL = os.path.join(SCRATCH, "model")
-cfg = dict(make_task.CONFIG)
-cfg.update({"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8})
-make_task.CONFIG = cfg
-make_task.make_model(MODEL, 3, std=0.3)
-DATA = os.path.join(SCRATCH, "pairs.jsonl")
-import random  # noqa: E402
-rng = random.Random(5)
-with open(DATA, "w") as f:
-    for i in range(16):
-        p = [1] + [rng.randrange(4, 32) for _ in range(rng.randrange(2, 5))]
-        c = [rng.randrange(4, 32) for _ in range(rng.randrange(1, 4))] + [2]
-        r = [rng.randrange(4, 32) for _ in range(rng.randrange(1, 4))] + [2]
-        f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r, "margin": i % 3,
-                            "chosen_scores": [0.5] * len(c)}) + "\n")
-EVAL = os.path.join(SCRATCH, "eval.jsonl")
-with open(EVAL, "w") as f:
-    f.write('{"prompt":[1,5,6],"answer":[7,8]}\n{"prompt":[1,9],"answer":[4,2]}\n')
+# A tiny random model and random pairs (tt_fixture.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tt_fixture  # noqa: E402
+MODEL, DATA, EVAL = tt_fixture.make(SCRATCH)
 
 # ---- a straight run: metrics, evaluation, checkpoints -------------------------------
 rc, err = run(["--steps", "8", "--out", "A"])
