@@ -42,15 +42,9 @@ PROMPTS = 12
 NEW_TOKENS = 12
 
 
-class Failures:
-    def __init__(self):
-        self.n = 0
-
-    def check(self, ok, msg):
-        if not ok:
-            print("FAIL " + msg)
-            self.n += 1
-        return ok
+sys.dont_write_bytecode = True  # nothing written into the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
 
 
 def run(cmd, root, env):
@@ -69,7 +63,7 @@ def main():
         print("POC_CUDA_EMULATE is not set: this test runs the CUDA device on the emulation")
         return 1
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="2")
-    f = Failures()
+    f = pycheck
     model = os.path.join(a.root, "examples", "tiny")
     with tempfile.TemporaryDirectory(prefix="poc-cuda-cli-") as tmp:
         # ---- logp ----
@@ -176,8 +170,7 @@ def main():
             r, _ = run([a.poc] + cmd + ["--backend", "gpu"], a.root, env)
             f.check(r.returncode == 2 and "gpu" in r.stderr and "cpu" in r.stderr and "cuda" in r.stderr
                     and r.stdout == "", f"poc {cmd[0]} --backend gpu: exit {r.returncode}, {r.stderr!r}")
-    print(f"cli_check: {f.n} failure(s)")
-    return 1 if f.n else 0
+    return pycheck.finish("cuda_emul_cli")
 
 
 if __name__ == "__main__":

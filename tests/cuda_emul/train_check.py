@@ -85,15 +85,9 @@ def evals_of(rows):
     return {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
 
 
-class Failures:
-    def __init__(self):
-        self.n = 0
-
-    def check(self, ok, msg):
-        if not ok:
-            print("FAIL " + msg)
-            self.n += 1
-        return ok
+sys.dont_write_bytecode = True  # nothing written into the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import pycheck  # noqa: E402  (tests/pycheck.py: the pass/fail tally)
 
 
 def make_po(root, name, tmp, steps, batch, micro, n_eval):
@@ -171,7 +165,7 @@ def main():
         return 1
     # the CPU runs' OpenMP threads sleep while idle: the emulation needs the core
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="2")
-    fails = Failures()
+    fails = pycheck
     t_all = time.time()
     with tempfile.TemporaryDirectory(prefix="poc-cuda-train-") as tmp:
         for name in a.names:
@@ -285,8 +279,8 @@ def main():
                       + ", ".join(f"{res[s]['loss']:.5g}" for s in range(s0, mid + RESUME + 1))
                       + f" vs {src} " + ", ".join(f"{srcs[s]['loss']:.5g}" for s in range(s0, mid + RESUME + 1))
                       + f" (|Δ|/value {r1:.2g}); {dt:.1f} s")
-    print(f"train_check: {len(a.names)} example(s), {fails.n} failure(s), {time.time() - t_all:.0f} s")
-    return 1 if fails.n else 0
+    print(f"train_check: {len(a.names)} example(s), {time.time() - t_all:.0f} s")
+    return pycheck.finish("cuda_emul_train")
 
 
 if __name__ == "__main__":
