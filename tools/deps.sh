@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what poc needs on Debian 12: the C toolchain, flex/bison, cJSON, OpenBLAS,
-# OpenMP, MPI, and (for the independent checks against Hugging Face) torch + transformers.
+# OpenMP, MPI, and (for the independent checks against their peers) torch, transformers,
+# TRL, peft and matplotlib.
 # Safe to run again; skips what is already there. POC_NO_PYTHON_DEPS=1 skips torch.
 set -euo pipefail
 SUDO=""
@@ -15,9 +16,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 if [ "${POC_NO_PYTHON_DEPS:-0}" != 1 ]; then
-  if ! python3 -c 'import torch, transformers, safetensors, numpy' 2>/dev/null; then
-    python3 -m pip install --quiet --no-input torch transformers safetensors numpy \
-      || python3 -m pip install --quiet --no-input --break-system-packages \
-           torch transformers safetensors numpy
+  # The peers the tests compare against: transformers' models and schedules, TRL's
+  # trainers, peft's adapters; matplotlib draws tools/plot.py's figures.
+  if ! python3 -c 'import torch, transformers, safetensors, numpy, trl, peft, matplotlib' 2>/dev/null; then
+    pkgs=(torch transformers safetensors numpy trl peft matplotlib)
+    python3 -m pip install --quiet --no-input "${pkgs[@]}" \
+      || python3 -m pip install --quiet --no-input --break-system-packages "${pkgs[@]}"
   fi
 fi
