@@ -140,6 +140,10 @@ static int rule(ad *A, int id, int g, char *err, size_t errlen) {
   case IR_LT: case IR_LE: case IR_GT: case IR_GE: case IR_EQ: case IR_NE:
   case IR_FLOOR: case IR_SG: case IR_LEN: case IR_ARGMAX:
     break; /* zero gradient */
+  case IR_BSORT: /* y_k = a_{p(k)}: the adjoint goes back through the permutation,
+                    dL/da_{p(k)} = g_k, with p the order of a (ties by example) */
+    if (da) acc(A, a, ir_reduce(G, IR_BUNSORT, g, a, A->loc));
+    break;
   case IR_SUM:
     if (da) acc(A, a, ir_bcast(G, g, a, A->loc));
     break;

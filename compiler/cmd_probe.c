@@ -86,7 +86,7 @@ static bool *tokens_needed(const ir_graph *g) {
   if (!need) exit(1);
   for (int i = 0; i < g->n; i++) {
     const ir_node *n = &g->nodes[i];
-    if ((n->op == IR_SEQLEN || n->op == IR_PICK) && domain_needs_tokens(g, n->dom)) {
+    if ((n->op == IR_SEQLEN || n->op == IR_PICK || n->op == IR_POS) && domain_needs_tokens(g, n->dom)) {
       int d = n->dom;
       while (g->doms[d].kind == IR_DOM_SLICE) d = g->doms[d].base;
       need[d] = true;
@@ -688,7 +688,7 @@ int poc_cmd_probe(int argc, char **argv) {
                 .leaf = (const double *const *)P.leaf};
   for (int i = 0; i < g->n; i++) {
     const ir_node *n = &g->nodes[i];
-    if (n->op != IR_SEQLEN && n->op != IR_PICK) continue;
+    if (n->op != IR_SEQLEN && n->op != IR_PICK && n->op != IR_POS) continue;
     int *l = ir_dom_lengths(g, &env, n->dom);
     bool unknown = l[0] < 0;
     free(l);

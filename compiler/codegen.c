@@ -111,7 +111,8 @@ void cg_describe(FILE *f, const cg_prog *p, int id) {
   case IR_CONST: fputc(' ', f); cg_num(f, n->num); return;
   case IR_PARAM: fputc(' ', f); comment_text(f, g->knobs[n->idx].name); return;
   case IR_FIELD: fputc(' ', f); comment_text(f, g->fields[n->idx].name); return;
-  case IR_SEQLEN: fputc(' ', f); comment_text(f, g->doms[n->dom].name); return;
+  case IR_SEQLEN:
+  case IR_POS: fputc(' ', f); comment_text(f, g->doms[n->dom].name); return;
   case IR_LOGP:
   case IR_ENTROPY:
   case IR_PICK:
@@ -224,7 +225,7 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
   }
   for (int i = 0; i < g->n; i++) {
     const ir_node *x = &g->nodes[i];
-    if (x->op != IR_SEQLEN && x->op != IR_PICK) continue;
+    if (x->op != IR_SEQLEN && x->op != IR_PICK && x->op != IR_POS) continue;
     int r = x->dom, cc, ff, lo, hi;
     if (!cg_dom_source(p, x->dom, &cc, &ff, &lo, &hi)) continue;
     while (g->doms[r].kind == IR_DOM_SLICE) r = g->doms[r].base;
@@ -232,12 +233,14 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
              "%s needs the token count of '%s', but no logp or entropy call scores '%s' and no "
              "per-token field follows it; the training runtime gives token counts only with "
              "those values",
-             x->op == IR_PICK ? "pick" : "len", g->doms[x->dom].name, g->doms[r].name);
+             x->op == IR_PICK ? "pick" : x->op == IR_POS ? "pos" : "len", g->doms[x->dom].name,
+             g->doms[r].name);
     errors++;
   }
   p->separable = g->separable;
   for (int i = 0; i < g->n; i++)
-    if (ir_op_info(g->nodes[i].op)->cls == IR_BATR) p->separable = false;
+    if (ir_op_info(g->nodes[i].op)->cls == IR_BATR || ir_op_info(g->nodes[i].op)->cls == IR_BPERM)
+      p->separable = false;
   return errors ? -1 : 0;
 }
 

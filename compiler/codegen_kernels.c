@@ -193,7 +193,8 @@ static void build_classes(kg *K) {
       if (n->level == IR_LTOKEN) c = cls_atom(K, (atom){-1, n->idx, 0, -1});
       break;
     case IR_SEQLEN:
-    case IR_PICK: c = cls_dom(K, n->dom); break;
+    case IR_PICK:
+    case IR_POS: c = cls_dom(K, n->dom); break;
     case IR_SAMPLE: break;
     case IR_SLICE: c = cls_slice(K, K->cls_of[n->in[0]], n->idx, n->hi); break;
     case IR_FIT: c = K->cls_of[n->in[1]]; break;
@@ -216,6 +217,10 @@ static void build_classes(kg *K) {
 /* ---- node kinds and operands -------------------------------------------------------- */
 
 static bool is_sample(const kg *K, int i) { return K->g->nodes[i].op == IR_SAMPLE; }
+
+/* batch_sort and its adjoint: per-example values computed between stages, from whole
+ * per-example arrays, into a stored array the later stages read. */
+static bool is_perm(const kg *K, int i) { return ir_op_info(K->g->nodes[i].op)->cls == IR_BPERM; }
 
 static bool tok_leaf(const ir_node *n) {
   return n->op == IR_LOGP || n->op == IR_ENTROPY || (n->op == IR_FIELD && n->level == IR_LTOKEN);
@@ -260,7 +265,7 @@ static void operand(kg *K, char *buf, size_t len, int x, const char *idx, int cb
   case IR_LCONST:
   case IR_LBATCH: snprintf(buf, len, "v%d", x); return;
   case IR_LEXAMPLE:
-    if (K->outer[x] < K->stage) {
+    if (K->outer[x] < K->stage || is_perm(K, x)) {
       K->stored[x] = 1;
       snprintf(buf, len, "x%d[b]", x);
     } else {
@@ -344,6 +349,7 @@ static void value_expr(kg *K, char *out, size_t len, int id, int cb) {
     return;
   }
   case IR_BCAST: operand(K, out, len, n->in[0], "t", cb); return;
+  case IR_POS: snprintf(out, len, "(double)t"); return;
   default: break;
   }
   for (int k = 0; k < n->nin && k < 3; k++) operand(K, ops[k], sizeof ops[k], n->in[k], "t", cb);
@@ -364,7 +370,7 @@ static int avail_tok(const kg *K, int i, bool offset) {
 
 static int avail_ex(const kg *K, int i) {
   const ir_node *x = &K->g->nodes[i];
-  if (x->level == IR_LEXAMPLE && K->outer[i] == K->stage) return K->pos[i];
+  if (x->level == IR_LEXAMPLE && K->outer[i] == K->stage && !is_perm(K, i)) return K->pos[i];
   return 0;
 }
 
@@ -420,7 +426,7 @@ static void stage_needs(kg *K, int s) {
   const ir_graph *g = K->g;
   memset(K->need, 0, (size_t)g->n);
   for (int i = 0; i < g->n; i++)
-    if (g->nodes[i].level == IR_LEXAMPLE && K->outer[i] == s) K->need[i] = 1;
+    if (g->nodes[i].level == IR_LEXAMPLE && K->outer[i] == s && !is_perm(K, i)) K->need[i] = 1;
   for (int c = 0; c < K->p->ncalls; c++) {
     int d[2] = {K->p->calls[c].dlogp, K->p->calls[c].dentropy};
     for (int k = 0; k < 2; k++)
@@ -687,8 +693,24 @@ static void emit_batch(kg *K, FILE *f, int s) {
   const ir_graph *g = K->g;
   for (int i = 0; i < g->n; i++) {
     const ir_node *n = &g->nodes[i];
-    if (n->level != IR_LBATCH || K->outer[i] != s) continue;
+    if ((n->level != IR_LBATCH && !is_perm(K, i)) || K->outer[i] != s) continue;
     ir_class cls = ir_op_info(n->op)->cls;
+    if (cls == IR_BPERM) {
+      /* batch_sort: y_k = x_{p(k)}; its adjoint: y_{p(k)} = g_k; p the order of x */
+      int v = n->in[0], x = n->op == IR_BSORT ? v : n->in[1];
+      K->stored[v] = K->stored[x] = K->stored[i] = 1;
+      fputs("  {", f);
+      comment(K, f, i);
+      fprintf(f, "\n    poc_k_batch_order(x%d, B, order, order + B);\n"
+                 "    for (int k = 0; k < B; k++) x%d[%s] = x%d[%s];\n",
+              x, i, n->op == IR_BSORT ? "k" : "order[k]", v, n->op == IR_BSORT ? "order[k]" : "k");
+      if (i == g->loss) fprintf(f, "    for (int b = 0; b < B; b++) a->loss[b] = x%d[b];\n", i);
+      for (int r = 0; r < g->nreports; r++)
+        if (g->reports[r].node == i)
+          fprintf(f, "    for (int b = 0; b < B; b++) a->report[%d * B + b] = x%d[b];\n", r, i);
+      fputs("  }\n", f);
+      continue;
+    }
     if (cls == IR_BATR) {
       int x = n->in[0];
       K->stored[x] = 1;
@@ -720,7 +742,8 @@ static void emit_after_stage(kg *K, FILE *f, int s) {
       if (K->outer[i] > last) last = K->outer[i];
   for (int o = s + 1; o <= last; o++) {
     bool any = false;
-    for (int i = 0; i < K->g->n; i++) any |= K->g->nodes[i].level == IR_LBATCH && K->outer[i] == o;
+    for (int i = 0; i < K->g->n; i++)
+      any |= (K->g->nodes[i].level == IR_LBATCH || is_perm(K, i)) && K->outer[i] == o;
     if (!any) continue;
     fprintf(f, "\n  /* batch values after stage %d */\n", o - 1);
     emit_batch(K, f, o);
@@ -736,7 +759,7 @@ static void stages(kg *K) {
     int o = 0;
     for (int k = 0; k < n->nin; k++)
       if (!is_sample(K, n->in[k]) && K->outer[n->in[k]] > o) o = K->outer[n->in[k]];
-    if (ir_op_info(n->op)->cls == IR_BATR) o++;
+    if (ir_op_info(n->op)->cls == IR_BATR || ir_op_info(n->op)->cls == IR_BPERM) o++;
     K->outer[i] = o;
     if (o + 1 > K->nstages && n->level >= IR_LEXAMPLE) K->nstages = o + 1;
   }
@@ -801,11 +824,12 @@ static void emit_fused(kg *K, FILE *f) {
   }
   fclose(m);
   /* slots */
-  int nmat = 0, nmask = 0, nstore = 0;
+  int nmat = 0, nmask = 0, nstore = 0, nperm = 0;
   for (int i = 0; i < g->n; i++) {
     nmat += K->mat_slot[i] != 0;
     nmask += g->nodes[i].op == IR_PICK;
     nstore += K->stored[i] != 0;
+    nperm += is_perm(K, i);
   }
   if (nmat || nmask) {
     fputs("  /* per-example scratch, as long as the longest token vector of the batch */\n"
@@ -820,16 +844,19 @@ static void emit_fused(kg *K, FILE *f) {
   if (nmat) fprintf(f, "  double *scratch = malloc((size_t)T * %d * sizeof *scratch);\n", nmat);
   if (nmask) fprintf(f, "  unsigned char *masks = malloc((size_t)T * %d);\n", nmask);
   if (nstore) fprintf(f, "  double *stored = malloc((size_t)(B > 0 ? B : 1) * %d * sizeof *stored);\n", nstore);
-  if (nmat || nmask || nstore) {
+  if (nperm) fputs("  int *order = malloc((size_t)(B > 0 ? B : 1) * 2 * sizeof *order); /* batch_sort */\n", f);
+  if (nmat || nmask || nstore || nperm) {
     fputs("  if (", f);
     const char *sep = "";
     if (nmat) fprintf(f, "%s!scratch", sep), sep = " || ";
     if (nmask) fprintf(f, "%s!masks", sep), sep = " || ";
-    if (nstore) fprintf(f, "%s!stored", sep);
+    if (nstore) fprintf(f, "%s!stored", sep), sep = " || ";
+    if (nperm) fprintf(f, "%s!order", sep);
     fputs(") {\n", f);
     if (nmat) fputs("    free(scratch);\n", f);
     if (nmask) fputs("    free(masks);\n", f);
     if (nstore) fputs("    free(stored);\n", f);
+    if (nperm) fputs("    free(order);\n", f);
     fputs("    snprintf(a->err, POC_ERR_LEN, \"objective: out of memory\");\n    return -1;\n  }\n", f);
   }
   int km = 0, kk = 0, ks = 0;
@@ -865,6 +892,7 @@ static void emit_fused(kg *K, FILE *f) {
   if (nmat) fputs("  free(scratch);\n", f);
   if (nmask) fputs("  free(masks);\n", f);
   if (nstore) fputs("  free(stored);\n", f);
+  if (nperm) fputs("  free(order);\n", f);
   fputs("  return 0;\n}\n", f);
 }
 
@@ -900,6 +928,7 @@ static void emit_un_node(kg *K, FILE *f, int id) {
     case IR_ENTROPY:
     case IR_FIELD:
     case IR_PICK:
+    case IR_POS:
       memset(K->cls_used, 0, (size_t)K->ncls + 1);
       cls_mark(K, K->cls_of[id]);
       emit_cls_decls(K, f, "    ");
@@ -952,6 +981,9 @@ static void emit_un_node(kg *K, FILE *f, int id) {
     case IR_ENTROPY:
       fprintf(f, "  memcpy(V[%d].v, a->%s[%d], (size_t)V[%d].off[B] * sizeof(double));\n", id,
               n->op == IR_LOGP ? "logp" : "entropy", K->p->call_of[id], id);
+      break;
+    case IR_POS:
+      fprintf(f, "  for (int b = 0; b < B; b++)\n    for (int t = 0; t < V[%d].len[b]; t++) %s = t;\n", id, out);
       break;
     case IR_PICK:
       un_at(K, x, sizeof x, a0, "0");
@@ -1010,6 +1042,15 @@ static void emit_un_node(kg *K, FILE *f, int id) {
                  "  s = sqrt(var / B);\n", a0, a0);
     fprintf(f, "  V[%d].v[0] = s;\n", id);
     break;
+  case IR_BPERM: {
+    /* batch_sort: y_k = x_{p(k)}; its adjoint: y_{p(k)} = g_k; p the order of x */
+    int ord = n->op == IR_BSORT ? a0 : a1;
+    fprintf(f, "  int *order = malloc((size_t)(B > 0 ? B : 1) * 2 * sizeof *order);\n  if (!order) return -1;\n"
+               "  poc_k_batch_order(V[%d].v, B, order, order + B);\n"
+               "  for (int k = 0; k < B; k++) V[%d].v[%s] = V[%d].v[%s];\n  free(order);\n",
+            ord, id, n->op == IR_BSORT ? "k" : "order[k]", a0, n->op == IR_BSORT ? "order[k]" : "k");
+    break;
+  }
   case IR_SHAPE:
     if (n->level != IR_LTOKEN) {
       un_at(K, x, sizeof x, a0, "0");

@@ -6,7 +6,8 @@
  *   - a per-token op over several vectors is as long as the shortest (masks ANDed);
  *   - reductions over zero tokens give 0 (sum, mean, max, dot, norm, cos, len);
  *   - cos is 0 when either norm is 0, and then passes no gradient;
- *   - pick(y, n) marks floor(n) positions, clamped to [0, len(y)].            */
+ *   - pick(y, n) marks floor(n) positions, clamped to [0, len(y)];
+ *   - batch_sort orders by value, NaN last, ties by example (ir_batch_order).  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +105,7 @@ ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) 
       case IR_ENTROPY:
       case IR_SAMPLE:
       case IR_PICK:
+      case IR_POS:
       case IR_FIELD: {
         int *len = ir_dom_lengths(g, env, n->dom);
         for (int i = 0; i < B; i++)
@@ -168,6 +170,10 @@ ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) 
         break;
       }
       case IR_SAMPLE: break; /* token ids: not numbers any op reads */
+      case IR_POS:
+        for (int i = 0; i < B; i++)
+          for (int t = 0; t < o->len[i]; t++) o->v[o->off[i] + t] = t;
+        break;
       case IR_PICK:
         for (int i = 0; i < B; i++)
           ir_pick_mask(env->seed, n->idx, i, o->len[i], at(g, vals, a, i, 0), o->v + o->off[i]);
@@ -241,6 +247,18 @@ ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) 
         s = sqrt(v / B);
       }
       o->v[0] = s;
+      break;
+    }
+    case IR_BPERM: {
+      /* batch_sort: y_k = x_{p(k)}; its adjoint: y_{p(k)} = g_k; p the order of x */
+      const double *x = vals[n->op == IR_BSORT ? a : b].v, *v = vals[a].v;
+      int *perm = ir_xcalloc((size_t)B + 1, sizeof *perm);
+      ir_batch_order(x, B, perm);
+      for (int k = 0; k < B; k++) {
+        if (n->op == IR_BSORT) o->v[k] = v[perm[k]];
+        else o->v[perm[k]] = v[k];
+      }
+      free(perm);
       break;
     }
     case IR_SHAPE:

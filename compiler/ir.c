@@ -136,6 +136,34 @@ double ir_scalar(ir_op op, double a, double b, double c) {
   }
 }
 
+/* ---- the batch's sort order ------------------------------------------------------ */
+
+/* x before y: by value, NaN last, ties by example (so the merge below is stable). */
+static bool order_before(const double *x, int i, int j) {
+  bool ni = isnan(x[i]), nj = isnan(x[j]);
+  if (ni != nj) return nj;
+  if (!ni && x[i] != x[j]) return x[i] < x[j];
+  return i < j;
+}
+
+void ir_batch_order(const double *x, int B, int *perm) {
+  if (B <= 0) return;
+  int *tmp = ir_xcalloc((size_t)B, sizeof *tmp);
+  for (int i = 0; i < B; i++) perm[i] = i;
+  /* bottom-up merge sort: O(B log B) and stable */
+  for (int w = 1; w < B; w *= 2) {
+    for (int lo = 0; lo < B; lo += 2 * w) {
+      int mid = lo + w < B ? lo + w : B, hi = lo + 2 * w < B ? lo + 2 * w : B;
+      int i = lo, j = mid, k = lo;
+      while (i < mid && j < hi) tmp[k++] = order_before(x, perm[j], perm[i]) ? perm[j++] : perm[i++];
+      while (i < mid) tmp[k++] = perm[i++];
+      while (j < hi) tmp[k++] = perm[j++];
+    }
+    memcpy(perm, tmp, (size_t)B * sizeof *perm);
+  }
+  free(tmp);
+}
+
 /* ---- builders -------------------------------------------------------------------- */
 
 int ir_push(ir_graph *g, ir_node n) {
@@ -199,7 +227,7 @@ int ir_ternary(ir_graph *g, ir_op op, int a, int b, int c, po_loc loc) {
 }
 
 int ir_reduce(ir_graph *g, ir_op op, int a, int b, po_loc loc) {
-  ir_node n = node_init(op, loc);
+  ir_node n = node_init(op, loc); /* also batch_sort and its adjoint: per example */
   n.in[0] = a;
   n.nin = 1;
   if (b >= 0) {
@@ -343,8 +371,9 @@ bool ir_input_differentiable(const ir_node *n, int k) {
   switch (n->op) {
   case IR_LT: case IR_LE: case IR_GT: case IR_GE: case IR_EQ: case IR_NE:
   case IR_FLOOR: case IR_SG: case IR_LEN: case IR_ARGMAX: case IR_PICK:
-  case IR_SEQLEN: case IR_SAMPLE: case IR_LOGP: case IR_ENTROPY:
+  case IR_SEQLEN: case IR_SAMPLE: case IR_LOGP: case IR_ENTROPY: case IR_POS:
     return false;
+  case IR_BUNSORT: return k == 0; /* input 1 only orders */
   case IR_WHERE: return k > 0;
   case IR_FIT: case IR_BCAST: return k == 0;
   default: return true;
@@ -376,6 +405,10 @@ void ir_infer_flags(ir_graph *g) {
     case IR_PICK:
       f |= IR_F_RANDOM;
       data = false;
+      break;
+    case IR_BSORT:
+    case IR_BUNSORT:
+      data = false; /* the batch it orders changes every step: never hoisted */
       break;
     default:
       break;
@@ -463,6 +496,12 @@ static int verify_node(const ir_graph *g, int id, char *err, size_t errlen) {
     case IR_NBATCH:
       if (n->level != IR_LBATCH) FAIL("%%%d nbatch: level %s", id, level_name(n->level));
       break;
+    case IR_POS:
+      if (n->level != IR_LTOKEN || n->dom < 0 || n->dom >= g->ndoms)
+        FAIL("%%%d pos: needs a sequence domain and token level", id);
+      if (n->nin > 1 || (n->nin == 1 && a->op != IR_SAMPLE))
+        FAIL("%%%d pos: its only input may be the anchor it indexes", id);
+      break;
     case IR_PICK:
       if (n->level != IR_LTOKEN) FAIL("%%%d pick: not per-token", id);
       if (n->nin < 1 || n->nin > 2 || a->level == IR_LTOKEN || (b && b->op != IR_SAMPLE))
@@ -518,6 +557,13 @@ static int verify_node(const ir_graph *g, int id, char *err, size_t errlen) {
     if (n->level != IR_LBATCH || a->level != IR_LEXAMPLE)
       FAIL("%%%d %s: must take a per-example value to a batch value", id, oi->name);
     break;
+  case IR_BPERM:
+    if (n->level != IR_LEXAMPLE || n->nin != oi->nin)
+      FAIL("%%%d %s: must give one number per example from %d inputs", id, oi->name, oi->nin);
+    for (int k = 0; k < n->nin; k++)
+      if (g->nodes[n->in[k]].level != IR_LEXAMPLE)
+        FAIL("%%%d %s: input %d is not per-example", id, oi->name, k);
+    break;
   case IR_SHAPE:
     switch (n->op) {
     case IR_SLICE: {
@@ -558,7 +604,7 @@ static int verify_node(const ir_graph *g, int id, char *err, size_t errlen) {
   /* anchors are sequences, read only by what needs their tokens */
   for (int k = 0; k < n->nin; k++)
     if (g->nodes[n->in[k]].op == IR_SAMPLE && oi->cls != IR_CALL && n->op != IR_SEQLEN &&
-        n->op != IR_PICK)
+        n->op != IR_PICK && n->op != IR_POS)
       FAIL("%%%d %s: reads anchor %%%d as a number", id, oi->name, n->in[k]);
   return 0;
 }

@@ -35,7 +35,8 @@
  *   nin   inputs (-1: variable, model calls)
  *   class LEAF, CALL (model calls), ELEM (elementwise, level = max of inputs),
  *         TOKR (token reduction: TOKEN → EXAMPLE), BATR (batch reduction: EXAMPLE →
- *         BATCH), SHAPE (moves token vectors between shapes), CTL (sg)
+ *         BATCH), BPERM (EXAMPLE → EXAMPLE through the batch's sort order),
+ *         SHAPE (moves token vectors between shapes), CTL (sg)
  *   cexpr the scalar C expression of an elementwise op in a, b, c — what a code
  *         generator emits, and what ir_scalar() computes (the two must agree)          */
 #define IR_OPS(X)                                                                     \
@@ -48,6 +49,7 @@
   X(LOGP, "logp", -1, CALL, NULL)            /* per-token log-probs, call             */ \
   X(ENTROPY, "entropy", -1, CALL, NULL)      /* per-token entropy, call               */ \
   X(PICK, "pick", -1, LEAF, NULL)            /* random 0/1 mask over dom, n = in0      */ \
+  X(POS, "pos", -1, LEAF, NULL)              /* 0-based token index over dom (TOKEN)   */ \
   X(ADD, "add", 2, ELEM, "a + b")                                                       \
   X(SUB, "sub", 2, ELEM, "a - b")                                                       \
   X(MUL, "mul", 2, ELEM, "a * b")                                                       \
@@ -85,6 +87,9 @@
   X(BSUM, "batch_sum", 1, BATR, NULL)                                                   \
   X(BMEAN, "batch_mean", 1, BATR, NULL)                                                 \
   X(BSTD, "batch_std", 1, BATR, NULL)        /* population standard deviation         */ \
+  X(BSORT, "batch_sort", 1, BPERM, NULL)     /* example i: the i-th smallest of in0    */ \
+  X(BUNSORT, "batch_unsort", 2, BPERM, NULL) /* example j: in0 at the rank of j in in1's \
+                                                order (the adjoint of batch_sort)      */ \
   X(SLICE, "slice", 1, SHAPE, NULL)          /* x[lo:hi] of a token vector             */ \
   X(FIT, "fit", 2, SHAPE, NULL)              /* in0 placed at offset lo in in1's shape, \
                                                 zeros elsewhere (the adjoint of slice) */ \
@@ -98,7 +103,7 @@ typedef enum ir_op {
   IR_OP_COUNT
 } ir_op;
 
-typedef enum ir_class { IR_LEAF, IR_CALL, IR_ELEM, IR_TOKR, IR_BATR, IR_SHAPE, IR_CTL } ir_class;
+typedef enum ir_class { IR_LEAF, IR_CALL, IR_ELEM, IR_TOKR, IR_BATR, IR_BPERM, IR_SHAPE, IR_CTL } ir_class;
 
 typedef struct ir_opinfo {
   const char *name;
@@ -285,6 +290,11 @@ int ir_dom_prefix(ir_graph *g, int k);
 int ir_dom_anchor(ir_graph *g, const char *name);
 /* The domain a token vector of domain d sliced [lo:hi] lives in. */
 int ir_dom_of_slice(ir_graph *g, int d, int lo, int hi);
+
+/* The batch's sort order of x[0..B): perm[k] is the example holding the k-th smallest
+ * value; ties keep example order, NaN sorts after every number (batch_sort and its
+ * adjoint; the generated objective's poc_k_batch_order is the same rule). */
+void ir_batch_order(const double *x, int B, int *perm);
 
 /* Whether gradient flows from node n into its input k (not through comparisons, floor,
  * counts, masks, sg, or the shape-only inputs of fit and bcast). */

@@ -657,6 +657,25 @@ static lv lower_pick(lw *L, const po_expr *e) {
   return lv_node(ir_push(L->g, p));
 }
 
+/* pos(y): each token's 0-based index in y, per-token over y; a count, so no gradient. */
+static lv lower_pos(lw *L, const po_expr *e) {
+  lv y = lower_expr(L, e->args[0].value);
+  if (y.kind == LV_ERR) return LV_ERROR;
+  char buf[256];
+  if (y.kind != LV_SEQ) {
+    lerr(L, e->args[0].value->loc, "pos expects a sequence (e.g. chosen, prompt[1:]) and gives "
+         "each of its tokens' index, but this is %s", describe(L, y, buf, sizeof buf));
+    return LV_ERROR;
+  }
+  int id = ir_leaf(L->g, IR_POS, IR_LTOKEN, y.dom, 0, e->loc);
+  int s = dom_sample(L->g, y.dom);
+  if (s >= 0) {
+    L->g->nodes[id].in[0] = s;
+    L->g->nodes[id].nin = 1;
+  }
+  return lv_node(id);
+}
+
 static lv lower_def_call(lw *L, const po_expr *e, const po_stmt *def) {
   if (e->nargs != def->nparams || npositional(e) != e->nargs) {
     lerr(L, e->loc, "'%s' takes %d argument%s, given %d", def->name, def->nparams,
@@ -724,7 +743,7 @@ static lv lower_call(lw *L, const po_expr *e, const char *bind) {
   case PO_BK_MODEL:
     if (b == PO_B_SAMPLE) return lower_sample(L, e, bind);
     return lower_model_call(L, e, b);
-  case PO_BK_SEQ: return lower_pick(L, e);
+  case PO_BK_SEQ: return b == PO_B_POS ? lower_pos(L, e) : lower_pick(L, e);
   case PO_BK_GRAD: {
     lv a = lower_expr(L, e->args[0].value);
     return elementwise(L, IR_SG, &a, 1, e->loc, "sg");
@@ -766,12 +785,14 @@ static lv lower_call(lw *L, const po_expr *e, const char *bind) {
     if (!want_value(L, a, e->args[0].value->loc, bi->name)) return LV_ERROR;
     ir_level lv0 = level_of(L, a);
     if (lv0 != IR_LEXAMPLE) {
-      lerr(L, e->args[0].value->loc, "%s reduces over the examples of a batch and expects one "
-           "number per example, but this is %s%s", bi->name, describe(L, a, buf, sizeof buf),
+      lerr(L, e->args[0].value->loc, "%s %s the examples of a batch and expects one "
+           "number per example, but this is %s%s", bi->name,
+           b == PO_B_BATCH_SORT ? "sorts" : "reduces over", describe(L, a, buf, sizeof buf),
            lv0 == IR_LTOKEN ? "; reduce it over tokens first, e.g. with sum or mean" : "");
       return LV_ERROR;
     }
-    ir_op op = b == PO_B_BATCH_MEAN ? IR_BMEAN : b == PO_B_BATCH_STD ? IR_BSTD : IR_BSUM;
+    ir_op op = b == PO_B_BATCH_MEAN ? IR_BMEAN : b == PO_B_BATCH_STD ? IR_BSTD
+             : b == PO_B_BATCH_SORT ? IR_BSORT : IR_BSUM;
     return lv_node(ir_reduce(L->g, op, a.node, -1, e->loc));
   }
   case PO_BK_ELEM: {

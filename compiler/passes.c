@@ -7,7 +7,7 @@
  *   hoist         frozen-model calls on data alone, and what follows from them, are
  *                 computed once before training and cached per example
  *   batch         calls of one model that run together share one packed forward
- *   separability  whether any batch reduction carries gradient into the loss
+ *   separability  whether any batch reduction or sort carries gradient into the loss
  */
 #include <math.h>
 #include <stdlib.h>
@@ -228,9 +228,10 @@ int ir_hoist(ir_graph *g, char *err, size_t errlen) {
     ir_class cls = ir_op_info(n->op)->cls;
     if ((n->op == IR_LOGP || n->op == IR_ENTROPY) && !g->models[n->idx].trainable && n->nin == 0) {
       h = true; /* frozen weights, data tokens: the same every step */
-    } else if (n->level >= IR_LEXAMPLE && cls != IR_LEAF && cls != IR_CALL && cls != IR_BATR) {
-      /* per-example work on hoisted values and data alone; batch reductions are not,
-         since the batch they reduce over changes every step */
+    } else if (n->level >= IR_LEXAMPLE && cls != IR_LEAF && cls != IR_CALL && cls != IR_BATR &&
+               cls != IR_BPERM) {
+      /* per-example work on hoisted values and data alone; batch reductions and sorts
+         are not, since the batch they reduce over or order changes every step */
       bool any = false, all = true;
       for (int k = 0; k < n->nin; k++) {
         unsigned f = g->nodes[n->in[k]].flags;
@@ -303,7 +304,8 @@ int ir_separability(ir_graph *g, char *err, size_t errlen) {
   for (int i = g->loss; i >= 0; i--) {
     if (!up[i]) continue;
     const ir_node *n = &g->nodes[i];
-    if (ir_op_info(n->op)->cls == IR_BATR && (n->flags & IR_F_TRAIN)) g->separable = false;
+    ir_class cls = ir_op_info(n->op)->cls;
+    if ((cls == IR_BATR || cls == IR_BPERM) && (n->flags & IR_F_TRAIN)) g->separable = false;
     for (int k = 0; k < n->nin; k++)
       if (ir_input_differentiable(n, k)) up[n->in[k]] = 1;
   }

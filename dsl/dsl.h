@@ -141,8 +141,9 @@ typedef struct po_program {
  *   MODEL model calls (logp, entropy, sample) — the boundary with the transformer
  *   TOKR  token reductions: a per-token vector to one number per example
  *   BATCH batch reductions: per-example values to one number per optimizer step
+ *         (batch_sort: per-example values reordered over the step)
  *   ELEM  elementwise
- *   SEQ   functions of a sequence (pick)
+ *   SEQ   functions of a sequence (pick, pos)
  *   GRAD  gradient control (sg)                                                     */
 #define PO_BUILTINS(X)                         \
   X(MODEL_DECL, "model", 1, 1, DECL)           \
@@ -154,6 +155,7 @@ typedef struct po_program {
   X(ENTROPY, "entropy", 2, 2, MODEL)           \
   X(SAMPLE, "sample", 2, 2, MODEL)             \
   X(PICK, "pick", 2, 2, SEQ)                   \
+  X(POS, "pos", 1, 1, SEQ)                     \
   X(SG, "sg", 1, 1, GRAD)                      \
   X(SUM, "sum", 1, 1, TOKR)                    \
   X(MEAN, "mean", 1, 1, TOKR)                  \
@@ -165,6 +167,7 @@ typedef struct po_program {
   X(BATCH_MEAN, "batch_mean", 1, 1, BATCH)     \
   X(BATCH_STD, "batch_std", 1, 1, BATCH)       \
   X(BATCH_SUM, "batch_sum", 1, 1, BATCH)       \
+  X(BATCH_SORT, "batch_sort", 1, 1, BATCH) /* per example: the batch's i-th smallest */ \
   X(EXP, "exp", 1, 1, ELEM)                    \
   X(LOG, "log", 1, 1, ELEM)                    \
   X(LOG1P, "log1p", 1, 1, ELEM)                \

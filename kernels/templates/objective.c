@@ -32,6 +32,30 @@ static inline void poc_k_pick(uint64_t seed, int pick, int64_t example, int len,
   if (k > 0) poc_pick(seed, pick, example, len, k, mask);
 }
 
+/* batch_sort's order of x[0..B): perm[k] is the example holding the k-th smallest value,
+ * NaN after every number, ties in example order — compiler/ir.c's ir_batch_order. A
+ * bottom-up merge sort (stable, O(B log B)); tmp holds B ints. */
+static inline int poc_k_before(const double *x, int i, int j) {
+  int ni = isnan(x[i]) != 0, nj = isnan(x[j]) != 0;
+  if (ni != nj) return nj;
+  if (!ni && x[i] != x[j]) return x[i] < x[j];
+  return i < j;
+}
+
+static inline void poc_k_batch_order(const double *x, int B, int *perm, int *tmp) {
+  for (int i = 0; i < B; i++) perm[i] = i;
+  for (int w = 1; w < B; w *= 2) {
+    for (int lo = 0; lo < B; lo += 2 * w) {
+      int mid = lo + w < B ? lo + w : B, hi = lo + 2 * w < B ? lo + 2 * w : B;
+      int i = lo, j = mid, k = lo;
+      while (i < mid && j < hi) tmp[k++] = poc_k_before(x, perm[j], perm[i]) ? perm[j++] : perm[i++];
+      while (i < mid) tmp[k++] = perm[i++];
+      while (j < hi) tmp[k++] = perm[j++];
+    }
+    memcpy(perm, tmp, (size_t)B * sizeof *perm);
+  }
+}
+
 /* A value over the batch, for the unfused kernels: one number (constant, batch), B
  * numbers (per example), or B ragged token vectors (v + off[b], len[b] entries). */
 typedef struct poc_k_val {
