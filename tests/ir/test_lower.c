@@ -201,6 +201,45 @@ static void test_separability(void) {
   ir_free(g);
 }
 
+/* batch_sort and pos: their diagnostics, levels, and what hoisting and separability
+ * make of them */
+static void test_sort_pos(void) {
+  expect_error("loss = sum(logp(policy, chosen)) + sum(batch_sort(logp(policy, chosen)))\n", "t.po:5:",
+               "batch_sort sorts the examples of a batch and expects one number per example, but "
+               "this is per-token over 'chosen'");
+  expect_error("loss = sum(pos(logp(policy, chosen)) * logp(policy, chosen))\n", "t.po:5:",
+               "pos expects a sequence");
+  /* a sorted reference margin depends on the step's batch: never hoisted */
+  ir_graph *g = expect_ok("r = sum(logp(ref, chosen)) - sum(logp(ref, rejected))\n"
+                          "loss = sum(logp(policy, chosen)) - batch_sort(r)\n");
+  if (g) {
+    CHECK(g->separable); /* no gradient goes through the sort */
+    for (int i = 0; i < g->n; i++)
+      if (g->nodes[i].op == IR_BSORT) {
+        CHECK(g->nodes[i].level == IR_LEXAMPLE);
+        CHECK(!(g->nodes[i].flags & (IR_F_HOIST | IR_F_DATA)));
+      }
+  }
+  ir_free(g);
+  g = expect_ok("loss = -logsigmoid(batch_sort(sum(logp(policy, chosen))))\n");
+  if (g) CHECK(!g->separable);
+  ir_free(g);
+  g = expect_ok("w = where(pos(chosen) < len(rejected), 1, beta)\n"
+                "loss = sum(w * logp(policy, chosen))\n");
+  if (g) {
+    int npos = 0;
+    for (int i = 0; i < g->n; i++)
+      if (g->nodes[i].op == IR_POS) {
+        npos++;
+        CHECK(g->nodes[i].level == IR_LTOKEN && !strcmp(g->doms[g->nodes[i].dom].name, "chosen"));
+        CHECK(!(g->nodes[i].flags & IR_F_TRAIN));
+      }
+    CHECK(npos == 1);
+    CHECK(g->separable);
+  }
+  ir_free(g);
+}
+
 /* the keys probe reads: as written, names of bound tokens, default context omitted */
 static void test_keys(void) {
   ir_graph *g = expect_ok("sep = [2]\nc = prompt ++ [7]\n"
@@ -229,5 +268,6 @@ int main(void) {
   test_hoist_batch();
   test_separability();
   test_keys();
+  test_sort_pos();
   return check_summary("ir.lower");
 }
