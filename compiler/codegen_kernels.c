@@ -1,10 +1,11 @@
 /* codegen_kernels.c — kernels.c: the objective kernel poc_objective (runtime/program.h)
  * from the differentiated IR, forward and backward, in double.
  *
- * Fused (the default). The graph is cut into *stages* at batch reductions: stage s is one
- * loop over the examples computing every per-example and per-token node whose inputs
- * need at most s batch reductions; between stages the batch values are reduced from
- * per-example arrays, exactly as compiler/eval.c does. Inside one example the nodes are
+ * Fused (the default). The graph is cut into *stages* at batch reductions and batch sorts:
+ * stage s is one loop over the examples computing every per-example and per-token node
+ * whose inputs need at most s of them; between stages the batch values are reduced, and
+ * batch_sort (or its adjoint) permutes, from per-example arrays, exactly as
+ * compiler/eval.c does. Inside one example the nodes are
  * list-scheduled, in IR order, into *blocks*: a block is one loop over the tokens of one
  * domain; a token node joins the earliest block of its domain that follows everything
  * it reads, a token reduction accumulates in the block of its inputs, and a per-example

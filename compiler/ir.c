@@ -676,7 +676,8 @@ static void node_args(const ir_graph *g, const ir_node *n, char *buf, size_t len
   case IR_CONST: snprintf(buf, len, "%.17g", n->num); return;
   case IR_PARAM: snprintf(buf, len, "%s", g->knobs[n->idx].name); return;
   case IR_FIELD: snprintf(buf, len, "%s", g->fields[n->idx].name); return;
-  case IR_SEQLEN: snprintf(buf, len, "%s", g->doms[n->dom].name); return;
+  case IR_SEQLEN:
+  case IR_POS: snprintf(buf, len, "%s", g->doms[n->dom].name); return;
   case IR_NBATCH: return;
   case IR_LOGP:
   case IR_ENTROPY:
