@@ -67,12 +67,13 @@ typedef struct trn_order {
   uint64_t seed;
   int64_t epoch;                 /* whose permutation perm holds; -1 none yet */
   int64_t *perm;
+  int shuffle;                   /* 0: every epoch in file order (train.order = file) */
 } trn_order;
 
-void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed);
+void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int shuffle);
 void trn_order_free(trn_order *o);
 /* The example at stream position pos: epoch pos / n, rank pos % n of that epoch's
- * permutation. */
+ * permutation (of the identity without shuffle). */
 int64_t trn_order_at(trn_order *o, int64_t pos);
 
 /* One JSONL line, strictly: a single JSON value with nothing but white space after it,

@@ -245,8 +245,8 @@ static void test_order_and_pick(void) {
   trn_data d = {0};
   d.n = 50;
   trn_order o, o2;
-  trn_order_init(&o, &d, 11);
-  trn_order_init(&o2, &d, 11);
+  trn_order_init(&o, &d, 11, 1);
+  trn_order_init(&o2, &d, 11, 1);
   int seen[50] = {0}, same_as_e0 = 0;
   int64_t e0[50];
   for (int i = 0; i < 50; i++) {
@@ -262,6 +262,11 @@ static void test_order_and_pick(void) {
   CHECK(trn_order_at(&o2, 4) == e0[4]);
   trn_order_free(&o);
   trn_order_free(&o2);
+  trn_order_init(&o, &d, 11, 0);     /* train.order = file: every epoch in file order */
+  int file_order = 1;
+  for (int i = 0; i < 120; i++) file_order &= trn_order_at(&o, i) == i % 50;
+  CHECK(file_order);
+  trn_order_free(&o);
 
   unsigned char m1[20], m2[20];
   poc_pick(5, 1, 42, 20, 7, m1);
