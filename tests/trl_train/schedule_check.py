@@ -12,8 +12,9 @@ the scheduler's get_last_lr() before that step, which is what the Trainer logs a
   - the `lr` that a training binary built from examples/dpo.po logs in metrics.jsonl, for
     one run of each schedule, with the schedule set at run time by --set train.KEY=VALUE.
 
-Both compute in double in the same order, so the rates agree to the last bit; the check
-allows 2 ulp (relative 5e-16) in case a libm rounds cos differently.
+Both compute in double in the same order, so lr_dump's rates agree to the last bit; the
+check allows 2 ulp (relative 5e-16), for a libm that rounds cos differently and for
+metrics.jsonl, whose printer may drop the last bit.
 
 usage: schedule_check.py --lr-dump BIN --poc POC --root REPO --scratch DIR
 """
