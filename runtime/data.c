@@ -433,7 +433,8 @@ uint64_t trn_hash_str(uint64_t h, const char *s) { return trn_hash(h, s, strlen(
 
 /* Epoch e's order: Fisher–Yates over 0..n-1 drawn from poc_rng_derive(seed, e, 0), so any
  * position of the stream is recomputed from (seed, position) alone — which is what makes
- * resume exact without saving the permutation. */
+ * resume exact without saving the permutation. Without shuffle (train.order = file) every
+ * epoch is the identity: the file's order, which another trainer can be given as is. */
 void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int shuffle) {
   o->n = d->n;
   o->seed = seed;
