@@ -9,7 +9,7 @@ How the two runs are made the same (docs/trl.md says it for users):
   settings   poc runs first, with --set overrides (beta, lr, AdamW, weight decay, steps,
              order); TRL's DPOConfig is then built from the run's own OUT/train.json and
              the knobs its checkpoint records, so both read one set of numbers:
-             lr → learning_rate, schedule → lr_scheduler_type (constant: 
+             lr → learning_rate, schedule → lr_scheduler_type (constant:
              constant_with_warmup), warmup → warmup_steps (both a ratio when < 1),
              steps → max_steps, batch / micro_batch → per_device_train_batch_size =
              micro_batch and gradient_accumulation_steps = batch / micro_batch,
