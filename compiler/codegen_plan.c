@@ -119,7 +119,7 @@ static int const_value(const po_expr *e, double *v) {
 typedef struct train_key {
   const char *key;
   char kind;          /* 'd' double, 'i' int, 'u' uint64, 's' schedule, 'p' precision,
-                         'n' on_nonfinite */
+                         'n' on_nonfinite, 'o' order */
   double dflt;
 } train_key;
 
@@ -132,6 +132,7 @@ static const train_key train_keys[] = {
     {"adam_beta2", 'd', 0.999}, {"adam_eps", 'd', 1e-8},  {"log_every", 'i', 1},
     {"ckpt_every", 'i', 500},   {"eval_every", 'i', 0},   {"eval_tokens", 'i', 0},
     {"steps", 'i', 0},          {"on_nonfinite", 'n', 0}, {"ckpt_minutes", 'd', 10},
+    {"order", 'o', 0},
 };
 
 static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
@@ -146,12 +147,16 @@ static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
     for (int j = 0; tr && j < tr->nitems; j++)
       if (!strcmp(tr->items[j].key, tk->key)) it = &tr->items[j];
     fprintf(f, "        .%s = ", tk->key);
-    if (tk->kind == 's' || tk->kind == 'p' || tk->kind == 'n') {
+    if (tk->kind == 's' || tk->kind == 'p' || tk->kind == 'n' || tk->kind == 'o') {
       const char *name = it && it->value->kind == PO_E_NAME ? it->value->str : NULL;
       static const char *const sched[] = {"cosine", "linear", "constant"};
       static const char *const prec[] = {"fp32", "bf16"};
       static const char *const nonf[] = {"stop", "skip"};
-      const char *const *names = tk->kind == 's' ? sched : tk->kind == 'p' ? prec : nonf;
+      static const char *const ord[] = {"shuffle", "file"};
+      const char *const *names = tk->kind == 's'   ? sched
+                                 : tk->kind == 'p' ? prec
+                                 : tk->kind == 'n' ? nonf
+                                                   : ord;
       int n = tk->kind == 's' ? 3 : 2, v = (int)tk->dflt;
       if (name) {
         v = -1;
@@ -166,7 +171,11 @@ static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
       static const char *const sched_c[] = {"POC_SCHED_COSINE", "POC_SCHED_LINEAR", "POC_SCHED_CONSTANT"};
       static const char *const prec_c[] = {"POC_PREC_FP32", "POC_PREC_BF16"};
       static const char *const nonf_c[] = {"POC_NONFINITE_STOP", "POC_NONFINITE_SKIP"};
-      fprintf(f, "%s,", tk->kind == 's' ? sched_c[v] : tk->kind == 'p' ? prec_c[v] : nonf_c[v]);
+      static const char *const ord_c[] = {"POC_ORDER_SHUFFLE", "POC_ORDER_FILE"};
+      fprintf(f, "%s,", tk->kind == 's'   ? sched_c[v]
+                        : tk->kind == 'p' ? prec_c[v]
+                        : tk->kind == 'n' ? nonf_c[v]
+                                          : ord_c[v]);
     } else {
       double v = tk->dflt;
       if (it && const_value(it->value, &v)) {

@@ -433,10 +433,12 @@ uint64_t trn_hash_str(uint64_t h, const char *s) { return trn_hash(h, s, strlen(
 
 /* Epoch e's order: Fisher–Yates over 0..n-1 drawn from poc_rng_derive(seed, e, 0), so any
  * position of the stream is recomputed from (seed, position) alone — which is what makes
- * resume exact without saving the permutation. */
-void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed) {
+ * resume exact without saving the permutation. Without shuffle (train.order = file) every
+ * epoch is the identity: the file's order, which another trainer can be given as is. */
+void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int shuffle) {
   o->n = d->n;
   o->seed = seed;
+  o->shuffle = shuffle;
   o->epoch = -1;
   o->perm = malloc((size_t)d->n * sizeof *o->perm);
 }
@@ -451,7 +453,7 @@ int64_t trn_order_at(trn_order *o, int64_t pos) {
   if (e != o->epoch) {
     for (int64_t k = 0; k < o->n; k++) o->perm[k] = k;
     poc_rng r = poc_rng_derive(o->seed, (uint64_t)e, 0);
-    for (int64_t k = o->n - 1; k > 0; k--) {
+    for (int64_t k = o->shuffle ? o->n - 1 : 0; k > 0; k--) {
       int64_t j = (int64_t)(poc_rng_uniform(&r) * (double)(k + 1));
       if (j > k) j = k;
       int64_t t = o->perm[k];

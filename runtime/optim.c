@@ -1,40 +1,46 @@
-/* optim.c — AdamW with fp32 master weights, learning-rate schedules, gradient norm.
+/* optim.c — learning-rate schedules (AdamW and the gradient norm are the model's, model.c).
  *
- * The master weights are the training weights themselves on the CPU (fp32); m and v are
- * fp32 too, so a checkpoint stores them exactly and a resumed run continues bit for bit.
- *
- * Weight decay is decoupled (Loshchilov & Hutter): w ← w·(1 − lr·λ) before the Adam step,
- * not added to the gradient, so it is not rescaled by 1/√v. It applies to the 2-D tensors
- * (projections, embeddings, the head) only: RMSNorm gains are 1-D scales whose natural
- * value is 1, and pulling them towards 0 would fight the normalisation rather than
- * regularise; biases likewise carry no capacity worth shrinking.
+ * The schedules are transformers' own (get_cosine_schedule_with_warmup,
+ * get_linear_schedule_with_warmup, get_constant_schedule_with_warmup), with warmup steps
+ * counted as its Trainer counts them, so a run logs the learning rates a transformers or
+ * TRL run with the same settings logs, bit for bit (tests/trl_train). The rate is a
+ * function of the step and the schedule's length alone, so a resumed run continues it
+ * exactly.
  */
 #include <math.h>
 
 #include "train_internal.h"
 
+/* W = ⌈warmup · total⌉ for a fraction (warmup < 1), else warmup's whole part: a ratio
+ * rounds up, so any warmup > 0 gives at least one step at lr 0. Not capped at total: a
+ * warmup longer than the run just never reaches the peak, as in transformers. */
 int64_t trn_warmup_steps(const poc_train *t, int64_t total) {
   if (t->warmup <= 0) return 0;
-  int64_t w = t->warmup < 1 ? (int64_t)llround(t->warmup * (double)total) : (int64_t)t->warmup;
-  return w > total ? total : w;
+  if (t->warmup < 1) return (int64_t)ceil(t->warmup * (double)total);
+  return (int64_t)t->warmup;
 }
 
-/* Step s (1-based) of T with W warmup steps, i = s − 1:
- *   i < W:  lr · (i + 1) / W                         (the first step already moves)
- *   else:   p = (i − W) / (T − W) ∈ [0, 1)
- *           cosine lr · ½(1 + cos πp), linear lr · (1 − p), constant lr
- * so the first step after warmup runs at the peak and the decay never reaches 0 on a
- * step that is actually taken. */
+/* Step s (1-based) of T with W warmup steps; i = s − 1 updates precede it:
+ *   i < W:  lr · i / W                                     (lr 0 on the first update)
+ *   else:   p = (i − W) / max(1, T − W)
+ *           cosine   lr · max(0, ½(1 + cos πp))
+ *           linear   lr · max(0, (T − i) / max(1, T − W))
+ *           constant lr
+ * The first step after warmup runs at the peak; the last step of a decaying schedule runs
+ * at lr · (1 − cos(π/(T − W)))/2 (cosine) or lr/(T − W) (linear), never at 0. The
+ * factor is computed in double in transformers' operation order and multiplied by lr last,
+ * as torch's LambdaLR does. */
 double trn_lr(const poc_train *t, int64_t step, int64_t total) {
   int64_t w = trn_warmup_steps(t, total), i = step - 1;
   if (i < 0) i = 0;
-  if (i < w) return t->lr * (double)(i + 1) / (double)w;
-  if (total <= w) return t->lr;
-  double p = (double)(i - w) / (double)(total - w);
-  if (p > 1) p = 1;
+  if (i < w) return t->lr * ((double)i / (double)(w > 1 ? w : 1));
+  double span = (double)(total - w > 1 ? total - w : 1), f;
   switch (t->schedule) {
-  case POC_SCHED_COSINE: return t->lr * 0.5 * (1 + cos(M_PI * p));
-  case POC_SCHED_LINEAR: return t->lr * (1 - p);
+  case POC_SCHED_COSINE:
+    f = 0.5 * (1.0 + cos(M_PI * ((double)(i - w) / span)));
+    break;
+  case POC_SCHED_LINEAR: f = (double)(total - i) / span; break;
   default: return t->lr;
   }
+  return t->lr * (f > 0 ? f : 0.0);
 }

@@ -118,6 +118,9 @@ typedef enum poc_precision { POC_PREC_FP32, POC_PREC_BF16 } poc_precision;
 /* What a step with a non-finite loss or gradient norm does: stop the run (exit 2, the
  * step not applied, no checkpoint written) or skip it (no update; counted). */
 typedef enum poc_nonfinite { POC_NONFINITE_STOP, POC_NONFINITE_SKIP } poc_nonfinite;
+/* The order a run visits the examples in: a fresh permutation each epoch drawn from the
+ * seed, or the file's own order every epoch (to feed another trainer the same batches). */
+typedef enum poc_order { POC_ORDER_SHUFFLE, POC_ORDER_FILE } poc_order;
 
 /* The train block. Generated code fills every field: the key's value when the .po file
  * sets it, else the default given in brackets (POC_TRAIN_DEFAULTS below spells them). */
@@ -143,11 +146,12 @@ typedef struct poc_train {
   int steps;                     /* [0] 0: epochs over the data decide */
   poc_nonfinite on_nonfinite;    /* [stop] */
   double ckpt_minutes;           /* [10] wall-clock minutes between checkpoints; 0: off */
+  poc_order order;               /* [shuffle] */
 } poc_train;
 
 #define POC_TRAIN_DEFAULTS                                                               \
   {5e-7, POC_SCHED_COSINE, 0.1, 128, 8, 1, 512, 1.0, POC_PREC_BF16, 1, 0.0, 0.9, 0.999, \
-   1e-8, 1, 500, 0, 0, 0, POC_NONFINITE_STOP, 10.0}
+   1e-8, 1, 500, 0, 0, 0, POC_NONFINITE_STOP, 10.0, POC_ORDER_SHUFFLE}
 
 /* ---- the objective kernel ---------------------------------------------------------- */
 

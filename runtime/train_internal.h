@@ -2,7 +2,8 @@
  *
  *   data.c          the data set: JSONL parsing, validation, truncation, visiting order
  *   evalset.c       the prompts(...) evaluation set
- *   optim.c         learning-rate schedules (AdamW and the norm are the model's, model.c)
+ *   optim.c         learning-rate schedules, transformers' own (AdamW and the norm are the
+ *                   model's, model.c)
  *   ckpt.c          checkpoints: atomic write, discovery, load; state.json
  *   metrics.c       metrics.jsonl and the progress line
  *   train_pack.c    segments → packed sequences per model; the objective's buffers
@@ -66,12 +67,13 @@ typedef struct trn_order {
   uint64_t seed;
   int64_t epoch;                 /* whose permutation perm holds; -1 none yet */
   int64_t *perm;
+  int shuffle;                   /* 0: every epoch in file order (train.order = file) */
 } trn_order;
 
-void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed);
+void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int shuffle);
 void trn_order_free(trn_order *o);
 /* The example at stream position pos: epoch pos / n, rank pos % n of that epoch's
- * permutation. */
+ * permutation (of the identity without shuffle). */
 int64_t trn_order_at(trn_order *o, int64_t pos);
 
 /* One JSONL line, strictly: a single JSON value with nothing but white space after it,
@@ -100,7 +102,8 @@ void trn_evalset_free(trn_evalset *e);
 
 /* ---- optim.c ---------------------------------------------------------------------- */
 
-/* Warmup length in steps: round(warmup · total) when warmup < 1, else warmup. */
+/* Warmup length in steps, as transformers' Trainer counts it: ceil(warmup · total) when
+ * warmup < 1, else warmup's whole part. */
 int64_t trn_warmup_steps(const poc_train *t, int64_t total);
 /* The learning rate of optimizer step `step` (1-based) of `total`. */
 double trn_lr(const poc_train *t, int64_t step, int64_t total);

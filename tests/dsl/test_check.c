@@ -143,6 +143,9 @@ static void test_params_and_train(void) {
   expect(HEAD "loss = 1\ntrain { on_nonfinite = 1 }\n", 1, "train key 'on_nonfinite' takes one of stop or skip");
   expect(HEAD "loss = 1\ntrain { ckpt_minutes = -1 }\n", 1, "train key 'ckpt_minutes' must be at least 0");
   expect(HEAD "loss = 1\ntrain { on_nonfinite = skip; ckpt_minutes = 2.5 }\n", 0, NULL);
+  expect(HEAD "loss = 1\ntrain { order = file }\n", 0, NULL);
+  expect(HEAD "loss = 1\ntrain { order = fil }\n", 1, "unknown order 'fil'; did you mean 'file'?");
+  expect(HEAD "loss = 1\ntrain { order = 0 }\n", 1, "train key 'order' takes one of shuffle or file");
   expect(HEAD "loss = 1\ntrain { schedule = 1 }\n", 1,
          "train key 'schedule' takes one of cosine, linear or constant");
   expect(HEAD "loss = 1\ntrain { precision = fp8 }\n", 1, "unknown precision 'fp8'");
@@ -204,7 +207,7 @@ static void test_tables(void) {
     if (!strcmp(k->key, "schedule"))
       has_schedule = k->type == PO_TK_NAME && !strcmp(k->choices[0], "cosine");
   }
-  CHECK(nkeys == 21 && has_schedule);
+  CHECK(nkeys == 22 && has_schedule);
 
   fe_run r = fe_compile(HEAD "param beta = 1\ndef S(m) = 1\nfield f\nloss = 1\nreport loss = 2\n", 1);
   CHECK(r.errors == 0);

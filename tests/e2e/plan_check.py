@@ -79,15 +79,16 @@ def main():
         expect("dpo default context", pc["context"], [seg("prompt")])
         expect("dpo knobs", p["knobs"], {"beta": 0.1})
         expect("dpo reports", p["reports"],
-               ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"])
+               ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logps/chosen", "logps/rejected"])
         t = p["train"]
         expect("dpo train", (t["lr"], t["schedule"], t["warmup"], t["batch"], t["micro_batch"], t["epochs"],
                              t["max_len"], t["clip"], t["precision"], t["seed"]),
                (2e-5, 0, 0.1, 16, 8, 1, 64, 1.0, 0, 1))
         expect("dpo train defaults", (t["weight_decay"], t["adam_beta1"], t["adam_beta2"], t["adam_eps"],
                                       t["log_every"], t["ckpt_every"], t["eval_every"], t["eval_tokens"], t["steps"],
-                                      t["on_nonfinite"], t["ckpt_minutes"]),
-               (0, 0.9, 0.999, 1e-8, 1, 500, 0, 0, 0, 0, 10))
+                                      t["on_nonfinite"], t["ckpt_minutes"], t["order"]),
+               (0, 0.9, 0.999, 1e-8, 1, 500, 0, 0, 0, 0, 10, 0))
         expect("dpo separable", p["separable"], 1)
 
         p = plan("dpo", "--no-hoist")

@@ -109,6 +109,7 @@ int poc_dump_main(const poc_program *p, int argc, char **argv) {
   cJSON_AddNumberToObject(tr, "steps", t->steps);
   cJSON_AddNumberToObject(tr, "on_nonfinite", t->on_nonfinite);
   cJSON_AddNumberToObject(tr, "ckpt_minutes", t->ckpt_minutes);
+  cJSON_AddNumberToObject(tr, "order", t->order);
   cJSON_AddNumberToObject(o, "separable", p->separable);
   char *s = cJSON_Print(o);
   puts(s);

@@ -79,6 +79,19 @@ def dpo_reports(beta, cr, rr):
     }
 
 
+def logps_reports(x, chosen, rejected, reduce):
+    """TRL's logps/chosen and logps/rejected: the policy's log-probabilities of each
+    response, summed (DPO) or length-normalised (SimPO), per example."""
+    B = batch(x)
+    return {"logps/chosen": ex([reduce(x, chosen, i) for i in range(B)]),
+            "logps/rejected": ex([reduce(x, rejected, i) for i in range(B)])}
+
+
+def with_logps(rep, x, reduce, chosen="policy/chosen", rejected="policy/rejected"):
+    rep.update(logps_reports(x, chosen, rejected, reduce))
+    return rep
+
+
 # ---- the objectives ----------------------------------------------------------------
 
 
@@ -93,7 +106,7 @@ def dpo(x, s, p, picks):
     cr = [S(x, "policy/chosen", i) - S(x, "ref/chosen", i) for i in range(B)]
     rr = [S(x, "policy/rejected", i) - S(x, "ref/rejected", i) for i in range(B)]
     per = [-logsigmoid(beta * (c - r)) for c, r in zip(cr, rr)]
-    return per, dpo_reports(beta, cr, rr)
+    return per, with_logps(dpo_reports(beta, cr, rr), x, S)
 
 
 def simpo(x, s, p, picks):
@@ -101,7 +114,7 @@ def simpo(x, s, p, picks):
     cr = [beta * A(x, "policy/chosen", i) for i in range(B)]
     rr = [beta * A(x, "policy/rejected", i) for i in range(B)]
     per = [-logsigmoid(c - r - gamma) for c, r in zip(cr, rr)]
-    return per, dpo_reports(1.0, cr, rr)
+    return per, with_logps(dpo_reports(1.0, cr, rr), x, A)
 
 
 def ipo(x, s, p, picks):
@@ -109,7 +122,12 @@ def ipo(x, s, p, picks):
     cr = [A(x, "policy/chosen", i) - A(x, "ref/chosen", i) for i in range(B)]
     rr = [A(x, "policy/rejected", i) - A(x, "ref/rejected", i) for i in range(B)]
     per = [((c - r) - 1.0 / (2.0 * tau)) ** 2 for c, r in zip(cr, rr)]
-    return per, dpo_reports(1.0, cr, rr)
+    # TRL's rewards for IPO: tau times the summed log-ratios
+    scr = [S(x, "policy/chosen", i) - S(x, "ref/chosen", i) for i in range(B)]
+    srr = [S(x, "policy/rejected", i) - S(x, "ref/rejected", i) for i in range(B)]
+    rep = with_logps(dpo_reports(tau, scr, srr), x, S)
+    rep["ipo/margin"] = ex([c - r for c, r in zip(cr, rr)])
+    return per, rep
 
 
 def cpo(x, s, p, picks):
@@ -143,7 +161,7 @@ def rdpo(x, s, p, picks):
             for i in range(B)]
     # Park et al.'s sign: a longer chosen response is penalised
     per = [-logsigmoid(beta * (c - r) - alpha * d) for c, r, d in zip(cr, rr, dlen)]
-    rep = dpo_reports(beta, cr, rr)
+    rep = with_logps(dpo_reports(beta, cr, rr), x, S)
     rep["length/margin"] = ex(dlen)
     return per, rep
 
@@ -168,7 +186,9 @@ def stapo(x, s, p, picks):
     per = [two_sided(zi, beta, m_l, m_r) for zi in z]
     rep = stapo_reports(z, beta, m_l, m_r, x)
     rep["rewards/accuracies"] = ex([1.0 if zi > 0 else 0.0 for zi in z])
-    return per, rep
+    rep["rewards/chosen"] = ex([beta * A(x, "policy/chosen", i) for i in range(B)])
+    rep["rewards/rejected"] = ex([beta * A(x, "policy/rejected", i) for i in range(B)])
+    return per, with_logps(rep, x, A)
 
 
 def stapo_dpo(x, s, p, picks):
@@ -179,7 +199,7 @@ def stapo_dpo(x, s, p, picks):
     per = [two_sided(zi, beta, m_l, m_r) for zi in z]
     rep = stapo_reports(z, beta, m_l, m_r, x)
     rep.update(dpo_reports(beta, cr, rr))
-    return per, rep
+    return per, with_logps(rep, x, S)
 
 
 INS_CHOSEN = "policy/chosen|prompt,sep,rejected,sep"
@@ -191,7 +211,7 @@ def inspo(x, s, p, picks):
     cr = [S(x, INS_CHOSEN, i) - S(x, "ref/chosen", i) for i in range(B)]
     rr = [S(x, INS_REJECTED, i) - S(x, "ref/rejected", i) for i in range(B)]
     per = [-logsigmoid(beta * (c - r)) for c, r in zip(cr, rr)]
-    return per, dpo_reports(beta, cr, rr)
+    return per, with_logps(dpo_reports(beta, cr, rr), x, S, INS_CHOSEN, INS_REJECTED)
 
 
 def ins_simpo(x, s, p, picks):
@@ -199,7 +219,7 @@ def ins_simpo(x, s, p, picks):
     cr = [beta * A(x, INS_CHOSEN, i) for i in range(B)]
     rr = [beta * A(x, INS_REJECTED, i) for i in range(B)]
     per = [-logsigmoid(c - r - gamma) for c, r in zip(cr, rr)]
-    return per, dpo_reports(1.0, cr, rr)
+    return per, with_logps(dpo_reports(1.0, cr, rr), x, A, INS_CHOSEN, INS_REJECTED)
 
 
 PICK_CHOSEN = "pick(chosen,n_w)"
@@ -229,7 +249,7 @@ def sgdpo(x, s, p, picks):
     pl = [pilot("rejected", picks[PICK_REJECTED][i], i) for i in range(B)]
     per = [-0.5 * logsigmoid(beta * (cr[i] - pl[i])) - 0.5 * logsigmoid(beta * (pw[i] - rr[i]))
            for i in range(B)]
-    rep = dpo_reports(beta, cr, rr)
+    rep = with_logps(dpo_reports(beta, cr, rr), x, S)
     rep["pilot/chosen"] = ex([beta * v for v in pw])
     rep["pilot/rejected"] = ex([beta * v for v in pl])
     return per, rep
@@ -301,7 +321,7 @@ def copo(x, s, p, picks):
         "rewards/margins": ex([beta * m for m in margins]),
         "rewards/accuracies": ex([1.0 if m > 0 else 0.0 for m in margins]),
     }
-    return per, rep
+    return per, with_logps(rep, x, S)
 
 
 RAO_PREFIX = "prompt[1:]|prompt[:1]"

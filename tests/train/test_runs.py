@@ -79,7 +79,9 @@ check([x["step"] for x in ev] == [0, 8], "eval/accuracy at step 0 and at the end
 check(m[0]["step"] == 0 and "loss" not in m[0], "the step-0 line is the evaluation")
 check(abs(train_lines[0]["loss"] - 0.6931471805599453) < 1e-6, "DPO starts at log 2")
 check(train_lines[-1]["loss"] < train_lines[0]["loss"], "the loss falls")
-check(abs(train_lines[0]["lr"] - 5e-3 * 1 / 2) < 1e-12, "warmup lr at step 1 (12 steps, warmup 2)")
+check(train_lines[0]["lr"] == 0 and abs(train_lines[1]["lr"] - 5e-3 * 1 / 3) < 1e-12,
+      "warmup lr 0 at step 1, a third of the peak at step 2 (12 steps, warmup "
+      "ceil(0.2 * 12) = 3)")
 check(abs(train_lines[1]["epoch"] - 0.5) < 1e-12, "epoch counts examples seen")
 check(sorted(d for d in os.listdir(A) if d.startswith("ckpt-")) == ["ckpt-5", "ckpt-8"],
       "checkpoints every 5 steps and at the end")

@@ -17,12 +17,15 @@
 static char dir[512];
 
 static void test_schedule(void) {
+  /* transformers' schedules: step s runs at factor(s − 1); warmup i/W, then the decay over
+   * the T − W remaining updates (tests/trl_train compares with transformers itself) */
   poc_train t = POC_TRAIN_DEFAULTS;
   t.lr = 1;
   t.warmup = 0.25;
   CHECK(trn_warmup_steps(&t, 8) == 2);
-  CHECK_NEAR(trn_lr(&t, 1, 8), 0.5, 1e-12);
-  CHECK_NEAR(trn_lr(&t, 2, 8), 1.0, 1e-12);
+  CHECK(trn_warmup_steps(&t, 9) == 3);                    /* ceil(2.25) */
+  CHECK_NEAR(trn_lr(&t, 1, 8), 0, 1e-12);                 /* lr 0 on the first update */
+  CHECK_NEAR(trn_lr(&t, 2, 8), 0.5, 1e-12);
   CHECK_NEAR(trn_lr(&t, 3, 8), 1.0, 1e-12);               /* p = 0 */
   CHECK_NEAR(trn_lr(&t, 4, 8), 0.5 * (1 + cos(M_PI / 6)), 1e-12);
   CHECK_NEAR(trn_lr(&t, 8, 8), 0.5 * (1 + cos(M_PI * 5 / 6)), 1e-12);
@@ -31,14 +34,19 @@ static void test_schedule(void) {
   CHECK_NEAR(trn_lr(&t, 8, 8), 1 - 5.0 / 6, 1e-12);
   t.schedule = POC_SCHED_CONSTANT;
   CHECK_NEAR(trn_lr(&t, 7, 8), 1, 1e-12);
-  CHECK_NEAR(trn_lr(&t, 1, 8), 0.5, 1e-12);
+  CHECK_NEAR(trn_lr(&t, 2, 8), 0.5, 1e-12);
   t.warmup = 3; /* >= 1: steps */
   CHECK(trn_warmup_steps(&t, 100) == 3);
-  CHECK_NEAR(trn_lr(&t, 1, 100), 1.0 / 3, 1e-12);
+  CHECK_NEAR(trn_lr(&t, 2, 100), 1.0 / 3, 1e-12);
+  t.warmup = 0.01; /* any ratio > 0 is at least one step */
+  CHECK(trn_warmup_steps(&t, 10) == 1);
+  CHECK_NEAR(trn_lr(&t, 1, 10), 0, 1e-12);
   t.warmup = 0;
   t.schedule = POC_SCHED_COSINE;
   CHECK_NEAR(trn_lr(&t, 1, 10), 1, 1e-12);
   CHECK_NEAR(trn_lr(&t, 6, 10), 0.5 * (1 + cos(M_PI * 0.5)), 1e-12);
+  t.warmup = 12; /* longer than the run: the peak is never reached */
+  CHECK_NEAR(trn_lr(&t, 10, 10), 9.0 / 12, 1e-12);
   /* total steps */
   poc_train u = POC_TRAIN_DEFAULTS;
   u.batch = 16;
@@ -237,8 +245,8 @@ static void test_order_and_pick(void) {
   trn_data d = {0};
   d.n = 50;
   trn_order o, o2;
-  trn_order_init(&o, &d, 11);
-  trn_order_init(&o2, &d, 11);
+  trn_order_init(&o, &d, 11, 1);
+  trn_order_init(&o2, &d, 11, 1);
   int seen[50] = {0}, same_as_e0 = 0;
   int64_t e0[50];
   for (int i = 0; i < 50; i++) {
@@ -254,6 +262,11 @@ static void test_order_and_pick(void) {
   CHECK(trn_order_at(&o2, 4) == e0[4]);
   trn_order_free(&o);
   trn_order_free(&o2);
+  trn_order_init(&o, &d, 11, 0);     /* train.order = file: every epoch in file order */
+  int file_order = 1;
+  for (int i = 0; i < 120; i++) file_order &= trn_order_at(&o, i) == i % 50;
+  CHECK(file_order);
+  trn_order_free(&o);
 
   unsigned char m1[20], m2[20];
   poc_pick(5, 1, 42, 20, 7, m1);
