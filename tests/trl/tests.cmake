@@ -5,10 +5,10 @@ file(GLOB TRL_PO CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/examples/trl/*.po)
 # corner cases of the new constructs for the generated code and the gradient rules
 file(GLOB TRL_OBJECTIVES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/objectives/*.po)
 
-add_test(NAME trl.dpo
+add_test(NAME trl.dpo_losses
          COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_trl.py
                  --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR})
-set_tests_properties(trl.dpo PROPERTIES LABELS trl SKIP_RETURN_CODE 77 TIMEOUT 300
+set_tests_properties(trl.dpo_losses PROPERTIES LABELS trl SKIP_RETURN_CODE 77 TIMEOUT 300
                      ENVIRONMENT "OMP_NUM_THREADS=1")
 
 # the front end accepts every file

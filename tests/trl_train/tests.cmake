@@ -11,9 +11,9 @@ add_test(NAME trl.schedule
                  --root ${PROJECT_SOURCE_DIR} --scratch ${CMAKE_CURRENT_BINARY_DIR}/trl_schedule)
 set_tests_properties(trl.schedule PROPERTIES LABELS trl SKIP_RETURN_CODE 77 TIMEOUT 300
                      ENVIRONMENT "OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
-add_test(NAME trl.dpo
+add_test(NAME trl.dpo_training
          COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/dpo_parity.py
                  --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR}
                  --scratch ${CMAKE_CURRENT_BINARY_DIR}/trl_dpo)
-set_tests_properties(trl.dpo PROPERTIES LABELS trl SKIP_RETURN_CODE 77 TIMEOUT 300
+set_tests_properties(trl.dpo_training PROPERTIES LABELS trl SKIP_RETURN_CODE 77 TIMEOUT 300
                      ENVIRONMENT "OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE;HF_HUB_OFFLINE=1")
