@@ -8,7 +8,7 @@ in the legend. A line whose value is null (cJSON's spelling of a non-finite numb
 skipped step's loss) leaves a gap rather than ending the run's curve.
 
 usage: tools/plot.py RUN_DIR... --metrics a,b+c,... [--out DIR] [--format png|svg]
-                     [--names n1,n2,...] [--title T] [--smooth K]
+                     [--names n1,n2,...] [--title T] [--smooth K] [--x KEY]
 
 Figures are named after their metrics ('/' becomes '_'): OUT/rewards_margins.svg.
 Exit 0 on success, 2 on bad input (a missing run directory, an unknown metric, a
@@ -53,18 +53,18 @@ def read_run(d):
     return rows
 
 
-def series(rows, metric):
-    """(steps, values) of one metric; None (non-finite) kept as NaN so the line breaks."""
+def series(rows, metric, x="step"):
+    """(xs, values) of one metric; None (non-finite) kept as NaN so the line breaks."""
     xs, ys = [], []
     for o in rows:
-        if metric not in o:
+        if metric not in o or not isinstance(o.get(x), (int, float)):
             continue
         v = o[metric]
         if v is None:
             v = float("nan")
         elif isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        xs.append(o["step"])
+        xs.append(o[x])
         ys.append(float(v))
     return xs, ys
 
@@ -92,6 +92,9 @@ def main(argv):
     ap.add_argument("--title", help="a title over every figure")
     ap.add_argument("--smooth", type=int, default=1, metavar="K",
                     help="trailing mean over K logged steps (default 1: raw)")
+    ap.add_argument("--x", default="step", metavar="KEY",
+                    help="the x axis: step (default) or another number every line has, "
+                    "such as epoch")
     ap.add_argument("--prefix", default="", help="prepended to every figure's file name")
     a = ap.parse_args(argv)
 
@@ -109,6 +112,8 @@ def main(argv):
         have = sorted({k for o in rows for k, v in o.items()
                        if k != "step" and (v is None or (isinstance(v, (int, float))
                                                            and not isinstance(v, bool)))})
+        if a.x != "step" and a.x not in have:
+            fail("%s: no '%s' for the x axis; it has: %s" % (d, a.x, ", ".join(have)))
         for g in groups:
             for m in g:
                 if m not in have:
@@ -127,12 +132,12 @@ def main(argv):
         styles = ["-", "--", ":", "-."]
         for ri, (name, rows) in enumerate(zip(names, runs)):
             for mi, m in enumerate(g):
-                xs, ys = series(rows, m)
+                xs, ys = series(rows, m, a.x)
                 label = name if len(g) == 1 else "%s: %s" % (name, m)
                 ax.plot(xs, smooth(ys, a.smooth), styles[mi % len(styles)],
                         color="C%d" % (ri % 10), label=label, linewidth=1.4,
                         marker="o" if len(xs) <= 12 else None, markersize=3)
-        ax.set_xlabel("step")
+        ax.set_xlabel(a.x)
         ax.set_ylabel(" / ".join(g) if len(g) > 1 else g[0])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -92,6 +92,15 @@ def main():
     check(p.returncode == 0 and "run_a" in open(os.path.join(out_svg, "lr.svg")).read(),
           "default legend names are the run directories' names")
 
+    # another x axis: epoch (every line of these runs has one)
+    p = plot(a, "--metrics", "loss", "--x", "epoch", "--out", out_svg, "--format", "svg",
+             "--prefix", "by_epoch_")
+    text = open(os.path.join(out_svg, "by_epoch_loss.svg")).read() if p.returncode == 0 else ""
+    check(p.returncode == 0 and ">epoch<" in text, "--x epoch labels the x axis epoch: %s"
+          % p.stderr)
+    p = plot(a, "--metrics", "loss", "--x", "walltime", "--out", out_svg)
+    check(p.returncode == 2 and "walltime" in p.stderr, "--x with an unknown key: exit 2")
+
     # errors: exit 2, a message naming what is wrong, nothing drawn
     p = plot(os.path.join(SCRATCH, "absent"), "--metrics", "loss", "--out", out_svg)
     check(p.returncode == 2 and "absent" in p.stderr and "no such run directory" in p.stderr,
