@@ -473,8 +473,8 @@ def copo_section():
                   fmt_range(with_rta["acc"]), 100 * spread))
         big = [(lam, r) for (k, lam), r in sorted(res.items()) if k == 8 and lam > 0.01]
         if big and all(max(r["acc"]) < min(with_rta["acc"]) for _, r in big):
-            why += (" A larger RTA weight hurts: λ_RTA = %s gives %s." % (
-                " and ".join("%g" % lam for lam, _ in big),
+            why += (" A larger RTA weight hurts: λ_RTA = %s give%s %s." % (
+                " and ".join("%g" % lam for lam, _ in big), "" if len(big) > 1 else "s",
                 " and ".join(fmt_range(r["acc"]) for _, r in big)))
         if same_8_16:
             why += (" K = 8 and K = 16 train identically: the anchor stops at eos, and this "
