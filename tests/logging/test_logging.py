@@ -155,6 +155,12 @@ def compare(d, label, want_exit=True):
 
 def main():
     why = need("tensorboard") if SINK == "tensorboard" else need("wandb")
+    if not why and SINK == "wandb":
+        # the reader is wandb-core's, through `wandb leet inspect` (recent wandb only)
+        p = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--help"],
+                           capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            why = "this wandb has no `wandb leet inspect` (its transaction-log reader)"
     if why:
         print("%s: skipped: %s" % (NAME, why))
         return 77
