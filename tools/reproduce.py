@@ -597,6 +597,11 @@ def inspo_sgdpo_sections():
         "better beyond the seeds' spread." if v_sg_acc == "reproduced" else
         "the two overlap across seeds%s." % ("" if not worse("sgdpo", "dpo") else
                                              " (SGDPO lower)")))
+    if acc["sgdpo"] == acc["dpo"]:
+        why_sg_acc += (" They agree seed by seed: SGDPO's gradient is DPO's with each half "
+                       "weighted by a sigmoid of a pilot instead of the full margin, about "
+                       "half its size, and AdamW's update does not depend on the gradient's "
+                       "scale.")
     s = statistics.median(oh[("sgdpo", "dpo")])
     n_sg = noise[("sgdpo", "dpo")]
     if n_sg > 0.004:
