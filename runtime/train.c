@@ -44,13 +44,14 @@ typedef struct {
   int allow_data_change;
   int n_set;
   char **set;
+  unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
 } trn_flags;
 
 static void usage(const poc_program *p, FILE *f) {
   fprintf(f,
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
-          "       %*s [--allow-data-change] [--kernel-images]\n"
+          "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -63,7 +64,10 @@ static void usage(const poc_program *p, FILE *f) {
           "  --unfused-head  compute the loss head the textbook way (full logits)\n"
           "  --allow-data-change  resume although a data file's content changed since\n"
           "                  the checkpoint\n"
-          "  --kernel-images list the GPU kernels built in by poc build --arch, and exit\n",
+          "  --kernel-images list the GPU kernels built in by poc build --arch, and exit\n"
+          "  --log L,...     also log the metrics for TensorBoard (OUT/tensorboard/) or\n"
+          "                  Weights & Biases (offline, OUT/wandb/; upload with wandb sync);\n"
+          "                  repeatable\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", p->name, p->name);
   if (p->n_knobs) {
     fprintf(f, "knobs:");
@@ -110,7 +114,8 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     const char *a = argv[i];
     const char *val = NULL;
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--out") ||
-                !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed");
+                !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed") ||
+                !strcmp(a, "--log");
     if (needs) {
       if (i + 1 >= argc) {
         fprintf(stderr, "%s: error: %s needs a value\n", p->name, a);
@@ -148,6 +153,20 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       f->resume = val;
     } else if (!strcmp(a, "--set")) {
       f->set[f->n_set++] = (char *)val;
+    } else if (!strcmp(a, "--log")) {
+      /* a comma list, and the flag repeats: --log tensorboard --log wandb */
+      const char *q = val;
+      do {
+        size_t n = strcspn(q, ",");
+        if (n == 11 && !strncmp(q, "tensorboard", n)) f->log |= TRN_LOG_TENSORBOARD;
+        else if (n == 5 && !strncmp(q, "wandb", n)) f->log |= TRN_LOG_WANDB;
+        else {
+          fprintf(stderr, "%s: error: --log: unknown sink '%.*s' (tensorboard or wandb)\n",
+                  p->name, (int)n, q);
+          return 2;
+        }
+        q += n;
+      } while (*q++ == ',');
     } else if (!strcmp(a, "--unfused-head")) {
       f->unfused = 1;
     } else if (!strcmp(a, "--kernel-images")) {
@@ -438,6 +457,8 @@ typedef struct {
   int restart;                   /* a fresh run in an OUT with no complete checkpoint */
   uint64_t file_hash[2];         /* the data set's and evaluation set's content */
   int64_t *ex;
+  trn_tb tb;                     /* --log sinks */
+  trn_wandb wb;
   double knobs[64];
   char out[PATHN], metrics[PATHN + 32], ckdir[PATHN], good_ckpt[PATHN];
 } trn_run;
@@ -511,11 +532,26 @@ static int evaluate(poc_model *m, const trn_evalset *e, int eos, int eval_tokens
   return 0;
 }
 
-static int metric_line(const char *path, cJSON *o, char *err) {
+/* A sink that fails is switched off with a warning: the run and metrics.jsonl go on. */
+static void sink_failed(trn_run *r, int *on, const char *what, const char *err) {
+  fprintf(stderr, "%s: warning: --log %s: %s; logging there stops (metrics.jsonl is "
+          "complete)\n", r->p->name, what, err);
+  *on = 0;
+}
+
+static void sinks_line(trn_run *r, const cJSON *o) {
+  char err[POC_ERR_LEN];
+  if (r->tb.on && trn_tb_line(&r->tb, o, err)) sink_failed(r, &r->tb.on, "tensorboard", err);
+  if (r->wb.on && trn_wandb_line(&r->wb, o, err)) sink_failed(r, &r->wb.on, "wandb", err);
+}
+
+/* metrics.jsonl first; the sinks see only a line that is there */
+static int metric_line(trn_run *r, cJSON *o) {
   char *s = cJSON_PrintUnformatted(o);
-  int rc = s ? trn_metrics_append(path, s, err) : -1;
-  if (!s) trn_errf(err, "out of memory");
+  int rc = s ? trn_metrics_append(r->metrics, s, r->err) : -1;
+  if (!s) trn_errf(r->err, "out of memory");
   cJSON_free(s);
+  if (!rc) sinks_line(r, o);
   return rc;
 }
 
@@ -844,6 +880,59 @@ static int run_resume(trn_run *r, uint64_t prog_hash) {
   return 0;
 }
 
+/* The lines metrics.jsonl holds, into a sink that was just created: a resumed run that
+ * turns --log on gets the steps before the resume too. */
+static void sink_replay(trn_run *r, int which) {
+  FILE *f = fopen(r->metrics, "r");
+  if (!f) return;
+  char *line = NULL;
+  size_t cap = 0;
+  char err[POC_ERR_LEN];
+  while (getline(&line, &cap, f) >= 0) {
+    cJSON *o = cJSON_Parse(line);
+    if (o && which == TRN_LOG_TENSORBOARD && r->tb.on && trn_tb_line(&r->tb, o, err))
+      sink_failed(r, &r->tb.on, "tensorboard", err);
+    if (o && which == TRN_LOG_WANDB && r->wb.on && trn_wandb_line(&r->wb, o, err))
+      sink_failed(r, &r->wb.on, "wandb", err);
+    cJSON_Delete(o);
+  }
+  free(line);
+  fclose(f);
+}
+
+/* The --log sinks, cut back as metrics.jsonl was (a resume) or started afresh. */
+static void run_open_sinks(trn_run *r) {
+  const poc_program *p = r->p;
+  int64_t keep = r->resuming ? r->st.step : -1;
+  char err[POC_ERR_LEN];
+  int rc;
+  if (r->fl.log & TRN_LOG_TENSORBOARD) {
+    if ((rc = trn_tb_open(&r->tb, r->out, keep, err)) < 0)
+      sink_failed(r, &r->tb.on, "tensorboard", err);
+    else if (rc == 1 && r->resuming)
+      sink_replay(r, TRN_LOG_TENSORBOARD);
+  }
+  if (r->fl.log & TRN_LOG_WANDB) {
+    /* the run's config: its knobs and the train settings it trains with */
+    cJSON *cfg = cJSON_CreateObject();
+    for (int k = 0; cfg && k < p->n_knobs; k++)
+      cJSON_AddNumberToObject(cfg, p->knobs[k].name, r->knobs[k]);
+    char *tj = train_json(r->T);
+    cJSON *t = tj ? cJSON_Parse(tj) : NULL;
+    cJSON_free(tj);
+    if (cfg && t) cJSON_AddItemToObject(cfg, "train", t);
+    else cJSON_Delete(t);
+    const char *base = strrchr(r->out, '/');
+    char name[512];
+    trn_path(name, sizeof name, "%s %s", p->name, base && base[1] ? base + 1 : r->out);
+    if ((rc = trn_wandb_open(&r->wb, r->out, keep, name, cfg, err)) < 0)
+      sink_failed(r, &r->wb.on, "wandb", err);
+    else if (rc == 1 && r->resuming)
+      sink_replay(r, TRN_LOG_WANDB);
+    cJSON_Delete(cfg);
+  }
+}
+
 /* Creates the run directory with the program's source; a resumed run drops the metric
  * lines after its checkpoint. */
 static int run_open_directory(trn_run *r) {
@@ -874,6 +963,7 @@ static int run_open_directory(trn_run *r) {
   if ((r->resuming || r->restart) &&
       trn_metrics_truncate(r->metrics, r->resuming ? r->st.step : -1, r->err))
     return run_error(r, -1);
+  run_open_sinks(r);
   return 0;
 }
 
@@ -931,7 +1021,7 @@ static int run_eval0(trn_run *r) {
   cJSON_AddNumberToObject(o, "step", 0);
   cJSON_AddNumberToObject(o, "epoch", 0);
   cJSON_AddNumberToObject(o, "eval/accuracy", acc);
-  int bad = metric_line(r->metrics, o, r->err);
+  int bad = metric_line(r, o);
   cJSON_Delete(o);
   if (bad) return run_error(r, -1);
   fprintf(stderr, "%s: eval/accuracy %.4f before training (%d prompts)\n", p->name, acc, r->ev.n);
@@ -1049,7 +1139,7 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
     cJSON_AddNumberToObject(j, "eval/accuracy", acc);
     *eval_acc = acc;
   }
-  int bad = metric_line(r->metrics, j, r->err);
+  int bad = metric_line(r, j);
   cJSON_Delete(j);
   return bad;
 }
@@ -1212,6 +1302,10 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   }
   rc = 0;
 done:
+  if (r->wb.on) {
+    char err[POC_ERR_LEN];
+    if (trn_wandb_exit(&r->wb, rc, err)) sink_failed(r, &r->wb.on, "wandb", err);
+  }
   run_free(r);
   free(r);
   return rc;

@@ -6,6 +6,9 @@
  *                   model's, model.c)
  *   ckpt.c          checkpoints: atomic write, discovery, load; state.json
  *   metrics.c       metrics.jsonl and the progress line
+ *   metrics_pb.c    protocol-buffer encoding and the CRCs the logging sinks need
+ *   metrics_tb.c    --log tensorboard: OUT/tensorboard/events.out.tfevents.*
+ *   metrics_wandb.c --log wandb: OUT/wandb/offline-run-<time>-<id>/run-<id>.wandb
  *   train_pack.c    segments → packed sequences per model; the objective's buffers
  *   train_step.c    one optimizer step's gradient (anchors, forward, objective, backward)
  *                   and the hoisted reference values, on whatever device the models use
@@ -19,6 +22,8 @@
 
 #include <stdint.h>
 #include <stdio.h>
+
+#include <cjson/cJSON.h>
 
 #include "pocrt.h"
 #include "program.h"
@@ -121,6 +126,75 @@ void trn_fmt_thousands(char *buf, size_t n, double x);
 /* Progress on stderr: carriage-return updates on a terminal, else a line each call. */
 void trn_progress(int64_t step, int64_t total, double loss, double tok_s, double secs_left,
                   int tty);
+
+/* ---- metrics_pb.c ----------------------------------------------------------------- */
+
+/* A growing buffer a protocol-buffers message is written into; oom sticks. */
+typedef struct trn_pb {
+  unsigned char *b;
+  size_t n, cap;
+  int oom;
+} trn_pb;
+void trn_pb_raw(trn_pb *p, const void *d, size_t n);
+void trn_pb_varint(trn_pb *p, uint64_t v);
+void trn_pb_u64(trn_pb *p, int field, uint64_t v);   /* wire type 0 */
+void trn_pb_f64(trn_pb *p, int field, double v);     /* wire type 1 */
+void trn_pb_f32(trn_pb *p, int field, float v);      /* wire type 5 */
+void trn_pb_bytes(trn_pb *p, int field, const void *d, size_t n);
+void trn_pb_str(trn_pb *p, int field, const char *s);
+void trn_pb_msg(trn_pb *p, int field, const trn_pb *m);
+void trn_pb_free(trn_pb *p);
+/* One field of a message: v for wire types 0, 1 and 5 (the raw bits), d/len for 2. */
+typedef struct {
+  int field, wire;
+  uint64_t v;
+  const unsigned char *d;
+  size_t len;
+} trn_pb_field;
+/* The field at *pos, advancing it: 1 read, 0 end of message, -1 malformed. */
+int trn_pb_next(const unsigned char *b, size_t n, size_t *pos, trn_pb_field *f);
+uint32_t trn_crc32c(const void *d, size_t n);                   /* Castagnoli */
+uint32_t trn_crc32(uint32_t crc, const void *d, size_t n);      /* IEEE, zlib's */
+/* Appends n bytes with one write(); a short write is cut back off. */
+int trn_append_bytes(const char *path, const void *d, size_t n, char *err);
+/* The whole file into a malloc'ed buffer; -1 when it cannot be read. */
+int trn_read_all(const char *path, unsigned char **out, size_t *n);
+
+/* ---- metrics_tb.c, metrics_wandb.c: --log sinks ------------------------------------ *
+ *
+ * Views of metrics.jsonl in other tools' formats. Each metric line goes to metrics.jsonl
+ * first and to the sinks after; a sink that fails is switched off with a warning and the
+ * run goes on, so a sink can never cost a metric line. Opening a sink of a resumed run
+ * cuts its file back to the checkpoint's step as metrics.jsonl is cut; a sink that has
+ * no file yet (a resumed run that turns --log on) is filled from metrics.jsonl. */
+
+enum { TRN_LOG_TENSORBOARD = 1, TRN_LOG_WANDB = 2 };
+
+typedef struct trn_tb {
+  int on;
+  char path[4200];
+} trn_tb;
+/* keep_step < 0: a fresh file; else the existing one cut to steps <= keep_step.
+ * Returns 1 when the file was created (nothing of the run in it yet), 0, or -1. */
+int trn_tb_open(trn_tb *t, const char *out, int64_t keep_step, char *err);
+/* One metrics line (a JSON object with "step") as one Event of scalar summaries. */
+int trn_tb_line(trn_tb *t, const cJSON *line, char *err);
+
+typedef struct trn_wandb {
+  int on;
+  char run_id[16];
+  char dir[4200], path[4300];
+  int64_t num;                   /* records written: the next Record.num is num + 1 */
+  uint64_t off;                  /* the file's length: where the next record starts */
+  double t0;                     /* this process's start, for _runtime */
+} trn_wandb;
+/* As trn_tb_open; `config` (an object: knobs and train settings) goes into the run
+ * record, `name` is the run's display name. */
+int trn_wandb_open(trn_wandb *w, const char *out, int64_t keep_step, const char *name,
+                   const cJSON *config, char *err);
+int trn_wandb_line(trn_wandb *w, const cJSON *line, char *err);
+/* The exit record: the run ended (0) or failed (its exit status). */
+int trn_wandb_exit(trn_wandb *w, int exit_code, char *err);
 
 /* ---- ckpt.c ----------------------------------------------------------------------- */
 
