@@ -581,11 +581,6 @@ static void declare(ck *c) {
       case PO_S_FIELD:
       case PO_S_SEQ: {
         if (reserved_name(c, s->name, s->name_loc)) break;
-        if (s->kind == PO_S_SEQ && ++nseq > PO_MAX_EXTRA_SEQS) {
-          po_error(c->d, s->name_loc, "at most %d sequence declarations are supported",
-                   PO_MAX_EXTRA_SEQS);
-          break;
-        }
         if (!strcmp(s->name, "loss") && s->kind != PO_S_LET) {
           po_error(c->d, s->name_loc, "'loss' is the objective and must be a binding: loss = ...");
           break;
@@ -593,6 +588,11 @@ static void declare(ck *c) {
         const sym *old = table_find(&c->names, s->name);
         if (old) {
           duplicate(c, stmt_word(s), s->name, s->name_loc, old->stmt->name_loc);
+          break;
+        }
+        if (s->kind == PO_S_SEQ && ++nseq > PO_MAX_EXTRA_SEQS) {
+          po_error(c->d, s->name_loc, "at most %d sequence declarations are supported",
+                   PO_MAX_EXTRA_SEQS);
           break;
         }
         sym *n = table_add(&c->names, s->name);
@@ -690,7 +690,14 @@ static void check_field(ck *c, const po_stmt *s) {
              data_word(c->data_kind), seq_list(c->data_kind));
     return;
   }
-  const char *best = po_did_you_mean(q, data_seqs(c->data_kind), c->data_kind == PO_B_PAIRS ? 3 : 2);
+  /* candidates: the data kind's sequences and the declared ones */
+  const char *cand[3 + PO_MAX_EXTRA_SEQS];
+  int ncand = 0;
+  for (const char *const *k = data_seqs(c->data_kind); *k; k++) cand[ncand++] = *k;
+  for (int i = 0; i < c->prog->nstmts && ncand < 3 + PO_MAX_EXTRA_SEQS; i++)
+    if (c->prog->stmts[i]->kind == PO_S_SEQ && table_find(&c->names, c->prog->stmts[i]->name))
+      cand[ncand++] = c->prog->stmts[i]->name;
+  const char *best = po_did_you_mean(q, cand, ncand);
   if (best)
     po_error(c->d, s->field_seq_loc, "unknown sequence '%s'; did you mean '%s'?", q, best);
   else

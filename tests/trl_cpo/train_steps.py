@@ -3,6 +3,13 @@
 metrics.jsonl has steps 1 and 2 with a finite loss and every report the file declares,
 and train.json records the file's data order.
 
+For a file with a `sequence` declaration and order = sequential (kto.po), a copy of it
+that also reports the summed log-probs of its response and of the declared sequence is
+trained one step: before the first update the policy is the shipped model, so the
+reports (batch means) must be the means over the file's first `batch` lines of what
+`poc logp --field ...` gives for those lines: the declared sequence is read, packed after
+the prompt and scored like the others, and the data is visited in file order.
+
 usage: train_steps.py --poc POC --root REPO --scratch DIR FILE.po...
 """
 
@@ -18,6 +25,40 @@ import sys
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, finish  # noqa: E402
+
+
+def check_sequence(poc, root, env, po, src, seqs, settings, work):
+    data = re.search(r'points\("([^"]+)"\)', src).group(1)
+    extra = "".join(f"\nreport check/{q} = sum(logp(policy, {q}))" for q in seqs + ["response"])
+    copy = os.path.join(work, "seqcheck.po")
+    with open(copy, "w") as f:
+        f.write(src.replace("\ntrain {", extra + "\ntrain {", 1))
+    binary, out = os.path.join(work, "seqcheck"), os.path.join(work, "seqcheck-run")
+    r = subprocess.run([poc, "build", copy, "-o", binary], cwd=root, capture_output=True,
+                       text=True, timeout=300, env=env)
+    if not check(r.returncode == 0, f"{po} + reports: poc build exit {r.returncode}:\n{r.stderr}"):
+        return
+    r = subprocess.run([binary, "--backend", "cpu", "--steps", "1", "--out", out], cwd=root,
+                       capture_output=True, text=True, timeout=600, env=env)
+    if not check(r.returncode == 0, f"{po} + reports: 1 step exit {r.returncode}:\n{r.stderr}"):
+        return
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        m = [x for x in map(json.loads, f) if x.get("step") == 1][0]
+    B = settings["batch"]
+    for q in seqs + ["response"]:
+        r = subprocess.run([poc, "logp", os.path.join(root, "examples", "tiny"),
+                            os.path.join(root, data), "--field", q, "--backend", "cpu"],
+                           capture_output=True, text=True, timeout=300, env=env)
+        if not check(r.returncode == 0, f"poc logp --field {q}: exit {r.returncode}: {r.stderr}"):
+            continue
+        sums = [json.loads(x)[q]["sum"] for x in r.stdout.splitlines() if x.startswith("{")]
+        want = math.fsum(sums[:B]) / B
+        got = m.get(f"check/{q}")
+        check(got is not None and abs(got - want) <= 1e-4 * abs(want),
+              f"{po}: step 1 mean S(policy, {q}) over the first {B} lines: training "
+              f"{got!r}, poc logp {want!r}")
+        print(f"{po}: step 1 mean S(policy, {q}) over lines 1..{B}: training {got:.6f}, "
+              f"poc logp {want:.6f}")
 
 
 def main():
@@ -58,10 +99,13 @@ def main():
             settings = json.load(f)
         check(settings.get("order") == order,
               f"{po}: train.json records order {settings.get('order')!r}, the file {order!r}")
+        seqs = re.findall(r"^sequence\s+(\w+)", src, re.M)
+        if seqs and order == "sequential":
+            check_sequence(poc, a.root, env, po, src, seqs, settings, work)
         last = steps.get(2, {})
         print(f"{name}: built, 2 steps: loss {last.get('loss')!r}, {len(reports)} reports, "
               f"order {order}")
-    return finish("trl_train_steps")
+    return finish("trl_cpo_train_steps")
 
 
 if __name__ == "__main__":
