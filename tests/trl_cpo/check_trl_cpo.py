@@ -89,8 +89,8 @@ class Poc:
         for k, v in sorted(sets.items()):
             args += ["--set", f"{k}={v!r}"]
         r = self.run(args)
-        if r.returncode != 0:
-            raise RuntimeError(f"poc {' '.join(args)} exited {r.returncode}:\n{r.stderr}")
+        if not check(r.returncode == 0, f"poc {' '.join(args)} exited {r.returncode}:\n{r.stderr}"):
+            return None
         return json.loads(r.stdout)
 
 
@@ -266,6 +266,8 @@ def run_file(torch, trl_cls, poc, name, cfg_knobs, variations, loss_type, orpo, 
                     key: [row_logps(torch, model.logits, row, ids, pos) for row, ids, pos in rows]
                     for key, rows in keys.items()}}
                 out = poc.probe(po, inp, sets)
+                if out is None:
+                    continue
 
                 want = loss.item()
                 scale = max(abs(want), max(abs(float(v)) for v in metrics.values()), 1e-300)
