@@ -8,6 +8,8 @@
 #include "codegen.h"
 #include "program.h"
 
+_Static_assert(PO_MAX_EXTRA_SEQS == POC_MAX_EXTRA_SEQS, "one limit on sequence declarations");
+
 /* ---- segments ---------------------------------------------------------------------- */
 
 typedef struct seg {
@@ -43,6 +45,14 @@ static int seg_of_dom(const cg_prog *p, int d, seg *s) {
   for (size_t k = 0; k < sizeof seqs / sizeof seqs[0]; k++)
     if (!strcmp(dm->name, seqs[k].name)) {
       s->src = seqs[k].src;
+      return 0;
+    }
+  /* `sequence NAME`: the k-th declared is POC_SRC_EXTRA + k */
+  static const char *const extra[POC_MAX_EXTRA_SEQS] = {
+      "POC_SRC_EXTRA", "POC_SRC_EXTRA + 1", "POC_SRC_EXTRA + 2", "POC_SRC_EXTRA + 3"};
+  for (int k = 0; k < g->nseqs && k < POC_MAX_EXTRA_SEQS; k++)
+    if (!strcmp(dm->name, g->seqs[k])) {
+      s->src = extra[k];
       return 0;
     }
   return -1;
@@ -152,11 +162,9 @@ static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
       static const char *const sched[] = {"cosine", "linear", "constant"};
       static const char *const prec[] = {"fp32", "bf16"};
       static const char *const nonf[] = {"stop", "skip"};
-      static const char *const ord[] = {"shuffle", "file"};
-      const char *const *names = tk->kind == 's'   ? sched
-                                 : tk->kind == 'p' ? prec
-                                 : tk->kind == 'n' ? nonf
-                                                   : ord;
+      static const char *const order[] = {"shuffle", "sequential"};
+      const char *const *names = tk->kind == 's' ? sched : tk->kind == 'p' ? prec
+                               : tk->kind == 'n' ? nonf : order;
       int n = tk->kind == 's' ? 3 : 2, v = (int)tk->dflt;
       if (name) {
         v = -1;
@@ -171,11 +179,9 @@ static int emit_train(FILE *f, const cg_prog *p, po_diag *d) {
       static const char *const sched_c[] = {"POC_SCHED_COSINE", "POC_SCHED_LINEAR", "POC_SCHED_CONSTANT"};
       static const char *const prec_c[] = {"POC_PREC_FP32", "POC_PREC_BF16"};
       static const char *const nonf_c[] = {"POC_NONFINITE_STOP", "POC_NONFINITE_SKIP"};
-      static const char *const ord_c[] = {"POC_ORDER_SHUFFLE", "POC_ORDER_FILE"};
-      fprintf(f, "%s,", tk->kind == 's'   ? sched_c[v]
-                        : tk->kind == 'p' ? prec_c[v]
-                        : tk->kind == 'n' ? nonf_c[v]
-                                          : ord_c[v]);
+      static const char *const order_c[] = {"POC_ORDER_SHUFFLE", "POC_ORDER_SEQUENTIAL"};
+      fprintf(f, "%s,", tk->kind == 's' ? sched_c[v] : tk->kind == 'p' ? prec_c[v]
+                        : tk->kind == 'n' ? nonf_c[v] : order_c[v]);
     } else {
       double v = tk->dflt;
       if (it && const_value(it->value, &v)) {
@@ -286,6 +292,16 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
     fputs("};\n\n", f);
   }
 
+  /* `sequence NAME` declarations */
+  if (g->nseqs) {
+    fputs("static const char *const extra_seqs[] = {", f);
+    for (int k = 0; k < g->nseqs; k++) {
+      fputs(k ? ", " : "", f);
+      cg_cstr(f, g->seqs[k]);
+    }
+    fputs("};\n\n", f);
+  }
+
   /* calls: target and context segments */
   for (int c = 0; c < p->ncalls; c++) {
     const cg_call *cc = &p->calls[c];
@@ -389,8 +405,10 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
   fprintf(f, "    .data_kind = %s,\n    .data_path = ",
           g->data_kind && !strcmp(g->data_kind, "points") ? "POC_DATA_POINTS" : "POC_DATA_PAIRS");
   cg_cstr(f, data);
-  fprintf(f, ",\n    .n_fields = %d,\n    .fields = %s,\n    .eval_path = ", g->nfields,
+  fprintf(f, ",\n    .n_fields = %d,\n    .fields = %s,\n", g->nfields,
           g->nfields ? "fields" : "NULL");
+  fprintf(f, "    .n_extra_seqs = %d,\n    .extra_seqs = %s,\n    .eval_path = ", g->nseqs,
+          g->nseqs ? "extra_seqs" : "NULL");
   cg_cstr(f, decl_path(p, "prompts"));
   fprintf(f, ",\n    .n_calls = %d,\n    .calls = %s,\n", p->ncalls, p->ncalls ? "calls" : "NULL");
   fprintf(f, "    .n_anchors = %d,\n    .anchors = %s,\n", p->nanchors, p->nanchors ? "anchors" : "NULL");

@@ -245,6 +245,8 @@ typedef struct ir_graph {
   ir_field *fields;
   int nfields;
   const char *data_kind;  /* "pairs" or "points" (NULL when none is declared) */
+  const char **seqs;      /* `sequence NAME` declarations, in source order */
+  int nseqs;
   int train_seed;         /* the train block's seed, 1 when absent */
   int loss;               /* the per-example objective, -1 until lowered */
   po_loc loss_loc;

@@ -307,6 +307,8 @@ static lv lookup(lw *L, const po_expr *e) {
           return lv_node(ir_leaf(L->g, IR_FIELD, dom < 0 ? IR_LEXAMPLE : IR_LTOKEN, dom, k, e->loc));
         }
       return LV_ERROR;
+    case PO_S_SEQ:
+      return seq_lv(L, ir_dom_seq(L->g, name), name);
     case PO_S_DEF: {
       lv v = LV_ERROR;
       v.kind = LV_DEF;
@@ -913,10 +915,11 @@ static void collect_picks(lw *L, const po_expr *e, int *cap) {
 static void lower_globals(lw *L) {
   ir_graph *g = L->g;
   const po_program *p = L->prog;
-  int nk = 0, nf = 0;
+  int nk = 0, nf = 0, nq = 0;
   for (int i = 0; i < p->nstmts; i++) {
     nk += p->stmts[i]->kind == PO_S_PARAM;
     nf += p->stmts[i]->kind == PO_S_FIELD;
+    nq += p->stmts[i]->kind == PO_S_SEQ;
     const po_stmt *s = p->stmts[i];
     if (s->kind == PO_S_LET && s->value->kind == PO_E_CALL) {
       if (!strcmp(s->value->str, "pairs")) g->data_kind = "pairs";
@@ -929,6 +932,9 @@ static void lower_globals(lw *L) {
   }
   g->knobs = ir_alloc(g, (size_t)(nk + 1) * sizeof *g->knobs);
   g->fields = ir_alloc(g, (size_t)(nf + 1) * sizeof *g->fields);
+  g->seqs = ir_alloc(g, (size_t)(nq + 1) * sizeof *g->seqs);
+  for (int i = 0; i < p->nstmts; i++)
+    if (p->stmts[i]->kind == PO_S_SEQ) g->seqs[g->nseqs++] = p->stmts[i]->name;
   L->prompt_dom = ir_dom_seq(g, "prompt");
   for (int i = 0; i < p->nstmts; i++) {
     const po_stmt *s = p->stmts[i];
@@ -947,6 +953,7 @@ static void lower_globals(lw *L) {
         bool ok = !strcmp(q, "prompt") ||
                   (g->data_kind && !strcmp(g->data_kind, "pairs") && (!strcmp(q, "chosen") || !strcmp(q, "rejected"))) ||
                   (g->data_kind && !strcmp(g->data_kind, "points") && !strcmp(q, "response"));
+        for (int k = 0; k < g->nseqs; k++) ok = ok || !strcmp(q, g->seqs[k]);
         if (!ok) {
           lerr(L, s->field_seq_loc, "a per-token field follows a data sequence (%s), not '%s'",
                g->data_kind && !strcmp(g->data_kind, "points") ? "prompt or response"

@@ -37,7 +37,7 @@ po_builtin po_builtin_lookup(const char *name) {
 static const char *const schedules[] = {"cosine", "linear", "constant", NULL};
 static const char *const precisions[] = {"fp32", "bf16", NULL};
 static const char *const nonfinite[] = {"stop", "skip", NULL};
-static const char *const orders[] = {"shuffle", "file", NULL};
+static const char *const orders[] = {"shuffle", "sequential", NULL};
 
 static const po_train_key train_keys[] = {
     {"lr", PO_TK_NUMBER, NULL, "peak learning rate"},
@@ -61,7 +61,7 @@ static const po_train_key train_keys[] = {
     {"eval_every", PO_TK_NUMBER, NULL, "steps between evaluations on the prompts() set"},
     {"eval_tokens", PO_TK_NUMBER, NULL, "tokens generated per evaluation prompt"},
     {"steps", PO_TK_NUMBER, NULL, "cap on optimizer steps (default: epochs over the data)"},
-    {"order", PO_TK_NAME, orders, "data order: shuffle (each epoch, from the seed) or file"},
+    {"order", PO_TK_NAME, orders, "data order: a fresh shuffle each epoch, or the file's"},
     {NULL, PO_TK_NUMBER, NULL, NULL},
 };
 

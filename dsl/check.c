@@ -127,6 +127,7 @@ static const char *stmt_word(const po_stmt *s) {
     case PO_S_PARAM: return "param";
     case PO_S_DEF: return "def";
     case PO_S_FIELD: return "field";
+    case PO_S_SEQ: return "sequence";
     default: return "binding";
   }
 }
@@ -260,6 +261,7 @@ static void check_name(ck *c, const po_expr *e) {
   const sym *s = visible(c, name, e->loc, &reported);
   if (reported) return;
   if (s) {
+    if (s->stmt->kind == PO_S_SEQ) return; /* `sequence NAME`: a data sequence */
     if (s->stmt->kind == PO_S_DEF)
       po_error(c->d, e->loc, "'%s' is a def; call it as %s(...)", name, name);
     else if (s->decl == PO_B_MODEL_DECL || s->decl == PO_B_FROZEN)
@@ -567,6 +569,7 @@ static void duplicate(ck *c, const char *what, const char *name, po_loc loc, po_
 static void declare(ck *c) {
   const po_program *p = c->prog;
   const po_stmt *data = NULL, *prompts = NULL, *train = NULL;
+  int nseq = 0;
   table reports;
   table_init(&reports, (size_t)p->nstmts);
   for (int i = 0; i < p->nstmts && !saturated(c); i++) {
@@ -575,7 +578,8 @@ static void declare(ck *c) {
       case PO_S_LET:
       case PO_S_PARAM:
       case PO_S_DEF:
-      case PO_S_FIELD: {
+      case PO_S_FIELD:
+      case PO_S_SEQ: {
         if (reserved_name(c, s->name, s->name_loc)) break;
         if (!strcmp(s->name, "loss") && s->kind != PO_S_LET) {
           po_error(c->d, s->name_loc, "'loss' is the objective and must be a binding: loss = ...");
@@ -584,6 +588,11 @@ static void declare(ck *c) {
         const sym *old = table_find(&c->names, s->name);
         if (old) {
           duplicate(c, stmt_word(s), s->name, s->name_loc, old->stmt->name_loc);
+          break;
+        }
+        if (s->kind == PO_S_SEQ && ++nseq > PO_MAX_EXTRA_SEQS) {
+          po_error(c->d, s->name_loc, "at most %d sequence declarations are supported",
+                   PO_MAX_EXTRA_SEQS);
           break;
         }
         sym *n = table_add(&c->names, s->name);
@@ -670,12 +679,25 @@ static void check_field(ck *c, const po_stmt *s) {
   if (!s->field_seq || !c->data_kind) return;
   const char *q = s->field_seq;
   if (in_list(data_seqs(c->data_kind), q)) return;
+  const sym *d = table_find(&c->names, q);
+  if (d && d->stmt->kind == PO_S_SEQ) {
+    bool reported;
+    visible(c, q, s->field_seq_loc, &reported);
+    return;
+  }
   if (in_list(all_seqs, q)) {
     po_error(c->d, s->field_seq_loc, "'%s' is not a sequence of %s data (it has %s)", q,
              data_word(c->data_kind), seq_list(c->data_kind));
     return;
   }
-  const char *best = po_did_you_mean(q, data_seqs(c->data_kind), c->data_kind == PO_B_PAIRS ? 3 : 2);
+  /* candidates: the data kind's sequences and the declared ones */
+  const char *cand[3 + PO_MAX_EXTRA_SEQS];
+  int ncand = 0;
+  for (const char *const *k = data_seqs(c->data_kind); *k; k++) cand[ncand++] = *k;
+  for (int i = 0; i < c->prog->nstmts && ncand < 3 + PO_MAX_EXTRA_SEQS; i++)
+    if (c->prog->stmts[i]->kind == PO_S_SEQ && table_find(&c->names, c->prog->stmts[i]->name))
+      cand[ncand++] = c->prog->stmts[i]->name;
+  const char *best = po_did_you_mean(q, cand, ncand);
   if (best)
     po_error(c->d, s->field_seq_loc, "unknown sequence '%s'; did you mean '%s'?", q, best);
   else
@@ -880,6 +902,8 @@ int po_check(const po_program *prog, po_diag *d) {
       case PO_S_FIELD:
         check_field(&c, s);
         break;
+      case PO_S_SEQ:
+        break; /* its name was checked with the others */
       case PO_S_TRAIN:
         check_train(&c, s);
         break;
@@ -910,7 +934,7 @@ const po_stmt *po_program_find(const po_program *prog, const char *name) {
   for (int i = 0; i < prog->nstmts; i++) {
     const po_stmt *s = prog->stmts[i];
     if ((s->kind == PO_S_LET || s->kind == PO_S_PARAM || s->kind == PO_S_DEF ||
-         s->kind == PO_S_FIELD) && !strcmp(s->name, name))
+         s->kind == PO_S_FIELD || s->kind == PO_S_SEQ) && !strcmp(s->name, name))
       return s;
   }
   return NULL;

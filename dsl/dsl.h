@@ -92,6 +92,9 @@ struct po_expr {
   int ntoks;
 };
 
+/* `sequence NAME` declarations a file may make (runtime/program.h: POC_MAX_EXTRA_SEQS). */
+#define PO_MAX_EXTRA_SEQS 4
+
 typedef enum po_stmt_kind {
   PO_S_LET,     /* name = expr  (model(...), frozen(...), pairs(...), points(...) too;
                    the binding named `loss` is the objective) */
@@ -100,6 +103,7 @@ typedef enum po_stmt_kind {
   PO_S_REPORT,  /* report a/b = expr          a metric; name may contain '/'         */
   PO_S_FIELD,   /* field name                 per-example number of each data line
                    field name[seq]            one number per token of sequence seq   */
+  PO_S_SEQ,     /* sequence name              one more token sequence of each data line */
   PO_S_TRAIN    /* train { key = value; ... }                                        */
 } po_stmt_kind;
 
@@ -112,7 +116,7 @@ typedef struct po_item {  /* one `key = value` of a train block */
 typedef struct po_stmt {
   po_stmt_kind kind;
   po_loc loc;             /* the whole statement */
-  const char *name;       /* LET, PARAM, DEF, REPORT, FIELD */
+  const char *name;       /* LET, PARAM, DEF, REPORT, FIELD, SEQ */
   po_loc name_loc;
   const char **params;    /* DEF */
   po_loc *param_locs;

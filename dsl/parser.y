@@ -6,6 +6,7 @@
  *            | 'def' NAME '(' [ NAME { ',' NAME } ] ')' '=' full
  *            | 'report' NAME { '/' NAME } '=' full
  *            | 'field' NAME [ '[' NAME ']' ]
+ *            | 'sequence' NAME                            one more token sequence a data line
  *            | 'train' '{' { NAME '=' full | ';' } '}'
  *   full     = expr [ '|' expr ]                          target | context
  *   expr     = expr ( '<' | '<=' | '>' | '>=' | '==' | '!=' ) expr   non-associative
@@ -83,7 +84,7 @@ static void po_yyerror(po_loc *loc, void *scanner, po_lex *lx, const char *msg);
 
 static bool starts_stmt(int tok) {
   return tok == BIND || tok == PARAM || tok == DEF || tok == REPORT || tok == FIELD ||
-         tok == TRAIN;
+         tok == SEQUENCE || tok == TRAIN;
 }
 
 static po_stmt *stmt_new(po_stmt_kind kind, po_loc loc) {
@@ -147,6 +148,7 @@ static const char *join_path(const char *a, const char *b) {
 %token <num> NUMBER "number"
 %token <str> STRING "string"
 %token PARAM "'param'" DEF "'def'" REPORT "'report'" FIELD "'field'" TRAIN "'train'"
+%token SEQUENCE "'sequence'"
 %token LE "'<='" GE "'>='" EQ "'=='" NE "'!='" CONCAT "'++'"
 
 %nonassoc '<' LE '>' GE EQ NE
@@ -218,6 +220,8 @@ stmt
         $$ = stmt_new(PO_S_FIELD, @$); $$->name = $2; $$->name_loc = @2;
         $$->field_seq = $4; $$->field_seq_loc = @4;
       }
+  | SEQUENCE NAME
+      { $$ = stmt_new(PO_S_SEQ, @$); $$->name = $2; $$->name_loc = @2; }
   /* a statement whose name was read before a syntax error: remember the name */
   | BIND error                { $$ = NULL; po_vec_push(lx->dropped, (void *)$1); }
   | PARAM BIND error          { $$ = NULL; po_vec_push(lx->dropped, (void *)$2); }
@@ -350,7 +354,8 @@ static bool is_expr_start(yysymbol_kind_t k) {
 
 static bool is_stmt_start(yysymbol_kind_t k) {
   return k == YYSYMBOL_BIND || k == YYSYMBOL_PARAM || k == YYSYMBOL_DEF ||
-         k == YYSYMBOL_REPORT || k == YYSYMBOL_FIELD || k == YYSYMBOL_TRAIN;
+         k == YYSYMBOL_REPORT || k == YYSYMBOL_FIELD || k == YYSYMBOL_TRAIN ||
+         k == YYSYMBOL_SEQUENCE;
 }
 
 static bool is_operator(yysymbol_kind_t k) {
@@ -374,6 +379,7 @@ static const char *kind_name(yysymbol_kind_t k) {
   /* "'param'" for a %token alias: the text between the double quotes */
   const char *s = yysymbol_name(k);
   static const char *const aliases[] = {"'param'", "'def'", "'report'", "'field'", "'train'",
+                                        "'sequence'",
                                         "'<='", "'>='", "'=='", "'!='", "'++'"};
   for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++) {
     size_t n = strlen(aliases[i]);

@@ -30,12 +30,16 @@ int trn_seq_slot(poc_data_kind kind, int src) {
   } else if (src == POC_SRC_RESPONSE) {
     return 1;
   }
+  /* `sequence NAME` k follows the data kind's own sequences */
+  if (src >= POC_SRC_EXTRA && src < POC_SRC_EXTRA + POC_MAX_EXTRA_SEQS)
+    return (kind == POC_DATA_PAIRS ? 3 : 2) + (src - POC_SRC_EXTRA);
   return -1;
 }
 
 const char *trn_src_name(int src) {
   static const char *const names[] = {"prompt", "chosen", "rejected", "response", "anchor",
                                       "literal"};
+  if (src >= POC_SRC_EXTRA) return "a declared sequence";
   return src >= 0 && src <= POC_SRC_LITERAL ? names[src] : "?";
 }
 
@@ -144,12 +148,22 @@ static int data_line(dctx *c, trn_data *d, const poc_program *prog, const char *
     cJSON_Delete(j);
     return -1;
   }
-  const char *const *names = d->kind == POC_DATA_PAIRS ? pair_seqs : point_seqs;
+  /* the data kind's sequences, then the `sequence NAME` ones */
+  const char *names[TRN_MAX_SEQ];
+  int n_base = d->kind == POC_DATA_PAIRS ? 3 : 2;
+  for (int q = 0; q < d->n_seq; q++)
+    names[q] = q < n_base ? (d->kind == POC_DATA_PAIRS ? pair_seqs : point_seqs)[q]
+                          : prog->extra_seqs[q - n_base];
   int32_t len[TRN_MAX_SEQ] = {0};
   const cJSON *arr[TRN_MAX_SEQ] = {0};
   size_t cur = tok->n; /* ids of this line go at tok->n.., sequence after sequence */
   for (int q = 0; q < d->n_seq; q++) {
     arr[q] = cJSON_GetObjectItemCaseSensitive(j, names[q]);
+    if (!arr[q] && q >= n_base) {
+      derr(c, "missing '%s' (declared by `sequence %s`)", names[q], names[q]);
+      rc = -1;
+      continue;
+    }
     if (!arr[q]) {
       derr(c, "missing '%s' (a %s line has %s)", names[q],
            d->kind == POC_DATA_PAIRS ? "pairs" : "points",
@@ -284,7 +298,12 @@ int trn_data_load(trn_data *d, const poc_program *prog, const char *path, int vo
                   int max_len) {
   memset(d, 0, sizeof *d);
   d->kind = prog->data_kind;
-  d->n_seq = d->kind == POC_DATA_PAIRS ? 3 : 2;
+  d->n_seq = (d->kind == POC_DATA_PAIRS ? 3 : 2) + prog->n_extra_seqs;
+  if (prog->n_extra_seqs < 0 || prog->n_extra_seqs > POC_MAX_EXTRA_SEQS) {
+    fprintf(stderr, "%s: error: %d sequence declarations; at most %d are supported\n", path,
+            prog->n_extra_seqs, POC_MAX_EXTRA_SEQS);
+    return -1;
+  }
   d->n_fields = prog->n_fields;
   if (prog->n_fields > TRN_MAX_FIELDS) {
     fprintf(stderr, "%s: error: %d data fields declared; at most %d are supported\n", path,
@@ -293,7 +312,7 @@ int trn_data_load(trn_data *d, const poc_program *prog, const char *path, int vo
   }
   for (int f = 0; f < prog->n_fields; f++) {
     int s = prog->fields[f].seq;
-    if (s >= 0 && trn_seq_slot(d->kind, s) < 0) {
+    if (s >= 0 && (trn_seq_slot(d->kind, s) < 0 || trn_seq_slot(d->kind, s) >= d->n_seq)) {
       fprintf(stderr, "%s: error: field '%s' is aligned with '%s', which %s data has not\n",
               path, prog->fields[f].name, trn_src_name(s),
               d->kind == POC_DATA_PAIRS ? "pairs" : "points");
@@ -433,12 +452,11 @@ uint64_t trn_hash_str(uint64_t h, const char *s) { return trn_hash(h, s, strlen(
 
 /* Epoch e's order: Fisher–Yates over 0..n-1 drawn from poc_rng_derive(seed, e, 0), so any
  * position of the stream is recomputed from (seed, position) alone — which is what makes
- * resume exact without saving the permutation. Without shuffle (train.order = file) every
- * epoch is the identity: the file's order, which another trainer can be given as is. */
-void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int shuffle) {
+ * resume exact without saving the permutation. */
+void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int sequential) {
   o->n = d->n;
   o->seed = seed;
-  o->shuffle = shuffle;
+  o->sequential = sequential;
   o->epoch = -1;
   o->perm = malloc((size_t)d->n * sizeof *o->perm);
 }
@@ -450,10 +468,11 @@ void trn_order_free(trn_order *o) {
 
 int64_t trn_order_at(trn_order *o, int64_t pos) {
   int64_t e = pos / o->n, i = pos % o->n;
+  if (o->sequential) return i;
   if (e != o->epoch) {
     for (int64_t k = 0; k < o->n; k++) o->perm[k] = k;
     poc_rng r = poc_rng_derive(o->seed, (uint64_t)e, 0);
-    for (int64_t k = o->shuffle ? o->n - 1 : 0; k > 0; k--) {
+    for (int64_t k = o->n - 1; k > 0; k--) {
       int64_t j = (int64_t)(poc_rng_uniform(&r) * (double)(k + 1));
       if (j > k) j = k;
       int64_t t = o->perm[k];

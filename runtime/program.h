@@ -22,15 +22,20 @@
 /* Where a segment's tokens come from. PROMPT/CHOSEN/REJECTED/RESPONSE are the data
  * sequences (pairs: prompt, chosen, rejected; points: prompt, response); ANCHOR is the
  * sequence drawn by `sample(...)` this step (index into poc_program.anchors); LITERAL is a
- * token literal like `[3]`. */
+ * token literal like `[3]`. POC_SRC_EXTRA + k is the k-th `sequence NAME` declaration
+ * (poc_program.extra_seqs[k]), one more token array of each data line under key NAME. */
 typedef enum poc_src {
   POC_SRC_PROMPT,
   POC_SRC_CHOSEN,
   POC_SRC_REJECTED,
   POC_SRC_RESPONSE,
   POC_SRC_ANCHOR,
-  POC_SRC_LITERAL
+  POC_SRC_LITERAL,
+  POC_SRC_EXTRA
 } poc_src;
+
+/* At most this many `sequence NAME` declarations (dsl.h: PO_MAX_EXTRA_SEQS). */
+#define POC_MAX_EXTRA_SEQS 4
 
 /* A slice bound that is absent (`x[:k]`, `x[k:]`, or no slice at all). */
 #define POC_OPEN INT32_MIN
@@ -61,7 +66,8 @@ typedef struct poc_model_decl {
 typedef enum poc_data_kind { POC_DATA_PAIRS, POC_DATA_POINTS } poc_data_kind;
 
 /* `field NAME` (per example: seq = -1) or `field NAME[seq]` (per token, aligned with data
- * sequence seq, one of POC_SRC_PROMPT..POC_SRC_RESPONSE: one number per token of that
+ * sequence seq, one of POC_SRC_PROMPT..POC_SRC_RESPONSE or POC_SRC_EXTRA + k: one number
+ * per token of that
  * sequence, truncated with it when max_len cuts the sequence). */
 typedef struct poc_field_decl {
   const char *name;
@@ -118,9 +124,9 @@ typedef enum poc_precision { POC_PREC_FP32, POC_PREC_BF16 } poc_precision;
 /* What a step with a non-finite loss or gradient norm does: stop the run (exit 2, the
  * step not applied, no checkpoint written) or skip it (no update; counted). */
 typedef enum poc_nonfinite { POC_NONFINITE_STOP, POC_NONFINITE_SKIP } poc_nonfinite;
-/* The order a run visits the examples in: a fresh permutation each epoch drawn from the
- * seed, or the file's own order every epoch (to feed another trainer the same batches). */
-typedef enum poc_order { POC_ORDER_SHUFFLE, POC_ORDER_FILE } poc_order;
+/* The order examples are visited in: a fresh permutation each epoch, or the file's order
+ * (KTO's KL completions are made for consecutive lines of one batch). */
+typedef enum poc_order { POC_ORDER_SHUFFLE, POC_ORDER_SEQUENTIAL } poc_order;
 
 /* The train block. Generated code fills every field: the key's value when the .po file
  * sets it, else the default given in brackets (POC_TRAIN_DEFAULTS below spells them). */
@@ -246,6 +252,8 @@ typedef struct poc_program {
   const char *data_path;
   int n_fields;
   const poc_field_decl *fields;
+  int n_extra_seqs;              /* `sequence NAME` declarations: data keys, in order */
+  const char *const *extra_seqs;
   const char *eval_path;         /* prompts("...") or NULL */
   int n_calls;
   const poc_call *calls;

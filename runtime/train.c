@@ -218,7 +218,7 @@ static const char *const trn_enum_names[][3] = {
     [TF_SCHEDULE] = {"cosine", "linear", "constant"},
     [TF_PRECISION] = {"fp32", "bf16", NULL},
     [TF_NONFINITE] = {"stop", "skip", NULL},
-    [TF_ORDER] = {"shuffle", "file", NULL},
+    [TF_ORDER] = {"shuffle", "sequential", NULL},
 };
 
 /* --set train.NAME=VALUE into t; -1 after a message naming what is wrong. */
@@ -354,6 +354,8 @@ static int check_program(const poc_program *p) {
         const poc_segment *g = &segs[s][i];
         if (g->src == POC_SRC_ANCHOR && (c->hoisted || g->anchor < 0 || g->anchor >= p->n_anchors))
           why = "anchor segments naming a declared anchor, never hoisted";
+        else if ((int)g->src >= POC_SRC_EXTRA && (int)g->src - POC_SRC_EXTRA >= p->n_extra_seqs)
+          why = "sequence segments naming a declared sequence";
         else if (g->src <= POC_SRC_RESPONSE && trn_seq_slot(p->data_kind, g->src) < 0) {
           trn_path(buf, sizeof buf, "call '%s' reads '%s', which %s data has not", c->key,
                    trn_src_name(g->src), p->data_kind == POC_DATA_PAIRS ? "pairs" : "points");
@@ -1287,7 +1289,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   memcpy(r->st.knobs, r->knobs, sizeof(double) * (size_t)p->n_knobs);
   rc = 1;
   if (run_open_directory(r) || run_hoist(r)) goto done;
-  trn_order_init(&r->order, &r->data, r->st.seed, r->T->order == POC_ORDER_SHUFFLE);
+  trn_order_init(&r->order, &r->data, r->st.seed, r->T->order == POC_ORDER_SEQUENTIAL);
   r->ex = malloc((size_t)r->T->batch * sizeof *r->ex);
   if (!r->order.perm || !r->ex) {
     fprintf(stderr, "%s: error: out of memory\n", p->name);

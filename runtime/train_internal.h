@@ -28,7 +28,7 @@
 #include "pocrt.h"
 #include "program.h"
 
-#define TRN_MAX_SEQ 3       /* prompt + two responses */
+#define TRN_MAX_SEQ (3 + POC_MAX_EXTRA_SEQS) /* prompt, two responses, `sequence` ones */
 #define TRN_MAX_FIELDS 32
 #define TRN_MAX_MODELS 8
 
@@ -41,13 +41,15 @@ const char *trn_after_path(const char *msg, const char *path);
 
 /* ---- data.c ---------------------------------------------------------------------- */
 
-/* Sequence slots: 0 prompt, 1 chosen (pairs) / response (points), 2 rejected. Example e's
- * slot q is tok[seq_off[e*3+q] .. + seq_len[e*3+q]), already truncated to max_len. */
+/* Sequence slots: 0 prompt, 1 chosen (pairs) / response (points), 2 rejected, then the
+ * `sequence NAME` declarations in order (from slot 3 for pairs, 2 for points). Example
+ * e's slot q is tok[seq_off[e*TRN_MAX_SEQ+q] .. + seq_len[e*TRN_MAX_SEQ+q]), already
+ * truncated to max_len. */
 typedef struct trn_data {
   char *path;
   poc_data_kind kind;
   int64_t n;
-  int n_seq;
+  int n_seq;                     /* slots in use: the data kind's, then the extra ones */
   int32_t *tok;
   int64_t n_tok;
   int64_t *seq_off;
@@ -71,14 +73,15 @@ typedef struct trn_order {
   int64_t n;
   uint64_t seed;
   int64_t epoch;                 /* whose permutation perm holds; -1 none yet */
+  int sequential;                /* train.order = sequential: perm is the identity */
   int64_t *perm;
-  int shuffle;                   /* 0: every epoch in file order (train.order = file) */
 } trn_order;
 
-void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int shuffle);
+/* sequential: the file's order every epoch (no permutation drawn) */
+void trn_order_init(trn_order *o, const trn_data *d, uint64_t seed, int sequential);
 void trn_order_free(trn_order *o);
 /* The example at stream position pos: epoch pos / n, rank pos % n of that epoch's
- * permutation (of the identity without shuffle). */
+ * permutation (the identity with train.order = sequential). */
 int64_t trn_order_at(trn_order *o, int64_t pos);
 
 /* One JSONL line, strictly: a single JSON value with nothing but white space after it,

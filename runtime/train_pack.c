@@ -45,8 +45,8 @@ int trn_segs_resolve(const trn_ctx *c, const poc_segment *s, int n, int64_t e,
       }
     } else {
       int q = trn_seq_slot(c->data->kind, s[i].src);
-      src = c->data->tok + c->data->seq_off[e * 3 + q];
-      sl = c->data->seq_len[e * 3 + q];
+      src = c->data->tok + c->data->seq_off[e * TRN_MAX_SEQ + q];
+      sl = c->data->seq_len[e * TRN_MAX_SEQ + q];
     }
     int lo, hi;
     slice(s[i].lo, s[i].hi, sl, &lo, &hi);
@@ -329,10 +329,10 @@ int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const i
     }
     int q = trn_seq_slot(d->kind, fd->seq);
     size_t need = (size_t)o->foff[f][B0] + 1;
-    for (int b = 0; b < B; b++) need += (size_t)d->seq_len[ex[b] * 3 + q];
+    for (int b = 0; b < B; b++) need += (size_t)d->seq_len[ex[b] * TRN_MAX_SEQ + q];
     if (reserve_d(&o->fval[f], &o->fcap[f], need)) return -1;
     for (int b = 0; b < B; b++) {
-      int n = d->seq_len[ex[b] * 3 + q];
+      int n = d->seq_len[ex[b] * TRN_MAX_SEQ + q];
       const double *src = d->tok_field + d->tf_off[ex[b] * d->n_fields + f];
       memcpy(o->fval[f] + o->foff[f][B0 + b], src, (size_t)n * sizeof(double));
       o->foff[f][B0 + b + 1] = o->foff[f][B0 + b] + n;

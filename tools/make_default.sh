@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the embedded default from nothing: the addition task's data and a randomly
-# initialised tiny model (tools/make_task.py), SFT of that model by poc itself
-# (examples/sft.po), and the SFT model's last checkpoint installed as examples/tiny.
+# initialised tiny model (tools/make_task.py), KTO's unpaired data (tools/kto_kl.py), SFT
+# of that model by poc itself (examples/sft.po), and the SFT model's last checkpoint
+# installed as examples/tiny.
 # About two minutes on two cores.
 #
 # usage: tools/make_default.sh [BUILD_DIR]   (default: build, with build/poc built)
@@ -13,6 +14,9 @@ if [ ! -x "$poc" ]; then
   exit 2
 fi
 python3 tools/make_task.py
+# KTO's unpaired lines with their mismatched completions (examples/trl/kto.po)
+python3 tools/kto_kl.py examples/data/pairs.jsonl --from-pairs --batch 16 --limit 512 \
+  -o examples/data/kto.jsonl
 run="runs/sft-default"
 rm -rf "$run"
 "$poc" run examples/sft.po --out "$run"

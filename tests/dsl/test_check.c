@@ -143,9 +143,9 @@ static void test_params_and_train(void) {
   expect(HEAD "loss = 1\ntrain { on_nonfinite = 1 }\n", 1, "train key 'on_nonfinite' takes one of stop or skip");
   expect(HEAD "loss = 1\ntrain { ckpt_minutes = -1 }\n", 1, "train key 'ckpt_minutes' must be at least 0");
   expect(HEAD "loss = 1\ntrain { on_nonfinite = skip; ckpt_minutes = 2.5 }\n", 0, NULL);
-  expect(HEAD "loss = 1\ntrain { order = file }\n", 0, NULL);
-  expect(HEAD "loss = 1\ntrain { order = fil }\n", 1, "unknown order 'fil'; did you mean 'file'?");
-  expect(HEAD "loss = 1\ntrain { order = 0 }\n", 1, "train key 'order' takes one of shuffle or file");
+  expect(HEAD "loss = 1\ntrain { order = sequential }\n", 0, NULL);
+  expect(HEAD "loss = 1\ntrain { order = sequentil }\n", 1, "unknown order 'sequentil'; did you mean 'sequential'?");
+  expect(HEAD "loss = 1\ntrain { order = 0 }\n", 1, "train key 'order' takes one of shuffle or sequential");
   expect(HEAD "loss = 1\ntrain { schedule = 1 }\n", 1,
          "train key 'schedule' takes one of cosine, linear or constant");
   expect(HEAD "loss = 1\ntrain { precision = fp8 }\n", 1, "unknown precision 'fp8'");
@@ -201,20 +201,25 @@ static void test_tables(void) {
   /* every builtin round-trips through its name */
   for (int b = PO_B_NONE + 1; b < PO_B_COUNT; b++)
     CHECK(po_builtin_lookup(po_builtin_get((po_builtin)b)->name) == (po_builtin)b);
-  int nkeys = 0, has_schedule = 0;
+  int nkeys = 0, has_schedule = 0, has_order = 0;
   for (const po_train_key *k = po_train_keys(); k->key; k++, nkeys++) {
     CHECK(k->doc && k->doc[0]);
     if (!strcmp(k->key, "schedule"))
       has_schedule = k->type == PO_TK_NAME && !strcmp(k->choices[0], "cosine");
+    if (!strcmp(k->key, "order"))
+      has_order = k->type == PO_TK_NAME && !strcmp(k->choices[0], "shuffle") &&
+                  !strcmp(k->choices[1], "sequential") && !k->choices[2];
   }
-  CHECK(nkeys == 22 && has_schedule);
+  CHECK(nkeys == 22 && has_schedule && has_order);
 
-  fe_run r = fe_compile(HEAD "param beta = 1\ndef S(m) = 1\nfield f\nloss = 1\nreport loss = 2\n", 1);
+  fe_run r = fe_compile(HEAD "param beta = 1\ndef S(m) = 1\nfield f\nsequence q\nloss = 1\n"
+                             "report loss = 2\n", 1);
   CHECK(r.errors == 0);
   const po_stmt *s = po_program_find(r.prog, "beta");
   CHECK(s && s->kind == PO_S_PARAM);
   CHECK(po_program_find(r.prog, "S")->kind == PO_S_DEF);
   CHECK(po_program_find(r.prog, "f")->kind == PO_S_FIELD);
+  CHECK(po_program_find(r.prog, "q")->kind == PO_S_SEQ);
   CHECK(po_program_find(r.prog, "loss")->kind == PO_S_LET); /* not the report */
   CHECK(po_program_find(r.prog, "nothing") == NULL);
   fe_done(&r);

@@ -134,11 +134,21 @@ def cpo(x, s, p, picks):
     B, beta, lam = batch(x), p["beta"], p["lambda"]
     cr = [beta * S(x, "policy/chosen", i) for i in range(B)]
     rr = [beta * S(x, "policy/rejected", i) for i in range(B)]
-    nll = [-A(x, "policy/chosen", i) for i in range(B)]
-    per = [-logsigmoid(c - r) + lam * n for c, r, n in zip(cr, rr, nll)]
+    if p.get("per_example_nll", 0):
+        # the mean of per-example means: each example's chosen weighs the same
+        nll = ex([-A(x, "policy/chosen", i) for i in range(B)])
+    else:
+        # TRL's: one mean over every chosen token of the batch
+        tokens = [t for i in range(B) for t in lp(x, "policy/chosen", i)]
+        nll = ("batch", -vsum(tokens) / len(tokens))
+    per = [-logsigmoid(c - r) + lam * (nll[1][i] if nll[0] == "example" else nll[1])
+           for i, (c, r) in enumerate(zip(cr, rr))]
     rep = dpo_reports(1.0, cr, rr)
-    rep["nll_loss"] = ex(nll)
+    rep["nll_loss"] = nll
     return per, rep
+
+
+ORPO_PROMPT = "policy/prompt[1:]|prompt[:1]"
 
 
 def orpo(x, s, p, picks):
@@ -146,10 +156,19 @@ def orpo(x, s, p, picks):
     aw = [A(x, "policy/chosen", i) for i in range(B)]
     al = [A(x, "policy/rejected", i) for i in range(B)]
     o = [(w - l) - (log1mexp(w) - log1mexp(l)) for w, l in zip(aw, al)]
-    per = [-w - lam * logsigmoid(oi) for w, oi in zip(aw, o)]
+    if p.get("per_example_nll", 0):
+        nll = ex([-w for w in aw])
+    else:
+        # TRL's: one mean over every prompt token but the first and every chosen token
+        tokens = [t for i in range(B)
+                  for t in lp(x, ORPO_PROMPT, i) + lp(x, "policy/chosen", i)]
+        nll = ("batch", -vsum(tokens) / len(tokens))
+    per = [(nll[1][i] if nll[0] == "example" else nll[1]) - lam * logsigmoid(oi)
+           for i, oi in enumerate(o)]
     rep = dpo_reports(lam, aw, al)
-    rep["log_odds_ratio"] = ex(o)
-    rep["nll_loss"] = ex([-w for w in aw])
+    rep["log_odds_ratio"] = ex([logsigmoid(oi) for oi in o])
+    rep["log_odds_chosen"] = ex(o)
+    rep["nll_loss"] = nll
     return per, rep
 
 
@@ -365,7 +384,8 @@ SPECS = {
     "ipo": dict(fn=ipo, logp=PAIR_KEYS, params={"tau": 0.1}),
     "cpo": dict(fn=cpo, logp={"policy/chosen": "chosen", "policy/rejected": "rejected"},
                 params={"beta": 0.1, "lambda": 1.0}),
-    "orpo": dict(fn=orpo, logp={"policy/chosen": "chosen", "policy/rejected": "rejected"},
+    "orpo": dict(fn=orpo, logp={"policy/chosen": "chosen", "policy/rejected": "rejected",
+                                ORPO_PROMPT: "prompt[1:]"},
                  params={"lambda": 0.1}),
     "rdpo": dict(fn=rdpo, logp=PAIR_KEYS, params={"beta": 0.1, "alpha": 0.1}),
     "stapo": dict(fn=stapo, logp={"policy/chosen": "chosen", "policy/rejected": "rejected"},
@@ -397,8 +417,9 @@ VARIATIONS = {
     "dpo": [{"beta": 0.5}, {"beta": 0.03}],
     "simpo": [{"beta": 1.0, "gamma": 0.3}, {"gamma": -0.5}],
     "ipo": [{"tau": 0.5}, {"tau": 2.0}],
-    "cpo": [{"beta": 0.5, "lambda": 0.2}],
-    "orpo": [{"lambda": 1.0}],
+    "cpo": [{"beta": 0.5, "lambda": 0.2}, {"per_example_nll": 1},
+            {"beta": 0.3, "lambda": 2.0, "per_example_nll": 1}],
+    "orpo": [{"lambda": 1.0}, {"per_example_nll": 1}, {"lambda": 0.5, "per_example_nll": 1}],
     "rdpo": [{"alpha": 1.0}, {"beta": 0.5, "alpha": 0.0}],
     "stapo": [{"m_l": 0.2, "m_r": 0.4}, {"beta": 1.0, "m_l": -0.5, "m_r": 0.5}],
     "stapo_dpo": [{"beta": 0.5, "m_l": -1.0, "m_r": 1.0}],

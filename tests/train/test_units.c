@@ -234,19 +234,63 @@ static void test_data_truncation(void) {
   CHECK_NEAR(d.tok_field[d.tf_off[0 * 2 + 1] + 2], 0.3, 0);
   CHECK_NEAR(d.ex_field[0 * 2 + 0], 0.5, 0);
   /* example 1: prompt keeps its last 5 tokens, each response 1 */
-  CHECK(d.seq_len[3] == 5 && d.tok[d.seq_off[3]] == 5);
-  CHECK(d.seq_len[4] == 1 && d.seq_len[5] == 1);
+  CHECK(d.seq_len[TRN_MAX_SEQ] == 5 && d.tok[d.seq_off[TRN_MAX_SEQ]] == 5);
+  CHECK(d.seq_len[TRN_MAX_SEQ + 1] == 1 && d.seq_len[TRN_MAX_SEQ + 2] == 1);
   CHECK_NEAR(d.tok_field[d.tf_off[1 * 2 + 1]], 0.6, 0);
   CHECK_NEAR(d.ex_field[1 * 2 + 0], -2, 0);
   trn_data_free(&d);
+}
+
+/* `sequence kl_response`: one more token array a line, after the data kind's own: read,
+ * checked and cut to max_len like a response. */
+static void test_data_extra_seq(void) {
+  char path[600], msg[4096];
+  snprintf(path, sizeof path, "%s/extra.jsonl", dir);
+  write_text(path,
+             "{\"prompt\":[1,5,6],\"chosen\":[7,2],\"rejected\":[11,2],\"kl\":[8,9,10,2],"
+             "\"margin\":0,\"chosen_scores\":[0.1,0.2]}\n"
+             "{\"prompt\":[1,4],\"chosen\":[7,2],\"rejected\":[11,12,2],\"kl\":[3],"
+             "\"margin\":0,\"chosen_scores\":[0.6,0.7]}\n");
+  poc_program *p = tt_program("m", path, NULL, 1, 0, 1);
+  static const char *const extra[] = {"kl"};
+  p->n_extra_seqs = 1;
+  p->extra_seqs = extra;
+  trn_data d;
+  CHECK(load_capture(&d, p, path, 5, msg, sizeof msg) == 0);
+  CHECK(d.n == 2 && d.n_seq == 4);
+  CHECK(trn_seq_slot(POC_DATA_PAIRS, POC_SRC_EXTRA) == 3);
+  CHECK(trn_seq_slot(POC_DATA_POINTS, POC_SRC_EXTRA + 1) == 3);
+  /* example 0: the prompt keeps 3, so kl keeps 5 - 3 = 2 of its 4 */
+  CHECK(d.seq_len[3] == 2 && d.tok[d.seq_off[3]] == 8 && d.tok[d.seq_off[3] + 1] == 9);
+  CHECK(d.seq_len[TRN_MAX_SEQ + 3] == 1 && d.tok[d.seq_off[TRN_MAX_SEQ + 3]] == 3);
+  trn_data_free(&d);
+  /* missing, empty, outside the vocabulary: each named with its line */
+  static const struct { const char *line, *want; } bad[] = {
+      {"{\"prompt\":[1],\"chosen\":[7],\"rejected\":[8],\"margin\":0,\"chosen_scores\":[0]}",
+       "missing 'kl' (declared by `sequence kl`)"},
+      {"{\"prompt\":[1],\"chosen\":[7],\"rejected\":[8],\"kl\":[],\"margin\":0,"
+       "\"chosen_scores\":[0]}", "'kl' is empty"},
+      {"{\"prompt\":[1],\"chosen\":[7],\"rejected\":[8],\"kl\":[99999],\"margin\":0,"
+       "\"chosen_scores\":[0]}", "'kl'[0] = 99999 is outside the vocabulary"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    char text[1024], want[700];
+    snprintf(text, sizeof text, "%s\n", bad[i].line);
+    write_text(path, text);
+    CHECK_MSG(load_capture(&d, p, path, 64, msg, sizeof msg) == -1, "case %zu accepted", i);
+    snprintf(want, sizeof want, "%s:1: error: %s", path, bad[i].want);
+    CHECK_MSG(strstr(msg, want) != NULL, "case %zu: no '%s' in: %s", i, want, msg);
+  }
+  p->n_extra_seqs = 0;
+  p->extra_seqs = NULL;
 }
 
 static void test_order_and_pick(void) {
   trn_data d = {0};
   d.n = 50;
   trn_order o, o2;
-  trn_order_init(&o, &d, 11, 1);
-  trn_order_init(&o2, &d, 11, 1);
+  trn_order_init(&o, &d, 11, 0);
+  trn_order_init(&o2, &d, 11, 0);
   int seen[50] = {0}, same_as_e0 = 0;
   int64_t e0[50];
   for (int i = 0; i < 50; i++) {
@@ -262,10 +306,11 @@ static void test_order_and_pick(void) {
   CHECK(trn_order_at(&o2, 4) == e0[4]);
   trn_order_free(&o);
   trn_order_free(&o2);
-  trn_order_init(&o, &d, 11, 0);     /* train.order = file: every epoch in file order */
-  int file_order = 1;
-  for (int i = 0; i < 120; i++) file_order &= trn_order_at(&o, i) == i % 50;
-  CHECK(file_order);
+  /* train.order = sequential: the file's order, every epoch */
+  trn_order_init(&o, &d, 11, 1);
+  int in_order = 1;
+  for (int i = 0; i < 120; i++) in_order &= trn_order_at(&o, i) == i % 50;
+  CHECK(in_order);
   trn_order_free(&o);
 
   unsigned char m1[20], m2[20];
@@ -402,6 +447,7 @@ int main(void) {
   test_adamw();
   test_data_errors();
   test_data_truncation();
+  test_data_extra_seq();
   test_order_and_pick();
   test_ckpt();
   test_metrics();

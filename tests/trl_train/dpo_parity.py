@@ -21,7 +21,7 @@ How the two runs are made the same (docs/trl.md says it for users):
              the same ids. Every response already ends with EOS (id 2), so TRL appends
              none, and every prompt starts with BOS (id 1), which neither side adds.
              No example reaches max_len, so neither truncates (their policies differ).
-  order      poc with train.order = file, TRL with train_sampling_strategy = "sequential":
+  order      poc with train.order = sequential, TRL with train_sampling_strategy = "sequential":
              both take lines 1-16 for step 1, 17-32 for step 2, ...
   reference  poc computes the reference log-probs once before training (hoisting), TRL
              with a frozen copy each step (precompute_ref_log_probs off): both from the
@@ -68,7 +68,7 @@ STEPS = 10
 POC_SETS = ["beta=0.2", "train.lr=3e-4", "train.schedule=cosine", "train.warmup=0.12",
             "train.steps=%d" % STEPS, "train.batch=16", "train.micro_batch=8",
             "train.adam_beta1=0.85", "train.adam_beta2=0.95", "train.adam_eps=1e-6",
-            "train.weight_decay=0.1", "train.clip=1.0", "train.order=file",
+            "train.weight_decay=0.1", "train.clip=1.0", "train.order=sequential",
             "train.log_every=1"]
 HF_SCHEDULE = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 RTOL = 1e-4
