@@ -141,7 +141,7 @@ def run_trl(a, train, knobs, pairs, model_dir):
         adam_beta1=train["adam_beta1"], adam_beta2=train["adam_beta2"],
         adam_epsilon=train["adam_eps"], weight_decay=train["weight_decay"],
         max_grad_norm=train["clip"], max_length=train["max_len"],
-        train_sampling_strategy="sequential" if train["order"] == "file" else "random")
+        train_sampling_strategy="sequential" if train["order"] == "sequential" else "random")
     tr = DPOTrainer(model=model_dir, args=cfg, train_dataset=ds,
                     processing_class=char_tokenizer(vocab))
     # TRL's own preparation must give back the data's ids
