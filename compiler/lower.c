@@ -964,9 +964,9 @@ static int reject_nograd(lw *L, int loss) {
     if (!reach[i]) continue;
     const ir_node *n = &g->nodes[i];
     if (n->op == IR_LOGSUMSQ && g->models[n->idx].trainable) {
-      lerr(L, n->loc, "logsumsq has no gradient, but 'loss' depends on logsumsq(%s) through a "
-           "path that carries one; wrap that use in sg(...), as a weight is: "
-           "sg(exp(mean(logp(...) - logsumsq(...))))", n->key);
+      lerr(L, n->loc, "logsumsq has no gradient, but 'loss' would carry one into this call "
+           "(%s); use it under sg(...), as a weight is: sg(exp(mean(logp(m, y) - logsumsq(m, y))))",
+           n->key);
       found++;
       continue;
     }
