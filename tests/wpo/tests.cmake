@@ -30,3 +30,26 @@ if(TARGET pocrt_cuda)
     add_dependencies(wpo_head poc_cuemu)
   endif()
 endif()
+
+# The example against TRL's own loss (DPOTrainer._compute_loss, use_weighting=True)
+add_test(NAME wpo_trl
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_trl.py --poc ${POC_EXE}
+                 --root ${PROJECT_SOURCE_DIR} --scratch ${CMAKE_CURRENT_BINARY_DIR}/wpo_scratch/trl)
+set_tests_properties(wpo_trl PROPERTIES LABELS "wpo;examples" TIMEOUT 300 SKIP_RETURN_CODE 77)
+
+# The example built and trained two steps, fused head against textbook head
+add_test(NAME wpo_train
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_train.py --poc ${POC_EXE}
+                 --root ${PROJECT_SOURCE_DIR} --scratch ${CMAKE_CURRENT_BINARY_DIR}/wpo_scratch/train)
+set_tests_properties(wpo_train PROPERTIES LABELS "wpo;e2e" TIMEOUT 600
+                     ENVIRONMENT "OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
+if(TARGET poc_cuemu)
+  add_test(NAME wpo_train_cuda_emul
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_train.py --poc ${POC_EXE}
+                   --root ${PROJECT_SOURCE_DIR} --backend cuda
+                   --set train.batch=4 --set train.micro_batch=2 --lines 8
+                   --scratch ${CMAKE_CURRENT_BINARY_DIR}/wpo_scratch/train_cuda_emul)
+  set_tests_properties(wpo_train_cuda_emul PROPERTIES LABELS "wpo;cuda_emul" TIMEOUT 900
+                       SKIP_RETURN_CODE 77
+                       ENVIRONMENT "POC_CUDA_EMULATE=$<TARGET_FILE:poc_cuemu>;OMP_WAIT_POLICY=PASSIVE")
+endif()
