@@ -5,7 +5,9 @@ on the bundled model and data with the fused loss head and with the textbook one
 from logsumsq, computed by the head). Every TRL metric the example reports is logged and
 finite. At the first step the policy is the reference, so the loss is log 2 times the
 batch mean of w(y+)·w(y-): below log 2 here, as the bundled model rarely produces the
-rejected responses (their weights are small), and above 0.
+rejected responses (their weights are small), and above 0. On the CPU also the same
+weights from the frozen reference, whose logsumsq calls are hoisted and cached, must give
+the example's first loss.
 
 usage: check_train.py --poc POC --root REPO --scratch DIR [--backend cpu|cuda] [--set K=V ...]
                       [--lines N]
@@ -88,7 +90,54 @@ def main():
             for k in ("loss",) + REPORTS:
                 pycheck.check(abs(x[k] - y[k]) <= tol * (1 + abs(y[k])),
                               f"step {x['step']}: {k} fused {x[k]} vs textbook {y[k]}")
+    if a.backend == "cpu" and "fused" in logs:
+        frozen_weights(a, logs["fused"][0])
     return pycheck.finish("wpo_train")
+
+
+# The example's weights taken from the frozen reference instead: its logsumsq calls are
+# hoisted (computed once over the data set before training, kept in OUT/ref_cache.bin).
+# At step 1 the reference is the policy, so the loss must be the example's.
+FROZEN = """policy = model("examples/tiny")
+ref    = frozen(policy)
+data   = pairs("examples/data/pairs.jsonl")
+param beta = 0.1
+def S(m, y) = sum(logp(m, y))
+def w(m, y) = exp(mean(logp(m, y) - logsumsq(m, y)))
+loss = -logsigmoid(beta * (S(policy, chosen) - S(ref, chosen) - S(policy, rejected) + S(ref, rejected)))
+       * w(ref, chosen) * w(ref, rejected)
+report lss/ref = mean(logsumsq(ref, rejected))
+train { lr = 2e-5; schedule = cosine; warmup = 0.1; batch = 16; micro_batch = 8; epochs = 1
+        max_len = 64; clip = 1.0; precision = fp32; seed = 1 }
+"""
+
+
+def frozen_weights(a, first):
+    po = os.path.join(a.scratch, "frozen_weights.po")
+    with open(po, "w") as f:
+        f.write(FROZEN)
+    g = subprocess.run([a.poc, "graph", po], cwd=a.root, stdout=subprocess.PIPE, text=True)
+    pycheck.check(any("before training (hoisted" in l and "logsumsq:ref/chosen" in l
+                      for l in g.stdout.splitlines()),
+                  "the frozen model's logsumsq is not in the hoisted forward")
+    binp = os.path.join(a.scratch, "frozen_weights")
+    p = subprocess.run([a.poc, "build", po, "-o", binp], cwd=a.root, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=300)
+    if not pycheck.check(p.returncode == 0, f"frozen weights: poc build: {p.stderr}"):
+        return
+    out = os.path.join(a.scratch, "run_frozen")
+    p = subprocess.run([binp, "--backend", a.backend, "--steps", "1", "--out", out], cwd=a.root,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    if not pycheck.check(p.returncode == 0, f"frozen weights: exit {p.returncode}: {p.stderr[-2000:]}"):
+        return
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        step = [json.loads(l) for l in f if l.strip() and "loss" in l][0]
+    pycheck.check(os.path.getsize(os.path.join(out, "ref_cache.bin")) > 0, "no reference cache written")
+    pycheck.check(abs(step["loss"] - first["loss"]) <= 1e-5 * abs(first["loss"]),
+                  f"frozen weights: step 1 loss {step['loss']} vs the example's {first['loss']}")
+    pycheck.check(math.isfinite(step["lss/ref"]) and step["lss/ref"] < 0, f"lss/ref = {step['lss/ref']}")
+    print(f"frozen-model weights (hoisted, cached): step 1 loss {step['loss']:.9f}, the example's "
+          f"{first['loss']:.9f}")
 
 
 if __name__ == "__main__":
