@@ -10,8 +10,9 @@ writes for label -100; the reference log-probs precomputed). Compared: the loss,
 metrics that the example reports (rewards/*, logps/*; TRL averages the accuracy in
 float32, so that one to 1e-7), and the gradient of the loss with
 respect to every policy log-prob, which TRL gets from autograd (its weights under
-no_grad) and poc from its own reverse mode (the weights under sg). Exit 77 (skip) when
-torch or trl cannot be had.
+no_grad) and poc from its own reverse mode (the weights under sg). Also: `--template`
+names the logsumsq keys and is accepted back, and a missing key is an error naming it.
+Exit 77 (skip) when torch or trl cannot be had.
 """
 import argparse
 import json
@@ -88,6 +89,33 @@ def trl_side(inp, beta, weighting=True):
     return loss.item(), reps, grad
 
 
+def probe_io(a, po):
+    """`--template` names the logsumsq keys and round-trips; a missing one is an error that
+    names it and the line that reads it."""
+    p = subprocess.run([a.poc, "probe", po, "--template"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=60)
+    if not pycheck.check(p.returncode == 0, f"--template: exit {p.returncode}: {p.stderr}"):
+        return
+    t = json.loads(p.stdout)
+    pycheck.check(sorted(t.get("logsumsq", {})) == ["policy/chosen", "policy/rejected"],
+                  f"--template logsumsq keys: {sorted(t.get('logsumsq', {}))}")
+    path = os.path.join(a.scratch, "template.json")
+    with open(path, "w") as f:
+        f.write(p.stdout)
+    p = subprocess.run([a.poc, "probe", po, "--inputs", path], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=60)
+    pycheck.check(p.returncode == 0 and isinstance(json.loads(p.stdout or "{}").get("loss"), float),
+                  f"the template as input: exit {p.returncode}: {p.stderr}")
+    del t["logsumsq"]["policy/rejected"]
+    with open(path, "w") as f:
+        json.dump(t, f)
+    p = subprocess.run([a.poc, "probe", po, "--inputs", path], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=60)
+    pycheck.check(p.returncode == 2 and "missing logsumsq['policy/rejected']" in p.stderr and
+                  "dpo_sigmoid_wpo.po:" in p.stderr,
+                  f"a missing logsumsq key: exit {p.returncode}: {p.stderr}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--poc", required=True)
@@ -130,6 +158,7 @@ def main():
             pycheck.check(abs(plain - got["loss"]) > 1e-2 * abs(plain),
                           f"{what}: the WPO loss {got['loss']} is plain DPO's {plain}: weights near 1")
             cases += 1
+    probe_io(a, po)
     print(f"{cases} cases: loss, {len(REPORTS)} metrics and dL/dlogp agree with TRL's _compute_loss "
           f"(use_weighting=True) to {RTOL:g}")
     return pycheck.finish("wpo_trl")
