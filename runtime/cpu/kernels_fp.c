@@ -376,11 +376,19 @@ static void ck_head_chunk_fwd(poc_kset *k, int n, int c, int v0, poc_dptr logits
       sr = sc * s[i];
       qr = q ? sc * sc * q[i] : 0;
     }
-    for (int j = 0; j < c; j++) {
-      real d = l[j] - mn, e = R_EXP(d);
-      sr += e;
-      ar += e * d;
-      qr += e * e;
+    if (q) {
+      for (int j = 0; j < c; j++) {
+        real d = l[j] - mn, e = R_EXP(d);
+        sr += e;
+        ar += e * d;
+        qr += e * e;
+      }
+    } else { /* the loop every objective without logsumsq runs, as it was */
+      for (int j = 0; j < c; j++) {
+        real d = l[j] - mn, e = R_EXP(d);
+        sr += e;
+        ar += e * d;
+      }
     }
     m[i] = mn;
     s[i] = sr;
