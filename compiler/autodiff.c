@@ -200,6 +200,7 @@ static int rule(ad *A, int id, int g, char *err, size_t errlen) {
     break;
   case IR_LOGP:
   case IR_ENTROPY:
+  case IR_LOGSUMSQ: /* never reached: it carries no train flag (ir_infer_flags) */
     break; /* the outputs */
   default:
     snprintf(err, errlen, "%%%d %s: no gradient rule", id, ir_op_info(n.op)->name);

@@ -7,6 +7,7 @@
  *   {"batch": B, "seed": S,
  *    "logp":    {"policy/chosen": [[per-token log-probs] × B], ...},
  *    "entropy": {"policy/chosen": [[...] × B], ...},
+ *    "logsumsq": {"policy/chosen": [[per-token log Σ_v p(v)²] × B], ...},
  *    "fields":  {"reward": [B numbers], "chosen_scores": [[per token] × B]},
  *    "tokens":  {"chosen": [B counts]}}
  * Token counts come from the arrays; "tokens" is needed only for a sequence no array
@@ -69,10 +70,10 @@ static void json_num(FILE *f, double x) {
 /* ---- the template ---------------------------------------------------------------- */
 
 static bool domain_needs_tokens(const ir_graph *g, int d) {
-  /* true when no logp/entropy/per-token field array gives the count of domain d */
+  /* true when no logp/entropy/logsumsq/per-token field array gives the count of domain d */
   for (int i = 0; i < g->n; i++) {
     const ir_node *n = &g->nodes[i];
-    if ((n->op == IR_LOGP || n->op == IR_ENTROPY || n->op == IR_FIELD) && n->level == IR_LTOKEN &&
+    if ((ir_head_call(n->op) || n->op == IR_FIELD) && n->level == IR_LTOKEN &&
         n->dom == d)
       return false;
   }
@@ -110,10 +111,10 @@ static void template_calls(const ir_graph *g, ir_op op, const char *title, int *
     for (int e = 0; e < 2; e++) {
       printf("%s[", e ? ", " : "");
       for (int t = 0; t < 3; t++) {
-        /* distinct, plausible numbers: log-probs below 0, entropies above */
+        /* distinct, plausible numbers: log-probs and log Σ p² below 0, entropies above */
         double v = 0.25 + 0.5 * t + 0.375 * e + 0.0625 * ((*keyno * *keyno * 3 + *keyno + 1) % 11) +
                    0.03125 * ((*keyno + t + e) % 3);
-        printf("%s%g", t ? ", " : "", op == IR_LOGP ? -v : 1 + v);
+        printf("%s%g", t ? ", " : "", op == IR_ENTROPY ? 1 + v : -v);
       }
       printf("]");
     }
@@ -128,6 +129,7 @@ static int print_template(const ir_graph *g) {
   int keyno = 0;
   template_calls(g, IR_LOGP, "logp", &keyno);
   template_calls(g, IR_ENTROPY, "entropy", &keyno);
+  template_calls(g, IR_LOGSUMSQ, "logsumsq", &keyno);
   bool *used = calloc((size_t)g->nfields + 1, sizeof *used);
   if (!used) return 1;
   int nf = 0;
@@ -459,7 +461,8 @@ static int read_input(probe *P, const char *text) {
     return -1;
   }
   int rc = -1;
-  static const char *const keys[] = {"batch", "seed", "logp", "entropy", "fields", "tokens"};
+  static const char *const keys[] = {"batch",    "seed",   "logp",  "entropy",
+                                     "logsumsq", "fields", "tokens"};
   const cJSON *m;
   if (!cJSON_IsObject(root)) {
     perr(P->in_path, "the input must be a JSON object {\"batch\": B, \"logp\": {...}, ...}");
@@ -469,8 +472,8 @@ static int read_input(probe *P, const char *text) {
     bool ok = false;
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) ok |= !strcmp(m->string, keys[k]);
     if (!ok) {
-      perr(P->in_path, "unknown key '%s' (the input has batch, seed, logp, entropy, fields, tokens)",
-           m->string);
+      perr(P->in_path, "unknown key '%s' (the input has batch, seed, logp, entropy, logsumsq, "
+           "fields, tokens)", m->string);
       goto out;
     }
   }
@@ -498,6 +501,7 @@ static int read_input(probe *P, const char *text) {
   }
   if (read_calls(P, cJSON_GetObjectItemCaseSensitive(root, "logp"), IR_LOGP, "logp") ||
       read_calls(P, cJSON_GetObjectItemCaseSensitive(root, "entropy"), IR_ENTROPY, "entropy") ||
+      read_calls(P, cJSON_GetObjectItemCaseSensitive(root, "logsumsq"), IR_LOGSUMSQ, "logsumsq") ||
       read_fields(P, cJSON_GetObjectItemCaseSensitive(root, "fields")) ||
       read_tokens(P, cJSON_GetObjectItemCaseSensitive(root, "tokens")))
     goto out;
@@ -695,7 +699,7 @@ int poc_cmd_probe(int argc, char **argv) {
     if (unknown) {
       int b = n->dom;
       while (g->doms[b].kind == IR_DOM_SLICE) b = g->doms[b].base;
-      perr(inputs, "cannot tell how many tokens '%s' has: no logp, entropy or per-token field "
+      perr(inputs, "cannot tell how many tokens '%s' has: no logp, entropy, logsumsq or per-token field "
            "array follows it; give \"tokens\": {\"%s\": [one count per example]}",
            g->doms[n->dom].name, g->doms[b].name);
       goto out;

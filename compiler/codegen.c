@@ -115,6 +115,7 @@ void cg_describe(FILE *f, const cg_prog *p, int id) {
   case IR_POS: fputc(' ', f); comment_text(f, g->doms[n->dom].name); return;
   case IR_LOGP:
   case IR_ENTROPY:
+  case IR_LOGSUMSQ:
   case IR_PICK:
     fputc(' ', f);
     comment_text(f, n->key);
@@ -131,6 +132,10 @@ void cg_describe(FILE *f, const cg_prog *p, int id) {
 }
 
 /* ---- the tables -------------------------------------------------------------------- */
+
+int cg_call_node(const cg_call *c) {
+  return c->logp >= 0 ? c->logp : c->entropy >= 0 ? c->entropy : c->lss;
+}
 
 /* A zero adjoint: broadcast of the constant 0 (autodiff's answer where sg stops every
  * path). Such a call needs no gradient from the runtime. */
@@ -174,17 +179,19 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
   int errors = 0;
   for (int i = 0; i < g->n; i++) {
     const ir_node *x = &g->nodes[i];
-    if (x->op != IR_LOGP && x->op != IR_ENTROPY) continue;
+    if (!ir_head_call(x->op)) continue;
     int c = -1;
     for (int k = 0; k < p->ncalls; k++)
       if (p->calls[k].model == x->idx && !strcmp(p->calls[k].key, x->key)) c = k;
     if (c < 0) {
       c = p->ncalls++;
       p->calls[c] = (cg_call){.key = x->key, .model = x->idx, .logp = -1, .entropy = -1,
-                              .dlogp = -1, .dentropy = -1, .call = x->call, .hoisted = true};
+                              .lss = -1, .dlogp = -1, .dentropy = -1, .call = x->call,
+                              .hoisted = true};
     }
     if (x->op == IR_LOGP) p->calls[c].logp = i;
-    else p->calls[c].entropy = i;
+    else if (x->op == IR_ENTROPY) p->calls[c].entropy = i;
+    else p->calls[c].lss = i;
     p->calls[c].hoisted &= (x->flags & IR_F_HOIST) && !opt->no_hoist;
     p->call_of[i] = c;
   }
@@ -204,7 +211,7 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
     for (int k = 0; ic && k < ic->nctx; k++)
       for (int j = 0; j < ic->ctx[k].ntoks; j++)
         if (ic->ctx[k].toks[j] < 0 || ic->ctx[k].toks[j] > INT32_MAX) {
-          po_error(d, g->nodes[p->calls[c].logp >= 0 ? p->calls[c].logp : p->calls[c].entropy].loc,
+          po_error(d, g->nodes[cg_call_node(&p->calls[c])].loc,
                    "token id %lld in the context of '%s' is not a valid token id",
                    (long long)ic->ctx[k].toks[j], p->calls[c].key);
           errors++;
@@ -230,7 +237,7 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
     if (!cg_dom_source(p, x->dom, &cc, &ff, &lo, &hi)) continue;
     while (g->doms[r].kind == IR_DOM_SLICE) r = g->doms[r].base;
     po_error(d, x->loc,
-             "%s needs the token count of '%s', but no logp or entropy call scores '%s' and no "
+             "%s needs the token count of '%s', but no logp, entropy or logsumsq call scores '%s' and no "
              "per-token field follows it; the training runtime gives token counts only with "
              "those values",
              x->op == IR_PICK ? "pick" : x->op == IR_POS ? "pos" : "len", g->doms[x->dom].name,

@@ -28,11 +28,12 @@ typedef struct cg_options {
 
 /* ---- codegen.c: the experiment as the runtime sees it ---------------------------- */
 
-/* One distinct model call: a LOGP node, an ENTROPY node, or both with the same key. */
+/* One distinct model call: the LOGP, ENTROPY and LOGSUMSQ nodes with the same key (any
+ * of them). */
 typedef struct cg_call {
   const char *key;
   int model;
-  int logp, entropy;       /* node ids, -1 when not read */
+  int logp, entropy, lss;  /* node ids, -1 when not read (lss: LOGSUMSQ) */
   int dlogp, dentropy;     /* adjoint node ids, -1 when no gradient is written */
   bool hoisted;
   const ir_call *call;
@@ -75,6 +76,8 @@ const char *cg_base(const char *path);
 /* "dpo.po:12" for a node: the file's base name (checked to be comment-safe, else
  * "line") and line. */
 void cg_where(FILE *f, const cg_prog *p, po_loc loc);
+/* The first node a call reads (logp, entropy or logsumsq): where it came from. */
+int cg_call_node(const cg_call *c);
 /* The .po file's base name, or a phrase when the name is not comment-safe. */
 void cg_file(FILE *f, const cg_prog *p);
 /* A template from kernels/templates, as installed with poc (home.h; POC_TEMPLATE_DIR

@@ -60,7 +60,7 @@ typedef struct kg {
   int *bdom;
   int nblk;
   char *cls_used;      /* [ncls + 1], grows with the classes */
-  char *lp_used, *en_used, *dl_used, *de_used, *fd_used;
+  char *lp_used, *en_used, *ls_used, *dl_used, *de_used, *fd_used;
   char *mat_slot;       /* materialised in any stage: has a scratch vector */
   int stage;
 } kg;
@@ -189,7 +189,8 @@ static void build_classes(kg *K) {
     ir_class cls = ir_op_info(n->op)->cls;
     switch (n->op) {
     case IR_LOGP:
-    case IR_ENTROPY: c = cls_atom(K, (atom){K->p->call_of[i], -1, 0, -1}); break;
+    case IR_ENTROPY:
+    case IR_LOGSUMSQ: c = cls_atom(K, (atom){K->p->call_of[i], -1, 0, -1}); break;
     case IR_FIELD:
       if (n->level == IR_LTOKEN) c = cls_atom(K, (atom){-1, n->idx, 0, -1});
       break;
@@ -224,7 +225,7 @@ static bool is_sample(const kg *K, int i) { return K->g->nodes[i].op == IR_SAMPL
 static bool is_perm(const kg *K, int i) { return ir_op_info(K->g->nodes[i].op)->cls == IR_BPERM; }
 
 static bool tok_leaf(const ir_node *n) {
-  return n->op == IR_LOGP || n->op == IR_ENTROPY || (n->op == IR_FIELD && n->level == IR_LTOKEN);
+  return ir_head_call(n->op) || (n->op == IR_FIELD && n->level == IR_LTOKEN);
 }
 
 /* A per-token node with a statement in a block (not a leaf, a pick or an argmax). */
@@ -275,10 +276,11 @@ static void operand(kg *K, char *buf, size_t len, int x, const char *idx, int cb
     return;
   case IR_LTOKEN: break;
   }
-  if (n->op == IR_LOGP || n->op == IR_ENTROPY) {
+  if (ir_head_call(n->op)) {
     int c = K->p->call_of[x];
-    (n->op == IR_LOGP ? K->lp_used : K->en_used)[c] = 1;
-    snprintf(buf, len, "%s%d[%s]", n->op == IR_LOGP ? "lp" : "en", c, idx);
+    (n->op == IR_LOGP ? K->lp_used : n->op == IR_ENTROPY ? K->en_used : K->ls_used)[c] = 1;
+    snprintf(buf, len, "%s%d[%s]", n->op == IR_LOGP ? "lp" : n->op == IR_ENTROPY ? "en" : "ls", c,
+             idx);
   } else if (n->op == IR_FIELD) {
     K->fd_used[n->idx] = 1;
     snprintf(buf, len, "fd%d[%s]", n->idx, idx);
@@ -640,6 +642,7 @@ static void emit_stage(kg *K, FILE *f, int s) {
   memset(K->cls_used, 0, (size_t)K->ncls + 1);
   memset(K->lp_used, 0, (size_t)p->ncalls + 1);
   memset(K->en_used, 0, (size_t)p->ncalls + 1);
+  memset(K->ls_used, 0, (size_t)p->ncalls + 1);
   memset(K->dl_used, 0, (size_t)p->ncalls + 1);
   memset(K->de_used, 0, (size_t)p->ncalls + 1);
   memset(K->fd_used, 0, (size_t)g->nfields + 1);
@@ -675,6 +678,7 @@ static void emit_stage(kg *K, FILE *f, int s) {
     for (int c = 0; c < p->ncalls; c++) {
       if (K->lp_used[c]) fprintf(f, "    const double *lp%d = a->logp[%d] + a->off[%d][b];\n", c, c, c);
       if (K->en_used[c]) fprintf(f, "    const double *en%d = a->entropy[%d] + a->off[%d][b];\n", c, c, c);
+      if (K->ls_used[c]) fprintf(f, "    const double *ls%d = a->logsumsq[%d] + a->off[%d][b];\n", c, c, c);
       if (K->dl_used[c]) fprintf(f, "    double *dl%d = a->dlogp[%d] + a->off[%d][b];\n", c, c, c);
       if (K->de_used[c]) fprintf(f, "    double *de%d = a->dentropy[%d] + a->off[%d][b];\n", c, c, c);
     }
@@ -927,6 +931,7 @@ static void emit_un_node(kg *K, FILE *f, int id) {
     switch (n->op) {
     case IR_LOGP:
     case IR_ENTROPY:
+    case IR_LOGSUMSQ:
     case IR_FIELD:
     case IR_PICK:
     case IR_POS:
@@ -980,8 +985,10 @@ static void emit_un_node(kg *K, FILE *f, int id) {
       break;
     case IR_LOGP:
     case IR_ENTROPY:
+    case IR_LOGSUMSQ:
       fprintf(f, "  memcpy(V[%d].v, a->%s[%d], (size_t)V[%d].off[B] * sizeof(double));\n", id,
-              n->op == IR_LOGP ? "logp" : "entropy", K->p->call_of[id], id);
+              n->op == IR_LOGP ? "logp" : n->op == IR_ENTROPY ? "entropy" : "logsumsq",
+              K->p->call_of[id], id);
       break;
     case IR_POS:
       fprintf(f, "  for (int b = 0; b < B; b++)\n    for (int t = 0; t < V[%d].len[b]; t++) %s = t;\n", id, out);
@@ -1145,6 +1152,7 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   K->mat_slot = ir_xcalloc(n, 1);
   K->lp_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->en_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
+  K->ls_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->dl_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->de_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->fd_used = ir_xcalloc((size_t)g->nfields + 1, 1);
@@ -1176,6 +1184,7 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   free(K->mat_slot);
   free(K->lp_used);
   free(K->en_used);
+  free(K->ls_used);
   free(K->dl_used);
   free(K->de_used);
   free(K->fd_used);

@@ -308,12 +308,12 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
     char name[48];
     seg t;
     fprintf(f, "/* call %d: ", c);
-    cg_describe(f, p, cc->logp >= 0 ? cc->logp : cc->entropy);
+    cg_describe(f, p, cg_call_node(cc));
     fputs("   ", f);
-    cg_where(f, p, g->nodes[cc->logp >= 0 ? cc->logp : cc->entropy].loc);
+    cg_where(f, p, g->nodes[cg_call_node(cc)].loc);
     fputs(" */\n", f);
     if (seg_of_dom(p, cc->call->target, &t)) {
-      po_error(d, g->nodes[cc->logp >= 0 ? cc->logp : cc->entropy].loc,
+      po_error(d, g->nodes[cg_call_node(cc)].loc,
                "the target of '%s' is not a sequence the runtime can score", cc->key);
       errors++;
       continue;
@@ -330,11 +330,14 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
       const cg_call *cc = &p->calls[c];
       fputs("    {.key = ", f);
       cg_cstr(f, cc->key);
-      fprintf(f, ", .model = %d, .want_logp = %d, .want_entropy = %d, .trainable = %d,\n"
+      fprintf(f, ", .model = %d, .want_logp = %d, .want_entropy = %d, ", cc->model, cc->logp >= 0,
+              cc->entropy >= 0);
+      if (cc->lss >= 0) fputs(".want_logsumsq = 1, ", f);
+      fprintf(f, ".trainable = %d,\n"
                  "     .hoisted = %d, .n_target = 1, .target = call%d_target, .n_context = %d, "
                  ".context = call%d_context},\n",
-              cc->model, cc->logp >= 0, cc->entropy >= 0, cc->dlogp >= 0 || cc->dentropy >= 0,
-              cc->hoisted, c, cc->call->nctx ? cc->call->nctx : 1, c);
+              cc->dlogp >= 0 || cc->dentropy >= 0, cc->hoisted, c,
+              cc->call->nctx ? cc->call->nctx : 1, c);
     }
     fputs("};\n\n", f);
   }

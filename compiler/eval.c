@@ -103,6 +103,7 @@ ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) 
       switch (n->op) {
       case IR_LOGP:
       case IR_ENTROPY:
+      case IR_LOGSUMSQ:
       case IR_SAMPLE:
       case IR_PICK:
       case IR_POS:
@@ -181,6 +182,7 @@ ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) 
       case IR_FIELD:
       case IR_LOGP:
       case IR_ENTROPY:
+      case IR_LOGSUMSQ:
         if (!env->leaf || !env->leaf[id]) {
           free(tmp);
           EFAIL("no values given for %s '%s'", n->op == IR_FIELD ? "field" : oi->name,

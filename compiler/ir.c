@@ -371,7 +371,8 @@ bool ir_input_differentiable(const ir_node *n, int k) {
   switch (n->op) {
   case IR_LT: case IR_LE: case IR_GT: case IR_GE: case IR_EQ: case IR_NE:
   case IR_FLOOR: case IR_SG: case IR_LEN: case IR_ARGMAX: case IR_PICK:
-  case IR_SEQLEN: case IR_SAMPLE: case IR_LOGP: case IR_ENTROPY: case IR_POS:
+  case IR_SEQLEN: case IR_SAMPLE: case IR_LOGP: case IR_ENTROPY: case IR_LOGSUMSQ:
+  case IR_POS:
     return false;
   case IR_BUNSORT: return k == 0; /* input 1 only orders */
   case IR_WHERE: return k > 0;
@@ -396,6 +397,11 @@ void ir_infer_flags(ir_graph *g) {
     case IR_ENTROPY:
       f |= IR_F_MODEL;
       if (g->models[n->idx].trainable) f |= IR_F_TRAIN;
+      data = false;
+      break;
+    case IR_LOGSUMSQ: /* a statistic without a gradient: lowering rejects any use that
+                         would need one, so it never carries train */
+      f |= IR_F_MODEL;
       data = false;
       break;
     case IR_SAMPLE:
@@ -641,7 +647,7 @@ int ir_verify(const ir_graph *g, char *err, size_t errlen) {
     for (int k = 0; k < g->plan[p].ncalls; k++) {
       int c = g->plan[p].calls[k];
       if (c < 0 || c >= g->n || g->nodes[c].idx != g->plan[p].model ||
-          (g->nodes[c].op != IR_LOGP && g->nodes[c].op != IR_ENTROPY))
+          !ir_head_call(g->nodes[c].op))
         FAIL("batch plan %d: entry %d is not a call of its model", p, k);
     }
   return 0;
@@ -681,6 +687,7 @@ static void node_args(const ir_graph *g, const ir_node *n, char *buf, size_t len
   case IR_NBATCH: return;
   case IR_LOGP:
   case IR_ENTROPY:
+  case IR_LOGSUMSQ:
     ctx_str(n->call, ctx, sizeof ctx);
     snprintf(buf, len, "%s %s|%s", g->models[n->idx].name, g->doms[n->call->target].name, ctx);
     return;
@@ -755,7 +762,8 @@ void ir_print(const ir_graph *g, FILE *f, bool plan) {
                                          : "per micro-step");
     for (int k = 0; k < b->ncalls; k++) {
       const ir_node *c = &g->nodes[b->calls[k]];
-      fprintf(f, " %%%d %s%s", b->calls[k], c->op == IR_ENTROPY ? "entropy:" : "", c->key);
+      fprintf(f, " %%%d %s%s", b->calls[k],
+              c->op == IR_ENTROPY ? "entropy:" : c->op == IR_LOGSUMSQ ? "logsumsq:" : "", c->key);
     }
     fputc('\n', f);
   }

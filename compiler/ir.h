@@ -11,7 +11,8 @@
  *   CONST    one number for the whole run (numbers, knobs)
  *   BATCH    one number per optimizer step (batch_mean, batch_std, batch_sum)
  *   EXAMPLE  one number per example (sum(logp(...)), data fields)
- *   TOKEN    a vector over one *domain*'s tokens per example (logp, entropy, pick)
+ *   TOKEN    a vector over one *domain*'s tokens per example (logp, entropy, logsumsq,
+ *            pick)
  *
  * The enum order is the broadcast order: an elementwise op's level is the largest level
  * among its inputs, and lower levels broadcast into higher ones.
@@ -48,6 +49,8 @@
   X(SAMPLE, "sample", -1, CALL, NULL)        /* anchor drawn from model idx; dom      */ \
   X(LOGP, "logp", -1, CALL, NULL)            /* per-token log-probs, call             */ \
   X(ENTROPY, "entropy", -1, CALL, NULL)      /* per-token entropy, call               */ \
+  X(LOGSUMSQ, "logsumsq", -1, CALL, NULL)    /* per-token log Σ_v p(v)², call; no     \
+                                                gradient flows into it (lower.c)      */ \
   X(PICK, "pick", -1, LEAF, NULL)            /* random 0/1 mask over dom, n = in0      */ \
   X(POS, "pos", -1, LEAF, NULL)              /* 0-based token index over dom (TOKEN)   */ \
   X(ADD, "add", 2, ELEM, "a + b")                                                       \
@@ -113,6 +116,11 @@ typedef struct ir_opinfo {
 } ir_opinfo;
 
 const ir_opinfo *ir_op_info(ir_op op);
+/* The per-token quantities the model's loss head computes along a target: logp, entropy,
+ * logsumsq. Calls of one model with one key share one forward. */
+static inline bool ir_head_call(ir_op op) {
+  return op == IR_LOGP || op == IR_ENTROPY || op == IR_LOGSUMSQ;
+}
 /* The scalar semantics of an elementwise op (ELEM and CTL): fold and eval use this. */
 double ir_scalar(ir_op op, double a, double b, double c);
 
@@ -201,8 +209,8 @@ typedef struct ir_node {
   int idx;           /* PARAM: knob; FIELD: field; model calls: model; PICK: the pick
                         call's index in source order; SLICE/FIT: lo */
   int hi;            /* SLICE: hi, -1 when open */
-  const ir_call *call;   /* LOGP, ENTROPY, SAMPLE */
-  const char *key;   /* LOGP/ENTROPY: probe key "policy/chosen|prompt,sep";
+  const ir_call *call;   /* LOGP, ENTROPY, LOGSUMSQ, SAMPLE */
+  const char *key;   /* head calls: probe key "policy/chosen|prompt,sep";
                         PICK: "pick(rejected,n_l)"; SAMPLE: the anchor's name */
   unsigned flags;
   po_loc loc;
@@ -373,7 +381,7 @@ typedef struct ir_env {
   uint64_t seed;
   const double *knobs;      /* [nknobs] */
   int *const *domlen;       /* [ndoms] → [B] token counts, NULL where not known */
-  /* [n] leaf values for LOGP, ENTROPY, FIELD nodes: TOKEN values concatenated per
+  /* [n] leaf values for LOGP, ENTROPY, LOGSUMSQ, FIELD nodes: TOKEN values concatenated per
    * example in the domain's lengths, EXAMPLE values B numbers */
   const double *const *leaf;
 } ir_env;

@@ -87,7 +87,7 @@ static const char *describe(lw *L, lv v, char *buf, size_t len) {
   case LV_DATA: return "a data set";
   case LV_STR: return "a string";
   case LV_DEF: return "a function";
-  case LV_GIVEN: return "a sequence with a context (y | ctx), which only logp and entropy take";
+  case LV_GIVEN: return "a sequence with a context (y | ctx), which only logp, entropy and logsumsq take";
   case LV_NODE: break;
   }
   const ir_node *n = &L->g->nodes[v.node];
@@ -449,7 +449,7 @@ static lv lower_expr(lw *L, const po_expr *e) {
   case PO_E_CALL: return lower_call(L, e, NULL);
   case PO_E_SLICE: return lower_slice(L, e);
   case PO_E_GIVEN:
-    lerr(L, e->loc, "'|' gives a context only in the second argument of logp or entropy");
+    lerr(L, e->loc, "'|' gives a context only in the second argument of logp, entropy or logsumsq");
     return LV_ERROR;
   }
   return LV_ERROR;
@@ -533,7 +533,7 @@ static lv lower_model_call(lw *L, const po_expr *e, po_builtin b) {
   if (nd < 0) return LV_ERROR;
   ir_node n;
   memset(&n, 0, sizeof n);
-  n.op = b == PO_B_LOGP ? IR_LOGP : IR_ENTROPY;
+  n.op = b == PO_B_LOGP ? IR_LOGP : b == PO_B_ENTROPY ? IR_ENTROPY : IR_LOGSUMSQ;
   n.nin = nd;
   for (int k = 0; k < IR_MAX_IN; k++) n.in[k] = k < nd ? deps[k] : -1;
   n.level = IR_LTOKEN;
@@ -694,7 +694,7 @@ static lv lower_def_call(lw *L, const po_expr *e, const po_stmt *def) {
   bool ok = true;
   for (int i = 0; i < def->nparams; i++) {
     const po_expr *a = e->args[i].value;
-    if (a->kind == PO_E_GIVEN) { /* for a logp or entropy inside the def */
+    if (a->kind == PO_E_GIVEN) { /* for a logp, entropy or logsumsq inside the def */
       lv *pair = ir_alloc(L->g, 2 * sizeof *pair);
       pair[0] = lower_expr(L, a->lhs);
       pair[1] = lower_expr(L, a->rhs);
@@ -974,6 +974,37 @@ static void lower_globals(lw *L) {
   if (L->npicks) qsort(L->picks, (size_t)L->npicks, sizeof *L->picks, pick_order);
 }
 
+/* logsumsq(M, y) has no gradient (it is a weighting statistic, e.g. WPO's weights, which
+ * are constants of the step). Rather than drop a term silently, every logsumsq call of a
+ * trainable model that 'loss' reaches along inputs reverse mode would differentiate (not
+ * through sg, comparisons, floor, counts or masks) is an error at the call. Returns how
+ * many it reported. */
+static int reject_nograd(lw *L, int loss) {
+  ir_graph *g = L->g;
+  char *reach = calloc((size_t)g->n + 1, 1);
+  if (!reach) {
+    fprintf(stderr, "poc: out of memory\n");
+    exit(1);
+  }
+  int found = 0;
+  reach[loss] = 1;
+  for (int i = loss; i >= 0; i--) {
+    if (!reach[i]) continue;
+    const ir_node *n = &g->nodes[i];
+    if (n->op == IR_LOGSUMSQ && g->models[n->idx].trainable) {
+      lerr(L, n->loc, "logsumsq has no gradient, but 'loss' would carry one into this call "
+           "(%s); use it under sg(...), as a weight is: sg(exp(mean(logp(m, y) - logsumsq(m, y))))",
+           n->key);
+      found++;
+      continue;
+    }
+    for (int k = 0; k < n->nin; k++)
+      if (ir_input_differentiable(n, k)) reach[n->in[k]] = 1;
+  }
+  free(reach);
+  return found;
+}
+
 ir_graph *ir_lower(const po_program *prog, po_diag *d) {
   int errors0 = po_diag_errors(d);
   lw L0;
@@ -1016,6 +1047,8 @@ ir_graph *ir_lower(const po_program *prog, po_diag *d) {
              "batch; the per-example loss is averaged over the batch for you");
       else if (n->level == IR_LCONST)
         lerr(L, s->value->loc, "'loss' must be one number per example, but it is a constant");
+      else if (reject_nograd(L, v.node))
+        ; /* said at each call */
       else if (!(n->flags & IR_F_TRAIN)) {
         bool any = false;
         for (int m = 0; m < g->nmodels; m++) any |= g->models[m].trainable;

@@ -266,7 +266,8 @@ static void check_name(ck *c, const po_expr *e) {
       po_error(c->d, e->loc, "'%s' is a def; call it as %s(...)", name, name);
     else if (s->decl == PO_B_MODEL_DECL || s->decl == PO_B_FROZEN)
       po_error(c->d, e->loc,
-               "'%s' is a model; use it as the first argument of logp, entropy, sample or frozen",
+               "'%s' is a model; use it as the first argument of logp, entropy, logsumsq, "
+               "sample or frozen",
                name);
     else if (s->decl)
       po_error(c->d, e->loc, "'%s' is a data set; use its sequences (%s) instead", name,
@@ -314,7 +315,8 @@ static void check_model_arg(ck *c, const char *fn, const po_expr *e) {
 
 static void given_misplaced(ck *c, const po_expr *e) {
   po_error(c->d, e->loc,
-           "'|' (conditioning) is only allowed in the second argument of logp or entropy");
+           "'|' (conditioning) is only allowed in the second argument of logp, entropy or "
+           "logsumsq");
   check_expr(c, e->lhs);
   check_expr(c, e->rhs);
 }
@@ -446,7 +448,7 @@ static void check_call(ck *c, const po_expr *e, bool top) {
       if (info->kind == PO_BK_MODEL && pos == 0) {
         check_model_arg(c, info->name, v);
       } else if (v->kind == PO_E_GIVEN) {
-        if ((b == PO_B_LOGP || b == PO_B_ENTROPY) && pos == 1) {
+        if ((b == PO_B_LOGP || b == PO_B_ENTROPY || b == PO_B_LOGSUMSQ) && pos == 1) {
           check_expr(c, v->lhs);
           check_expr(c, v->rhs);
         } else {

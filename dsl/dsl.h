@@ -59,7 +59,7 @@ typedef enum po_expr_kind {
   PO_E_BINARY,  /* x + y, x ++ y, x < y                op, lhs, rhs               */
   PO_E_CALL,    /* f(a, b, key=v)                      str = callee, args, nargs  */
   PO_E_SLICE,   /* x[lo:hi], either bound may be NULL  lhs = base, lo, hi         */
-  PO_E_GIVEN    /* y | ctx, only as the sequence argument of logp/entropy:
+  PO_E_GIVEN    /* y | ctx, only as the sequence argument of logp/entropy/logsumsq:
                                                        lhs = target, rhs = context */
 } po_expr_kind;
 
@@ -142,7 +142,7 @@ typedef struct po_program {
 /* The language's vocabulary. X(id, name, min_args, max_args, kind)
  * kind says how level inference treats it:
  *   DECL  declarations (model, frozen, pairs, points)
- *   MODEL model calls (logp, entropy, sample) — the boundary with the transformer
+ *   MODEL model calls (logp, entropy, logsumsq, sample) — the boundary with the transformer
  *   TOKR  token reductions: a per-token vector to one number per example
  *   BATCH batch reductions: per-example values to one number per optimizer step
  *         (batch_sort: per-example values reordered over the step)
@@ -157,6 +157,7 @@ typedef struct po_program {
   X(PROMPTS, "prompts", 1, 1, DECL)            \
   X(LOGP, "logp", 2, 2, MODEL)                 \
   X(ENTROPY, "entropy", 2, 2, MODEL)           \
+  X(LOGSUMSQ, "logsumsq", 2, 2, MODEL)         \
   X(SAMPLE, "sample", 2, 2, MODEL)             \
   X(PICK, "pick", 2, 2, SEQ)                   \
   X(POS, "pos", 1, 1, SEQ)                     \

@@ -28,7 +28,7 @@
  *
  * `y | ctx` is accepted wherever a full expression is (statement values, arguments,
  * parentheses); the checker then says it is only allowed as the second argument of
- * logp/entropy, which is a better message than a syntax error.
+ * logp/entropy/logsumsq, which is a better message than a syntax error.
  *
  * Syntax errors are worded here (yyreport_syntax_error) from the tokens the parser
  * expected; parse.lac makes that list exact rather than what default reductions left.

@@ -112,22 +112,25 @@ typedef struct poc_kernels {
   void (*swiglu_bwd)(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr da, poc_dptr dg,
                      poc_dptr du);
   /* The fused head's row work on one [n × c] chunk of logits (acc) for vocabulary columns
-   * [v0, v0 + c): folds it into the running max m, s = Σe^{l−m}, a = Σe^{l−m}(l−m) (all acc
-   * [n], started at v0 = 0) and keeps the target's logit in tl. */
+   * [v0, v0 + c): folds it into the running max m, s = Σe^{l−m}, a = Σe^{l−m}(l−m) and,
+   * when q is not 0, q = Σe^{2(l−m)} (all acc [n], started at v0 = 0) and keeps the
+   * target's logit in tl. */
   void (*head_chunk_fwd)(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
-                         poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr tl);
-  /* lse = m + log s, μ = m + a/s, logp = tl − lse, ent = log s − a/s (ent may be 0) */
-  void (*head_finish)(poc_kset *k, int n, poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr tl,
-                      poc_dptr logp, poc_dptr ent, poc_dptr lse, poc_dptr mu);
+                         poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr q, poc_dptr tl);
+  /* lse = m + log s, μ = m + a/s, logp = tl − lse, ent = log s − a/s (ent may be 0),
+   * lss = log Σ p² = log q − 2 log s (lss may be 0; q is read only for it) */
+  void (*head_finish)(poc_kset *k, int n, poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr q,
+                      poc_dptr tl, poc_dptr logp, poc_dptr ent, poc_dptr lss, poc_dptr lse,
+                      poc_dptr mu);
   /* dlog (act [n × c], may be the logits buffer) = g·(1[v=t] − p) − e·p·(l − μ) with
    * p = e^{l − lse}; dlogp, dent acc [n], each may be 0 */
   void (*head_chunk_bwd)(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
                          poc_dptr lse, poc_dptr mu, poc_dptr dlogp, poc_dptr dent,
                          poc_dptr dlog);
-  /* Textbook head: logits [n × V] (acc) become the log-softmax in place; logp, ent (may be
-   * 0), lse and mu [n] (acc). */
+  /* Textbook head: logits [n × V] (acc) become the log-softmax ls in place; logp, ent and
+   * lss = log Σ e^{2·ls} (ent and lss may be 0), lse and mu [n] (acc). */
   void (*head_text_fwd)(poc_kset *k, int n, poc_dptr logits, poc_dptr tgt, poc_dptr logp,
-                        poc_dptr ent, poc_dptr lse, poc_dptr mu);
+                        poc_dptr ent, poc_dptr lss, poc_dptr lse, poc_dptr mu);
   /* dlog (act [n × V], may be ls itself) from the stored log-softmax ls */
   void (*head_text_bwd)(poc_kset *k, int n, poc_dptr ls, poc_dptr tgt, poc_dptr mu,
                         poc_dptr dlogp, poc_dptr dent, poc_dptr dlog);

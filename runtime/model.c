@@ -50,7 +50,7 @@ struct poc_model {
   poc_dptr arena, text, tdlog;   /* text/tdlog: the textbook head's logits, on first use */
   poc_dptr tok, pos, kbeg, send, hrow, htgt, cosb, sinb, ones;
   mdl_saved *sv;
-  poc_dptr xf, xn, a, hf, rstdf, hm, hs, ha, htl, hlse, hmu, chunkbuf, logp, ent;
+  poc_dptr xf, xn, a, hf, rstdf, hm, hs, ha, hq, htl, hlse, hmu, chunkbuf, logp, ent, lss;
   poc_dptr dlogp, dent, dX, dX16, da, dg, du, dxn, dO, dq, dk, dv, dq16, dk16, dv16, D, dh, dlog;
   int32_t *h_i32;                /* host staging: 5 × max_tokens */
   int saved_n_tok, saved_flags;
@@ -170,12 +170,14 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
   m->hm = CC(T);
   m->hs = CC(T);
   m->ha = CC(T);
+  m->hq = CC(T);
   m->htl = CC(T);
   m->hlse = CC(T);
   m->hmu = CC(T);
   m->chunkbuf = CC((size_t)m->rows_max * m->chunk);
   m->logp = CC(T);
   m->ent = CC(T);
+  m->lss = CC(T);
   if (m->trainable) {
     m->dlog = VIEW(m->chunkbuf, (size_t)m->rows_max * m->chunk);
     m->dlogp = CC(T);
@@ -406,8 +408,9 @@ static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out
 }
 
 /* The fused head on n rows of hf: streams blocks of rows × vocabulary chunks, folding
- * each chunk of logits into per-row online state; the n×V logits never exist. */
-static void mdl_head_fused_fwd(poc_model *m, int n, poc_dptr ent) {
+ * each chunk of logits into per-row online state; the n×V logits never exist. ent and
+ * lss (log Σ p²) are produced when not 0; lss costs one more [n] running sum. */
+static void mdl_head_fused_fwd(poc_model *m, int n, poc_dptr ent, poc_dptr lss) {
   const poc_kernels *k = &m->d->k;
   const int H = m->dm.H, V = m->dm.V;
   for (int r0 = 0; r0 < n; r0 += m->rows_max) {
@@ -417,10 +420,13 @@ static void mdl_head_fused_fwd(poc_model *m, int n, poc_dptr ent) {
       k->gemm(m->k, 0, 1, rb, c, H, ACT(m->hf, (size_t)r0 * H), H, W(m->off_head + (size_t)v0 * H),
               H, 0.f, m->chunkbuf, 1, c);
       k->head_chunk_fwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hm, r0),
-                        ACC(m->hs, r0), ACC(m->ha, r0), ACC(m->htl, r0));
+                        ACC(m->hs, r0), ACC(m->ha, r0), lss ? ACC(m->hq, r0) : 0,
+                        ACC(m->htl, r0));
     }
-    k->head_finish(m->k, rb, ACC(m->hm, r0), ACC(m->hs, r0), ACC(m->ha, r0), ACC(m->htl, r0),
-                   ACC(m->logp, r0), ent ? ACC(ent, r0) : 0, ACC(m->hlse, r0), ACC(m->hmu, r0));
+    k->head_finish(m->k, rb, ACC(m->hm, r0), ACC(m->hs, r0), ACC(m->ha, r0),
+                   lss ? ACC(m->hq, r0) : 0, ACC(m->htl, r0), ACC(m->logp, r0),
+                   ent ? ACC(ent, r0) : 0, lss ? ACC(lss, r0) : 0, ACC(m->hlse, r0),
+                   ACC(m->hmu, r0));
   }
 }
 
@@ -457,6 +463,12 @@ static int mdl_text_alloc(poc_model *m, char *err) {
 
 int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp, double *entropy,
                       char *err) {
+  poc_fwd_out o = {logp, entropy, NULL};
+  return poc_model_forward_out(m, p, flags, &o, err);
+}
+
+int poc_model_forward_out(poc_model *m, const poc_pack *p, int flags, const poc_fwd_out *o,
+                          char *err) {
   poc_device *d = m->d;
   const poc_kernels *k = &d->k;
   m->saved_n_tok = -1;
@@ -464,8 +476,12 @@ int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp, 
     snprintf(err, POC_ERR_LEN, "model: a forward for backward needs a trainable model");
     return -1;
   }
-  if ((flags & POC_FWD_ENTROPY) && !entropy) {
+  if ((flags & POC_FWD_ENTROPY) && !o->entropy) {
     snprintf(err, POC_ERR_LEN, "model: entropy asked for without an output array");
+    return -1;
+  }
+  if ((flags & POC_FWD_LOGSUMSQ) && !o->logsumsq) {
+    snprintf(err, POC_ERR_LEN, "model: log Σ p² asked for without an output array");
     return -1;
   }
   int n = mdl_prepare(m, p, err);
@@ -483,16 +499,18 @@ int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp, 
   }
   if (n > 0) {
     poc_dptr ent = (flags & POC_FWD_ENTROPY) ? m->ent : 0;
+    poc_dptr lss = (flags & POC_FWD_LOGSUMSQ) ? m->lss : 0;
     STAGE("the loss head", -1);
     k->rmsnorm_fwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->hf, m->rstdf);
     if (flags & POC_FWD_UNFUSED) {
       k->gemm(m->k, 0, 1, n, V, H, m->hf, H, W(m->off_head), H, 0.f, m->text, 1, V);
-      k->head_text_fwd(m->k, n, m->text, m->htgt, m->logp, ent, m->hlse, m->hmu);
+      k->head_text_fwd(m->k, n, m->text, m->htgt, m->logp, ent, lss, m->hlse, m->hmu);
     } else {
-      mdl_head_fused_fwd(m, n, ent);
+      mdl_head_fused_fwd(m, n, ent, lss);
     }
-    d->get(d, logp, POC_DT_F64, m->logp, d->acc, (size_t)n);
-    if (ent) d->get(d, entropy, POC_DT_F64, m->ent, d->acc, (size_t)n);
+    d->get(d, o->logp, POC_DT_F64, m->logp, d->acc, (size_t)n);
+    if (ent) d->get(d, o->entropy, POC_DT_F64, m->ent, d->acc, (size_t)n);
+    if (lss) d->get(d, o->logsumsq, POC_DT_F64, m->lss, d->acc, (size_t)n);
   }
   if (poc_dev_sync(d, err)) return -1;
   if (save) {

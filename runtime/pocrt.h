@@ -134,7 +134,9 @@ typedef struct poc_model poc_model;
 enum {
   POC_FWD_SAVE = 1,     /* keep activations for a backward pass */
   POC_FWD_ENTROPY = 2,  /* also produce per-token entropy of the next-token distribution */
-  POC_FWD_UNFUSED = 4   /* textbook head: full N×V logits, log-softmax, gather */
+  POC_FWD_UNFUSED = 4,  /* textbook head: full N×V logits, log-softmax, gather */
+  POC_FWD_LOGSUMSQ = 8  /* also produce per-token log Σ_v p(v)² of the next-token
+                           distribution (a statistic: no backward through it) */
 };
 
 /* A model from host weights w[lay->n_params] of type wt (copied; NULL leaves them zero,
@@ -150,6 +152,14 @@ poc_device *poc_model_device(const poc_model *m);
  * pack order, into logp/entropy [poc_pack_targets(p)]. */
 int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp,
                       double *entropy, char *err);
+/* The same with every per-token output the head can give, each [poc_pack_targets(p)]:
+ * logp always; entropy with POC_FWD_ENTROPY; logsumsq (log Σ_v π(v | ...)²) with
+ * POC_FWD_LOGSUMSQ. poc_model_forward is this with logsumsq NULL. */
+typedef struct poc_fwd_out {
+  double *logp, *entropy, *logsumsq;
+} poc_fwd_out;
+int poc_model_forward_out(poc_model *m, const poc_pack *p, int flags, const poc_fwd_out *o,
+                          char *err);
 /* Backward from per-target seeds dL/dlogp (and dL/dentropy; either may be NULL) through
  * the whole model; gradients accumulate (+=). Must follow a forward with POC_FWD_SAVE on
  * the same pack. */

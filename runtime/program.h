@@ -74,9 +74,9 @@ typedef struct poc_field_decl {
   int seq;
 } poc_field_decl;
 
-/* One distinct model call `logp(M, target | context)` / `entropy(M, ...)`. The runtime
- * packs `context ++ target` per example and hands the objective one log-prob (and/or
- * entropy) per target token. The context must come out non-empty for every example (the
+/* One distinct model call `logp(M, target | context)` / `entropy(M, ...)` /
+ * `logsumsq(M, ...)`. The runtime packs `context ++ target` per example and hands the
+ * objective one log-prob (and/or entropy, log Σ p²) per target token. The context must come out non-empty for every example (the
  * first target token is predicted from the context's last position); the default context
  * of the language is the prompt, which lowering writes out as one PROMPT segment.
  *
@@ -96,6 +96,8 @@ typedef struct poc_call {
   const poc_segment *target;
   int n_context;
   const poc_segment *context;
+  int want_logsumsq;             /* log Σ_v π(v | ...)²: a statistic, never differentiated
+                                    (last: generated code names every field) */
 } poc_call;
 
 /* `a = sample(M, ctx, tokens=K, temperature=T, top_p=P)`: drawn once per step and example
@@ -176,6 +178,8 @@ typedef struct poc_train {
  *   logp[c][i]     log π(y_i | context, y_<i) of target token i, when want_logp (else NULL)
  *   entropy[c][i]  H_i = -Σ_v π(v | ...) log π(v | ...) of the distribution that predicts
  *                  target token i, when want_entropy (else NULL)
+ *   logsumsq[c][i] log Σ_v π(v | ...)² of that same distribution, when want_logsumsq (else
+ *                  NULL); it has no seed: no gradient flows into it
  *   example[b]     the example's index in the data file (line order, from 0): pick(y, n)
  *                  draws its mask from poc_rng_derive(pick_seed, pick_index, example[b])
  *                  (see poc_pick), so a mask depends on neither batching nor micro-batching
@@ -214,6 +218,7 @@ typedef struct poc_objective_args {
   double *const *dlogp;          /* [n_calls] */
   double *const *dentropy;       /* [n_calls] */
   char *err;
+  const double *const *logsumsq; /* [n_calls] */
 } poc_objective_args;
 
 typedef int (*poc_objective_fn)(const poc_objective_args *a);

@@ -978,7 +978,7 @@ static int run_hoist(trn_run *r) {
   if (!n_hoisted) return 0;
   unsigned char *bytes;
   size_t nb;
-  uint64_t key = trn_hash_str(0, "ref_cache v1");
+  uint64_t key = trn_hash_str(0, "ref_cache v2");
   if (read_file(p->data_path, &bytes, &nb)) {
     fprintf(stderr, "%s: error: %s: cannot read\n", p->name, p->data_path);
     return -1;
@@ -990,6 +990,7 @@ static int run_hoist(trn_run *r) {
     if (!p->calls[k].hoisted) continue;
     key = trn_hash_str(key, p->calls[k].key);
     key = trn_hash(key, &p->calls[k].want_entropy, sizeof(int));
+    key = trn_hash(key, &p->calls[k].want_logsumsq, sizeof(int));
     key = trn_hash(key, &r->ctx.frozen_hash[p->calls[k].model], sizeof(uint64_t));
   }
   if (trn_cache_alloc(&r->cache, p, r->data.n)) {

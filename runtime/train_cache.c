@@ -1,9 +1,9 @@
 /* train_cache.c — OUT/ref_cache.bin: the hoisted calls' values for the whole data set,
  * computed once before training, reused by a resumed run.
  *
- * Layout (little-endian, as the machine writes it): "POCREF1\0", the 64-bit key, the
+ * Layout (little-endian, as the machine writes it): "POCREF2\0", the 64-bit key, the
  * number of calls and of examples; then for each hoisted call in program order its index,
- * two flags (logp, entropy), the n+1 offsets and the values as doubles. The key hashes the
+ * three flags (logp, entropy, logsumsq), the n+1 offsets and the values as doubles. The key hashes the
  * data file's bytes, the model's weights, max_len and every call's key, so a cache made
  * for other data, weights or calls is recomputed rather than trusted.
  */
@@ -14,17 +14,19 @@
 #include "st.h"
 #include "train_internal.h"
 
-static const char magic[8] = "POCREF1";
+static const char magic[8] = "POCREF2";
 
 void trn_cache_free(trn_cache *k) {
   for (int i = 0; i < k->n_calls && k->off; i++) {
     free(k->off[i]);
     free(k->logp[i]);
     free(k->ent[i]);
+    free(k->lss[i]);
   }
   free(k->off);
   free(k->logp);
   free(k->ent);
+  free(k->lss);
   memset(k, 0, sizeof *k);
 }
 
@@ -36,7 +38,8 @@ int trn_cache_alloc(trn_cache *k, const poc_program *prog, int64_t n) {
   k->off = calloc(nc, sizeof *k->off);
   k->logp = calloc(nc, sizeof *k->logp);
   k->ent = calloc(nc, sizeof *k->ent);
-  if (!k->off || !k->logp || !k->ent) return -1;
+  k->lss = calloc(nc, sizeof *k->lss);
+  if (!k->off || !k->logp || !k->ent || !k->lss) return -1;
   for (int i = 0; i < prog->n_calls; i++)
     if (prog->calls[i].hoisted && !(k->off[i] = calloc((size_t)n + 1, sizeof **k->off)))
       return -1;
@@ -59,12 +62,13 @@ int trn_cache_save(const trn_cache *k, const char *path, uint64_t key, char *err
   fwrite(&n, sizeof n, 1, f);
   for (int32_t i = 0; i < nc; i++) {
     if (!k->off[i]) continue;
-    int32_t hdr[3] = {i, k->logp[i] != NULL, k->ent[i] != NULL};
+    int32_t hdr[4] = {i, k->logp[i] != NULL, k->ent[i] != NULL, k->lss[i] != NULL};
     fwrite(hdr, sizeof hdr, 1, f);
     fwrite(k->off[i], sizeof(int64_t), (size_t)n + 1, f);
     size_t len = (size_t)k->off[i][n];
     if (k->logp[i]) fwrite(k->logp[i], sizeof(double), len, f);
     if (k->ent[i]) fwrite(k->ent[i], sizeof(double), len, f);
+    if (k->lss[i]) fwrite(k->lss[i], sizeof(double), len, f);
   }
   int bad = ferror(f) != 0;
   bad |= fclose(f) != 0;
@@ -88,9 +92,10 @@ int trn_cache_load(trn_cache *k, const poc_program *prog, const char *path, uint
            fread(&n, sizeof n, 1, f) == 1 && n == k->n_examples;
   for (int32_t i = 0; ok && i < nc; i++) {
     if (!prog->calls[i].hoisted) continue;
-    int32_t hdr[3];
+    int32_t hdr[4];
     ok = fread(hdr, sizeof hdr, 1, f) == 1 && hdr[0] == i &&
          hdr[1] == (prog->calls[i].want_logp != 0) && hdr[2] == (prog->calls[i].want_entropy != 0) &&
+         hdr[3] == (prog->calls[i].want_logsumsq != 0) &&
          fread(k->off[i], sizeof(int64_t), (size_t)n + 1, f) == (size_t)n + 1 &&
          k->off[i][0] == 0;
     for (int64_t e = 0; ok && e < n; e++) ok = k->off[i][e + 1] >= k->off[i][e];
@@ -104,6 +109,10 @@ int trn_cache_load(trn_cache *k, const poc_program *prog, const char *path, uint
       ok = (k->ent[i] = malloc((len + 1) * sizeof(double))) &&
            fread(k->ent[i], sizeof(double), len, f) == len;
     }
+    if (ok && hdr[3]) {
+      ok = (k->lss[i] = malloc((len + 1) * sizeof(double))) &&
+           fread(k->lss[i], sizeof(double), len, f) == len;
+    }
   }
   if (ok) ok = fgetc(f) == EOF;
   fclose(f);
@@ -111,7 +120,8 @@ int trn_cache_load(trn_cache *k, const poc_program *prog, const char *path, uint
     for (int i = 0; i < k->n_calls; i++) {
       free(k->logp[i]);
       free(k->ent[i]);
-      k->logp[i] = k->ent[i] = NULL;
+      free(k->lss[i]);
+      k->logp[i] = k->ent[i] = k->lss[i] = NULL;
     }
     return 0;
   }

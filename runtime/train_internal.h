@@ -243,12 +243,12 @@ int trn_ckpt_load(const char *dir, int64_t step, trn_state *st, const poc_progra
 /* ---- train_cache.c: hoisted call values ------------------------------------------- */
 
 /* Call c's values for example e (global index) are val[c][off[c][e] .. off[c][e+1]); only
- * hoisted calls have arrays (logp, and entropy when wanted). */
+ * hoisted calls have arrays (logp, and entropy and log Σ p² when wanted). */
 typedef struct trn_cache {
   int n_calls;
   int64_t n_examples;
   int64_t **off;                 /* [n_calls] → [n+1] or NULL */
-  double **logp, **ent;          /* [n_calls] */
+  double **logp, **ent, **lss;   /* [n_calls] */
 } trn_cache;
 
 void trn_cache_free(trn_cache *k);
@@ -287,6 +287,7 @@ typedef struct trn_pack {
   int n_seq, n_tok, n_tgt, cap_seq, cap_tgt, cap_tok;
   int32_t *tokens, *seq_start, *tgt_start;
   int entropy;                   /* some call in it wants entropy */
+  int logsumsq;                  /* some call in it wants log Σ p² */
   int save;                      /* some call in it is trainable */
 } trn_pack;
 
@@ -320,7 +321,7 @@ typedef struct trn_objbuf {
   int B, cap_B, n_calls, n_fields, n_reports;
   int64_t *example;
   int32_t **off;                 /* [n_calls] → [B+1] */
-  double **logp, **ent, **dlogp, **dent;
+  double **logp, **ent, **lss, **dlogp, **dent;
   size_t *cap_tok;               /* [n_calls] */
   int32_t **foff;                /* [n_fields] → [B+1] for per-token fields */
   double **fval;
@@ -332,9 +333,11 @@ int trn_objbuf_init(trn_objbuf *o, const poc_program *prog, int cap_B);
 void trn_objbuf_free(trn_objbuf *o);
 void trn_objbuf_reset(trn_objbuf *o);
 /* Appends example b0.. of a laid-out micro-batch: per-call values from its model's pack
- * outputs (`logp[m]`, `ent[m]`, in double) or the cache for hoisted calls, and the fields. */
+ * outputs (`logp[m]`, `ent[m]`, `lss[m]`, in double; the last two NULL where the pack has
+ * none) or the cache for hoisted calls, and the fields. */
 int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const int64_t *ex,
-                      const double *const *logp, const double *const *ent);
+                      const double *const *logp, const double *const *ent,
+                      const double *const *lss);
 /* Calls the objective on the buffer's B examples. */
 int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_seed,
                     char *err);

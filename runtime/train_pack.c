@@ -126,7 +126,7 @@ int trn_mb_build(trn_mb *mb, const trn_ctx *c, const int64_t *ex, int B,
   for (int m = 0; m < p->n_models; m++) {
     trn_pack *pk = &mb->pk[m];
     pk->n_seq = pk->n_tok = pk->n_tgt = 0;
-    pk->entropy = pk->save = 0;
+    pk->entropy = pk->logsumsq = pk->save = 0;
     if (grow((void **)&pk->seq_start, &pk->cap_seq, 1, sizeof(int32_t))) goto oom;
     pk->seq_start[0] = 0;
   }
@@ -141,6 +141,7 @@ int trn_mb_build(trn_mb *mb, const trn_ctx *c, const int64_t *ex, int B,
     trn_pack *pk = &mb->pk[cl->model];
     int max_pos = c->lay[cl->model]->cfg.max_position_embeddings;
     pk->entropy |= cl->want_entropy;
+    pk->logsumsq |= cl->want_logsumsq;
     pk->save |= cl->trainable;
     mb->base[k] = pk->n_tgt;
     for (int b = 0; b < B; b++) {
@@ -203,6 +204,7 @@ int trn_objbuf_init(trn_objbuf *o, const poc_program *prog, int cap_B) {
   o->off = calloc(nc, sizeof *o->off);
   o->logp = calloc(nc, sizeof *o->logp);
   o->ent = calloc(nc, sizeof *o->ent);
+  o->lss = calloc(nc, sizeof *o->lss);
   o->dlogp = calloc(nc, sizeof *o->dlogp);
   o->dent = calloc(nc, sizeof *o->dent);
   o->cap_tok = calloc(nc, sizeof *o->cap_tok);
@@ -211,7 +213,7 @@ int trn_objbuf_init(trn_objbuf *o, const poc_program *prog, int cap_B) {
   o->fcap = calloc(nf, sizeof *o->fcap);
   o->loss = calloc((size_t)cap_B, sizeof *o->loss);
   o->report = calloc((size_t)cap_B * ((size_t)prog->n_reports + 1), sizeof *o->report);
-  if (!o->example || !o->off || !o->logp || !o->ent || !o->dlogp || !o->dent ||
+  if (!o->example || !o->off || !o->logp || !o->ent || !o->lss || !o->dlogp || !o->dent ||
       !o->cap_tok || !o->foff || !o->fval || !o->fcap || !o->loss || !o->report)
     return -1;
   for (int k = 0; k < prog->n_calls; k++)
@@ -231,6 +233,7 @@ void trn_objbuf_free(trn_objbuf *o) {
     free(o->off[k]);
     free(o->logp[k]);
     free(o->ent[k]);
+    free(o->lss[k]);
     free(o->dlogp[k]);
     free(o->dent[k]);
   }
@@ -242,6 +245,7 @@ void trn_objbuf_free(trn_objbuf *o) {
   free(o->off);
   free(o->logp);
   free(o->ent);
+  free(o->lss);
   free(o->dlogp);
   free(o->dent);
   free(o->cap_tok);
@@ -266,13 +270,13 @@ static int reserve_d(double **p, size_t *cap, size_t need) {
   return 0;
 }
 
-/* The four per-token arrays of call k grow together. */
-static int reserve4(trn_objbuf *o, int k, size_t need) {
+/* The five per-token arrays of call k grow together. */
+static int reserve5(trn_objbuf *o, int k, size_t need) {
   if (need <= o->cap_tok[k] && o->logp[k]) return 0;
   size_t nc = o->cap_tok[k] ? o->cap_tok[k] : 256;
   while (nc < need) nc *= 2;
-  double **arr[4] = {&o->logp[k], &o->ent[k], &o->dlogp[k], &o->dent[k]};
-  for (int i = 0; i < 4; i++) {
+  double **arr[5] = {&o->logp[k], &o->ent[k], &o->lss[k], &o->dlogp[k], &o->dent[k]};
+  for (int i = 0; i < 5; i++) {
     double *q = realloc(*arr[i], nc * sizeof *q);
     if (!q) return -1;
     *arr[i] = q;
@@ -282,7 +286,8 @@ static int reserve4(trn_objbuf *o, int k, size_t need) {
 }
 
 int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const int64_t *ex,
-                      const double *const *logp, const double *const *ent) {
+                      const double *const *logp, const double *const *ent,
+                      const double *const *lss) {
   const poc_program *p = c->prog;
   int B0 = o->B, B = mb->B;
   if (B0 + B > o->cap_B) return -1;
@@ -297,25 +302,28 @@ int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const i
       for (int b = 0; b < B; b++)
         need += (size_t)(c->cache->off[k][ex[b] + 1] - c->cache->off[k][ex[b]]);
     }
-    if (reserve4(o, k, need)) return -1;
+    if (reserve5(o, k, need)) return -1;
     for (int b = 0; b < B; b++) {
-      const double *lp, *en;
+      const double *lp, *en, *ls;
       int n;
       if (cl->hoisted) {
         int64_t a = c->cache->off[k][ex[b]];
         n = (int)(c->cache->off[k][ex[b] + 1] - a);
         lp = c->cache->logp[k] ? c->cache->logp[k] + a : NULL;
         en = c->cache->ent[k] ? c->cache->ent[k] + a : NULL;
+        ls = c->cache->lss[k] ? c->cache->lss[k] + a : NULL;
       } else {
         int a = mb->base[k] + mb->off[k][b];
         n = mb->off[k][b + 1] - mb->off[k][b];
         lp = logp[cl->model] + a;
         en = ent[cl->model] ? ent[cl->model] + a : NULL;
+        ls = lss[cl->model] ? lss[cl->model] + a : NULL;
       }
       int32_t at = off[B0 + b];
       for (int i = 0; i < n; i++) {
         o->logp[k][at + i] = lp ? lp[i] : 0;
         o->ent[k][at + i] = en ? en[i] : 0;
+        o->lss[k][at + i] = ls ? ls[i] : 0;
       }
       off[B0 + b + 1] = at + n;
     }
@@ -345,7 +353,8 @@ int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const i
 int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_seed,
                     char *err) {
   const poc_program *p = c->prog;
-  const double *lp[TRN_MAX_MODELS * 8 + 64], *en[TRN_MAX_MODELS * 8 + 64];
+  const double *lp[TRN_MAX_MODELS * 8 + 64], *en[TRN_MAX_MODELS * 8 + 64],
+      *ls[TRN_MAX_MODELS * 8 + 64];
   double *dl[TRN_MAX_MODELS * 8 + 64], *de[TRN_MAX_MODELS * 8 + 64];
   const int32_t *off[TRN_MAX_MODELS * 8 + 64];
   const int32_t *foff[TRN_MAX_FIELDS];
@@ -359,6 +368,7 @@ int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_s
     off[k] = o->off[k];
     lp[k] = cl->want_logp ? o->logp[k] : NULL;
     en[k] = cl->want_entropy ? o->ent[k] : NULL;
+    ls[k] = cl->want_logsumsq ? o->lss[k] : NULL;
     dl[k] = cl->trainable ? o->dlogp[k] : NULL;
     de[k] = cl->trainable && cl->want_entropy ? o->dent[k] : NULL;
     /* zeros wherever the kernel leaves a seed unwritten */
@@ -374,7 +384,7 @@ int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_s
   }
   poc_objective_args a = {
       .B = o->B, .B_norm = B_norm, .example = o->example, .pick_seed = pick_seed,
-      .knobs = c->knobs, .off = off, .logp = lp, .entropy = en, .field_off = foff,
+      .knobs = c->knobs, .off = off, .logp = lp, .entropy = en, .logsumsq = ls, .field_off = foff,
       .field = fv, .loss = o->loss, .report = o->report, .dlogp = dl, .dentropy = de,
       .err = err};
   err[0] = 0;

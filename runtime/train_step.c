@@ -22,15 +22,16 @@
 
 typedef trn_models models;
 
-/* Per-model host buffers of one pack: log-probs, entropies and their seeds. */
+/* Per-model host buffers of one pack: log-probs, entropies, log Σ p² and the seeds. */
 typedef struct {
-  double *lp, *en, *dl, *de;
+  double *lp, *en, *ls, *dl, *de;
   size_t cap;
 } outbuf;
 
 static void ob_free(outbuf *o) {
   free(o->lp);
   free(o->en);
+  free(o->ls);
   free(o->dl);
   free(o->de);
   memset(o, 0, sizeof *o);
@@ -42,9 +43,10 @@ static int ob_reserve(outbuf *o, size_t n) {
   ob_free(o);
   o->lp = calloc(n, sizeof(double));
   o->en = calloc(n, sizeof(double));
+  o->ls = calloc(n, sizeof(double));
   o->dl = malloc(n * sizeof(double));
   o->de = malloc(n * sizeof(double));
-  if (!o->lp || !o->en || !o->dl || !o->de) {
+  if (!o->lp || !o->en || !o->ls || !o->dl || !o->de) {
     ob_free(o);
     return -1;
   }
@@ -70,10 +72,10 @@ static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, in
       return -1;
     }
     int flags = (save && bwd ? POC_FWD_SAVE : 0) | (pk->entropy ? POC_FWD_ENTROPY : 0) |
-                (c->unfused ? POC_FWD_UNFUSED : 0);
+                (pk->logsumsq ? POC_FWD_LOGSUMSQ : 0) | (c->unfused ? POC_FWD_UNFUSED : 0);
     poc_pack p = as_pack(pk);
-    if (poc_model_forward(ms->m[m], &p, flags, ob[m].lp, pk->entropy ? ob[m].en : NULL, err))
-      return -1;
+    poc_fwd_out fo = {ob[m].lp, pk->entropy ? ob[m].en : NULL, pk->logsumsq ? ob[m].ls : NULL};
+    if (poc_model_forward_out(ms->m[m], &p, flags, &fo, err)) return -1;
     if (tokens && c->prog->models[m].trainable) *tokens += pk->n_tok;
   }
   return 0;
@@ -184,7 +186,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
     goto done;
   }
   uint64_t ps = trn_pick_seed(c->seed, step);
-  const double *lp[TRN_MAX_MODELS], *en[TRN_MAX_MODELS];
+  const double *lp[TRN_MAX_MODELS], *en[TRN_MAX_MODELS], *ls[TRN_MAX_MODELS];
 
   if (p->separable) {
     for (int b0 = 0; b0 < B; b0 += mbs) {
@@ -194,9 +196,10 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
         en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
+        ls[m] = mb.pk[m].logsumsq ? ob[m].ls : NULL;
       }
       trn_objbuf_reset(&o);
-      if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en)) {
+      if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en, ls)) {
         trn_errf(err, "out of memory for the objective's inputs");
         goto done;
       }
@@ -213,8 +216,9 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
         en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
+        ls[m] = mb.pk[m].logsumsq ? ob[m].ls : NULL;
       }
-      if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en)) {
+      if (trn_objbuf_append(&o, c, &mb, ex + b0, lp, en, ls)) {
         trn_errf(err, "out of memory for the objective's inputs");
         goto done;
       }
@@ -251,6 +255,7 @@ int trn_hoist(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
     size_t n = (size_t)k->off[i][d->n] + 1;
     if (cl->want_logp && !(k->logp[i] = malloc(n * sizeof(double)))) goto oom;
     if (cl->want_entropy && !(k->ent[i] = malloc(n * sizeof(double)))) goto oom;
+    if (cl->want_logsumsq && !(k->lss[i] = malloc(n * sizeof(double)))) goto oom;
   }
   int mbs = c->micro_batch > 0 ? c->micro_batch : 1;
   int64_t *ex = malloc((size_t)mbs * sizeof *ex);
@@ -274,6 +279,7 @@ int trn_hoist(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
         for (int t = 0; t < len; t++) {
           if (k->logp[i]) k->logp[i][dst + t] = o->lp[src + t];
           if (k->ent[i]) k->ent[i][dst + t] = o->en[src + t];
+          if (k->lss[i]) k->lss[i][dst + t] = o->ls[src + t];
         }
       }
     }

@@ -8,11 +8,13 @@
  * head_chunk_fwd folds it into per-row running state: max m, s = Σ e^{l−m} and
  * a = Σ e^{l−m}(l − m); a chunk that raises the max to m' rescales them,
  * s ← e^{m−m'} s,  a ← e^{m−m'} (a + (m − m') s).  Then lse = m + log s, μ = m + a/s and
- * H = log s − a/s.  Backward regenerates each chunk and head_chunk_bwd turns it into bf16
+ * H = log s − a/s.  When asked (q not null) a fourth sum q = Σ e^{2(l−m)}, rescaled by
+ * e^{2(m−m')}, gives log Σ_v p_v² = log q − 2 log s (`logsumsq`, a weighting statistic
+ * with no gradient of its own).  Backward regenerates each chunk and head_chunk_bwd turns it into bf16
  * dlogits for the dW and dh GEMMs; the n×V logits never exist.
  *
  * Textbook (the --unfused baseline): full logits, then one kernel per step: row
- * log-sum-exp, log-softmax in place, gather + entropy; backward from the stored
+ * log-sum-exp, log-softmax in place, gather + entropy + log Σ p²; backward from the stored
  * log-softmax.
  */
 #include "poc_common.cuh"
@@ -21,7 +23,7 @@
 extern "C" __global__ void head_chunk_fwd(int n, int c, int v0, const float *__restrict__ logits,
                                           const int *__restrict__ tgt, float *__restrict__ m,
                                           float *__restrict__ s, float *__restrict__ a,
-                                          float *__restrict__ tl) {
+                                          float *__restrict__ q, float *__restrict__ tl) {
   __shared__ float sh[32];
   int i = blockIdx.x;
   if (i >= n) return;
@@ -30,31 +32,36 @@ extern "C" __global__ void head_chunk_fwd(int n, int c, int v0, const float *__r
   for (int j = threadIdx.x; j < c; j += blockDim.x) mc = fmaxf(mc, lr[j]);
   mc = block_max(mc, sh);
   const float mo = v0 == 0 ? POC_NEG_INF : m[i], mn = fmaxf(mo, mc);
-  float sr = 0.f, ar = 0.f;
+  float sr = 0.f, ar = 0.f, qr = 0.f;
   for (int j = threadIdx.x; j < c; j += blockDim.x) {
     float d = lr[j] - mn, e = expf(d);
     sr += e;
     ar += e * d;
+    qr += e * e;
   }
   sr = block_sum(sr, sh);
   ar = block_sum(ar, sh);
+  if (q) qr = block_sum(qr, sh); /* q is the same pointer for every thread: no divergence */
   if (threadIdx.x == 0) {
     if (v0 > 0) {
       float sc = expf(mo - mn);
       ar += sc * (a[i] + (mo - mn) * s[i]);
       sr += sc * s[i];
+      if (q) qr += sc * sc * q[i];
     }
     m[i] = mn;
     s[i] = sr;
     a[i] = ar;
+    if (q) q[i] = qr;
     int t = tgt[i] - v0;
     if (t >= 0 && t < c) tl[i] = lr[t];
   }
 }
 
 extern "C" __global__ void head_finish(int n, const float *__restrict__ m, const float *__restrict__ s,
-                                       const float *__restrict__ a, const float *__restrict__ tl,
-                                       float *__restrict__ logp, float *__restrict__ ent,
+                                       const float *__restrict__ a, const float *__restrict__ q,
+                                       const float *__restrict__ tl, float *__restrict__ logp,
+                                       float *__restrict__ ent, float *__restrict__ lss,
                                        float *__restrict__ lse, float *__restrict__ mu) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
@@ -63,6 +70,7 @@ extern "C" __global__ void head_finish(int n, const float *__restrict__ m, const
   lse[i] = m[i] + ls;
   logp[i] = tl[i] - lse[i];
   if (ent) ent[i] = ls - am;
+  if (lss) lss[i] = logf(q[i]) - 2.f * ls;
 }
 
 /* dlogits of one [n × c] chunk starting at vocabulary column v0 (dlogp/dent may be null) */
@@ -108,22 +116,29 @@ extern "C" __global__ void head_text_logsoftmax(int n, int V, float *__restrict_
     logits[idx] -= lse[idx / V];
 }
 
-/* logp = ls[t], H = −Σ e^{ls} ls; also keeps μ' = Σ p·ls for the backward (l − μ = ls − μ').
- * grid: one block per row */
+/* logp = ls[t], H = −Σ e^{ls} ls, log Σ e^{2·ls}; also keeps μ' = Σ p·ls for the backward
+ * (l − μ = ls − μ'). grid: one block per row */
 extern "C" __global__ void head_text_gather(int n, int V, const float *__restrict__ ls,
                                             const int *__restrict__ tgt, float *__restrict__ logp,
-                                            float *__restrict__ ent, float *__restrict__ mu) {
+                                            float *__restrict__ ent, float *__restrict__ lss,
+                                            float *__restrict__ mu) {
   __shared__ float sh[32];
   int i = blockIdx.x;
   if (i >= n) return;
   const float *lr = ls + (poc_size)i * V;
-  float acc = 0.f;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) acc += expf(lr[j]) * lr[j];
+  float acc = 0.f, p2 = 0.f;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    float p = expf(lr[j]);
+    acc += p * lr[j];
+    p2 += p * p;
+  }
   acc = block_sum(acc, sh);
+  if (lss) p2 = block_sum(p2, sh);
   if (threadIdx.x == 0) {
     logp[i] = lr[tgt[i]];
     mu[i] = acc;
     if (ent) ent[i] = -acc;
+    if (lss) lss[i] = logf(p2);
   }
 }
 

@@ -346,50 +346,65 @@ static void ck_swiglu_bwd(poc_kset *k, size_t n, poc_dptr g_, poc_dptr u_, poc_d
  * Fused: chunks of logits are folded into a running max m, s = Σ e^{l−m} and
  * a = Σ e^{l−m}(l − m); when a chunk raises the max to m', s ← e^{m−m'} s and
  * a ← e^{m−m'} (a + (m − m') s). At the end lse = m + log s, μ = m + a/s and
- * H = log s − a/s (no cancellation of two large numbers). */
+ * H = log s − a/s (no cancellation of two large numbers).
+ * log Σ_v p_v² (the weighting statistic of `logsumsq`) = log Σ e^{2l} − 2 lse: fused, a
+ * fourth running sum q = Σ e^{2(l−m)}, rescaled by e^{2(m−m')}, gives log q − 2 log s;
+ * q ≥ 1 (the maximum's own term) and s ≥ 1, so neither logarithm loses anything. */
 
 static void ck_head_chunk_fwd(poc_kset *k, int n, int c, int v0, poc_dptr logits_,
                               poc_dptr tgt_, poc_dptr m_, poc_dptr s_, poc_dptr a_,
-                              poc_dptr tl_) {
+                              poc_dptr q_, poc_dptr tl_) {
   CK_LIVE(k);
   const real *logits = RP(logits_);
   const int32_t *tgt = IP(tgt_);
-  real *m = RP(m_), *s = RP(s_), *a = RP(a_), *tl = RP(tl_);
+  real *m = RP(m_), *s = RP(s_), *a = RP(a_), *q = RP(q_), *tl = RP(tl_);
 #pragma omp parallel for schedule(static) if ((size_t)n * c >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     const real *l = logits + (size_t)i * c;
     real mc = l[0];
     for (int j = 1; j < c; j++) mc = l[j] > mc ? l[j] : mc;
-    real mn, sr, ar;
+    real mn, sr, ar, qr;
     if (v0 == 0) {
       mn = mc;
       sr = 0;
       ar = 0;
+      qr = 0;
     } else {
       mn = m[i] > mc ? m[i] : mc;
       real sc = R_EXP(m[i] - mn);
       ar = sc * (a[i] + (m[i] - mn) * s[i]);
       sr = sc * s[i];
+      qr = q ? sc * sc * q[i] : 0;
     }
-    for (int j = 0; j < c; j++) {
-      real d = l[j] - mn, e = R_EXP(d);
-      sr += e;
-      ar += e * d;
+    if (q) {
+      for (int j = 0; j < c; j++) {
+        real d = l[j] - mn, e = R_EXP(d);
+        sr += e;
+        ar += e * d;
+        qr += e * e;
+      }
+    } else { /* the loop every objective without logsumsq runs, as it was */
+      for (int j = 0; j < c; j++) {
+        real d = l[j] - mn, e = R_EXP(d);
+        sr += e;
+        ar += e * d;
+      }
     }
     m[i] = mn;
     s[i] = sr;
     a[i] = ar;
+    if (q) q[i] = qr;
     int t = tgt[i] - v0;
     if (t >= 0 && t < c) tl[i] = l[t];
   }
 }
 
 static void ck_head_finish(poc_kset *k, int n, poc_dptr m_, poc_dptr s_, poc_dptr a_,
-                           poc_dptr tl_, poc_dptr logp_, poc_dptr ent_, poc_dptr lse_,
-                           poc_dptr mu_) {
+                           poc_dptr q_, poc_dptr tl_, poc_dptr logp_, poc_dptr ent_,
+                           poc_dptr lss_, poc_dptr lse_, poc_dptr mu_) {
   CK_LIVE(k);
-  const real *m = RP(m_), *s = RP(s_), *a = RP(a_), *tl = RP(tl_);
-  real *logp = RP(logp_), *ent = RP(ent_), *lse = RP(lse_), *mu = RP(mu_);
+  const real *m = RP(m_), *s = RP(s_), *a = RP(a_), *q = RP(q_), *tl = RP(tl_);
+  real *logp = RP(logp_), *ent = RP(ent_), *lss = RP(lss_), *lse = RP(lse_), *mu = RP(mu_);
   for (int i = 0; i < n; i++) {
     real ls = R_LOG(s[i]), am = a[i] / s[i];
     real mi = m[i], ti = tl[i]; /* read first: lse may be where m was kept */
@@ -397,6 +412,7 @@ static void ck_head_finish(poc_kset *k, int n, poc_dptr m_, poc_dptr s_, poc_dpt
     lse[i] = mi + ls;
     logp[i] = ti - lse[i];
     if (ent) ent[i] = ls - am;
+    if (lss) lss[i] = R_LOG(q[i]) - 2 * ls;
   }
 }
 
@@ -424,15 +440,16 @@ static void ck_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits
 }
 
 /* Textbook: log-softmax ls = l − lse in place, then with p = e^{ls}:
- *   logp = ls_t,  μ' = Σ p·ls = μ − lse,  H = −μ'.
+ *   logp = ls_t,  μ' = Σ p·ls = μ − lse,  H = −μ',  log Σ p² = log Σ e^{2·ls}.
  * mu receives μ' (not μ), because the backward works on ls: l − μ = ls − μ'. */
 static void ck_head_text_fwd(poc_kset *k, int n, poc_dptr logits_, poc_dptr tgt_,
-                             poc_dptr logp_, poc_dptr ent_, poc_dptr lse_, poc_dptr mu_) {
+                             poc_dptr logp_, poc_dptr ent_, poc_dptr lss_, poc_dptr lse_,
+                             poc_dptr mu_) {
   CK_LIVE(k);
   const int V = k->dm.V;
   const int32_t *tgt = IP(tgt_);
-  real *logits = RP(logits_), *logp = RP(logp_), *ent = RP(ent_), *lse = RP(lse_),
-       *mu = RP(mu_);
+  real *logits = RP(logits_), *logp = RP(logp_), *ent = RP(ent_), *lss = RP(lss_),
+       *lse = RP(lse_), *mu = RP(mu_);
 #pragma omp parallel for schedule(static) if ((size_t)n * V >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     real *l = logits + (size_t)i * V;
@@ -441,10 +458,12 @@ static void ck_head_text_fwd(poc_kset *k, int n, poc_dptr logits_, poc_dptr tgt_
     real s = 0;
     for (int v = 0; v < V; v++) s += R_EXP(l[v] - mx);
     real ls = mx + R_LOG(s);
-    real hsum = 0;
+    real hsum = 0, p2 = 0;
     for (int v = 0; v < V; v++) {
       l[v] -= ls;
-      hsum -= R_EXP(l[v]) * l[v];
+      real p = R_EXP(l[v]);
+      hsum -= p * l[v];
+      p2 += p * p;
     }
     /* −hsum is bit for bit Σ p·ls summed in the same order: rounding to nearest commutes
        with negation */
@@ -452,6 +471,7 @@ static void ck_head_text_fwd(poc_kset *k, int n, poc_dptr logits_, poc_dptr tgt_
     lse[i] = ls;
     mu[i] = -hsum;
     if (ent) ent[i] = hsum;
+    if (lss) lss[i] = R_LOG(p2);
   }
 }
 

@@ -426,19 +426,20 @@ static void k_swiglu_bwd(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr
 }
 
 static void k_head_chunk_fwd(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
-                             poc_dptr m, poc_dptr sum, poc_dptr a, poc_dptr tl) {
+                             poc_dptr m, poc_dptr sum, poc_dptr a, poc_dptr q, poc_dptr tl) {
   dc_kset *s = ks_of(k);
-  CUdeviceptr p_l = logits, p_t = tgt, p_m = m, p_s = sum, p_a = a, p_tl = tl;
-  LAUNCH(head_chunk_fwd, n, 1, 256, &n, &c, &v0, &p_l, &p_t, &p_m, &p_s, &p_a, &p_tl);
+  CUdeviceptr p_l = logits, p_t = tgt, p_m = m, p_s = sum, p_a = a, p_q = q, p_tl = tl;
+  LAUNCH(head_chunk_fwd, n, 1, 256, &n, &c, &v0, &p_l, &p_t, &p_m, &p_s, &p_a, &p_q, &p_tl);
 }
 
-static void k_head_finish(poc_kset *k, int n, poc_dptr m, poc_dptr sum, poc_dptr a, poc_dptr tl,
-                          poc_dptr logp, poc_dptr ent, poc_dptr lse, poc_dptr mu) {
+static void k_head_finish(poc_kset *k, int n, poc_dptr m, poc_dptr sum, poc_dptr a, poc_dptr q,
+                          poc_dptr tl, poc_dptr logp, poc_dptr ent, poc_dptr lss, poc_dptr lse,
+                          poc_dptr mu) {
   dc_kset *s = ks_of(k);
-  CUdeviceptr p_m = m, p_s = sum, p_a = a, p_tl = tl, p_logp = logp, p_ent = ent, p_lse = lse,
-              p_mu = mu;
-  LAUNCH(head_finish, (n + 255) / 256, 1, 256, &n, &p_m, &p_s, &p_a, &p_tl, &p_logp, &p_ent,
-         &p_lse, &p_mu);
+  CUdeviceptr p_m = m, p_s = sum, p_a = a, p_q = q, p_tl = tl, p_logp = logp, p_ent = ent,
+              p_lss = lss, p_lse = lse, p_mu = mu;
+  LAUNCH(head_finish, (n + 255) / 256, 1, 256, &n, &p_m, &p_s, &p_a, &p_q, &p_tl, &p_logp, &p_ent,
+         &p_lss, &p_lse, &p_mu);
 }
 
 /* The kernels read fp32 logits and write bf16 dlogits element by element from many
@@ -463,17 +464,18 @@ static void k_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits,
   if (p_d != (CUdeviceptr)dlog) dc_copy(k->d, dlog, p_d, nc * 2);
 }
 
-/* lse per row, the log-softmax in place, then logp, entropy and μ' = Σ p·ls (the mean of
- * the log-softmax, which head_text_bwd takes as mu: l − μ = ls − μ') */
+/* lse per row, the log-softmax in place, then logp, entropy, log Σ p² and μ' = Σ p·ls (the
+ * mean of the log-softmax, which head_text_bwd takes as mu: l − μ = ls − μ') */
 static void k_head_text_fwd(poc_kset *k, int n, poc_dptr logits, poc_dptr tgt, poc_dptr logp,
-                            poc_dptr ent, poc_dptr lse, poc_dptr mu) {
+                            poc_dptr ent, poc_dptr lss, poc_dptr lse, poc_dptr mu) {
   dc_kset *s = ks_of(k);
   int V = k->dm.V;
   size_t nV = (size_t)(n > 0 ? n : 0) * (size_t)V;
-  CUdeviceptr p_l = logits, p_t = tgt, p_logp = logp, p_ent = ent, p_lse = lse, p_mu = mu;
+  CUdeviceptr p_l = logits, p_t = tgt, p_logp = logp, p_ent = ent, p_lss = lss, p_lse = lse,
+              p_mu = mu;
   LAUNCH(head_text_lse, n, 1, 256, &n, &V, &p_l, &p_lse);
   LAUNCH(head_text_logsoftmax, dc_grid(s, nV, 256), 1, 256, &n, &V, &p_l, &p_lse);
-  LAUNCH(head_text_gather, n, 1, 256, &n, &V, &p_l, &p_t, &p_logp, &p_ent, &p_mu);
+  LAUNCH(head_text_gather, n, 1, 256, &n, &V, &p_l, &p_t, &p_logp, &p_ent, &p_lss, &p_mu);
 }
 
 static void k_head_text_bwd(poc_kset *k, int n, poc_dptr ls, poc_dptr tgt, poc_dptr mu,

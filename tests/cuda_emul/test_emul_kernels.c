@@ -591,7 +591,7 @@ static void t_swiglu(void) {
 /* ---- the loss head -------------------------------------------------------------------- */
 
 /* Fused: the [n × V] logits streamed in the chunks given (uneven, the last of one column),
- * each folded into m, s, a, tl; then head_finish; then the backward chunk by chunk, into
+ * each folded into m, s, a, q, tl; then head_finish (with log Σ p²); then the backward chunk by chunk, into
  * a separate dlog and in place (dlog = the logits buffer). Textbook: the whole row. */
 static void t_head(void) {
   const int n = 37, chunks[] = {128, 100, 71, 1};
@@ -610,15 +610,15 @@ static void t_head(void) {
   for (int j = 0; j < V; j++) L.h[(size_t)5 * V + j] = 1.5f;
   L.h[(size_t)6 * V + 3] = -80; /* far below: e^{l−m} underflows to 0 */
   pb_put(&L);
-  pb m = pb_nan(n, 0), s = pb_nan(n, 0), a = pb_nan(n, 0), tl = pb_nan(n, 0);
+  pb m = pb_nan(n, 0), s = pb_nan(n, 0), a = pb_nan(n, 0), q = pb_nan(n, 0), tl = pb_nan(n, 0);
   int v0 = 0;
   for (int c = 0; c < nch; v0 += chunks[c], c++) {
     pb ch = pb_new((size_t)n * chunks[c], 0);
     for (int i = 0; i < n; i++)
       memcpy(ch.h + (size_t)i * chunks[c], L.h + (size_t)i * V + v0, chunks[c] * 4);
     pb_put(&ch);
-    C->k.head_chunk_fwd(KC, n, chunks[c], v0, ch.c, tg.c, m.c, s.c, a.c, tl.c);
-    G->k.head_chunk_fwd(KG, n, chunks[c], v0, ch.g, tg.g, m.g, s.g, a.g, tl.g);
+    C->k.head_chunk_fwd(KC, n, chunks[c], v0, ch.c, tg.c, m.c, s.c, a.c, q.c, tl.c);
+    G->k.head_chunk_fwd(KG, n, chunks[c], v0, ch.g, tg.g, m.g, s.g, a.g, q.g, tl.g);
     pb_free(&ch);
   }
   CHECK(v0 == V);
@@ -627,38 +627,49 @@ static void t_head(void) {
   cmp_pb("head_chunk_fwd x4 chunks: m", &m, 0, 0, NULL);
   cmp_pb("head_chunk_fwd x4 chunks: s", &s, 0, 2 * (V + 8) * U32, NULL);
   cmp_pb("head_chunk_fwd x4 chunks: a", &a, 1e-6, 2 * (V + 8) * U32, NULL);
+  cmp_pb("head_chunk_fwd x4 chunks: q", &q, 0, 2 * (V + 8) * U32, NULL);
   cmp_pb("head_chunk_fwd x4 chunks: tl (exact)", &tl, 0, 0, NULL);
   pb logp = pb_nan(n, 0), ent = pb_nan(n, 0), lse = pb_nan(n, 0), mu = pb_nan(n, 0);
-  C->k.head_finish(KC, n, m.c, s.c, a.c, tl.c, logp.c, ent.c, lse.c, mu.c);
-  G->k.head_finish(KG, n, m.g, s.g, a.g, tl.g, logp.g, ent.g, lse.g, mu.g);
+  pb lss = pb_nan(n, 0);
+  C->k.head_finish(KC, n, m.c, s.c, a.c, q.c, tl.c, logp.c, ent.c, lss.c, lse.c, mu.c);
+  G->k.head_finish(KG, n, m.g, s.g, a.g, q.g, tl.g, logp.g, ent.g, lss.g, lse.g, mu.g);
   /* log s carries s's relative error as an absolute one (~4e-5 at worst); a/s both, times
      |a/s| ≤ 12 here */
   cmp_pb("head_finish: logp", &logp, 1e-4, 1e-6, NULL);
   cmp_pb("head_finish: ent", &ent, 1e-3, 1e-6, NULL);
   cmp_pb("head_finish: lse", &lse, 1e-4, 1e-6, NULL);
   cmp_pb("head_finish: mu", &mu, 1e-3, 1e-6, NULL);
+  /* log q − 2 log s: the two sums' relative errors as absolute ones */
+  cmp_pb("head_finish: logsumsq", &lss, 2e-4, 1e-6, NULL);
   /* against the definition in double, on the host: the fold is the log-softmax */
   {
-    double *lg = malloc(n * 8), *eg = malloc(n * 8);
+    double *lg = malloc(n * 8), *eg = malloc(n * 8), *qg = malloc(n * 8);
     G->get(G, lg, POC_DT_F64, logp.g, G->acc, n);
     G->get(G, eg, POC_DT_F64, ent.g, G->acc, n);
+    G->get(G, qg, POC_DT_F64, lss.g, G->acc, n);
     double worst = 0;
     for (int i = 0; i < n; i++) {
       const float *l = L.h + (size_t)i * V;
-      double mx = l[0], se = 0, sp = 0;
+      double mx = l[0], se = 0, sp = 0, p2 = 0;
       for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
       for (int j = 0; j < V; j++) se += exp(l[j] - mx);
       double ls = mx + log(se);
       for (int j = 0; j < V; j++) sp -= exp(l[j] - ls) * (l[j] - ls);
-      double e1 = fabs(lg[i] - (l[tgt[i]] - ls)), e2 = fabs(eg[i] - sp);
+      for (int j = 0; j < V; j++) p2 += exp(2 * (l[j] - ls));
+      double e1 = fabs(lg[i] - (l[tgt[i]] - ls)), e2 = fabs(eg[i] - sp), e3 = fabs(qg[i] - log(p2));
       worst = e1 > worst ? e1 : worst;
       worst = e2 > worst ? e2 : worst;
+      worst = e3 > worst ? e3 : worst;
     }
     printf("  %-34s max|Δ| %.3g\n", "fused head vs double definition", worst);
-    CHECK_MSG(worst < 1e-4, "the fused head's logp/entropy are %.3g from the definition", worst);
-    CHECK_NEAR(eg[5], log((double)V), 1e-5); /* the constant row: uniform */
+    CHECK_MSG(worst < 1e-4, "the fused head's logp/entropy/log Σ p² are %.3g from the definition",
+              worst);
+    CHECK_NEAR(eg[5], log((double)V), 1e-5);  /* the constant row: uniform */
+    CHECK_NEAR(qg[5], -log((double)V), 1e-5); /* Σ (1/V)² = 1/V */
+    CHECK_NEAR(qg[4], 0, 1e-5);               /* one logit 60 above the rest: p ≈ one-hot */
     free(lg);
     free(eg);
+    free(qg);
   }
 
   /* backward: g = dL/dlogp and e = dL/dH per row; with both, with dent absent, and in
@@ -696,19 +707,24 @@ static void t_head(void) {
   memcpy(T1.h, L.h, (size_t)n * V * 4);
   pb_put(&T1);
   pb tlogp = pb_nan(n, 0), tent = pb_nan(n, 0), tlse = pb_nan(n, 0), tmu = pb_nan(n, 0);
-  C->k.head_text_fwd(KC, n, T1.c, tg.c, tlogp.c, tent.c, tlse.c, tmu.c);
-  G->k.head_text_fwd(KG, n, T1.g, tg.g, tlogp.g, tent.g, tlse.g, tmu.g);
+  pb tlss = pb_nan(n, 0);
+  C->k.head_text_fwd(KC, n, T1.c, tg.c, tlogp.c, tent.c, tlss.c, tlse.c, tmu.c);
+  G->k.head_text_fwd(KG, n, T1.g, tg.g, tlogp.g, tent.g, tlss.g, tlse.g, tmu.g);
   cmp_pb("head_text_fwd: log-softmax", &T1, 1e-5, 1e-6, NULL);
   cmp_pb("head_text_fwd: logp", &tlogp, 1e-5, 1e-5, NULL);
   cmp_pb("head_text_fwd: ent", &tent, 1e-5, 1e-5, NULL);
   cmp_pb("head_text_fwd: lse", &tlse, 1e-5, 1e-5, NULL);
   cmp_pb("head_text_fwd: mu'", &tmu, 1e-5, 1e-5, NULL);
+  cmp_pb("head_text_fwd: logsumsq", &tlss, 1e-5, 1e-5, NULL);
   /* the two heads agree on the device */
   {
     double *x = malloc(n * 8), *y = malloc(n * 8);
     G->get(G, x, POC_DT_F64, tlogp.g, G->acc, n);
     G->get(G, y, POC_DT_F64, logp.g, G->acc, n);
     cmp_arrays("  cuda textbook vs fused logp", y, x, n, 1e-5, 1e-5, NULL);
+    G->get(G, x, POC_DT_F64, tlss.g, G->acc, n);
+    G->get(G, y, POC_DT_F64, lss.g, G->acc, n);
+    cmp_arrays("  cuda textbook vs fused logsumsq", y, x, n, 1e-4, 1e-5, NULL);
     free(x);
     free(y);
   }
@@ -735,7 +751,7 @@ static void t_head(void) {
   }
   pi_free(&tg);
   pb *bs[] = {&L, &m, &s, &a, &tl, &logp, &ent, &lse, &mu, &dlogp, &dent, &T1, &tlogp, &tent,
-              &tlse, &tmu};
+              &tlse, &tmu, &q, &lss, &tlss};
   for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) pb_free(bs[i]);
   synced("head");
 }

@@ -114,7 +114,7 @@ static void test_calls(void) {
   /* conditioning only where a context belongs */
   expect(HEAD "loss = sum(entropy(policy, chosen | prompt))\n", 0, NULL);
   expect(HEAD "loss = sum(chosen | prompt)\n", 1,
-         "'|' (conditioning) is only allowed in the second argument of logp or entropy");
+         "'|' (conditioning) is only allowed in the second argument of logp, entropy or logsumsq");
   expect(HEAD "loss = chosen | prompt\n", 1, "'|' (conditioning) is only allowed");
   expect(HEAD "a = sample(policy, prompt | chosen)\nloss = 1\n", 1, "'|' (conditioning) is only allowed");
   expect(HEAD "loss = sum(pick(chosen, 2 | 3))\n", 1, "'|' (conditioning) is only allowed");

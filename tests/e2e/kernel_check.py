@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generated objective kernels against the reference interpreter.
 
-For each .po file given: draw random log-probs, entropies and fields of random lengths
+For each .po file given: draw random log-probs, entropies, log Σ p² and fields of random lengths
 (several batches, several seeds), evaluate them with `poc probe` (compiler/eval.c, float64),
 then with the generated kernels.c, fused and --unfused, linked into kernel_harness.c; the
 loss, every per-example loss, every report and every gradient must agree to 1e-12
@@ -47,7 +47,7 @@ def seq_len(target, lens, b):
 
 def make_input(template, fseq, rng, B, seed):
     names = set()
-    for sec in ("logp", "entropy"):
+    for sec in ("logp", "entropy", "logsumsq"):
         for key in template.get(sec, {}):
             names.add(re.match(r"[^/]*/([A-Za-z_][A-Za-z0-9_]*)", key).group(1))
     names |= set(template.get("tokens", {}))
@@ -55,7 +55,7 @@ def make_input(template, fseq, rng, B, seed):
     # counts from 0: sequences without tokens take every reduction's empty case
     lens = {n: [rng.randint(0 if n != "prompt" else 1, 9) for _ in range(B)] for n in names}
     inp = {"batch": B, "seed": seed}
-    for sec, lo, hi in (("logp", -4.0, -0.01), ("entropy", 0.05, 3.0)):
+    for sec, lo, hi in (("logp", -4.0, -0.01), ("entropy", 0.05, 3.0), ("logsumsq", -3.0, -0.01)):
         if sec in template:
             inp[sec] = {}
             for key in template[sec]:

@@ -74,24 +74,28 @@ int poc_harness_main(const poc_program *prog, int argc, char **argv) {
   if (!in) die("malformed JSON", argv[1]);
   int B = cJSON_GetObjectItem(in, "batch")->valueint;
   const cJSON *seed = cJSON_GetObjectItem(in, "seed");
-  const cJSON *lp = cJSON_GetObjectItem(in, "logp"), *en = cJSON_GetObjectItem(in, "entropy");
+  const cJSON *lp = cJSON_GetObjectItem(in, "logp"), *en = cJSON_GetObjectItem(in, "entropy"),
+              *lq = cJSON_GetObjectItem(in, "logsumsq");
   const cJSON *fl = cJSON_GetObjectItem(in, "fields");
   int C = prog->n_calls, F = prog->n_fields;
   const int32_t **off = calloc((size_t)C + 1, sizeof *off);
   const double **logp = calloc((size_t)C + 1, sizeof *logp), **ent = calloc((size_t)C + 1, sizeof *ent);
+  const double **lss = calloc((size_t)C + 1, sizeof *lss);
   double **dlogp = calloc((size_t)C + 1, sizeof *dlogp), **dent = calloc((size_t)C + 1, sizeof *dent);
   for (int c = 0; c < C; c++) {
     const poc_call *pc = &prog->calls[c];
-    for (int k = 0; k < 2; k++) {
-      if (!(k ? pc->want_entropy : pc->want_logp)) continue;
-      const cJSON *arr = cJSON_GetObjectItem(k ? en : lp, pc->key);
+    for (int k = 0; k < 3; k++) {
+      if (!(k == 2 ? pc->want_logsumsq : k ? pc->want_entropy : pc->want_logp)) continue;
+      const cJSON *arr = cJSON_GetObjectItem(k == 2 ? lq : k ? en : lp, pc->key);
       if (!arr) die("no input for call", pc->key);
       double *v;
       int32_t *o;
       ragged(arr, B, &v, &o, pc->key);
-      if (k) ent[c] = v;
+      if (k == 2) lss[c] = v;
+      else if (k) ent[c] = v;
       else logp[c] = v;
       off[c] = o;
+      if (k == 2) continue; /* log Σ p² has no seed */
       double **d = k ? dent : dlogp;
       /* NaN where the kernel must write: a missed position shows up */
       if (pc->trainable) {
@@ -135,7 +139,7 @@ int poc_harness_main(const poc_program *prog, int argc, char **argv) {
       .B = B, .B_norm = B, .example = example,
       .pick_seed = seed ? (uint64_t)seed->valuedouble : prog->train.seed, .knobs = knobs,
       .off = off, .logp = logp, .entropy = ent, .field_off = foff, .field = field, .loss = loss,
-      .report = report, .dlogp = dlogp, .dentropy = dent, .err = err};
+      .report = report, .dlogp = dlogp, .dentropy = dent, .err = err, .logsumsq = lss};
   if (prog->objective(&a)) die("the objective failed", err);
   double L = 0;
   for (int b = 0; b < B; b++) L += loss[b];

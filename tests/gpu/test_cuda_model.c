@@ -3,7 +3,7 @@
  *
  * Both devices get the same weights, rounded to bf16 beforehand so the device holds
  * exactly what the reference uses; what remains is bf16 rounding of activations, which
- * sets the tolerances: per-token log-probs and entropies within 2% in relative norm,
+ * sets the tolerances: per-token log-probs, entropies and log Σ p² within 2% in relative norm,
  * every tensor's gradient within 5%, the fused and textbook heads on the device within
  * 1e-4 of each other, no NaN anywhere. Outputs are poisoned with NaN before each call so
  * an unwritten element fails. Without a GPU the test says so and exits 77 (skipped).
@@ -40,16 +40,24 @@ static void compare_case(const gt_case *k) {
   gt_fill(eg, n, NAN);
   gt_fill(lu, n, NAN);
   gt_fill(eu, n, NAN);
-  int fl = POC_FWD_SAVE | POC_FWD_ENTROPY;
-  CHECK(poc_model_forward(mc, &mp.p, fl, lc, ec, err) == 0);
-  CHECK_MSG(poc_model_forward(mg, &mp.p, fl | POC_FWD_UNFUSED, lu, eu, err) == 0, "%s", err);
-  CHECK_MSG(poc_model_forward(mg, &mp.p, fl, lg, eg, err) == 0, "%s", err);
+  double *qc = malloc(n * 8), *qg = malloc(n * 8), *qu = malloc(n * 8);
+  gt_fill(qg, n, NAN);
+  gt_fill(qu, n, NAN);
+  int fl = POC_FWD_SAVE | POC_FWD_ENTROPY, fq = fl | POC_FWD_LOGSUMSQ;
+  poc_fwd_out fc = {lc, ec, qc}, fu = {lu, eu, qu}, fg = {lg, eg, qg};
+  CHECK(poc_model_forward_out(mc, &mp.p, fq, &fc, err) == 0);
+  CHECK_MSG(poc_model_forward_out(mg, &mp.p, fq | POC_FWD_UNFUSED, &fu, err) == 0, "%s", err);
+  CHECK_MSG(poc_model_forward_out(mg, &mp.p, fq, &fg, err) == 0, "%s", err);
   double r_lp = gt_rel(lg, lc, n), r_en = gt_rel(eg, ec, n), r_fu = gt_rel(lg, lu, n),
-         r_feu = gt_rel(eg, eu, n);
-  printf("%s: %d tokens, %d targets: logp rel %.2e, entropy rel %.2e, fused vs textbook %.2e/%.2e\n",
-         k->label, T, n, r_lp, r_en, r_fu, r_feu);
-  CHECK_MSG(r_lp < 2e-2 && r_en < 2e-2, "%s: forward differs from the CPU", k->label);
-  CHECK_MSG(r_fu < 1e-4 && r_feu < 1e-4, "%s: fused and textbook heads differ", k->label);
+         r_feu = gt_rel(eg, eu, n), r_q = gt_rel(qg, qc, n), r_qu = gt_rel(qg, qu, n);
+  printf("%s: %d tokens, %d targets: logp rel %.2e, entropy rel %.2e, logsumsq rel %.2e, fused "
+         "vs textbook %.2e/%.2e/%.2e\n", k->label, T, n, r_lp, r_en, r_q, r_fu, r_feu, r_qu);
+  CHECK_MSG(r_lp < 2e-2 && r_en < 2e-2 && r_q < 2e-2, "%s: forward differs from the CPU", k->label);
+  CHECK_MSG(r_fu < 1e-4 && r_feu < 1e-4 && r_qu < 1e-4, "%s: fused and textbook heads differ",
+            k->label);
+  free(qc);
+  free(qg);
+  free(qu);
 
   /* backward from random seeds: every tensor's gradient */
   poc_rng r;

@@ -44,9 +44,9 @@ static const struct { const char *name, *sig; } kernel_sigs[] = {
     {"colsum_finish", "iipp"}, {"cast_f32_bf16", "ppp"}, {"qkv_bias_rope", "ippppppppp"},
     {"rope_bwd", "ippppppppp"}, {"swiglu_fwd", "pppp"}, {"swiglu_bwd", "pppppp"},
     {"attn_fwd", "iipppppp"}, {"attn_bwd_dq", "ippppppppp"}, {"attn_bwd_dkv", "ippppppppp"},
-    {"head_chunk_fwd", "iiipppppp"}, {"head_finish", "ipppppppp"},
+    {"head_chunk_fwd", "iiippppppp"}, {"head_finish", "ipppppppppp"},
     {"head_chunk_bwd", "iiippppppp"}, {"head_text_lse", "iipp"},
-    {"head_text_logsoftmax", "iipp"}, {"head_text_gather", "iippppp"},
+    {"head_text_logsoftmax", "iipp"}, {"head_text_gather", "iipppppp"},
     {"head_text_bwd", "iipppppp"}, {"adamw", "ppppppffffffff"}, {"sumsq_partial", "ppp"}};
 
 /* "iipp..." from the .param list of `name`'s .entry in the PTX ("" when absent) */

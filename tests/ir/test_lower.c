@@ -101,7 +101,7 @@ static void test_diagnostics(void) {
   expect_error("loss = sum(logp(policy, chosen)) + chosen ++ [2]\n", "t.po:5:", "needs a number");
   expect_error("loss = sum(logp(policy, chosen)[3:1])\n", "t.po:5:", "is empty");
   expect_error("def F(y) = y + sum(logp(policy, chosen))\nloss = F(chosen | prompt)\n", "t.po:5:",
-               "a sequence with a context (y | ctx), which only logp and entropy take");
+               "a sequence with a context (y | ctx), which only logp, entropy and logsumsq take");
   /* what the language can say */
   ir_free(expect_ok("x = logp(policy, chosen)[:4] * logp(policy, rejected)[:4]\nloss = sum(x)\n"));
   ir_free(expect_ok("sep = [2]\nloss = sum(logp(policy, chosen | prompt ++ sep ++ rejected ++ sep))\n"));

@@ -533,6 +533,7 @@ static void t_head(tc *c, int n, int chunk) {
   }
   double *Rlse = malloc(n * sizeof(double)), *Rmu = malloc(n * sizeof(double));
   double *Rlp = malloc(n * sizeof(double)), *Rent = malloc(n * sizeof(double));
+  double *Rlss = malloc(n * sizeof(double)); /* log Σ p², the direct sum of squares */
   double *g = vec(c, n, 1), *e = vec(c, n, 1), *RD = malloc((size_t)n * V * sizeof *RD),
          *RDg = malloc((size_t)n * V * sizeof *RDg);
   for (int i = 0; i < n; i++) {
@@ -548,6 +549,9 @@ static void t_head(tc *c, int n, int chunk) {
     double H = 0;
     for (int v = 0; v < V; v++) H -= exp(l[v] - lse) * (l[v] - lse);
     Rent[i] = H;
+    double p2 = 0;
+    for (int v = 0; v < V; v++) p2 += exp(l[v] - lse) * exp(l[v] - lse);
+    Rlss[i] = log(p2);
     for (int v = 0; v < V; v++) {
       double p = exp(l[v] - lse);
       RD[(size_t)i * V + v] = g[i] * ((v == tgt[i]) - p) - e[i] * p * (l[v] - mu);
@@ -558,6 +562,7 @@ static void t_head(tc *c, int n, int chunk) {
            ds = c->d->alloc(c->d, n * 8, "s");
   poc_dptr dA = c->d->alloc(c->d, n * 8, "a"), dtl = c->d->alloc(c->d, n * 8, "tl");
   poc_dptr dlp = c->d->alloc(c->d, n * 8, "logp"), den = c->d->alloc(c->d, n * 8, "ent");
+  poc_dptr dq = c->d->alloc(c->d, n * 8, "q"), dlss = c->d->alloc(c->d, n * 8, "lss");
   poc_dptr dlse = c->d->alloc(c->d, n * 8, "lse"), dmu = c->d->alloc(c->d, n * 8, "mu");
   poc_dptr dbuf = c->d->alloc(c->d, (size_t)n * chunk * 8, "chunk");
   poc_dptr dout = c->d->alloc(c->d, (size_t)n * chunk * 8, "dlog");
@@ -567,11 +572,22 @@ static void t_head(tc *c, int n, int chunk) {
     for (int i = 0; i < n; i++)
       memcpy(cb + (size_t)i * cc, L + (size_t)i * V + v0, cc * sizeof *cb);
     c->d->put(c->d, dbuf, c->d->acc, cb, POC_DT_F64, (size_t)n * cc);
-    c->K->head_chunk_fwd(c->k, n, cc, v0, dbuf, dtgt, dm, ds, dA, dtl);
+    c->K->head_chunk_fwd(c->k, n, cc, v0, dbuf, dtgt, dm, ds, dA, dq, dtl);
   }
-  c->K->head_finish(c->k, n, dm, ds, dA, dtl, dlp, den, dlse, dmu);
+  c->K->head_finish(c->k, n, dm, ds, dA, dq, dtl, dlp, den, dlss, dlse, dmu);
   check_buf(c, "head fused logp", dlp, Rlp, n);
   check_buf(c, "head fused ent", den, Rent, n);
+  check_buf(c, "head fused logsumsq", dlss, Rlss, n);
+  /* without q and lss (neither entropy nor log Σ p² wanted) the rest is the same */
+  for (int v0 = 0; v0 < V; v0 += chunk) {
+    int cc = V - v0 < chunk ? V - v0 : chunk;
+    for (int i = 0; i < n; i++)
+      memcpy(cb + (size_t)i * cc, L + (size_t)i * V + v0, cc * sizeof *cb);
+    c->d->put(c->d, dbuf, c->d->acc, cb, POC_DT_F64, (size_t)n * cc);
+    c->K->head_chunk_fwd(c->k, n, cc, v0, dbuf, dtgt, dm, ds, dA, 0, dtl);
+  }
+  c->K->head_finish(c->k, n, dm, ds, dA, 0, dtl, dlp, 0, 0, dlse, dmu);
+  check_buf(c, "head fused logp (no q)", dlp, Rlp, n);
   check_buf(c, "head fused lse", dlse, Rlse, n);
   check_buf(c, "head fused mu", dmu, Rmu, n);
 
@@ -600,10 +616,11 @@ static void t_head(tc *c, int n, int chunk) {
     for (int v = 0; v < V; v++) Rls[(size_t)i * V + v] = L[(size_t)i * V + v] - Rlse[i];
     Rmu2[i] = Rmu[i] - Rlse[i];
   }
-  c->K->head_text_fwd(c->k, n, dL, dtgt, dlp, 0, dlse, dmu);
+  c->K->head_text_fwd(c->k, n, dL, dtgt, dlp, 0, 0, dlse, dmu);
   check_buf(c, "head_text_fwd logp (no ent)", dlp, Rlp, n);
   c->d->put(c->d, dL, c->d->acc, L, POC_DT_F64, (size_t)n * V);
-  c->K->head_text_fwd(c->k, n, dL, dtgt, dlp, den, dlse, dmu);
+  c->K->head_text_fwd(c->k, n, dL, dtgt, dlp, den, dlss, dlse, dmu);
+  check_buf(c, "head_text_fwd logsumsq", dlss, Rlss, n);
   check_buf(c, "head_text_fwd log-softmax", dL, Rls, (size_t)n * V);
   check_buf(c, "head_text_fwd logp", dlp, Rlp, n);
   check_buf(c, "head_text_fwd ent", den, Rent, n);
@@ -613,8 +630,10 @@ static void t_head(tc *c, int n, int chunk) {
   check_buf(c, "head_text_bwd", dD, RD, (size_t)n * V);
   c->K->head_text_bwd(c->k, n, dL, dtgt, dmu, dg, 0, dL);
   check_buf(c, "head_text_bwd in place, no dent", dL, RDg, (size_t)n * V);
-  poc_dptr all[] = {dtgt, dm, ds, dA, dtl, dlp, den, dlse, dmu, dbuf, dout, rl, rm, dg, de, dL, dD};
+  poc_dptr all[] = {dtgt, dm, ds, dA, dtl, dlp, den, dlse, dmu, dbuf, dout, rl, rm, dg, de, dL, dD,
+                    dq, dlss};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) c->d->free(c->d, all[i]);
+  free(Rlss);
   free(L);
   free(tgt);
   free(Rlse);

@@ -87,6 +87,9 @@ ROWS = {
                                loss_weights_sft=1.3)),
     "dpo_rpo": dict(cfg=dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.6], beta=0.3),
                     knobs=dict(rpo_alpha=0.6)),
+    # WPO: the fused head's per-token log Σ_v p(v)² is poc's logsumsq(policy, y)
+    "dpo_sigmoid_wpo": dict(cfg=dict(loss_type=["sigmoid"], beta=0.3, use_weighting=True),
+                            token=(("log_sum_sq_probs", "logsumsq"),)),
 }
 
 # Knob defaults that differ from DPOConfig's on purpose, with the reason (the files say so).
