@@ -77,31 +77,10 @@ int trn_metrics_append(const char *path, const char *line, char *err) {
   }
   memcpy(buf, line, n);
   buf[n++] = '\n';
-  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
-  struct stat st;
-  if (fd < 0 || fstat(fd, &st)) {
-    trn_errf(err, "%s: cannot open: %s", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    free(buf);
-    return -1;
-  }
-  ssize_t w;
-  do w = write(fd, buf, n);
-  while (w < 0 && errno == EINTR);
-  int e = errno;
+  /* one write of the whole line, cut back off if it is short: a line is whole or absent */
+  int rc = trn_append_bytes(path, buf, n, err);
   free(buf);
-  if (w != (ssize_t)n) {
-    /* the run holds the directory's lock, so the file ended at st_size before this line */
-    if (w > 0) (void)!ftruncate(fd, st.st_size);
-    close(fd);
-    trn_errf(err, "%s: cannot write: %s", path, w < 0 ? strerror(e) : "short write (disk full?)");
-    return -1;
-  }
-  if (close(fd)) {
-    trn_errf(err, "%s: cannot write: %s", path, strerror(errno));
-    return -1;
-  }
-  return 0;
+  return rc;
 }
 
 void trn_fmt_thousands(char *buf, size_t n, double x) {

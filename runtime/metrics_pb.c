@@ -183,7 +183,8 @@ int trn_append_bytes(const char *path, const void *d, size_t n, char *err) {
   while (w < 0 && errno == EINTR);
   int e = errno;
   if (w != (ssize_t)n) {
-    /* a record is whole or absent here too: a short write is cut back off */
+    /* a record is whole or absent: a short write is cut back off (the run holds the
+     * directory's lock, so nothing else appends) */
     if (w > 0 && before >= 0) (void)!ftruncate(fd, before);
     close(fd);
     trn_errf(err, "%s: cannot write: %s", path, w < 0 ? strerror(e) : "short write (disk full?)");

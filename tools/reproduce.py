@@ -25,13 +25,14 @@ usage: tools/reproduce.py [--poc build/poc] [--work runs/reproduce] [--quick]
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+
+from results import cpu_name  # tools/results.py, beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLOT = os.path.join(ROOT, "tools", "plot.py")
@@ -630,17 +631,6 @@ def inspo_sgdpo_sections():
 
 
 # ---- the page --------------------------------------------------------------------------
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
 
 def page(total_s):
     L = ["# Reproductions", "",
