@@ -1,5 +1,6 @@
-/* cmd_model.c — `poc logp` and `poc generate`: a model folder used directly, without an
- * objective. `logp` is the seam the independent checks against transformers go through:
+/* cmd_model.c — `poc logp`, `poc generate` and `poc merge`: a model folder used directly,
+ * without an objective. `logp --adapter DIR` adds a PEFT LoRA adapter to the model; `merge`
+ * writes base + adapter as one model folder. `logp` is the seam the independent checks against transformers go through:
  * every number it prints comes from the same packed forward training uses.
  *
  * Exit status: 0 ok, 1 the model failed at run time, 2 bad arguments or bad input.
@@ -263,19 +264,22 @@ static int lp_forward(poc_model *model, const lp_run *r, const lp_line *lines, i
 }
 
 static int lp_usage(void) {
-  fprintf(stderr, "usage: poc logp MODEL_DIR DATA.jsonl [--field NAME] [--backend cpu|cuda]\n");
+  fprintf(stderr, "usage: poc logp MODEL_DIR DATA.jsonl [--field NAME] [--adapter DIR] "
+          "[--backend cpu|cuda]\n");
   return 2;
 }
 
 int poc_cmd_logp(int argc, char **argv) {
-  const char *dir = NULL, *data = NULL, *field = NULL, *backend = "auto";
+  const char *dir = NULL, *data = NULL, *field = NULL, *backend = "auto", *adapter = NULL;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--field") || !strcmp(argv[i], "--backend")) {
+    if (!strcmp(argv[i], "--field") || !strcmp(argv[i], "--backend") ||
+        !strcmp(argv[i], "--adapter")) {
       if (i + 1 >= argc) {
         fprintf(stderr, "poc logp: %s needs a value\n", argv[i]);
         return lp_usage();
       }
       if (!strcmp(argv[i], "--field")) field = argv[++i];
+      else if (!strcmp(argv[i], "--adapter")) adapter = argv[++i];
       else backend = argv[++i];
     } else if (argv[i][0] == '-' && argv[i][1]) {
       fprintf(stderr, "poc logp: unknown option '%s'\n", argv[i]);
@@ -307,6 +311,20 @@ int poc_cmd_logp(int argc, char **argv) {
     fclose(in);
     poc_device_close(dev);
     return rc;
+  }
+  /* a LoRA adapter, checked against the base before any forward */
+  poc_lora_cfg lc;
+  poc_layout alay = {0};
+  float *aw = NULL;
+  if (adapter) {
+    char aerr[POC_ERR_LEN];
+    if (poc_lora_open(adapter, &m.lay, &lc, &alay, &aw, aerr)) {
+      fprintf(stderr, "poc logp: %s\n", aerr);
+      fclose(in);
+      poc_device_close(dev);
+      mdl_unload(&m);
+      return 2;
+    }
   }
   const poc_config *cfg = &m.lay.cfg;
   const char *one[1] = {field};
@@ -364,7 +382,16 @@ int poc_cmd_logp(int argc, char **argv) {
   int32_t *tok = NULL, *seq_start = NULL, *tgt_start = NULL;
   double *logp = NULL;
   if (!rc && n_lines) {
-    model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, budget, err);
+    if (adapter) {
+      model = poc_model_new_lora(dev, &m.lay, &alay, &lc, budget, err);
+      if (model && (poc_model_set(model, POC_PART_WEIGHTS, m.w, POC_DT_F32, err) ||
+                    poc_model_set(model, POC_PART_ADAPTER, aw, POC_DT_F32, err))) {
+        poc_model_free(model);
+        model = NULL;
+      }
+    } else {
+      model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, budget, err);
+    }
     /* at most one sequence per two tokens: each needs a prompt token and a target */
     tok = malloc((size_t)budget * sizeof *tok);
     seq_start = malloc(((size_t)budget / 2 + 2) * sizeof *seq_start);
@@ -397,6 +424,8 @@ int poc_cmd_logp(int argc, char **argv) {
   for (int i = 0; i < n_lines; i++) lp_line_free(&lines[i]);
   free(lines);
   mdl_unload(&m);
+  free(aw);
+  if (alay.tensors) poc_layout_free(&alay);
   return rc;
 }
 
@@ -540,4 +569,82 @@ int poc_cmd_generate(int argc, char **argv) {
   free(prompt);
   mdl_unload(&m);
   return n_out >= 0 ? 0 : 1;
+}
+
+/* ---- poc merge ---------------------------------------------------------------------- */
+
+/* BASE + a PEFT LoRA adapter → OUT: each adapted projection W + (alpha/r)·B·A, every
+ * other tensor as it was, saved in the base's dtype (bfloat16 stays bfloat16; float16,
+ * which poc does not write, becomes float32, with a note). Every input is checked first
+ * and OUT must not hold a model already: nothing is written over. */
+static int mg_usage(void) {
+  fprintf(stderr, "usage: poc merge BASE_DIR ADAPTER_DIR -o OUT_DIR\n");
+  return 2;
+}
+
+int poc_cmd_merge(int argc, char **argv) {
+  const char *base = NULL, *adapter = NULL, *out = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "poc merge: %s needs a folder\n", argv[i]);
+        return mg_usage();
+      }
+      out = argv[++i];
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      fprintf(stderr, "poc merge: unknown option '%s'\n", argv[i]);
+      return mg_usage();
+    } else if (!base) base = argv[i];
+    else if (!adapter) adapter = argv[i];
+    else {
+      fprintf(stderr, "poc merge: unexpected argument '%s'\n", argv[i]);
+      return mg_usage();
+    }
+  }
+  if (!base || !adapter || !out) return mg_usage();
+  char path[4096];
+  static const char *const held[] = {"config.json", "model.safetensors",
+                                     "model.safetensors.index.json"};
+  for (size_t i = 0; i < sizeof held / sizeof held[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", out, held[i]);
+    FILE *f = fopen(path, "r");
+    if (f) {
+      fclose(f);
+      fprintf(stderr, "poc merge: %s already holds a model (%s); choose an empty or new "
+              "folder\n", out, held[i]);
+      return 2;
+    }
+  }
+  mdl_loaded m;
+  int rc = mdl_load("merge", base, &m);
+  if (rc) return rc;
+  char err[POC_ERR_LEN];
+  poc_lora_cfg lc;
+  poc_layout alay;
+  float *a;
+  if (poc_lora_open(adapter, &m.lay, &lc, &alay, &a, err)) {
+    fprintf(stderr, "poc merge: %s\n", err);
+    mdl_unload(&m);
+    return 2;
+  }
+  poc_lora_merge(&m.lay, &alay, &lc, a, m.w);
+  const char *dt = m.lay.cfg.torch_dtype;
+  const char *save = !strcmp(dt, "bfloat16") ? "BF16" : "F32";
+  if (!strcmp(dt, "float16"))
+    fprintf(stderr, "poc merge: note: the base is float16; the merged model is written as "
+            "float32\n");
+  rc = 0;
+  if (poc_model_save_f32(out, &m.lay, m.w, save, err)) {
+    fprintf(stderr, "poc merge: %s\n", err);
+    rc = 1;
+  } else {
+    int nt = 0;
+    for (int t = 0; t < POC_LT_N; t++) nt += lc.targets >> t & 1;
+    fprintf(stderr, "poc merge: %s + %s (r %d, alpha %g, %d projection%s per layer) -> %s\n",
+            base, adapter, lc.r, lc.alpha, nt, nt == 1 ? "" : "s", out);
+  }
+  free(a);
+  poc_layout_free(&alay);
+  mdl_unload(&m);
+  return rc;
 }

@@ -313,7 +313,7 @@ static char *lora_config_json(const poc_lora_cfg *lc, const char *base) {
   cJSON_AddFalseToObject(o, "fan_in_fan_out");
   cJSON_AddFalseToObject(o, "use_rslora");
   cJSON_AddFalseToObject(o, "use_dora");
-  cJSON_AddStringToObject(o, "init_lora_weights", "true");
+  cJSON_AddTrueToObject(o, "init_lora_weights");
   cJSON_AddTrueToObject(o, "inference_mode");
   cJSON_AddNullToObject(o, "modules_to_save");
   cJSON_AddNullToObject(o, "layers_to_transform");
