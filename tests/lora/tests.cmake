@@ -12,3 +12,12 @@ if(TARGET pocrt_cuda AND TARGET poc_cuemu)
   set_tests_properties(lora_cuda_emul PROPERTIES LABELS "lora;cuda_emul" TIMEOUT 300
     ENVIRONMENT "POC_CUDA_EMULATE=$<TARGET_FILE:poc_cuemu>;OMP_WAIT_POLICY=PASSIVE")
 endif()
+
+# Against PEFT itself (peft, transformers, torch; skipped when they cannot be had): a poc
+# run's adapter in peft, a peft adapter in poc, poc merge vs merge_and_unload, bad
+# adapters, exact resume. About a minute of one core.
+add_test(NAME lora_peft
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_peft.py
+                 --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR}
+                 --scratch ${CMAKE_CURRENT_BINARY_DIR}/lora_peft)
+set_tests_properties(lora_peft PROPERTIES LABELS "lora;peer" SKIP_RETURN_CODE 77 TIMEOUT 600)
