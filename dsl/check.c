@@ -459,12 +459,15 @@ static void check_decl_args(ck *c, const po_expr *e, po_builtin b) {
     check_lora_kwargs(c, e);
     return;
   }
+  /* the LoRA keywords model(...) once accepted and ignored: one error, at the first */
   if (b == PO_B_MODEL_DECL)
     for (int i = 0; i < e->nargs; i++)
-      if (e->args[i].name)
+      if (e->args[i].name && in_list(po_builtin_get(b)->kwargs, e->args[i].name)) {
         po_error(c->d, e->args[i].name_loc,
                  "'model' takes no LoRA settings; write lora(model(\"DIR\"), r = 8, "
                  "alpha = 16, dropout = 0.05, targets = [q, v]) for adapters on a frozen base");
+        break;
+      }
   if (arg->kind != PO_E_STR) {
     po_error(c->d, arg->loc, "'%s' takes a path in quotes, e.g. %s(\"%s\")",
              po_builtin_get(b)->name, po_builtin_get(b)->name,
