@@ -381,14 +381,15 @@ int poc_cmd_logp(int argc, char **argv) {
   int budget = longest > MDL_PACK_TOKENS ? (int)longest : MDL_PACK_TOKENS;
   int32_t *tok = NULL, *seq_start = NULL, *tgt_start = NULL;
   double *logp = NULL;
+  poc_model *lora_owner = NULL;
   if (!rc && n_lines) {
     if (adapter) {
-      model = poc_model_new_lora(dev, &m.lay, &alay, &lc, budget, err);
-      if (model && (poc_model_set(model, POC_PART_WEIGHTS, m.w, POC_DT_F32, err) ||
-                    poc_model_set(model, POC_PART_ADAPTER, aw, POC_DT_F32, err))) {
-        poc_model_free(model);
-        model = NULL;
-      }
+      /* the LoRA model holds the weights with a one-token workspace (a trainable model
+         keeps every layer's activations); a view of it, adapters on, does the forwards */
+      lora_owner = poc_model_new_lora(dev, &m.lay, &alay, &lc, 1, err);
+      if (lora_owner && !poc_model_set(lora_owner, POC_PART_WEIGHTS, m.w, POC_DT_F32, err) &&
+          !poc_model_set(lora_owner, POC_PART_ADAPTER, aw, POC_DT_F32, err))
+        model = poc_model_view(lora_owner, 1, budget, err);
     } else {
       model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, budget, err);
     }
@@ -416,6 +417,7 @@ int poc_cmd_logp(int argc, char **argv) {
     rc = 1;
   }
   poc_model_free(model);
+  poc_model_free(lora_owner);
   poc_device_close(dev);
   free(tok);
   free(seq_start);

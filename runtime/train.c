@@ -317,6 +317,10 @@ static int check_program(const poc_program *p) {
       why = "frozen models that snapshot another, untrainable";
     else if (d->frozen_of < 0 && !d->path)
       why = "a path for every model";
+    else if (d->lora_r > 0 && (!d->trainable || d->frozen_of >= 0 || !(d->lora_alpha > 0) ||
+                               !(d->lora_dropout >= 0 && d->lora_dropout < 1) ||
+                               !(d->lora_targets & ((1u << POC_LT_N) - 1))))
+      why = "LoRA models that are trainable, with alpha > 0, dropout in [0, 1) and a target";
   }
   int trainable = 0;
   for (int m = 0; m < p->n_models; m++) trainable |= p->models[m].trainable;
