@@ -2,7 +2,8 @@
 """LoRA against full fine-tuning on the CPU: tokens/s and peak memory of DPO training
 binaries on a random Llama (bench/train/make_model.py), full DPO (examples/dpo.po) against
 LoRA DPO (examples/lora_dpo.po: r 16, alpha 32, dropout 0.05, all seven projections) and
-LoRA without dropout. Each configuration is its own process (peak memory: the process's
+LoRA without dropout, and TRL's DPOTrainer with the same PEFT LoRA (bench/train/trl_lora.py,
+skipped when trl or peft is missing). Each configuration is its own process (peak memory: the process's
 VmHWM from wait4); tokens/s is the median over the logged steps after the first; the best
 of --rounds runs, alternated between the variants. Writes bench/results/lora_cpu.md.
 
@@ -12,6 +13,7 @@ knobs: OMP_NUM_THREADS (all cores unless set), NOTE (a sentence added to the res
 """
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -21,6 +23,18 @@ import tempfile
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench", "train"))
 from run import cpu_name, measure  # noqa: E402
+
+
+def measure_trl(model, pairs, steps):
+    """TRL + peft in a process of its own: (tokens/s, peak MiB)"""
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "train", "trl_lora.py"), model, pairs,
+           "--steps", str(steps)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    if status:
+        raise RuntimeError("trl_lora.py failed")
+    return json.loads(out.strip().splitlines()[-1])["tokens_per_s"], ru.ru_maxrss / 1024.0
 
 
 def main():
@@ -61,9 +75,19 @@ def main():
             bins[label] = os.path.join(tmp, f"v{i}")
             subprocess.run([a.poc, "build", po, "-o", bins[label]], check=True, cwd=ROOT,
                            stdout=subprocess.DEVNULL)
+        try:
+            import peft  # noqa: F401
+            import trl  # noqa: F401
+            have_trl = True
+        except ImportError:
+            have_trl = False
+        trl_label = "TRL DPOTrainer + peft LoRA r16, dropout 0.05"
         for r in range(a.rounds):
-            for i, (label, _) in enumerate(variants):
-                tps, wall, hwm = measure(bins[label], a.steps, os.path.join(tmp, f"run{i}-{r}"))
+            for i, (label, _) in enumerate(variants + ([(trl_label, None)] if have_trl else [])):
+                if label == trl_label:
+                    tps, hwm = measure_trl(mdir, pairs, a.steps)
+                else:
+                    tps, wall, hwm = measure(bins[label], a.steps, os.path.join(tmp, f"run{i}-{r}"))
                 old = res.get(label)
                 res[label] = (max(tps, old[0]) if old else tps, max(hwm, old[1]) if old else hwm)
                 print(f"{label:>24}: {tps:9.0f} tokens/s, {hwm:8.1f} MiB peak", flush=True)
@@ -83,14 +107,17 @@ def main():
         if os.environ.get("NOTE"):
             f.write(os.environ["NOTE"] + "\n\n")
         f.write("| variant | tokens/s | peak MiB |\n|---|---:|---:|\n")
-        for label, _ in variants:
+        for label, _ in variants + ([(trl_label, None)] if have_trl else []):
             f.write(f"| {label} | {res[label][0]:.0f} | {res[label][1]:.0f} |\n")
         f.write("\nFull DPO holds the policy's fp32 weights, gradient and two AdamW moments plus "
                 "the reference's own copy of the weights; LoRA holds the base once (the "
                 "reference is a view of it with the adapters off) and gradient and moments for "
                 "the adapters only. Per step LoRA skips the weight-gradient GEMMs of the base "
                 "and adds three rank-r GEMMs per projection; dropout adds a masked copy of each "
-                "projection's input.\n")
+                "projection's input. TRL runs with its defaults for DPOConfig (gradient "
+                "checkpointing on, the reference being the base with the adapter disabled, "
+                "padded batches) in float32 on the CPU; its tokens/s counts the same unpadded "
+                "prompt + response tokens per step as poc's.\n")
     print(f"wrote {out}")
 
 
