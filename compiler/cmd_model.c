@@ -59,6 +59,45 @@ static void mdl_unload(mdl_loaded *m) {
   poc_layout_free(&m->lay);
 }
 
+/* A PEFT LoRA adapter for --adapter DIR, checked against the base. */
+typedef struct mdl_adapter {
+  poc_lora_cfg lc;
+  poc_layout alay;
+  float *a;                      /* NULL: no adapter */
+} mdl_adapter;
+
+static int mdl_adapter_open(const char *cmd, const char *dir, const mdl_loaded *m,
+                            mdl_adapter *ad) {
+  char err[POC_ERR_LEN];
+  memset(ad, 0, sizeof *ad);
+  if (!dir) return 0;
+  if (poc_lora_open(dir, &m->lay, &ad->lc, &ad->alay, &ad->a, err)) {
+    fprintf(stderr, "poc %s: %s\n", cmd, err);
+    return 2;
+  }
+  return 0;
+}
+
+static void mdl_adapter_close(mdl_adapter *ad) {
+  free(ad->a);
+  if (ad->alay.tensors) poc_layout_free(&ad->alay);
+}
+
+/* The model a command runs with a workspace of max_tokens: the base alone, or with an
+ * adapter a view (adapters on) of a LoRA model that holds the weights with a one-token
+ * workspace (a trainable model would keep every layer's activations). *owner is that LoRA
+ * model, to free after the view. NULL with err. */
+static poc_model *mdl_instance(poc_device *dev, const mdl_loaded *m, const mdl_adapter *ad,
+                               int max_tokens, poc_model **owner, char *err) {
+  *owner = NULL;
+  if (!ad->a) return poc_model_new(dev, &m->lay, m->w, POC_DT_F32, 0, max_tokens, err);
+  *owner = poc_model_new_lora(dev, &m->lay, &ad->alay, &ad->lc, 1, err);
+  if (!*owner || poc_model_set(*owner, POC_PART_WEIGHTS, m->w, POC_DT_F32, err) ||
+      poc_model_set(*owner, POC_PART_ADAPTER, ad->a, POC_DT_F32, err))
+    return NULL;
+  return poc_model_view(*owner, 1, max_tokens, err);
+}
+
 /* Opens the device a command runs on ("auto": a usable GPU, else the CPU) and names it on
  * stderr, as a training run's first line does. NULL after a message. */
 static poc_device *mdl_open_device(const char *cmd, const char *backend) {
@@ -313,18 +352,12 @@ int poc_cmd_logp(int argc, char **argv) {
     return rc;
   }
   /* a LoRA adapter, checked against the base before any forward */
-  poc_lora_cfg lc;
-  poc_layout alay = {0};
-  float *aw = NULL;
-  if (adapter) {
-    char aerr[POC_ERR_LEN];
-    if (poc_lora_open(adapter, &m.lay, &lc, &alay, &aw, aerr)) {
-      fprintf(stderr, "poc logp: %s\n", aerr);
-      fclose(in);
-      poc_device_close(dev);
-      mdl_unload(&m);
-      return 2;
-    }
+  mdl_adapter ad;
+  if ((rc = mdl_adapter_open("logp", adapter, &m, &ad))) {
+    fclose(in);
+    poc_device_close(dev);
+    mdl_unload(&m);
+    return rc;
   }
   const poc_config *cfg = &m.lay.cfg;
   const char *one[1] = {field};
@@ -383,16 +416,7 @@ int poc_cmd_logp(int argc, char **argv) {
   double *logp = NULL;
   poc_model *lora_owner = NULL;
   if (!rc && n_lines) {
-    if (adapter) {
-      /* the LoRA model holds the weights with a one-token workspace (a trainable model
-         keeps every layer's activations); a view of it, adapters on, does the forwards */
-      lora_owner = poc_model_new_lora(dev, &m.lay, &alay, &lc, 1, err);
-      if (lora_owner && !poc_model_set(lora_owner, POC_PART_WEIGHTS, m.w, POC_DT_F32, err) &&
-          !poc_model_set(lora_owner, POC_PART_ADAPTER, aw, POC_DT_F32, err))
-        model = poc_model_view(lora_owner, 1, budget, err);
-    } else {
-      model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, budget, err);
-    }
+    model = mdl_instance(dev, &m, &ad, budget, &lora_owner, err);
     /* at most one sequence per two tokens: each needs a prompt token and a target */
     tok = malloc((size_t)budget * sizeof *tok);
     seq_start = malloc(((size_t)budget / 2 + 2) * sizeof *seq_start);
@@ -426,8 +450,7 @@ int poc_cmd_logp(int argc, char **argv) {
   for (int i = 0; i < n_lines; i++) lp_line_free(&lines[i]);
   free(lines);
   mdl_unload(&m);
-  free(aw);
-  if (alay.tensors) poc_layout_free(&alay);
+  mdl_adapter_close(&ad);
   return rc;
 }
 
@@ -435,7 +458,7 @@ int poc_cmd_logp(int argc, char **argv) {
 
 static int gen_usage(void) {
   fprintf(stderr, "usage: poc generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] "
-                  "[--top-p P] [--seed N] [--backend cpu|cuda]\n");
+                  "[--top-p P] [--seed N] [--adapter DIR] [--backend cpu|cuda]\n");
   return 2;
 }
 
@@ -482,18 +505,20 @@ static int32_t *gen_ids(const char *s, int vocab, int *n) {
 }
 
 int poc_cmd_generate(int argc, char **argv) {
-  const char *dir = NULL, *prompt_s = NULL, *backend = "auto";
+  const char *dir = NULL, *prompt_s = NULL, *backend = "auto", *adapter = NULL;
   double tokens = 16, temperature = 0, top_p = 1, seed = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     int takes = !strcmp(a, "--prompt-ids") || !strcmp(a, "--tokens") || !strcmp(a, "--temperature") ||
-                !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "--backend");
+                !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "--backend") ||
+                !strcmp(a, "--adapter");
     if (takes && i + 1 >= argc) {
       fprintf(stderr, "poc generate: %s needs a value\n", a);
       return gen_usage();
     }
     if (!strcmp(a, "--prompt-ids")) prompt_s = argv[++i];
     else if (!strcmp(a, "--backend")) backend = argv[++i];
+    else if (!strcmp(a, "--adapter")) adapter = argv[++i];
     else if (!strcmp(a, "--tokens")) {
       if (gen_number(a, argv[++i], 0, 1 << 20, &tokens) || tokens != floor(tokens)) return gen_usage();
     } else if (!strcmp(a, "--temperature")) {
@@ -524,11 +549,18 @@ int poc_cmd_generate(int argc, char **argv) {
     poc_device_close(dev);
     return rc;
   }
+  mdl_adapter ad;
+  if ((rc = mdl_adapter_open("generate", adapter, &m, &ad))) {
+    mdl_unload(&m);
+    poc_device_close(dev);
+    return rc;
+  }
   const poc_config *cfg = &m.lay.cfg;
   int n_prompt = 0, n_new = (int)tokens;
   int32_t *prompt = gen_ids(prompt_s, cfg->vocab_size, &n_prompt);
   if (!prompt) {
     mdl_unload(&m);
+    mdl_adapter_close(&ad);
     poc_device_close(dev);
     return 2;
   }
@@ -541,11 +573,13 @@ int poc_cmd_generate(int argc, char **argv) {
             n_new, limit);
     free(prompt);
     mdl_unload(&m);
+    mdl_adapter_close(&ad);
     poc_device_close(dev);
     return 2;
   }
   char err[POC_ERR_LEN] = "";
-  poc_model *model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, (int)total, err);
+  poc_model *owner;
+  poc_model *model = mdl_instance(dev, &m, &ad, (int)total, &owner, err);
   int32_t *out = malloc(((size_t)n_new + 1) * sizeof *out);
   int n_out = -1;
   if (!model || !out)
@@ -566,10 +600,12 @@ int poc_cmd_generate(int argc, char **argv) {
     fputs("]}\n", stdout);
   }
   poc_model_free(model);
+  poc_model_free(owner);
   poc_device_close(dev);
   free(out);
   free(prompt);
   mdl_unload(&m);
+  mdl_adapter_close(&ad);
   return n_out >= 0 ? 0 : 1;
 }
 

@@ -20,7 +20,7 @@ static const struct {
      "logp MODEL_DIR DATA.jsonl [--field NAME] [--adapter DIR] [--backend cpu|cuda]"},
     {"merge", poc_cmd_merge, "merge BASE_DIR ADAPTER_DIR -o OUT_DIR   LoRA merged into the base"},
     {"generate", poc_cmd_generate,
-     "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N]"},
+     "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N] [--adapter DIR]"},
 };
 
 static void usage(FILE *f) {

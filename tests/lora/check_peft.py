@@ -4,14 +4,16 @@
      gives per-token log-probs equal to `poc logp BASE --adapter ckpt` (1e-4), and the
      adapters moved away from PEFT's initialisation (B = 0)
   b  an adapter made by peft (get_peft_model + save_pretrained, random nonzero B, some
-     targets only) scored by `poc logp --adapter` equals peft's log-probs; a .po with
+     targets only) scored by `poc logp --adapter` equals peft's log-probs, `poc generate
+     --adapter` decodes peft's greedy tokens; a .po with
      lora(..., adapter=DIR) starts from it (with lr 0 the checkpoint holds it unchanged)
   c  `poc merge BASE ADAPTER -o DIR` loads in transformers and matches peft's
      merge_and_unload() log-probs
   d  bad adapters (a wrong shape, an unknown target, a missing file) are errors naming
      the file (and tensor) from logp, merge and training, with nothing written
   e  a LoRA run resumed from its step-2 checkpoint ends with the same adapter and AdamW
-     state, byte for byte, as an uninterrupted one
+     state, byte for byte, as an uninterrupted one; a damaged newest checkpoint is
+     skipped for the one before it
 """
 import argparse
 import json
@@ -153,6 +155,15 @@ check(d < 1e-4, f"b: peft-made adapter: poc logp --adapter vs peft: max diff {d:
 d64 = max_diff(ref_b, poc_logps(["--adapter", ad_b], "cpu64"))
 check(d64 < 1e-4, f"b: peft-made adapter on cpu64: max diff {d64:.3g}")
 print(f"b: peft-made adapter (r 4, q v down): max |diff| {d:.2e} (cpu64: {d64:.2e})")
+# greedy generation with the adapter: poc generate --adapter against peft's generate
+prompt = rows[0]["prompt"]
+with torch.no_grad():
+    hf_new = pm.generate(input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
+                         pad_token_id=0)[0][len(prompt):].tolist()
+pg = run([args.poc, "generate", BASE, "--prompt-ids", ",".join(map(str, prompt)), "--tokens", "8",
+          "--adapter", ad_b, "--backend", "cpu"])
+poc_new = json.loads(pg.stdout)["tokens"]
+check(poc_new == hf_new, f"b: greedy tokens with the adapter: poc {poc_new}, peft {hf_new}")
 # training starts from it: with lr 0 the checkpoint holds it unchanged
 po_b = os.path.join(S, "from_adapter.po")
 with open(po) as f:
@@ -266,4 +277,18 @@ for fn in ("adapter_model.safetensors", "optimizer.safetensors"):
     a, b = os.path.join(full, "ckpt-4", fn), os.path.join(part, "ckpt-4", fn)
     same = os.path.exists(a) and os.path.exists(b) and open(a, "rb").read() == open(b, "rb").read()
     check(same, f"e: {fn} after a resume equals the uninterrupted run's")
+# a damaged newest checkpoint (truncated adapter) is skipped for the one before it, and the
+# run still ends where the uninterrupted one did
+dmg = os.path.join(S, "run_damaged")
+shutil.copytree(full, dmg)
+with open(os.path.join(dmg, "ckpt-4", "adapter_model.safetensors"), "r+b") as f:
+    f.truncate(100)
+os.remove(os.path.join(dmg, ".lock")) if os.path.exists(os.path.join(dmg, ".lock")) else None
+p4 = run([args.poc, "run", po, "--backend", "cpu", "--resume", dmg, "--steps", "4"], ok=False)
+check(p4.returncode == 0 and "skipping" in p4.stderr and "ckpt-4" in p4.stderr,
+      f"e: a damaged LoRA checkpoint is skipped: rc {p4.returncode}: {p4.stderr[-600:]}")
+a, b = os.path.join(full, "ckpt-4", "adapter_model.safetensors"), \
+    os.path.join(dmg, "ckpt-4", "adapter_model.safetensors")
+check(os.path.exists(b) and open(a, "rb").read() == open(b, "rb").read(),
+      "e: resumed from the checkpoint before the damaged one, the same adapter at step 4")
 sys.exit(finish("lora_peft"))
