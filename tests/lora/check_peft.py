@@ -291,4 +291,15 @@ a, b = os.path.join(full, "ckpt-4", "adapter_model.safetensors"), \
     os.path.join(dmg, "ckpt-4", "adapter_model.safetensors")
 check(os.path.exists(b) and open(a, "rb").read() == open(b, "rb").read(),
       "e: resumed from the checkpoint before the damaged one, the same adapter at step 4")
+# a checkpoint whose adapter_config.json no longer matches the program's lora(...) is
+# refused (skipped for the previous one), naming the file
+dmg2 = os.path.join(S, "run_edited")
+shutil.copytree(full, dmg2)
+cfg_path = os.path.join(dmg2, "ckpt-4", "adapter_config.json")
+c = json.load(open(cfg_path))
+c["lora_alpha"] = 64
+json.dump(c, open(cfg_path, "w"))
+p5 = run([args.poc, "run", po, "--backend", "cpu", "--resume", dmg2, "--steps", "4"], ok=False)
+check(p5.returncode == 0 and "adapter_config.json: r, lora_alpha or target_modules differ" in
+      p5.stderr, f"e: an edited adapter_config.json is refused: {p5.stderr[-600:]}")
 sys.exit(finish("lora_peft"))
