@@ -194,6 +194,24 @@ static void lt_equivalences(poc_device *d) {
   double nz = 0;
   for (size_t i = 0; i < t.alay.n_params; i++) nz += fabs(i64[i] = init[i]);
   CHECK(nz > 0);
+  /* PEFT's: A ~ U(±1/√in) (variance 1/(3·in)), B = 0 */
+  for (int k = 0; k < t.alay.n_tensors; k++) {
+    const poc_tensor_info *ti = &t.alay.tensors[k];
+    int is_b = strstr(ti->name, "lora_B") != NULL;
+    double bound = 1 / sqrt((double)ti->shape[1]), ss = 0, mx = 0;
+    for (size_t j = 0; j < ti->numel; j++) {
+      double v = init[ti->offset + j];
+      ss += v * v;
+      mx = fmax(mx, fabs(v));
+    }
+    if (is_b) {
+      CHECK_MSG(mx == 0, "%s is not zero at the start", ti->name);
+    } else {
+      double var = ss / (double)ti->numel, want = bound * bound / 3;
+      CHECK_MSG(mx <= bound && fabs(var - want) < 0.25 * want, "%s: max %g (bound %g), "
+                "variance %g (want %g)", ti->name, mx, bound, var, want);
+    }
+  }
   poc_model_set(m, POC_PART_ADAPTER, i64, POC_DT_F64, err);
   poc_model_set(plain, POC_PART_WEIGHTS, t.w, POC_DT_F64, err);
   lt_loss(m, &t, 0, lp_lora);
