@@ -1,5 +1,6 @@
-/* cmd_model.c — `poc logp` and `poc generate`: a model folder used directly, without an
- * objective. `logp` is the seam the independent checks against transformers go through:
+/* cmd_model.c — `poc logp`, `poc generate` and `poc merge`: a model folder used directly,
+ * without an objective. `logp --adapter DIR` adds a PEFT LoRA adapter to the model; `merge`
+ * writes base + adapter as one model folder. `logp` is the seam the independent checks against transformers go through:
  * every number it prints comes from the same packed forward training uses.
  *
  * Exit status: 0 ok, 1 the model failed at run time, 2 bad arguments or bad input.
@@ -56,6 +57,45 @@ static int mdl_load(const char *cmd, const char *dir, mdl_loaded *m) {
 static void mdl_unload(mdl_loaded *m) {
   free(m->w);
   poc_layout_free(&m->lay);
+}
+
+/* A PEFT LoRA adapter for --adapter DIR, checked against the base. */
+typedef struct mdl_adapter {
+  poc_lora_cfg lc;
+  poc_layout alay;
+  float *a;                      /* NULL: no adapter */
+} mdl_adapter;
+
+static int mdl_adapter_open(const char *cmd, const char *dir, const mdl_loaded *m,
+                            mdl_adapter *ad) {
+  char err[POC_ERR_LEN];
+  memset(ad, 0, sizeof *ad);
+  if (!dir) return 0;
+  if (poc_lora_open(dir, &m->lay, &ad->lc, &ad->alay, &ad->a, err)) {
+    fprintf(stderr, "poc %s: %s\n", cmd, err);
+    return 2;
+  }
+  return 0;
+}
+
+static void mdl_adapter_close(mdl_adapter *ad) {
+  free(ad->a);
+  if (ad->alay.tensors) poc_layout_free(&ad->alay);
+}
+
+/* The model a command runs with a workspace of max_tokens: the base alone, or with an
+ * adapter a view (adapters on) of a LoRA model that holds the weights with a one-token
+ * workspace (a trainable model would keep every layer's activations). *owner is that LoRA
+ * model, to free after the view. NULL with err. */
+static poc_model *mdl_instance(poc_device *dev, const mdl_loaded *m, const mdl_adapter *ad,
+                               int max_tokens, poc_model **owner, char *err) {
+  *owner = NULL;
+  if (!ad->a) return poc_model_new(dev, &m->lay, m->w, POC_DT_F32, 0, max_tokens, err);
+  *owner = poc_model_new_lora(dev, &m->lay, &ad->alay, &ad->lc, 1, err);
+  if (!*owner || poc_model_set(*owner, POC_PART_WEIGHTS, m->w, POC_DT_F32, err) ||
+      poc_model_set(*owner, POC_PART_ADAPTER, ad->a, POC_DT_F32, err))
+    return NULL;
+  return poc_model_view(*owner, 1, max_tokens, err);
 }
 
 /* Opens the device a command runs on ("auto": a usable GPU, else the CPU) and names it on
@@ -263,19 +303,22 @@ static int lp_forward(poc_model *model, const lp_run *r, const lp_line *lines, i
 }
 
 static int lp_usage(void) {
-  fprintf(stderr, "usage: poc logp MODEL_DIR DATA.jsonl [--field NAME] [--backend cpu|cuda]\n");
+  fprintf(stderr, "usage: poc logp MODEL_DIR DATA.jsonl [--field NAME] [--adapter DIR] "
+          "[--backend cpu|cuda]\n");
   return 2;
 }
 
 int poc_cmd_logp(int argc, char **argv) {
-  const char *dir = NULL, *data = NULL, *field = NULL, *backend = "auto";
+  const char *dir = NULL, *data = NULL, *field = NULL, *backend = "auto", *adapter = NULL;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--field") || !strcmp(argv[i], "--backend")) {
+    if (!strcmp(argv[i], "--field") || !strcmp(argv[i], "--backend") ||
+        !strcmp(argv[i], "--adapter")) {
       if (i + 1 >= argc) {
         fprintf(stderr, "poc logp: %s needs a value\n", argv[i]);
         return lp_usage();
       }
       if (!strcmp(argv[i], "--field")) field = argv[++i];
+      else if (!strcmp(argv[i], "--adapter")) adapter = argv[++i];
       else backend = argv[++i];
     } else if (argv[i][0] == '-' && argv[i][1]) {
       fprintf(stderr, "poc logp: unknown option '%s'\n", argv[i]);
@@ -306,6 +349,14 @@ int poc_cmd_logp(int argc, char **argv) {
   if ((rc = mdl_load("logp", dir, &m))) {
     fclose(in);
     poc_device_close(dev);
+    return rc;
+  }
+  /* a LoRA adapter, checked against the base before any forward */
+  mdl_adapter ad;
+  if ((rc = mdl_adapter_open("logp", adapter, &m, &ad))) {
+    fclose(in);
+    poc_device_close(dev);
+    mdl_unload(&m);
     return rc;
   }
   const poc_config *cfg = &m.lay.cfg;
@@ -363,8 +414,9 @@ int poc_cmd_logp(int argc, char **argv) {
   int budget = longest > MDL_PACK_TOKENS ? (int)longest : MDL_PACK_TOKENS;
   int32_t *tok = NULL, *seq_start = NULL, *tgt_start = NULL;
   double *logp = NULL;
+  poc_model *lora_owner = NULL;
   if (!rc && n_lines) {
-    model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, budget, err);
+    model = mdl_instance(dev, &m, &ad, budget, &lora_owner, err);
     /* at most one sequence per two tokens: each needs a prompt token and a target */
     tok = malloc((size_t)budget * sizeof *tok);
     seq_start = malloc(((size_t)budget / 2 + 2) * sizeof *seq_start);
@@ -389,6 +441,7 @@ int poc_cmd_logp(int argc, char **argv) {
     rc = 1;
   }
   poc_model_free(model);
+  poc_model_free(lora_owner);
   poc_device_close(dev);
   free(tok);
   free(seq_start);
@@ -397,6 +450,7 @@ int poc_cmd_logp(int argc, char **argv) {
   for (int i = 0; i < n_lines; i++) lp_line_free(&lines[i]);
   free(lines);
   mdl_unload(&m);
+  mdl_adapter_close(&ad);
   return rc;
 }
 
@@ -404,7 +458,7 @@ int poc_cmd_logp(int argc, char **argv) {
 
 static int gen_usage(void) {
   fprintf(stderr, "usage: poc generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] "
-                  "[--top-p P] [--seed N] [--backend cpu|cuda]\n");
+                  "[--top-p P] [--seed N] [--adapter DIR] [--backend cpu|cuda]\n");
   return 2;
 }
 
@@ -451,18 +505,20 @@ static int32_t *gen_ids(const char *s, int vocab, int *n) {
 }
 
 int poc_cmd_generate(int argc, char **argv) {
-  const char *dir = NULL, *prompt_s = NULL, *backend = "auto";
+  const char *dir = NULL, *prompt_s = NULL, *backend = "auto", *adapter = NULL;
   double tokens = 16, temperature = 0, top_p = 1, seed = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     int takes = !strcmp(a, "--prompt-ids") || !strcmp(a, "--tokens") || !strcmp(a, "--temperature") ||
-                !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "--backend");
+                !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "--backend") ||
+                !strcmp(a, "--adapter");
     if (takes && i + 1 >= argc) {
       fprintf(stderr, "poc generate: %s needs a value\n", a);
       return gen_usage();
     }
     if (!strcmp(a, "--prompt-ids")) prompt_s = argv[++i];
     else if (!strcmp(a, "--backend")) backend = argv[++i];
+    else if (!strcmp(a, "--adapter")) adapter = argv[++i];
     else if (!strcmp(a, "--tokens")) {
       if (gen_number(a, argv[++i], 0, 1 << 20, &tokens) || tokens != floor(tokens)) return gen_usage();
     } else if (!strcmp(a, "--temperature")) {
@@ -493,11 +549,18 @@ int poc_cmd_generate(int argc, char **argv) {
     poc_device_close(dev);
     return rc;
   }
+  mdl_adapter ad;
+  if ((rc = mdl_adapter_open("generate", adapter, &m, &ad))) {
+    mdl_unload(&m);
+    poc_device_close(dev);
+    return rc;
+  }
   const poc_config *cfg = &m.lay.cfg;
   int n_prompt = 0, n_new = (int)tokens;
   int32_t *prompt = gen_ids(prompt_s, cfg->vocab_size, &n_prompt);
   if (!prompt) {
     mdl_unload(&m);
+    mdl_adapter_close(&ad);
     poc_device_close(dev);
     return 2;
   }
@@ -510,11 +573,13 @@ int poc_cmd_generate(int argc, char **argv) {
             n_new, limit);
     free(prompt);
     mdl_unload(&m);
+    mdl_adapter_close(&ad);
     poc_device_close(dev);
     return 2;
   }
   char err[POC_ERR_LEN] = "";
-  poc_model *model = poc_model_new(dev, &m.lay, m.w, POC_DT_F32, 0, (int)total, err);
+  poc_model *owner;
+  poc_model *model = mdl_instance(dev, &m, &ad, (int)total, &owner, err);
   int32_t *out = malloc(((size_t)n_new + 1) * sizeof *out);
   int n_out = -1;
   if (!model || !out)
@@ -535,9 +600,89 @@ int poc_cmd_generate(int argc, char **argv) {
     fputs("]}\n", stdout);
   }
   poc_model_free(model);
+  poc_model_free(owner);
   poc_device_close(dev);
   free(out);
   free(prompt);
   mdl_unload(&m);
+  mdl_adapter_close(&ad);
   return n_out >= 0 ? 0 : 1;
+}
+
+/* ---- poc merge ---------------------------------------------------------------------- */
+
+/* BASE + a PEFT LoRA adapter → OUT: each adapted projection W + (alpha/r)·B·A, every
+ * other tensor as it was, saved in the base's dtype (bfloat16 stays bfloat16; float16,
+ * which poc does not write, becomes float32, with a note). Every input is checked first
+ * and OUT must not hold a model already: nothing is written over. */
+static int mg_usage(void) {
+  fprintf(stderr, "usage: poc merge BASE_DIR ADAPTER_DIR -o OUT_DIR\n");
+  return 2;
+}
+
+int poc_cmd_merge(int argc, char **argv) {
+  const char *base = NULL, *adapter = NULL, *out = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "poc merge: %s needs a folder\n", argv[i]);
+        return mg_usage();
+      }
+      out = argv[++i];
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      fprintf(stderr, "poc merge: unknown option '%s'\n", argv[i]);
+      return mg_usage();
+    } else if (!base) base = argv[i];
+    else if (!adapter) adapter = argv[i];
+    else {
+      fprintf(stderr, "poc merge: unexpected argument '%s'\n", argv[i]);
+      return mg_usage();
+    }
+  }
+  if (!base || !adapter || !out) return mg_usage();
+  char path[4096];
+  static const char *const held[] = {"config.json", "model.safetensors",
+                                     "model.safetensors.index.json"};
+  for (size_t i = 0; i < sizeof held / sizeof held[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", out, held[i]);
+    FILE *f = fopen(path, "r");
+    if (f) {
+      fclose(f);
+      fprintf(stderr, "poc merge: %s already holds a model (%s); choose an empty or new "
+              "folder\n", out, held[i]);
+      return 2;
+    }
+  }
+  mdl_loaded m;
+  int rc = mdl_load("merge", base, &m);
+  if (rc) return rc;
+  char err[POC_ERR_LEN];
+  poc_lora_cfg lc;
+  poc_layout alay;
+  float *a;
+  if (poc_lora_open(adapter, &m.lay, &lc, &alay, &a, err)) {
+    fprintf(stderr, "poc merge: %s\n", err);
+    mdl_unload(&m);
+    return 2;
+  }
+  poc_lora_merge(&m.lay, &alay, &lc, a, m.w);
+  const char *dt = m.lay.cfg.torch_dtype;
+  const char *save = !strcmp(dt, "bfloat16") ? "BF16" : "F32";
+  if (!strcmp(dt, "float16"))
+    fprintf(stderr, "poc merge: note: the base is float16; the merged model is written as "
+            "float32\n");
+  rc = 0;
+  if (poc_model_save_f32(out, &m.lay, m.w, save, err)) {
+    fprintf(stderr, "poc merge: %s\n", err);
+    rc = 1;
+  } else {
+    int nt = 0;
+    for (int t = 0; t < POC_LT_N; t++) nt += lc.targets >> t & 1;
+    fprintf(stderr, "poc merge: %s + %s (r %d, alpha %g, %d projection%s per layer) -> %s\n",
+            base, adapter, lc.r, lc.alpha, nt, nt == 1 ? "" : "s", out);
+  }
+  free(a);
+  poc_layout_free(&alay);
+  mdl_unload(&m);
+  return rc;
 }

@@ -272,8 +272,18 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
     cg_cstr(f, g->models[m].name);
     fputs(", .path = ", f);
     cg_cstr(f, g->models[root].path);
-    fprintf(f, ", .trainable = %d, .frozen_of = %d}, /* ", g->models[m].trainable ? 1 : 0,
+    fprintf(f, ", .trainable = %d, .frozen_of = %d", g->models[m].trainable ? 1 : 0,
             g->models[m].of);
+    if (g->models[m].lora_r > 0) {
+      fprintf(f, ", .lora_r = %d, .lora_alpha = %.17g, .lora_dropout = %.17g, .lora_targets = %uu, "
+              ".lora_set = %uu", g->models[m].lora_r, g->models[m].lora_alpha,
+              g->models[m].lora_dropout, g->models[m].lora_targets, g->models[m].lora_set);
+      if (g->models[m].lora_adapter) {
+        fputs(", .lora_adapter = ", f);
+        cg_cstr(f, g->models[m].lora_adapter);
+      }
+    }
+    fputs("}, /* ", f);
     cg_where(f, p, g->models[m].loc);
     fputs(" */\n", f);
   }

@@ -153,6 +153,12 @@ typedef struct ir_model {
   int of;             /* frozen(x): the model it snapshots; -1 otherwise */
   const char *path;   /* model("DIR"): DIR; NULL for frozen */
   po_loc loc;
+  /* lora(model("DIR"), ...): adapters on a frozen base; lora_r = 0 for a plain model */
+  int lora_r;
+  double lora_alpha, lora_dropout;
+  unsigned lora_targets;       /* bit t: target t of po_lora_targets() */
+  const char *lora_adapter;    /* a PEFT adapter folder to start from, or NULL */
+  unsigned lora_set;           /* written in the .po: r 1, alpha 2, targets 4 */
 } ir_model;
 
 typedef struct ir_knob {

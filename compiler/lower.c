@@ -451,6 +451,9 @@ static lv lower_expr(lw *L, const po_expr *e) {
   case PO_E_GIVEN:
     lerr(L, e->loc, "'|' gives a context only in the second argument of logp, entropy or logsumsq");
     return LV_ERROR;
+  case PO_E_LIST:
+    lerr(L, e->loc, "a list of names is only allowed as lora's targets");
+    return LV_ERROR;
   }
   return LV_ERROR;
 }
@@ -826,10 +829,43 @@ static lv lower_decl(lw *L, const po_stmt *s) {
   po_builtin b = po_builtin_lookup(e->str);
   lv v = LV_ERROR;
   ir_graph *g = L->g;
-  if (b == PO_B_MODEL_DECL || b == PO_B_FROZEN) {
+  if (b == PO_B_MODEL_DECL || b == PO_B_FROZEN || b == PO_B_LORA) {
     if (e->nargs < 1) return LV_ERROR;
-    ir_model m = {.name = s->name, .trainable = b == PO_B_MODEL_DECL, .of = -1, .loc = s->loc};
-    if (b == PO_B_MODEL_DECL) {
+    ir_model m = {.name = s->name, .trainable = b != PO_B_FROZEN, .of = -1, .loc = s->loc};
+    if (b == PO_B_LORA) {
+      /* peft's LoraConfig defaults: r 8, lora_alpha 8, lora_dropout 0, and for Llama,
+         Mistral and Qwen2 the targets q_proj and v_proj */
+      const po_expr *base = e->args[0].value;
+      if (base->kind != PO_E_CALL || base->nargs < 1 || base->args[0].value->kind != PO_E_STR) {
+        lerr(L, base->loc, "lora expects model(\"DIR\") as its first argument");
+        return LV_ERROR;
+      }
+      m.path = base->args[0].value->str;
+      m.lora_r = 8;
+      m.lora_alpha = 8;
+      m.lora_dropout = 0;
+      m.lora_targets = 1u << 0 | 1u << 2;
+      for (int i = 1; i < e->nargs; i++) {
+        const po_arg *a = &e->args[i];
+        if (!a->name) continue;
+        if (!strcmp(a->name, "targets")) {
+          const char *const *names = po_lora_targets();
+          m.lora_targets = 0;
+          for (int k = 0; k < a->value->nargs; k++)
+            for (int t = 0; names[t]; t++)
+              if (!strcmp(names[t], a->value->args[k].value->str)) m.lora_targets |= 1u << t;
+          m.lora_set |= 4;
+        } else if (!strcmp(a->name, "adapter")) {
+          m.lora_adapter = a->value->str;
+        } else {
+          double x;
+          if (const_eval(L, a->value, &x, a->name)) return LV_ERROR;
+          if (!strcmp(a->name, "r")) m.lora_r = (int)x, m.lora_set |= 1;
+          else if (!strcmp(a->name, "alpha")) m.lora_alpha = x, m.lora_set |= 2;
+          else m.lora_dropout = x;
+        }
+      }
+    } else if (b == PO_B_MODEL_DECL) {
       if (e->args[0].value->kind != PO_E_STR) {
         lerr(L, e->args[0].value->loc, "model expects the path of a model folder as a string");
         return LV_ERROR;

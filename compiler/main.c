@@ -16,9 +16,11 @@ static const struct {
     {"build", poc_cmd_build, "build FILE.po -o BIN [--unfused] [--arch sm_90,...]"},
     {"run", poc_cmd_run, "run FILE.po [BIN flags]       build into a cache keyed by content hash, then run"},
     {"probe", poc_cmd_probe, "probe FILE.po --inputs IN.json [--set k=v ...] | --template"},
-    {"logp", poc_cmd_logp, "logp MODEL_DIR DATA.jsonl [--field NAME] [--backend cpu|cuda]"},
+    {"logp", poc_cmd_logp,
+     "logp MODEL_DIR DATA.jsonl [--field NAME] [--adapter DIR] [--backend cpu|cuda]"},
+    {"merge", poc_cmd_merge, "merge BASE_DIR ADAPTER_DIR -o OUT_DIR   LoRA merged into the base"},
     {"generate", poc_cmd_generate,
-     "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N]"},
+     "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N] [--adapter DIR]"},
 };
 
 static void usage(FILE *f) {

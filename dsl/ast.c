@@ -95,6 +95,18 @@ po_expr *po_ast_call(po_lex *lx, const char *callee, po_vec *args, po_loc loc) {
   return bounded(lx, e, d);
 }
 
+/* [q, k, v]: the names become positional arguments, each a NAME leaf */
+po_expr *po_ast_list(po_lex *lx, po_vec *names, po_loc loc) {
+  po_expr *e = po_ast_leaf(PO_E_LIST, loc);
+  e->nargs = names->n;
+  e->args = po_alloc(sizeof(po_arg) * (size_t)(names->n ? names->n : 1));
+  for (int i = 0; i < names->n; i++) {
+    po_expr *x = names->items[i];
+    e->args[i] = (po_arg){NULL, x->loc, x};
+  }
+  return bounded(lx, e, 1);
+}
+
 /* [2, 13]: token ids are integers in [0, 2^31) */
 po_expr *po_ast_tokens(po_lex *lx, po_vec *nums, po_loc loc) {
   po_expr *e = po_ast_leaf(PO_E_TOKENS, loc);

@@ -5,7 +5,13 @@
 #include "front.h"
 
 static const char *const sample_kwargs[] = {"tokens", "temperature", "top_p", NULL};
+/* model(...) accepts these only to point them at lora(...) (dsl/check.c) */
 static const char *const model_kwargs[] = {"lora_rank", "lora_alpha", "lora_dropout", NULL};
+static const char *const lora_kwargs[] = {"r", "alpha", "dropout", "targets", "adapter", NULL};
+/* lora's target names, short for the projections q_proj ... down_proj */
+static const char *const lora_targets[] = {"q", "k", "v", "o", "gate", "up", "down", NULL};
+
+const char *const *po_lora_targets(void) { return lora_targets; }
 
 static const po_builtin_info builtins[PO_B_COUNT] = {
 #define PO_X_INFO(id, nm, lo, hi, k) [PO_B_##id] = {nm, lo, hi, PO_BK_##k, NULL},
@@ -22,6 +28,7 @@ const po_builtin_info *po_builtin_get(po_builtin b) {
     memcpy(table, builtins, sizeof table);
     table[PO_B_SAMPLE].kwargs = sample_kwargs;
     table[PO_B_MODEL_DECL].kwargs = model_kwargs;
+    table[PO_B_LORA].kwargs = lora_kwargs;
     ready = 1;
   }
   return &table[b];

@@ -264,7 +264,7 @@ static void check_name(ck *c, const po_expr *e) {
     if (s->stmt->kind == PO_S_SEQ) return; /* `sequence NAME`: a data sequence */
     if (s->stmt->kind == PO_S_DEF)
       po_error(c->d, e->loc, "'%s' is a def; call it as %s(...)", name, name);
-    else if (s->decl == PO_B_MODEL_DECL || s->decl == PO_B_FROZEN)
+    else if (s->decl == PO_B_MODEL_DECL || s->decl == PO_B_FROZEN || s->decl == PO_B_LORA)
       po_error(c->d, e->loc,
                "'%s' is a model; use it as the first argument of logp, entropy, logsumsq, "
                "sample or frozen",
@@ -290,7 +290,7 @@ static bool is_model_name(ck *c, const po_expr *e) {
   if (e->kind != PO_E_NAME) return false;
   if (is_param_of(c->def, e->str)) return true;
   const sym *s = table_find(&c->names, e->str);
-  return s && (s->decl == PO_B_MODEL_DECL || s->decl == PO_B_FROZEN);
+  return s && (s->decl == PO_B_MODEL_DECL || s->decl == PO_B_FROZEN || s->decl == PO_B_LORA);
 }
 
 static void check_model_arg(ck *c, const char *fn, const po_expr *e) {
@@ -386,13 +386,61 @@ static void add_call_edge(ck *c, int to, po_loc loc) {
   c->calls[from][c->ncalls[from]++] = (edge){to, loc};
 }
 
+static void check_call(ck *c, const po_expr *e, bool top);
+
+/* lora's keyword arguments: r (an integer >= 1), alpha (a number), dropout (in [0, 1)),
+ * targets (a list of projection names), adapter (a PEFT adapter folder to start from). */
+static void check_lora_kwargs(ck *c, const po_expr *e) {
+  for (int i = 0; i < e->nargs; i++) {
+    const po_arg *a = &e->args[i];
+    if (!a->name) continue;
+    const po_expr *v = a->value, *bad = NULL;
+    double x;
+    if (!strcmp(a->name, "targets")) {
+      if (v->kind != PO_E_LIST || v->nargs == 0) {
+        po_error(c->d, v->loc, "'targets' takes a list of projections, e.g. targets = [q, k, v, "
+                 "o, gate, up, down]");
+        continue;
+      }
+      for (int k = 0; k < v->nargs; k++) {
+        const po_expr *n = v->args[k].value;
+        if (!in_list(po_lora_targets(), n->str)) {
+          const char *best = po_did_you_mean(n->str, po_lora_targets(), 7);
+          char hint[64] = "";
+          if (best) snprintf(hint, sizeof hint, "; did you mean '%s'?", best);
+          po_error(c->d, n->loc, "unknown LoRA target '%s' (one of q, k, v, o, gate, up, down)%s",
+                   n->str, hint);
+        }
+        for (int j = 0; j < k; j++)
+          if (!strcmp(v->args[j].value->str, n->str)) {
+            po_error(c->d, n->loc, "LoRA target '%s' is listed twice", n->str);
+            break;
+          }
+      }
+    } else if (!strcmp(a->name, "adapter")) {
+      if (v->kind != PO_E_STR || !v->str[0])
+        po_error(c->d, v->loc, "'adapter' takes the path of a PEFT adapter folder in quotes");
+    } else if (!const_value(v, &x, &bad)) {
+      po_error(c->d, v->loc, "'%s' takes a number", a->name);
+    } else if (!strcmp(a->name, "r") && (x < 1 || x != floor(x) || x > 65536)) {
+      po_error(c->d, v->loc, "'r' (the adapters' rank) must be a whole number from 1 to 65536, "
+               "not %g", x);
+    } else if (!strcmp(a->name, "alpha") && !(x > 0 && isfinite(x))) {
+      po_error(c->d, v->loc, "'alpha' must be a positive number (the scale is alpha / r), not %g",
+               x);
+    } else if (!strcmp(a->name, "dropout") && !(x >= 0 && x < 1)) {
+      po_error(c->d, v->loc, "'dropout' must be in [0, 1), not %g", x);
+    }
+  }
+}
+
 /* The argument of a declaration: model/pairs/points/prompts take a path string,
  * frozen takes a model binding. */
 static void check_decl_args(ck *c, const po_expr *e, po_builtin b) {
   const po_expr *arg = e->args[0].value;
   if (b == PO_B_FROZEN) {
     const sym *s = arg->kind == PO_E_NAME ? table_find(&c->names, arg->str) : NULL;
-    if (s && s->decl == PO_B_MODEL_DECL) {
+    if (s && (s->decl == PO_B_MODEL_DECL || s->decl == PO_B_LORA)) {
       bool reported;
       visible(c, arg->str, arg->loc, &reported);
     } else if (arg->kind == PO_E_NAME && !s && !po_builtin_lookup(arg->str) &&
@@ -403,6 +451,27 @@ static void check_decl_args(ck *c, const po_expr *e, po_builtin b) {
     }
     return;
   }
+  if (b == PO_B_LORA) {
+    /* lora(model("DIR"), ...): the base is a model(...) call in place */
+    po_builtin inner = arg->kind == PO_E_CALL ? po_builtin_lookup(arg->str) : PO_B_NONE;
+    if (inner != PO_B_MODEL_DECL) {
+      po_error(c->d, arg->loc, "'lora' takes a model declaration, e.g. "
+               "lora(model(\"examples/tiny\"), r = 8, alpha = 16)");
+      return;
+    }
+    check_call(c, arg, true);
+    check_lora_kwargs(c, e);
+    return;
+  }
+  /* the LoRA keywords model(...) once accepted and ignored: one error, at the first */
+  if (b == PO_B_MODEL_DECL)
+    for (int i = 0; i < e->nargs; i++)
+      if (e->args[i].name && in_list(po_builtin_get(b)->kwargs, e->args[i].name)) {
+        po_error(c->d, e->args[i].name_loc,
+                 "'model' takes no LoRA settings; write lora(model(\"DIR\"), r = 8, "
+                 "alpha = 16, dropout = 0.05, targets = [q, v]) for adapters on a frozen base");
+        break;
+      }
   if (arg->kind != PO_E_STR) {
     po_error(c->d, arg->loc, "'%s' takes a path in quotes, e.g. %s(\"%s\")",
              po_builtin_get(b)->name, po_builtin_get(b)->name,
@@ -429,7 +498,7 @@ static void check_call(ck *c, const po_expr *e, bool top) {
       }
       if (arity_ok) check_decl_args(c, e, b);
       for (int i = 0; i < e->nargs; i++)
-        if (e->args[i].name) {
+        if (e->args[i].name && b != PO_B_LORA && b != PO_B_MODEL_DECL) {
           const po_expr *bad = NULL;
           double v;
           if (!const_value(e->args[i].value, &v, &bad))
@@ -512,6 +581,10 @@ static void check_expr(ck *c, const po_expr *e) {
   switch (e->kind) {
     case PO_E_NUM:
     case PO_E_TOKENS:
+      break;
+    case PO_E_LIST:
+      po_error(c->d, e->loc, "a list of names is only allowed as lora's targets, e.g. "
+               "targets = [q, v]");
       break;
     case PO_E_STR:
       po_error(c->d, e->loc,

@@ -59,8 +59,10 @@ typedef enum po_expr_kind {
   PO_E_BINARY,  /* x + y, x ++ y, x < y                op, lhs, rhs               */
   PO_E_CALL,    /* f(a, b, key=v)                      str = callee, args, nargs  */
   PO_E_SLICE,   /* x[lo:hi], either bound may be NULL  lhs = base, lo, hi         */
-  PO_E_GIVEN    /* y | ctx, only as the sequence argument of logp/entropy/logsumsq:
+  PO_E_GIVEN,   /* y | ctx, only as the sequence argument of logp/entropy/logsumsq:
                                                        lhs = target, rhs = context */
+  PO_E_LIST     /* [q, k, v]: a list of names, only as lora's targets
+                                                       args (positional NAMEs), nargs */
 } po_expr_kind;
 
 typedef enum po_op {
@@ -141,7 +143,7 @@ typedef struct po_program {
 /* ---- built-in functions ---------------------------------------------------------- */
 /* The language's vocabulary. X(id, name, min_args, max_args, kind)
  * kind says how level inference treats it:
- *   DECL  declarations (model, frozen, pairs, points)
+ *   DECL  declarations (model, frozen, lora, pairs, points)
  *   MODEL model calls (logp, entropy, logsumsq, sample) — the boundary with the transformer
  *   TOKR  token reductions: a per-token vector to one number per example
  *   BATCH batch reductions: per-example values to one number per optimizer step
@@ -152,6 +154,7 @@ typedef struct po_program {
 #define PO_BUILTINS(X)                         \
   X(MODEL_DECL, "model", 1, 1, DECL)           \
   X(FROZEN, "frozen", 1, 1, DECL)              \
+  X(LORA, "lora", 1, 1, DECL)                  \
   X(PAIRS, "pairs", 1, 1, DECL)                \
   X(POINTS, "points", 1, 1, DECL)              \
   X(PROMPTS, "prompts", 1, 1, DECL)            \
@@ -210,6 +213,9 @@ typedef struct po_builtin_info {
 
 po_builtin po_builtin_lookup(const char *name);          /* PO_B_NONE if unknown */
 const po_builtin_info *po_builtin_get(po_builtin b);
+/* lora's target names in the order of the projections they adapt: q, k, v, o, gate, up,
+ * down (q_proj ... down_proj), NULL-terminated. */
+const char *const *po_lora_targets(void);
 
 /* Keys a train { } block accepts, NULL-terminated, and whether each takes a number,
  * a name, or a string. */

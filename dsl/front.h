@@ -80,6 +80,8 @@ po_expr *po_ast_slice(po_lex *lx, po_expr *base, po_expr *lo, po_expr *hi, po_lo
 po_expr *po_ast_call(po_lex *lx, const char *callee, po_vec *args, po_loc loc);
 po_expr *po_ast_tokens(po_lex *lx, po_vec *nums, po_loc loc); /* nums: po_expr NUM */
 po_arg *po_ast_arg(const char *name, po_loc name_loc, po_expr *value);
+/* [a, b, c]: a list of names (lora's targets) */
+po_expr *po_ast_list(po_lex *lx, po_vec *names, po_loc loc);
 int po_ast_depth(const po_expr *e);
 /* Turns a vector of pointers into an arena array of `size`-byte elements copied from
  * each pointer (po_arg, po_item, po_loc ...). */

@@ -19,7 +19,8 @@
  *            | NAME '(' [ arg { ',' arg } ] ')'           call
  *            | postfix '[' [ expr ] ':' [ expr ] ']'      slice
  *   arg      = full | NAME '=' full                       positional | keyword
- *   primary  = NUMBER | STRING | NAME | '[' [ NUMBER { ',' NUMBER } ] ']' | '(' full ')'
+ *   primary  = NUMBER | STRING | NAME | '[' [ NUMBER { ',' NUMBER } ] ']'
+ *            | '[' NAME { ',' NAME } ']' | '(' full ')'      token literal | name list
  *
  * The scanner folds `NAME =` (but not `NAME ==`) into one token, BIND. That keeps the
  * grammar LALR(1) with newlines insignificant, and it gives error recovery a reliable
@@ -323,6 +324,7 @@ primary
   | STRING             { $$ = str_leaf(PO_E_STR, $1, @1); }
   | NAME               { $$ = str_leaf(PO_E_NAME, $1, @1); }
   | '[' toks ']'       { $$ = po_ast_tokens(lx, $2, @$); }
+  | '[' namelist ']'   { $$ = po_ast_list(lx, $2, @$); }
   | '(' full ')'       { $$ = $2; }
   ;
 

@@ -168,7 +168,9 @@ int trn_ckpt_write(const char *out, const trn_state *st, const poc_program *prog
   }
   for (int i = 0; i < n; i++) {
     model_dir(dir, sizeof dir, tmp, cm, i);
-    if (poc_model_save_f32(dir, cm[i].lay, cm[i].w, "F32", err)) goto fail;
+    if (cm[i].lora ? poc_lora_save(dir, cm[i].lay, cm[i].lora, cm[i].w, cm[i].base, err)
+                   : poc_model_save_f32(dir, cm[i].lay, cm[i].w, "F32", err))
+      goto fail;
     if (write_optimizer(dir, &cm[i], err)) goto fail;
     if (i) fsync_path(dir);
   }
@@ -212,6 +214,13 @@ static int has_file(const char *dir, const char *name) {
   return stat(p, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0;
 }
 
+/* every file of a checkpoint: a full model's or a LoRA run's adapter */
+static int ckpt_complete(const char *p) {
+  return has_file(p, "state.json") && has_file(p, "optimizer.safetensors") &&
+         ((has_file(p, "config.json") && has_file(p, "model.safetensors")) ||
+          (has_file(p, "adapter_config.json") && has_file(p, "adapter_model.safetensors")));
+}
+
 int64_t trn_ckpt_latest(const char *out, char *dir, size_t dir_len) {
   DIR *d = opendir(out);
   if (!d) return -1;
@@ -226,9 +235,7 @@ int64_t trn_ckpt_latest(const char *out, char *dir, size_t dir_len) {
     long long step = strtoll(s + 5, &end, 10);
     if (*end || errno || step < 0 || end == s + 5) continue;
     trn_path(p, sizeof p, "%s/%s", out, s);
-    if (!has_file(p, "state.json") || !has_file(p, "config.json") ||
-        !has_file(p, "model.safetensors") || !has_file(p, "optimizer.safetensors"))
-      continue;
+    if (!ckpt_complete(p)) continue;
     if (step > best) {
       best = step;
       trn_path(dir, dir_len, "%s", p);
@@ -257,9 +264,7 @@ int trn_ckpt_list(const char *out, int64_t *steps, int max) {
     long long step = strtoll(s + 5, &end, 10);
     if (*end || errno || step < 0) continue;
     trn_path(p, sizeof p, "%s/%s", out, s);
-    if (has_file(p, "state.json") && has_file(p, "config.json") &&
-        has_file(p, "model.safetensors") && has_file(p, "optimizer.safetensors"))
-      steps[k++] = step;
+    if (ckpt_complete(p)) steps[k++] = step;
   }
   closedir(d);
   qsort(steps, (size_t)k, sizeof *steps, cmp_desc);
@@ -424,10 +429,23 @@ int trn_ckpt_load(const char *dir, int64_t step, trn_state *st, const poc_progra
   if (rc) return -1;
   for (int i = 0; i < n; i++) {
     model_dir(sub, sizeof sub, dir, cm, i);
-    if (poc_weights_load_f32(sub, cm[i].lay, cm[i].w, err)) return -1;
+    if (cm[i].lora) {
+      /* the adapter must be this run's: the same rank, scale and targets */
+      poc_lora_cfg lc;
+      if (poc_lora_read_config(sub, &lc, NULL, 0, err)) return -1;
+      if (lc.r != cm[i].lora->r || lc.alpha != cm[i].lora->alpha ||
+          lc.targets != cm[i].lora->targets) {
+        trn_errf(err, "%s/adapter_config.json: r, lora_alpha or target_modules differ from the "
+                 "program's lora(...)", sub);
+        return -1;
+      }
+      if (poc_lora_load(sub, cm[i].lay, cm[i].w, err)) return -1;
+    } else if (poc_weights_load_f32(sub, cm[i].lay, cm[i].w, err)) {
+      return -1;
+    }
     if (load_optimizer(sub, &cm[i], err)) return -1;
     const float *arr[3] = {cm[i].w, cm[i].m, cm[i].v};
-    static const char *const file[3] = {"model", "optimizer", "optimizer"};
+    const char *file[3] = {cm[i].lora ? "adapter_model" : "model", "optimizer", "optimizer"};
     for (int k = 0; k < 3; k++) {
       int64_t at = first_nonfinite(arr[k], cm[i].lay->n_params);
       if (at < 0 && k == 2)

@@ -54,6 +54,25 @@ void poc_dims_from_config(const poc_config *c, poc_dims *d);
 typedef struct poc_device poc_device;
 typedef struct poc_kset poc_kset;
 
+/* Dropout masks from a counter-based hash, the same bits on every device: element i of a
+ * stream `seed` is kept when the top 32 bits of splitmix64's finaliser of
+ * seed + (i + 1)·φ (φ = 0x9E3779B97F4A7C15) are >= thr, thr = round(p·2³²) for rate p.
+ * No state: a mask is recomputed in backward from (seed, i) instead of being stored, and
+ * a resumed run draws the same masks. */
+static inline uint32_t poc_drop_bits(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+static inline int poc_drop_keep(uint64_t seed, uint64_t i, uint32_t thr) {
+  return thr == 0 || poc_drop_bits(seed, i) >= thr;
+}
+static inline uint32_t poc_drop_threshold(double p) {
+  double t = p * 4294967296.0 + 0.5;
+  return p <= 0 ? 0 : t >= 4294967295.0 ? 4294967295u : (uint32_t)t;
+}
+
 /* A device's kernels for one set of dimensions. Devices extend it with their own state. */
 struct poc_kset {
   poc_device *d;
@@ -64,8 +83,10 @@ struct poc_kset {
  * acc- or act-typed as its comment says; `w` arguments are the compute copy of a weight
  * (act), `dw`/`dE`/`grad` arguments are gradients (acc). */
 typedef struct poc_kernels {
-  /* C[M×N] = op(A)[M×K]·op(B)[K×N] + beta·C; A, B act; C acc when c_acc, else act (beta
-   * must then be 0). op(X) = Xᵀ when t is set; lda/ldb/ldc are the row strides. */
+  /* C[M×N] = op(A)[M×K]·op(B)[K×N] + beta·C; A, B act; C acc when c_acc, else act (an act
+   * C with beta = 1 is read and rounded back: the LoRA path adds its low-rank term to a
+   * projection's act output this way). op(X) = Xᵀ when t is set; lda/ldb/ldc are the row
+   * strides. */
   void (*gemm)(poc_kset *k, int ta, int tb, int M, int N, int K, poc_dptr A, int lda,
                poc_dptr B, int ldb, float beta, poc_dptr C, int c_acc, int ldc);
   /* x[t] = E[tok[t]] (E act → x acc) */
@@ -140,6 +161,13 @@ typedef struct poc_kernels {
   void (*adamw)(poc_kset *k, size_t n, poc_dptr w, poc_dptr g, poc_dptr m, poc_dptr v,
                 poc_dptr wc, float lr, float b1, float b2, float eps, float wd, float bc1,
                 float bc2, float gscale);
+  /* The LoRA path's one elementwise kernel (model.c): over n elements
+   *   y_i = beta·y_i + mul·keep_i·x_i,  keep_i = poc_drop_keep(seed, i, thr)
+   * x act; y acc when y_acc, else act; y may be x; beta = 0 does not read y. thr = 0 keeps
+   * every element and the mask is not computed: a plain scaling (the adapter's alpha/r).
+   * Dropout at rate p is thr = poc_drop_threshold(p) with mul = scale/(1 − p). */
+  void (*drop_scale)(poc_kset *k, size_t n, poc_dptr x, poc_dptr y, int y_acc, float beta,
+                     float mul, uint32_t thr, uint64_t seed);
   /* Σ x² over n acc elements, in double on the host, in an order that does not depend on
    * scheduling. A synchronisation point. */
   double (*sumsq)(poc_kset *k, size_t n, poc_dptr x);

@@ -32,6 +32,7 @@
 
 typedef struct {
   poc_dptr x, rstd1, q, k, v, att, lse, h1, rstd2, g, u;
+  poc_dptr z[POC_LT_N];          /* LoRA: Z = (alpha/r)·drop(x)·Aᵀ per target [T × r] */
 } mdl_saved;
 
 struct poc_model {
@@ -54,6 +55,23 @@ struct poc_model {
   poc_dptr dlogp, dent, dX, dX16, da, dg, du, dxn, dO, dq, dk, dv, dq16, dk16, dv16, D, dh, dlog;
   int32_t *h_i32;                /* host staging: 5 × max_tokens */
   int saved_n_tok, saved_flags;
+
+  /* LoRA (pocrt.h): the adapters' layout and settings, NULL/0 without */
+  const poc_layout *alay;
+  const poc_lora_cfg *lc;
+  int lora_on;                   /* forwards add the adapters (a base-only view: 0) */
+  int base_grad;                 /* the base weights train (no adapters) */
+  int view;                      /* the weights belong to another model (poc_model_view) */
+  size_t PA;                     /* adapter parameters */
+  size_t (*aoff)[POC_LT_N][2];   /* per layer and target: A, B offsets, or POC_NO_TENSOR */
+  poc_dptr aw, awc;              /* adapters: master (acc) and compute copy (act) */
+  poc_dptr dz, xd, tmpd;         /* scratch: dZ [T × r]; drop(x), dZ·A [T × widest input] */
+  int drop_on, saved_drop;       /* dropout in the next forwards; in the saved one */
+  uint64_t drop_seed, saved_seed;
+  /* the trainable vector (gradients, moments): the base weights or the adapters */
+  const poc_layout *tlay;
+  size_t PT;
+  poc_dptr tw, twc;
 };
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -68,6 +86,8 @@ struct poc_model {
  * an error names where in the model it happened ("in layer 3 attention backward"). */
 #define STAGE(name, l) (m->d->stage = (name), m->d->layer = (l))
 
+#define AW(off) ACT(m->awc, off)
+
 /* Y[T×out] (=|+=) X[T×in]·Wᵀ for W [out×in] (HF layout) at parameter offset woff */
 static void mdl_linear(poc_model *m, int T, int in, int out, poc_dptr X, size_t woff, poc_dptr Y,
                        int y_acc, float beta) {
@@ -77,8 +97,73 @@ static void mdl_linear(poc_model *m, int T, int in, int out, poc_dptr X, size_t 
 /* dW += dYᵀ·X;  dX (=|+=) dY·W */
 static void mdl_linear_bwd(poc_model *m, int T, int in, int out, poc_dptr X, size_t woff,
                            poc_dptr dY, poc_dptr dX, int dx_acc, float beta) {
-  m->d->k.gemm(m->k, 1, 0, out, in, T, dY, out, X, in, 1.f, G(woff), 1, in);
+  if (m->base_grad) m->d->k.gemm(m->k, 1, 0, out, in, T, dY, out, X, in, 1.f, G(woff), 1, in);
   m->d->k.gemm(m->k, 0, 0, T, in, out, dY, out, W(woff), in, beta, dX, dx_acc, in);
+}
+
+/* ---- LoRA: y = x·Wᵀ + s·drop(x)·Aᵀ·Bᵀ, s = alpha/r ----------------------------------------
+ *
+ * Forward keeps Z = s·drop(x)·Aᵀ [T × r] per layer and target (the only saved state, T·r
+ * act elements each); backward with dY:
+ *   dB += dYᵀ·Z,   dZ = s·dY·B,   dA += dZᵀ·drop(x),   dx += drop'(dZ·A)
+ * where drop' multiplies by the same mask and 1/(1 − p); the mask is recomputed from its
+ * seed (device.h's poc_drop_keep), never stored. With dropout off or p = 0 no mask is
+ * computed and drop(x) is x itself: the cost is three rank-r GEMMs and a T×r scaling. */
+
+/* The dropout stream of layer l's target t in a forward whose stream is `seed`. */
+static uint64_t mdl_drop_stream(uint64_t seed, int l, int t) {
+  return poc_rng_derive(seed, (uint64_t)l, (uint64_t)t).s;
+}
+
+static int mdl_has_adapter(const poc_model *m, int l, int t) {
+  return m->lora_on && m->aoff[l][t][0] != POC_NO_TENSOR;
+}
+
+/* X act [T × in] → (with dropout) drop(X) in m->xd; else X itself */
+static poc_dptr mdl_lora_input(poc_model *m, int l, int t, int T, int in, poc_dptr X, int drop,
+                               uint64_t seed) {
+  uint32_t thr = drop ? poc_drop_threshold(m->lc->dropout) : 0;
+  if (!thr) return X;
+  m->d->k.drop_scale(m->k, (size_t)T * in, X, m->xd, 0, 0.f, (float)(1 / (1 - m->lc->dropout)),
+                     thr, mdl_drop_stream(seed, l, t));
+  return m->xd;
+}
+
+/* Y (act, or acc when y_acc) += s·drop(X)·Aᵀ·Bᵀ for layer l's target t; Z into z. */
+static void mdl_lora_fwd(poc_model *m, int l, int t, int T, poc_dptr X, poc_dptr z, poc_dptr Y,
+                         int y_acc, int drop, uint64_t seed) {
+  if (!mdl_has_adapter(m, l, t)) return;
+  const poc_kernels *k = &m->d->k;
+  int in, out, r = m->lc->r;
+  poc_lora_dims(&m->lay->cfg, t, &in, &out);
+  poc_dptr Xd = mdl_lora_input(m, l, t, T, in, X, drop, seed);
+  k->gemm(m->k, 0, 1, T, r, in, Xd, in, AW(m->aoff[l][t][0]), in, 0.f, z, 0, r);
+  k->drop_scale(m->k, (size_t)T * r, z, z, 0, 0.f, (float)(m->lc->alpha / r), 0, 0);
+  k->gemm(m->k, 0, 1, T, out, r, z, r, AW(m->aoff[l][t][1]), r, 1.f, Y, y_acc, out);
+}
+
+/* The adapter's backward for layer l's target t: dY act [T × out]; X the forward's input
+ * (act, recomputed by the caller); dX (act, or acc when dx_acc) accumulates. */
+static void mdl_lora_bwd(poc_model *m, int l, int t, int T, poc_dptr X, poc_dptr z, poc_dptr dY,
+                         poc_dptr dX, int dx_acc) {
+  if (!mdl_has_adapter(m, l, t)) return;
+  const poc_kernels *k = &m->d->k;
+  int in, out, r = m->lc->r;
+  poc_lora_dims(&m->lay->cfg, t, &in, &out);
+  size_t oa = m->aoff[l][t][0], ob = m->aoff[l][t][1];
+  k->gemm(m->k, 1, 0, out, r, T, dY, out, z, r, 1.f, G(ob), 1, r);
+  k->gemm(m->k, 0, 0, T, r, out, dY, out, AW(ob), r, 0.f, m->dz, 0, r);
+  k->drop_scale(m->k, (size_t)T * r, m->dz, m->dz, 0, 0.f, (float)(m->lc->alpha / r), 0, 0);
+  poc_dptr Xd = mdl_lora_input(m, l, t, T, in, X, m->saved_drop, m->saved_seed);
+  k->gemm(m->k, 1, 0, r, in, T, m->dz, r, Xd, in, 1.f, G(oa), 1, in);
+  uint32_t thr = m->saved_drop ? poc_drop_threshold(m->lc->dropout) : 0;
+  if (!thr) {
+    k->gemm(m->k, 0, 0, T, in, r, m->dz, r, AW(oa), in, 1.f, dX, dx_acc, in);
+  } else {
+    k->gemm(m->k, 0, 0, T, in, r, m->dz, r, AW(oa), in, 0.f, m->tmpd, 0, in);
+    k->drop_scale(m->k, (size_t)T * in, m->tmpd, dX, dx_acc, 1.f,
+                  (float)(1 / (1 - m->lc->dropout)), thr, mdl_drop_stream(m->saved_seed, l, t));
+  }
 }
 
 /* Y[T×n] += ones·bᵀ: a bias added to an acc stream as a rank-1 GEMM */
@@ -152,6 +237,16 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
     S->rstd2 = CC(T);
     S->g = AA(T * F);
     S->u = AA(T * F);
+    for (int t = 0; t < POC_LT_N; t++)
+      S->z[t] = m->lora_on && (m->lc->targets >> t & 1) ? AA(T * (size_t)m->lc->r) : 0;
+  }
+  if (m->lora_on) {
+    size_t wide = H > F ? H : F;
+    if ((size_t)qd > wide) wide = qd;
+    int drop = m->lc->dropout > 0 && m->trainable;
+    m->dz = m->trainable ? AA(T * (size_t)m->lc->r) : 0;
+    m->xd = drop ? AA(T * wide) : 0;
+    m->tmpd = drop ? AA(T * wide) : 0;
   }
   m->tok = II(T);
   m->pos = II(T);
@@ -207,11 +302,14 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
 void poc_model_free(poc_model *m) {
   if (!m) return;
   poc_device *d = m->d;
-  poc_dptr ps[] = {m->wc == m->w ? 0 : m->wc, m->w, m->grad, m->mom, m->var, m->arena, m->text,
-                   m->tdlog == m->text ? 0 : m->tdlog};
+  int own = !m->view;
+  poc_dptr ps[] = {m->wc == m->w || !own ? 0 : m->wc, own ? m->w : 0,
+                   m->awc == m->aw || !own ? 0 : m->awc, own ? m->aw : 0, m->grad, m->mom,
+                   m->var, m->arena, m->text, m->tdlog == m->text ? 0 : m->tdlog};
   for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
     if (ps[i]) d->free(d, ps[i]);
   free(m->lo);
+  free(m->aoff);
   free(m->sv);
   free(m->h_i32);
   free(m);
@@ -229,8 +327,29 @@ static int mdl_upload_weights(poc_model *m, const void *w, poc_dtype wt) {
   return d->failed ? -1 : 0;
 }
 
-poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, poc_dtype wt,
-                         int trainable, int max_tokens, char *err) {
+/* Where each adapter sits, by PEFT key. */
+static int mdl_lora_offsets(poc_model *m, char *err) {
+  m->aoff = malloc((size_t)(m->L + 1) * sizeof *m->aoff);
+  if (!m->aoff) {
+    snprintf(err, POC_ERR_LEN, "model: out of memory");
+    return -1;
+  }
+  for (int l = 0; l < m->L; l++)
+    for (int t = 0; t < POC_LT_N; t++)
+      for (int b = 0; b < 2; b++) {
+        char key[96];
+        poc_lora_key(key, sizeof key, l, t, b);
+        const poc_tensor_info *ti = poc_layout_find(m->alay, key);
+        m->aoff[l][t][b] = ti && (m->lc->targets >> t & 1) ? ti->offset : POC_NO_TENSOR;
+      }
+  return 0;
+}
+
+/* A model: plain (alay NULL), LoRA (alay set: base frozen, adapters trainable), or a
+ * frozen view of src's weights (src set; adapters on when `adapters`). */
+static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w, poc_dtype wt,
+                             int trainable, const poc_layout *alay, const poc_lora_cfg *lc,
+                             poc_model *src, int adapters, int max_tokens, char *err) {
   const poc_config *c = &lay->cfg;
   if (max_tokens <= 0) {
     snprintf(err, POC_ERR_LEN, "model: max_tokens must be positive (got %d)", max_tokens);
@@ -245,6 +364,21 @@ poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, po
   m->lay = lay;
   poc_dims_from_config(c, &m->dm);
   m->trainable = trainable;
+  m->view = src != NULL;
+  if (src && adapters && src->alay) {
+    alay = src->alay;
+    lc = src->lc;
+  } else if (src) {
+    alay = NULL;
+    lc = NULL;
+  }
+  m->alay = alay;
+  m->lc = lc;
+  m->lora_on = alay != NULL;
+  m->PA = alay ? alay->n_params : 0;
+  m->base_grad = trainable && !alay;
+  m->tlay = alay ? alay : lay;
+  m->PT = m->tlay->n_params;
   m->max_tokens = max_tokens;
   m->L = c->num_hidden_layers;
   m->qd = m->dm.nh * m->dm.hd;
@@ -270,19 +404,29 @@ poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, po
   m->off_head = mo.head;
   memcpy(m->lo, mo.layers, (size_t)m->L * sizeof *m->lo);
   free(mo.layers);
+  if (alay && mdl_lora_offsets(m, err)) goto fail;
   STAGE("setting up the model", -1);
   if (!(m->k = d->kernels(d, &m->dm))) goto dev_fail;
 
-  if (d->shared_act) {
-    m->w = m->wc = d->alloc(d, m->P * m->sc, "the model's weights");
+  if (src) {
+    m->wc = src->wc;
+    m->aw = m->awc = alay ? src->awc : 0;
+  } else if (d->shared_act) {
+    m->w = m->wc = d->alloc(d, m->P * m->sc, alay ? "the base weights" : "the model's weights");
   } else {
-    m->wc = d->alloc(d, m->P * m->sa, "the model's compute weights");
-    if (trainable) m->w = d->alloc(d, m->P * m->sc, "the model's master weights");
+    m->wc = d->alloc(d, m->P * m->sa, alay ? "the base weights" : "the model's compute weights");
+    if (trainable && !alay) m->w = d->alloc(d, m->P * m->sc, "the model's master weights");
   }
+  if (alay && !src) {
+    m->aw = d->alloc(d, m->PA * m->sc, "the LoRA adapters");
+    m->awc = d->shared_act ? m->aw : d->alloc(d, m->PA * m->sa, "the adapters' compute copy");
+  }
+  m->tw = alay ? m->aw : m->w;
+  m->twc = alay ? m->awc : m->wc;
   if (trainable) {
-    m->grad = d->alloc(d, m->P * m->sc, "the gradients");
-    m->mom = d->alloc(d, m->P * m->sc, "AdamW's first moments");
-    m->var = d->alloc(d, m->P * m->sc, "AdamW's second moments");
+    m->grad = d->alloc(d, m->PT * m->sc, "the gradients");
+    m->mom = d->alloc(d, m->PT * m->sc, "AdamW's first moments");
+    m->var = d->alloc(d, m->PT * m->sc, "AdamW's second moments");
   }
   if (d->failed) goto dev_fail;
   mdl_carver cv = {0, 0};
@@ -293,9 +437,13 @@ poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, po
   cv = (mdl_carver){m->arena, 0};
   mdl_carve(m, &cv);
   if (trainable) {
-    d->zero(d, m->grad, m->P * m->sc);
-    d->zero(d, m->mom, m->P * m->sc);
-    d->zero(d, m->var, m->P * m->sc);
+    d->zero(d, m->grad, m->PT * m->sc);
+    d->zero(d, m->mom, m->PT * m->sc);
+    d->zero(d, m->var, m->PT * m->sc);
+  }
+  if (alay && !src) {
+    d->zero(d, m->aw, m->PA * m->sc);
+    if (m->awc != m->aw) d->zero(d, m->awc, m->PA * m->sa);
   }
   float *one = malloc((size_t)max_tokens * sizeof(float));
   if (!one) {
@@ -305,7 +453,8 @@ poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, po
   for (int i = 0; i < max_tokens; i++) one[i] = 1.f;
   d->put(d, m->ones, d->act, one, POC_DT_F32, (size_t)max_tokens);
   free(one);
-  if (mdl_rope_tables(d, c, max_tokens, m->cosb, m->sinb) || mdl_upload_weights(m, w, wt))
+  if (mdl_rope_tables(d, c, max_tokens, m->cosb, m->sinb) ||
+      (!src && mdl_upload_weights(m, w, wt)))
     goto dev_fail;
   if (poc_dev_sync(d, err)) goto fail;
   return m;
@@ -315,6 +464,32 @@ fail:
   poc_model_free(m);
   return NULL;
 }
+
+poc_model *poc_model_new(poc_device *d, const poc_layout *lay, const void *w, poc_dtype wt,
+                         int trainable, int max_tokens, char *err) {
+  return mdl_create(d, lay, w, wt, trainable, NULL, NULL, NULL, 0, max_tokens, err);
+}
+
+poc_model *poc_model_new_lora(poc_device *d, const poc_layout *lay, const poc_layout *alay,
+                              const poc_lora_cfg *lc, int max_tokens, char *err) {
+  if (!alay || !lc || lc->r < 1 || !(lc->dropout >= 0 && lc->dropout < 1)) {
+    snprintf(err, POC_ERR_LEN, "model: LoRA needs a rank >= 1 and a dropout in [0, 1)");
+    return NULL;
+  }
+  return mdl_create(d, lay, NULL, POC_DT_F32, 1, alay, lc, NULL, 0, max_tokens, err);
+}
+
+poc_model *poc_model_view(poc_model *src, int adapters, int max_tokens, char *err) {
+  return mdl_create(src->d, src->lay, NULL, POC_DT_F32, 0, NULL, NULL, src, adapters,
+                    max_tokens, err);
+}
+
+void poc_model_lora_dropout(poc_model *m, int on, uint64_t seed) {
+  m->drop_on = on && m->lc && m->lc->dropout > 0 && m->trainable;
+  m->drop_seed = seed;
+}
+
+const poc_layout *poc_model_train_layout(const poc_model *m) { return m->tlay; }
 
 const poc_layout *poc_model_layout(const poc_model *m) { return m->lay; }
 poc_device *poc_model_device(const poc_model *m) { return m->d; }
@@ -382,8 +557,10 @@ static int mdl_prepare(poc_model *m, const poc_pack *p, char *err) {
   return n;
 }
 
-/* One decoder layer on T rows of a pack, S->x → out (out may be S->x). */
-static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out) {
+/* One decoder layer on T rows of a pack, S->x → out (out may be S->x); drop/seed: the
+ * adapters' dropout. */
+static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out, int drop,
+                          uint64_t seed) {
   const poc_layer_offsets *o = &m->lo[l];
   const poc_kernels *k = &m->d->k;
   const int H = m->dm.H, F = m->dm.F;
@@ -392,19 +569,26 @@ static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out
   mdl_linear(m, T, H, m->qd, m->xn, o->wq, S->q, 0, 0.f);
   mdl_linear(m, T, H, m->kvd, m->xn, o->wk, S->k, 0, 0.f);
   mdl_linear(m, T, H, m->kvd, m->xn, o->wv, S->v, 0, 0.f);
+  mdl_lora_fwd(m, l, POC_LT_Q, T, m->xn, S->z[POC_LT_Q], S->q, 0, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_K, T, m->xn, S->z[POC_LT_K], S->k, 0, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_V, T, m->xn, S->z[POC_LT_V], S->v, 0, drop, seed);
   k->qkv_bias_rope(m->k, T, m->pos, m->cosb, m->sinb, S->q, S->k, S->v, BIAS(o->bq),
                    BIAS(o->bk), BIAS(o->bv));
   k->attn_fwd(m->k, T, 0, S->q, S->k, S->v, m->kbeg, S->att, S->lse);
   m->d->copy(m->d, S->h1, S->x, (size_t)T * H * m->sc);
   mdl_linear(m, T, m->qd, H, S->att, o->wo, S->h1, 1, 1.f);
+  mdl_lora_fwd(m, l, POC_LT_O, T, S->att, S->z[POC_LT_O], S->h1, 1, drop, seed);
   mdl_add_bias(m, T, H, o->bo, m->ones, S->h1);
   STAGE("MLP", l);
   k->rmsnorm_fwd(m->k, T, S->h1, 0, W(o->ln2), m->xn, S->rstd2);
   mdl_linear(m, T, H, F, m->xn, o->wg, S->g, 0, 0.f);
   mdl_linear(m, T, H, F, m->xn, o->wu, S->u, 0, 0.f);
+  mdl_lora_fwd(m, l, POC_LT_GATE, T, m->xn, S->z[POC_LT_GATE], S->g, 0, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_UP, T, m->xn, S->z[POC_LT_UP], S->u, 0, drop, seed);
   k->swiglu_fwd(m->k, (size_t)T * F, S->g, S->u, m->a);
   if (out != S->h1) m->d->copy(m->d, out, S->h1, (size_t)T * H * m->sc);
   mdl_linear(m, T, F, H, m->a, o->wd, out, 1, 1.f);
+  mdl_lora_fwd(m, l, POC_LT_DOWN, T, m->a, S->z[POC_LT_DOWN], out, 1, drop, seed);
 }
 
 /* The fused head on n rows of hf: streams blocks of rows × vocabulary chunks, folding
@@ -446,7 +630,7 @@ static void mdl_head_fused_bwd(poc_model *m, int n, poc_dptr dent) {
                         ACC(m->hmu, r0), ACC(m->dlogp, r0), dent ? ACC(dent, r0) : 0, m->dlog);
       k->gemm(m->k, 0, 0, rb, H, c, m->dlog, c, Wc, H, v0 ? 1.f : 0.f,
               ACC(m->dh, (size_t)r0 * H), 1, H);
-      k->gemm(m->k, 1, 0, c, H, rb, m->dlog, c, hb, H, 1.f, gWc, 1, H);
+      if (m->base_grad) k->gemm(m->k, 1, 0, c, H, rb, m->dlog, c, hb, H, 1.f, gWc, 1, H);
     }
   }
 }
@@ -495,7 +679,7 @@ int poc_model_forward_out(poc_model *m, const poc_pack *p, int flags, const poc_
   for (int l = 0; l < m->L; l++) {
     mdl_saved *S = &m->sv[save ? l : 0];
     poc_dptr out = l + 1 == m->L ? m->xf : save ? m->sv[l + 1].x : S->x;
-    mdl_layer_fwd(m, l, T, S, out);
+    mdl_layer_fwd(m, l, T, S, out, m->drop_on, m->drop_seed);
   }
   if (n > 0) {
     poc_dptr ent = (flags & POC_FWD_ENTROPY) ? m->ent : 0;
@@ -516,6 +700,8 @@ int poc_model_forward_out(poc_model *m, const poc_pack *p, int flags, const poc_
   if (save) {
     m->saved_n_tok = T;
     m->saved_flags = flags;
+    m->saved_drop = m->drop_on;
+    m->saved_seed = m->drop_seed;
   }
   return 0;
 }
@@ -535,20 +721,24 @@ static void mdl_layer_bwd(poc_model *m, int l, int T, const mdl_saved *S) {
   k->swiglu_fwd(m->k, TF, S->g, S->u, m->a);
   k->cast(m->k, TH, m->dX, m->dX16);
   mdl_linear_bwd(m, T, F, H, m->a, o->wd, m->dX16, m->da, 0, 0.f);
+  mdl_lora_bwd(m, l, POC_LT_DOWN, T, m->a, S->z[POC_LT_DOWN], m->dX16, m->da, 0);
   k->swiglu_bwd(m->k, TF, S->g, S->u, m->da, m->dg, m->du);
   mdl_linear_bwd(m, T, H, F, m->xn, o->wg, m->dg, m->dxn, 1, 0.f);
   mdl_linear_bwd(m, T, H, F, m->xn, o->wu, m->du, m->dxn, 1, 1.f);
+  mdl_lora_bwd(m, l, POC_LT_GATE, T, m->xn, S->z[POC_LT_GATE], m->dg, m->dxn, 1);
+  mdl_lora_bwd(m, l, POC_LT_UP, T, m->xn, S->z[POC_LT_UP], m->du, m->dxn, 1);
   k->rmsnorm_bwd(m->k, T, S->h1, 0, W(o->ln2), S->rstd2, m->dxn, m->dX);
-  k->rmsnorm_dw(m->k, T, S->h1, 0, S->rstd2, m->dxn, G(o->ln2));
+  if (m->base_grad) k->rmsnorm_dw(m->k, T, S->h1, 0, S->rstd2, m->dxn, G(o->ln2));
   /* attention: dX is now dL/dh1 */
   STAGE("attention backward", l);
   k->cast(m->k, TH, m->dX, m->dX16);
   mdl_linear_bwd(m, T, qd, H, S->att, o->wo, m->dX16, m->dO, 0, 0.f);
-  if (o->bo != POC_NO_TENSOR) k->colsum(m->k, T, H, m->dX, G(o->bo));
+  mdl_lora_bwd(m, l, POC_LT_O, T, S->att, S->z[POC_LT_O], m->dX16, m->dO, 0);
+  if (o->bo != POC_NO_TENSOR && m->base_grad) k->colsum(m->k, T, H, m->dX, G(o->bo));
   k->attn_bwd(m->k, T, S->q, S->k, S->v, S->att, m->dO, S->lse, m->kbeg, m->send, m->dq, m->dk,
               m->dv, m->D);
   k->rope_bwd(m->k, T, m->pos, m->cosb, m->sinb, m->dq, m->dk, m->dv, m->dq16, m->dk16, m->dv16);
-  if (o->bq != POC_NO_TENSOR) {
+  if (o->bq != POC_NO_TENSOR && m->base_grad) {
     k->colsum(m->k, T, qd, m->dq, G(o->bq));
     k->colsum(m->k, T, kvd, m->dk, G(o->bk));
     k->colsum(m->k, T, kvd, m->dv, G(o->bv));
@@ -557,8 +747,11 @@ static void mdl_layer_bwd(poc_model *m, int l, int T, const mdl_saved *S) {
   mdl_linear_bwd(m, T, H, qd, m->xn, o->wq, m->dq16, m->dxn, 1, 0.f);
   mdl_linear_bwd(m, T, H, kvd, m->xn, o->wk, m->dk16, m->dxn, 1, 1.f);
   mdl_linear_bwd(m, T, H, kvd, m->xn, o->wv, m->dv16, m->dxn, 1, 1.f);
+  mdl_lora_bwd(m, l, POC_LT_Q, T, m->xn, S->z[POC_LT_Q], m->dq16, m->dxn, 1);
+  mdl_lora_bwd(m, l, POC_LT_K, T, m->xn, S->z[POC_LT_K], m->dk16, m->dxn, 1);
+  mdl_lora_bwd(m, l, POC_LT_V, T, m->xn, S->z[POC_LT_V], m->dv16, m->dxn, 1);
   k->rmsnorm_bwd(m->k, T, S->x, 0, W(o->ln1), S->rstd1, m->dxn, m->dX);
-  k->rmsnorm_dw(m->k, T, S->x, 0, S->rstd1, m->dxn, G(o->ln1));
+  if (m->base_grad) k->rmsnorm_dw(m->k, T, S->x, 0, S->rstd1, m->dxn, G(o->ln1));
 }
 
 int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
@@ -588,18 +781,19 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
     if (m->saved_flags & POC_FWD_UNFUSED) {
       k->head_text_bwd(m->k, n, m->text, m->htgt, m->hmu, m->dlogp, dent, m->tdlog);
       k->gemm(m->k, 0, 0, n, H, V, m->tdlog, V, W(m->off_head), H, 0.f, m->dh, 1, H);
-      k->gemm(m->k, 1, 0, V, H, n, m->tdlog, V, m->hf, H, 1.f, G(m->off_head), 1, H);
+      if (m->base_grad)
+        k->gemm(m->k, 1, 0, V, H, n, m->tdlog, V, m->hf, H, 1.f, G(m->off_head), 1, H);
     } else {
       mdl_head_fused_bwd(m, n, dent);
     }
     /* the final norm ran on gathered rows; its gradient scatters back (each row predicts
        one target, so no two targets share a row) */
     k->rmsnorm_bwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->rstdf, m->dh, m->dX);
-    k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
+    if (m->base_grad) k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
   }
   for (int l = m->L - 1; l >= 0; l--) mdl_layer_bwd(m, l, T, &m->sv[l]);
   STAGE("the embedding backward", -1);
-  k->embed_bwd(m->k, T, m->tok, m->dX, G(m->off_embed));
+  if (m->base_grad) k->embed_bwd(m->k, T, m->tok, m->dX, G(m->off_embed));
   return poc_dev_sync(d, err);
 }
 
@@ -610,6 +804,7 @@ typedef struct {
   poc_dptr arena;
   poc_dptr kc, vc;              /* act [L][n_ctx × kvd] */
   poc_dptr x, xn, q, att, lse, g, u, a, ones, cosb, sinb, tok, pos, kbeg, last, logits;
+  poc_dptr z;                   /* LoRA: Z [rows × r] (not kept: no backward) */
   double *logit_h, *prob;       /* host [V] */
 } mdl_gen;
 
@@ -643,6 +838,7 @@ static int mdl_gen_alloc(poc_model *m, mdl_gen *g, int rows, int n_ctx, char *er
     g->kbeg = II(R);
     g->last = II(1);
     g->logits = CC(m->dm.V);
+    g->z = m->lora_on ? AA(R * m->lc->r) : 0;
 #undef CC
 #undef AA
 #undef II
@@ -703,16 +899,23 @@ static int mdl_gen_step(poc_model *m, mdl_gen *g, const int32_t *tok, int n, int
     mdl_linear(m, n, H, m->qd, g->xn, o->wq, g->q, 0, 0.f);
     mdl_linear(m, n, H, m->kvd, g->xn, o->wk, Kn, 0, 0.f);
     mdl_linear(m, n, H, m->kvd, g->xn, o->wv, Vn, 0, 0.f);
+    mdl_lora_fwd(m, l, POC_LT_Q, n, g->xn, g->z, g->q, 0, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_K, n, g->xn, g->z, Kn, 0, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_V, n, g->xn, g->z, Vn, 0, 0, 0);
     k->qkv_bias_rope(m->k, n, g->pos, g->cosb, g->sinb, g->q, Kn, Vn, BIAS(o->bq), BIAS(o->bk),
                      BIAS(o->bv));
     k->attn_fwd(m->k, n, p0, g->q, Kc, Vc, g->kbeg, g->att, g->lse);
     mdl_linear(m, n, m->qd, H, g->att, o->wo, g->x, 1, 1.f);
+    mdl_lora_fwd(m, l, POC_LT_O, n, g->att, g->z, g->x, 1, 0, 0);
     mdl_add_bias(m, n, H, o->bo, g->ones, g->x);
     k->rmsnorm_fwd(m->k, n, g->x, 0, W(o->ln2), g->xn, 0);
     mdl_linear(m, n, H, F, g->xn, o->wg, g->g, 0, 0.f);
     mdl_linear(m, n, H, F, g->xn, o->wu, g->u, 0, 0.f);
+    mdl_lora_fwd(m, l, POC_LT_GATE, n, g->xn, g->z, g->g, 0, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_UP, n, g->xn, g->z, g->u, 0, 0, 0);
     k->swiglu_fwd(m->k, (size_t)n * F, g->g, g->u, g->a);
     mdl_linear(m, n, F, H, g->a, o->wd, g->x, 1, 1.f);
+    mdl_lora_fwd(m, l, POC_LT_DOWN, n, g->a, g->z, g->x, 1, 0, 0);
   }
   int32_t last = n - 1;
   STAGE("a decode step's head", -1);
@@ -780,14 +983,14 @@ int poc_model_decays(const poc_layout *lay, int i) { return lay->tensors[i].ndim
 int poc_model_zero_grad(poc_model *m, char *err) {
   if (mdl_need_train(m, "zero_grad", err)) return -1;
   STAGE("clearing the gradients", -1);
-  m->d->zero(m->d, m->grad, m->P * m->sc);
+  m->d->zero(m->d, m->grad, m->PT * m->sc);
   return poc_dev_sync(m->d, err);
 }
 
 int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err) {
   if (mdl_need_train(m, "grad_norm", err)) return -1;
   STAGE("the gradient norm", -1);
-  double s = m->d->k.sumsq(m->k, m->P, m->grad);
+  double s = m->d->k.sumsq(m->k, m->PT, m->grad);
   if (poc_dev_sync(m->d, err)) return -1;
   *sumsq = s;
   return 0;
@@ -795,7 +998,7 @@ int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err) {
 
 int poc_model_weights_sumsq(poc_model *m, double *sumsq, char *err) {
   if (mdl_need_train(m, "weights_sumsq", err)) return -1;
-  double s = m->d->k.sumsq(m->k, m->P, m->w);
+  double s = m->d->k.sumsq(m->k, m->PT, m->tw);
   if (poc_dev_sync(m->d, err)) return -1;
   *sumsq = s;
   return 0;
@@ -808,7 +1011,8 @@ int poc_model_grad_norm(poc_model *m, double *norm, char *err) {
 }
 
 /* One kernel launch per run of consecutive tensors that share a weight-decay setting
- * (matrices decay; norm weights and biases, whose natural values are not 0, do not). */
+ * (matrices decay; norm weights and biases, whose natural values are not 0, do not). A
+ * LoRA model's trainable vector is its adapters, all matrices. */
 int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
   if (mdl_need_train(m, "adamw_step", err)) return -1;
   if (h->step < 1) {
@@ -816,7 +1020,7 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
     return -1;
   }
   STAGE("AdamW", -1);
-  const poc_layout *lay = m->lay;
+  const poc_layout *lay = m->tlay;
   float lr = (float)h->lr, b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps,
         gs = (float)h->grad_scale;
   float bc1 = (float)(1 - pow(h->beta1, (double)h->step));
@@ -827,8 +1031,8 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
     size_t a = lay->tensors[t].offset;
     size_t b = lay->tensors[e - 1].offset + lay->tensors[e - 1].numel;
     float wd = dec ? (float)h->weight_decay : 0.f;
-    m->d->k.adamw(m->k, b - a, ACC(m->w, a), ACC(m->grad, a), ACC(m->mom, a), ACC(m->var, a),
-                  ACT(m->wc, a), lr, b1, b2, eps, wd, bc1, bc2, gs);
+    m->d->k.adamw(m->k, b - a, ACC(m->tw, a), ACC(m->grad, a), ACC(m->mom, a), ACC(m->var, a),
+                  ACT(m->twc, a), lr, b1, b2, eps, wd, bc1, bc2, gs);
     t = e;
   }
   return poc_dev_sync(m->d, err);
@@ -836,8 +1040,13 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
 
 int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *err) {
   poc_device *d = m->d;
-  if (part != POC_PART_WEIGHTS && mdl_need_train(m, "reading gradients or AdamW state", err))
+  if (part != POC_PART_WEIGHTS && part != POC_PART_ADAPTER &&
+      mdl_need_train(m, "reading gradients or AdamW state", err))
     return -1;
+  if (part == POC_PART_ADAPTER && !m->alay) {
+    snprintf(err, POC_ERR_LEN, "model: no LoRA adapters to read");
+    return -1;
+  }
   STAGE("copying the model to the host", -1);
   switch (part) {
   case POC_PART_WEIGHTS:
@@ -846,30 +1055,46 @@ int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *er
     else
       d->get(d, dst, dt, m->wc, d->act, m->P);
     break;
-  case POC_PART_GRAD: d->get(d, dst, dt, m->grad, d->acc, m->P); break;
-  case POC_PART_MOM: d->get(d, dst, dt, m->mom, d->acc, m->P); break;
-  case POC_PART_VAR: d->get(d, dst, dt, m->var, d->acc, m->P); break;
+  case POC_PART_ADAPTER:
+    if (m->aw)
+      d->get(d, dst, dt, m->aw, d->acc, m->PA);
+    else
+      d->get(d, dst, dt, m->awc, d->act, m->PA);
+    break;
+  case POC_PART_GRAD: d->get(d, dst, dt, m->grad, d->acc, m->PT); break;
+  case POC_PART_MOM: d->get(d, dst, dt, m->mom, d->acc, m->PT); break;
+  case POC_PART_VAR: d->get(d, dst, dt, m->var, d->acc, m->PT); break;
   }
   return poc_dev_sync(d, err);
 }
 
 int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, char *err) {
   poc_device *d = m->d;
-  if (part != POC_PART_WEIGHTS && mdl_need_train(m, "writing gradients or AdamW state", err))
+  if (part != POC_PART_WEIGHTS && part != POC_PART_ADAPTER &&
+      mdl_need_train(m, "writing gradients or AdamW state", err))
     return -1;
+  if ((part == POC_PART_ADAPTER && (!m->alay || m->view)) || (part == POC_PART_WEIGHTS && m->view)) {
+    snprintf(err, POC_ERR_LEN, "model: %s", m->view ? "a view's weights are its source's"
+                                                      : "no LoRA adapters to write");
+    return -1;
+  }
   STAGE("copying the model to the device", -1);
   switch (part) {
   case POC_PART_WEIGHTS: mdl_upload_weights(m, src, st); break;
-  case POC_PART_GRAD: d->put(d, m->grad, d->acc, src, st, m->P); break;
-  case POC_PART_MOM: d->put(d, m->mom, d->acc, src, st, m->P); break;
-  case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, m->P); break;
+  case POC_PART_ADAPTER:
+    d->put(d, m->aw, d->acc, src, st, m->PA);
+    if (m->awc != m->aw) d->k.cast(m->k, m->PA, m->aw, m->awc);
+    break;
+  case POC_PART_GRAD: d->put(d, m->grad, d->acc, src, st, m->PT); break;
+  case POC_PART_MOM: d->put(d, m->mom, d->acc, src, st, m->PT); break;
+  case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, m->PT); break;
   }
   return poc_dev_sync(d, err);
 }
 
 float *poc_model_host_f32(poc_model *m, poc_part part) {
-  if (!m->d->host_memory || m->d->acc != POC_DT_F32) return NULL;
-  poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_GRAD ? m->grad
-             : part == POC_PART_MOM     ? m->mom : m->var;
+  if (!m->d->host_memory || m->d->acc != POC_DT_F32 || m->view) return NULL;
+  poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw
+             : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
   return (float *)(uintptr_t)p;
 }

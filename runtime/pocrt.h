@@ -190,12 +190,77 @@ int poc_model_decays(const poc_layout *lay, int i);
 /* Host copies of n_params elements of type dt (checkpoints, resume, tests). Weights read
  * back from a frozen model on a bf16 device are its bf16 compute copy; setting weights
  * refreshes the compute copy. */
-typedef enum poc_part { POC_PART_WEIGHTS, POC_PART_GRAD, POC_PART_MOM, POC_PART_VAR } poc_part;
+typedef enum poc_part {
+  POC_PART_WEIGHTS,              /* the base weights (lay->n_params) */
+  POC_PART_GRAD, POC_PART_MOM, POC_PART_VAR, /* of the trainable vector: the base weights of a
+                                    fully trained model, the adapters of a LoRA model */
+  POC_PART_ADAPTER               /* a LoRA model's adapters (alay->n_params) */
+} poc_part;
 int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *err);
 int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, char *err);
 /* The device's own f32 buffer where device memory is host memory (the CPU device), so
  * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set). */
 float *poc_model_host_f32(poc_model *m, poc_part part);
+
+/* ---- LoRA (runtime/lora.c; the math in model.c) ---------------------------------- */
+/* Low-rank adapters on a model's linear layers: a target W [out × in] computes
+ *   y = x·Wᵀ + (alpha/r)·drop(x)·Aᵀ·Bᵀ,   A [r × in], B [out × r]
+ * with W frozen; only A and B have gradients and AdamW state. The adapters are a flat
+ * array laid out like a model (a poc_layout whose tensor names are PEFT's keys,
+ * "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight"), A before B, layer by
+ * layer, targets in the order below. */
+enum { POC_LT_Q, POC_LT_K, POC_LT_V, POC_LT_O, POC_LT_GATE, POC_LT_UP, POC_LT_DOWN, POC_LT_N };
+extern const char *const poc_lora_target_names[POC_LT_N];   /* "q_proj", ..., "down_proj" */
+typedef struct poc_lora_cfg {
+  int r;
+  double alpha, dropout;
+  unsigned targets;              /* bit (1 << POC_LT_x) per adapted projection */
+} poc_lora_cfg;
+/* The target's input and output widths for a config. */
+void poc_lora_dims(const poc_config *c, int target, int *in, int *out);
+/* PEFT's key of layer l's target t, lora_A (b = 0) or lora_B (b = 1). */
+void poc_lora_key(char *buf, size_t n, int layer, int target, int b);
+/* The adapter layout for a base layout (alay->cfg is the base's config). */
+int poc_lora_layout(const poc_layout *base, const poc_lora_cfg *lc, poc_layout *alay, char *err);
+/* The index of a PEFT module name ("q_proj" → POC_LT_Q), -1 for others. */
+int poc_lora_target_index(const char *name);
+/* An adapter folder in PEFT's format. read_config: DIR/adapter_config.json (peft_type
+ * LORA, r, lora_alpha, lora_dropout, target_modules; variants poc does not compute —
+ * rsLoRA, DoRA, biases, modules_to_save, per-layer patterns — are errors naming the key);
+ * base gets base_model_name_or_path (may be NULL). load: DIR/adapter_model.safetensors into
+ * a[alay->n_params], every tensor present with its shape and no other tensor, errors
+ * naming the file and the tensor. open: both, with the layout for a base. save: both
+ * files, each written atomically. */
+int poc_lora_read_config(const char *dir, poc_lora_cfg *lc, char *base, size_t base_n,
+                         char *err);
+int poc_lora_load(const char *dir, const poc_layout *alay, float *a, char *err);
+int poc_lora_open(const char *dir, const poc_layout *base, poc_lora_cfg *lc, poc_layout *alay,
+                  float **a, char *err);
+int poc_lora_save(const char *dir, const poc_layout *alay, const poc_lora_cfg *lc,
+                  const float *a, const char *base, char *err);
+/* w[lay->n_params] += (alpha/r)·B·A into each adapted projection (sums in double). */
+void poc_lora_merge(const poc_layout *lay, const poc_layout *alay, const poc_lora_cfg *lc,
+                    const float *a, float *w);
+/* PEFT's initialisation from a seed: A kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in),
+ * B = 0. */
+void poc_lora_init(const poc_layout *alay, uint64_t seed, float *a);
+
+/* A LoRA model: base weights frozen (act only: on a bf16 device no fp32 master copy),
+ * adapters trainable. Base weights zero until POC_PART_WEIGHTS is set, adapters until
+ * POC_PART_ADAPTER is. alay and lc must outlive the model. */
+poc_model *poc_model_new_lora(poc_device *d, const poc_layout *lay, const poc_layout *alay,
+                              const poc_lora_cfg *lc, int max_tokens, char *err);
+/* A frozen view of src's weights with its own workspace: no weight is copied. adapters = 0
+ * gives the base with the adapters off (a LoRA run's reference model); src must outlive
+ * the view. */
+poc_model *poc_model_view(poc_model *src, int adapters, int max_tokens, char *err);
+/* Dropout of a LoRA model's adapters in the forwards that follow: on with a stream seed
+ * (training, one seed per micro-batch), or off (evaluation, generation, poc logp). The
+ * seed of a forward is kept for its backward. */
+void poc_model_lora_dropout(poc_model *m, int on, uint64_t seed);
+/* The length of the trainable vector (GRAD/MOM/VAR): n_params of the base, or of the
+ * adapters for a LoRA model; its layout. */
+const poc_layout *poc_model_train_layout(const poc_model *m);
 
 /* ---- random numbers -------------------------------------------------------------- */
 /* Counter-based and splittable, so a resumed run draws exactly what an unbroken one

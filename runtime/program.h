@@ -55,12 +55,23 @@ typedef struct poc_segment {
 
 /* `policy = model("dir")` (trainable, frozen_of = -1) or `ref = frozen(policy)` (not
  * trainable, frozen_of = the index of the model whose *initial* weights it snapshots; its
- * path is that model's path). The frozen copy stays at the initial weights on resume. */
+ * path is that model's path). The frozen copy stays at the initial weights on resume.
+ *
+ * `policy = lora(model("dir"), r=, alpha=, dropout=, targets=[...], adapter="DIR")`:
+ * lora_r > 0, the base frozen and adapters trained (lora_targets: bit t for the target
+ * POC_LT_t of pocrt.h, q k v o gate up down); lora_adapter, when set, is a PEFT adapter
+ * folder that gives the starting adapters (its shapes and targets must match). A frozen
+ * model of a LoRA model is its base with the adapters off, sharing the base weights. */
 typedef struct poc_model_decl {
   const char *name;
   const char *path;
   int trainable;
   int frozen_of;
+  int lora_r;
+  double lora_alpha, lora_dropout;
+  unsigned lora_targets;
+  const char *lora_adapter;
+  unsigned lora_set;             /* which of r (1), alpha (2), targets (4) the .po wrote */
 } poc_model_decl;
 
 typedef enum poc_data_kind { POC_DATA_PAIRS, POC_DATA_POINTS } poc_data_kind;

@@ -338,6 +338,10 @@ static int check_program(const poc_program *p) {
       why = "frozen models that snapshot another, untrainable";
     else if (d->frozen_of < 0 && !d->path)
       why = "a path for every model";
+    else if (d->lora_r > 0 && (!d->trainable || d->frozen_of >= 0 || !(d->lora_alpha > 0) ||
+                               !(d->lora_dropout >= 0 && d->lora_dropout < 1) ||
+                               !(d->lora_targets & ((1u << POC_LT_N) - 1))))
+      why = "LoRA models that are trainable, with alpha > 0, dropout in [0, 1) and a target";
   }
   int trainable = 0;
   for (int m = 0; m < p->n_models; m++) trainable |= p->models[m].trainable;
@@ -439,11 +443,19 @@ typedef struct {
   poc_device *dev;
   poc_layout lay[TRN_MAX_MODELS];
   int lay_ok[TRN_MAX_MODELS];
+  /* LoRA models: the adapters' layout and settings, the starting adapters (PEFT's
+   * initialisation or an adapter folder's), the base weights' hash (a reference that is
+   * the base with the adapters off keys the cache with it) */
+  poc_layout alay[TRN_MAX_MODELS];
+  poc_lora_cfg lc[TRN_MAX_MODELS];
+  float *ainit[TRN_MAX_MODELS];
+  uint64_t base_hash[TRN_MAX_MODELS];
   /* Host copies of a trainable model's weights and AdamW moments, for checkpoints: the
    * device's own buffers where its memory is the host's and f32 (the CPU), else staging
    * arrays filled before each write. */
   float *hw[TRN_MAX_MODELS], *hm[TRN_MAX_MODELS], *hv[TRN_MAX_MODELS];
   int staged[TRN_MAX_MODELS];
+  poc_part part[TRN_MAX_MODELS]; /* the part hw holds: the weights, or the adapters */
   trn_models ms;
   trn_data data;
   trn_evalset ev;
@@ -474,6 +486,8 @@ static void run_free(trn_run *r) {
       free(r->hv[i]);
     }
     if (r->lay_ok[i]) poc_layout_free(&r->lay[i]);
+    if (r->alay[i].tensors) poc_layout_free(&r->alay[i]);
+    free(r->ainit[i]);
   }
   poc_device_close(r->dev);
   free(r->ex);
@@ -559,6 +573,49 @@ static int metric_line(trn_run *r, cJSON *o) {
 
 static int run_shapes(trn_run *r);
 
+/* A LoRA model's settings and adapter layout; with adapter="DIR" the folder's
+ * adapter_config.json gives r, alpha and the targets (the .po may repeat them, and then
+ * they must agree) and its adapters are read and checked against the base now, before
+ * anything is written. */
+static int run_lora_inputs(trn_run *r, int m) {
+  const poc_program *p = r->p;
+  const poc_model_decl *d = &p->models[m];
+  poc_lora_cfg *lc = &r->lc[m];
+  *lc = (poc_lora_cfg){d->lora_r, d->lora_alpha, d->lora_dropout, d->lora_targets};
+  if (d->lora_adapter) {
+    poc_lora_cfg f;
+    if (poc_lora_read_config(d->lora_adapter, &f, NULL, 0, r->err)) {
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+      return -1;
+    }
+    const char *clash = (d->lora_set & 1) && f.r != lc->r             ? "r"
+                        : (d->lora_set & 2) && f.alpha != lc->alpha   ? "lora_alpha (alpha)"
+                        : (d->lora_set & 4) && f.targets != lc->targets ? "target_modules (targets)"
+                                                                      : NULL;
+    if (clash) {
+      fprintf(stderr, "%s: error: model '%s': %s/adapter_config.json: '%s' differs from the "
+              "program's lora(...); drop it from lora(...) to take the adapter's\n", p->name,
+              d->name, d->lora_adapter, clash);
+      return -1;
+    }
+    lc->r = f.r;
+    lc->alpha = f.alpha;
+    lc->targets = f.targets;
+  }
+  if (poc_lora_layout(&r->lay[m], lc, &r->alay[m], r->err)) {
+    fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+    return -1;
+  }
+  if (!d->lora_adapter) return 0;
+  r->ainit[m] = malloc(r->alay[m].n_params * sizeof(float) + 1);
+  if (!r->ainit[m] || poc_lora_load(d->lora_adapter, &r->alay[m], r->ainit[m], r->err)) {
+    if (!r->ainit[m]) trn_errf(r->err, "out of memory for the adapters");
+    fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+    return -1;
+  }
+  return 0;
+}
+
 /* Configs and layouts (a frozen model shares its source's architecture), the data and the
  * evaluation set: every input checked before anything is written. */
 static int run_inputs(trn_run *r) {
@@ -574,6 +631,7 @@ static int run_inputs(trn_run *r) {
       return -1;
     }
     r->lay_ok[m] = 1;
+    if (d->lora_r > 0 && run_lora_inputs(r, m)) return -1;
     if (cfg.vocab_size < vocab) vocab = cfg.vocab_size;
     if (d->trainable && r->policy < 0) r->policy = m;
   }
@@ -751,56 +809,97 @@ static int run_directory(trn_run *r) {
   return 0;
 }
 
+/* One model instance (run_models) */
+static int run_model(trn_run *r, int m) {
+  const poc_program *p = r->p;
+  const poc_model_decl *d = &p->models[m];
+  int lora = d->lora_r > 0;
+  size_t n = r->lay[m].n_params;
+  r->ms.m[m] = lora ? poc_model_new_lora(r->dev, &r->lay[m], &r->alay[m], &r->lc[m],
+                                         r->ctx.max_tokens[m], r->err)
+                    : poc_model_new(r->dev, &r->lay[m], NULL, POC_DT_F32, d->trainable,
+                                    r->ctx.max_tokens[m], r->err);
+  if (!r->ms.m[m]) {
+    fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+    return 1;
+  }
+  /* the weights go straight into the device's own buffer where that is host memory
+     (the CPU), so the model is never held twice; elsewhere through a host copy */
+  float *dev_w = poc_model_host_f32(r->ms.m[m], POC_PART_WEIGHTS);
+  float *w = dev_w ? dev_w : malloc(n * sizeof(float));
+  if (!w) {
+    fprintf(stderr, "%s: error: out of memory for model '%s' (%zu parameters)\n", p->name,
+            d->name, n);
+    return 1;
+  }
+  const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
+  int bad = poc_weights_load_f32(dir, &r->lay[m], w, r->err);
+  /* the reference cache's key covers the frozen weights */
+  if (!bad && (!d->trainable || lora)) r->base_hash[m] = trn_hash(0, w, n * sizeof(float));
+  if (!bad && !d->trainable) r->ctx.frozen_hash[m] = r->base_hash[m];
+  if (!bad && !dev_w) bad = poc_model_set(r->ms.m[m], POC_PART_WEIGHTS, w, POC_DT_F32, r->err);
+  if (!dev_w) free(w);
+  if (bad) {
+    fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+    return 2;
+  }
+  if (!d->trainable) return 0;
+  /* what trains and what checkpoints hold: the weights, or a LoRA model's adapters */
+  poc_part part = lora ? POC_PART_ADAPTER : POC_PART_WEIGHTS;
+  const poc_layout *tl = lora ? &r->alay[m] : &r->lay[m];
+  size_t nt = tl->n_params;
+  r->part[m] = part;
+  r->hw[m] = poc_model_host_f32(r->ms.m[m], part);
+  r->hm[m] = poc_model_host_f32(r->ms.m[m], POC_PART_MOM);
+  r->hv[m] = poc_model_host_f32(r->ms.m[m], POC_PART_VAR);
+  if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
+    r->staged[m] = 1;
+    r->hw[m] = malloc(nt * sizeof(float) + 1);
+    r->hm[m] = calloc(nt + 1, sizeof(float));
+    r->hv[m] = calloc(nt + 1, sizeof(float));
+    if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
+      fprintf(stderr, "%s: error: out of memory staging model '%s'\n", p->name, d->name);
+      return 1;
+    }
+  }
+  if (lora) {
+    /* the starting adapters: an adapter folder's, or PEFT's initialisation from the seed */
+    if (r->ainit[m]) memcpy(r->hw[m], r->ainit[m], nt * sizeof(float));
+    else poc_lora_init(tl, r->st.seed, r->hw[m]);
+    if (r->staged[m] && poc_model_set(r->ms.m[m], part, r->hw[m], POC_DT_F32, r->err)) {
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+      return 1;
+    }
+  }
+  r->cm[r->n_cm++] = (trn_ckmodel){d->name, tl, r->hw[m], r->hm[m], r->hv[m],
+                                   lora ? &r->lc[m] : NULL, d->path};
+  return 0;
+}
+
 /* Model instances on the device, their workspaces sized for the largest micro-batch, with
  * weights from the model folders: trainable ones are replaced by the checkpoint's when
  * resuming, frozen ones always come from their source's original folder (the snapshot is
  * of the initial weights). Returns 2 for bad input, 1 for other failures. */
 static int run_models(trn_run *r) {
   const poc_program *p = r->p;
-  for (int m = 0; m < p->n_models; m++) {
-    const poc_model_decl *d = &p->models[m];
-    size_t n = r->lay[m].n_params;
-    r->ms.m[m] = poc_model_new(r->dev, &r->lay[m], NULL, POC_DT_F32, d->trainable,
-                               r->ctx.max_tokens[m], r->err);
-    if (!r->ms.m[m]) {
-      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
-      return 1;
-    }
-    /* the weights go straight into the device's own buffer where that is host memory
-       (the CPU), so the model is never held twice; elsewhere through a host copy */
-    float *dev_w = poc_model_host_f32(r->ms.m[m], POC_PART_WEIGHTS);
-    float *w = dev_w ? dev_w : malloc(n * sizeof(float));
-    if (!w) {
-      fprintf(stderr, "%s: error: out of memory for model '%s' (%zu parameters)\n", p->name,
-              d->name, n);
-      return 1;
-    }
-    const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
-    int bad = poc_weights_load_f32(dir, &r->lay[m], w, r->err);
-    /* the reference cache's key covers the frozen weights */
-    if (!bad && !d->trainable) r->ctx.frozen_hash[m] = trn_hash(0, w, n * sizeof(float));
-    if (!bad && !dev_w) bad = poc_model_set(r->ms.m[m], POC_PART_WEIGHTS, w, POC_DT_F32, r->err);
-    if (!dev_w) free(w);
-    if (bad) {
-      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
-      return 2;
-    }
-    if (!d->trainable) continue;
-    r->hw[m] = poc_model_host_f32(r->ms.m[m], POC_PART_WEIGHTS);
-    r->hm[m] = poc_model_host_f32(r->ms.m[m], POC_PART_MOM);
-    r->hv[m] = poc_model_host_f32(r->ms.m[m], POC_PART_VAR);
-    if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
-      r->staged[m] = 1;
-      r->hw[m] = malloc(n * sizeof(float));
-      r->hm[m] = calloc(n, sizeof(float));
-      r->hv[m] = calloc(n, sizeof(float));
-      if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
-        fprintf(stderr, "%s: error: out of memory staging model '%s'\n", p->name, d->name);
-        return 1;
+  /* a frozen model of a LoRA model is a view of it (its base, adapters off), made after it */
+  for (int pass = 0; pass < 2; pass++)
+    for (int m = 0; m < p->n_models; m++) {
+      const poc_model_decl *d = &p->models[m];
+      int src = d->frozen_of, view = src >= 0 && p->models[src].lora_r > 0;
+      if (view != pass) continue;
+      if (view) {
+        r->ms.m[m] = poc_model_view(r->ms.m[src], 0, r->ctx.max_tokens[m], r->err);
+        if (!r->ms.m[m]) {
+          fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+          return 1;
+        }
+        r->ctx.frozen_hash[m] = r->base_hash[src];
+        continue;
       }
+      int rc = run_model(r, m);
+      if (rc) return rc;
     }
-    r->cm[r->n_cm++] = (trn_ckmodel){d->name, &r->lay[m], r->hw[m], r->hm[m], r->hv[m]};
-  }
   return 0;
 }
 
@@ -810,10 +909,10 @@ static int run_stage_state(trn_run *r, int to_device) {
     if (!r->p->models[m].trainable || !r->staged[m]) continue;
     poc_model *pm = r->ms.m[m];
     int bad = to_device
-                  ? poc_model_set(pm, POC_PART_WEIGHTS, r->hw[m], POC_DT_F32, r->err) ||
+                  ? poc_model_set(pm, r->part[m], r->hw[m], POC_DT_F32, r->err) ||
                         poc_model_set(pm, POC_PART_MOM, r->hm[m], POC_DT_F32, r->err) ||
                         poc_model_set(pm, POC_PART_VAR, r->hv[m], POC_DT_F32, r->err)
-                  : poc_model_get(pm, POC_PART_WEIGHTS, r->hw[m], POC_DT_F32, r->err) ||
+                  : poc_model_get(pm, r->part[m], r->hw[m], POC_DT_F32, r->err) ||
                         poc_model_get(pm, POC_PART_MOM, r->hm[m], POC_DT_F32, r->err) ||
                         poc_model_get(pm, POC_PART_VAR, r->hv[m], POC_DT_F32, r->err);
     if (bad) return -1;

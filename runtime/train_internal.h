@@ -216,11 +216,16 @@ typedef struct trn_state {
   uint64_t file_hash[2];
 } trn_state;
 
-/* One trainable model as a checkpoint holds it. */
+/* One trainable model as a checkpoint holds it. A LoRA model (lora set) is its adapters:
+ * lay is the adapter layout, w the adapters, and the folder holds them in PEFT's format
+ * (adapter_config.json naming `base` as base_model_name_or_path, adapter_model.safetensors)
+ * instead of config.json + model.safetensors. */
 typedef struct trn_ckmodel {
   const char *name;
   const poc_layout *lay;
   float *w, *m, *v;
+  const poc_lora_cfg *lora;
+  const char *base;
 } trn_ckmodel;
 
 /* Writes OUT/ckpt-<step>/ through OUT/.tmp-ckpt-<step>/ (fsync, rename). The only
@@ -228,8 +233,9 @@ typedef struct trn_ckmodel {
  * optimizer.safetensors); with several, each gets a subfolder by name. */
 int trn_ckpt_write(const char *out, const trn_state *st, const poc_program *prog,
                    const trn_ckmodel *cm, int n, char *err);
-/* The newest complete OUT/ckpt-<step> (all four files present): its step, or -1 when
- * there is none. */
+/* The newest complete OUT/ckpt-<step> (state.json, optimizer.safetensors and the model:
+ * config.json + model.safetensors, or a LoRA run's adapter_config.json +
+ * adapter_model.safetensors): its step, or -1 when there is none. */
 int64_t trn_ckpt_latest(const char *out, char *dir, size_t dir_len);
 /* The steps of every complete checkpoint, newest first, up to max; their count. */
 int trn_ckpt_list(const char *out, int64_t *steps, int max);

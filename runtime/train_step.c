@@ -169,6 +169,17 @@ static void sum_outputs(const trn_objbuf *o, int n_reports, trn_stepout *out) {
   }
 }
 
+/* LoRA dropout for the forwards of examples b0.. of step `step`: a stream from (seed,
+ * step, b0), so the non-separable path's two forwards of a micro-batch draw the same
+ * masks and a resumed run draws what an unbroken one would; off again after the step. */
+static void lora_dropout(const trn_ctx *c, models *ms, int on, int64_t step, int b0) {
+  for (int m = 0; m < c->prog->n_models; m++)
+    if (c->prog->models[m].lora_r > 0 && c->prog->models[m].trainable)
+      poc_model_lora_dropout(ms->m[m], on,
+                             poc_rng_derive(c->seed ^ 0x4C6F52414472ull, (uint64_t)step,
+                                            (uint64_t)b0).s);
+}
+
 int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_t step,
                       trn_stepout *out, char *err) {
   const poc_program *p = c->prog;
@@ -192,6 +203,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
     for (int b0 = 0; b0 < B; b0 += mbs) {
       int n = B - b0 < mbs ? B - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
+      lora_dropout(c, ms, 1, step, b0);
       if (forwards(c, ms, &mb, 1, 0, ob, &out->tokens, err)) goto done;
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
@@ -212,6 +224,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
     for (int b0 = 0; b0 < B; b0 += mbs) {
       int n = B - b0 < mbs ? B - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
+      lora_dropout(c, ms, 1, step, b0);
       if (forwards(c, ms, &mb, 0, 0, ob, &out->tokens, err)) goto done;
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
@@ -228,12 +241,14 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
     for (int b0 = 0; b0 < B; b0 += mbs) {
       int n = B - b0 < mbs ? B - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
+      lora_dropout(c, ms, 1, step, b0);
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
       if (backwards(c, ms, &mb, &o, b0, ob, err)) goto done;
     }
   }
   rc = 0;
 done:
+  lora_dropout(c, ms, 0, 0, 0);
   for (int m = 0; m < TRN_MAX_MODELS; m++) ob_free(&ob[m]);
   trn_mb_free(&mb);
   trn_objbuf_free(&o);

@@ -126,6 +126,20 @@ static void ck_colsum(poc_kset *k, int n, int width, poc_dptr y_, poc_dptr out_)
   }
 }
 
+/* y = beta·y + mul·keep_i·x (device.h); one type, so y_acc changes nothing here */
+static void ck_drop_scale(poc_kset *k, size_t n, poc_dptr x_, poc_dptr y_, int y_acc,
+                          float beta, float mul, uint32_t thr, uint64_t seed) {
+  (void)y_acc;
+  CK_LIVE(k);
+  const real *x = RP(x_);
+  real *y = RP(y_), mu = (real)mul, be = (real)beta;
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+  for (size_t i = 0; i < n; i++) {
+    real v = poc_drop_keep(seed, i, thr) ? mu * x[i] : 0;
+    y[i] = beta != 0.f ? be * y[i] + v : v;
+  }
+}
+
 static void ck_cast(poc_kset *k, size_t n, poc_dptr x, poc_dptr y) {
   CK_LIVE(k);
   if (x != y && n) memcpy(RP(y), RP(x), n * sizeof(real));
@@ -549,6 +563,7 @@ void FP(poc_cpu_kernels)(poc_kernels *k) {
       .rmsnorm_dw = ck_rmsnorm_dw,
       .colsum = ck_colsum,
       .cast = ck_cast,
+      .drop_scale = ck_drop_scale,
       .qkv_bias_rope = ck_qkv_bias_rope,
       .rope_bwd = ck_rope_bwd,
       .attn_fwd = ck_attn_fwd,

@@ -78,7 +78,8 @@ const char *cu_errstr(CUresult r);
   X(colsum_partial) X(colsum_finish) X(cast_f32_bf16) X(cast_bf16_f32) X(qkv_bias_rope)    \
   X(rope_bwd) X(swiglu_fwd) X(swiglu_bwd) X(attn_fwd) X(attn_bwd_dq) X(attn_bwd_dkv)       \
   X(head_chunk_fwd) X(head_finish) X(head_chunk_bwd) X(head_text_lse)                      \
-  X(head_text_logsoftmax) X(head_text_gather) X(head_text_bwd) X(adamw) X(sumsq_partial)
+  X(head_text_logsoftmax) X(head_text_gather) X(head_text_bwd) X(adamw) X(sumsq_partial)  \
+  X(drop_scale_act) X(drop_scale_acc)
 
 typedef struct cu_kernels {
   poc_dims dims;

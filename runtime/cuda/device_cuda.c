@@ -296,10 +296,6 @@ static void k_gemm(poc_kset *k, int ta, int tb, int M, int N, int K, poc_dptr A,
                    poc_dptr B, int ldb, float beta, poc_dptr C, int c_acc, int ldc) {
   poc_device *d = k->d;
   if (d->failed || M == 0 || N == 0) return;
-  if (!c_acc && beta != 0.f) {
-    dc_fail(d, "cuda: gemm: beta must be 0 when C is an act (bf16) buffer");
-    return;
-  }
   dc_blas_gemm(d, dc_of(d)->c.blas, ta, tb, M, N, K, A, lda, B, ldb, beta, C, c_acc, ldc);
   CUresult r;
   if (!d->failed && dc_of(d)->sync_each && (r = cu.cuCtxSynchronize()) != CUDA_SUCCESS)
@@ -358,6 +354,19 @@ static void k_colsum(poc_kset *k, int n, int width, poc_dptr y, poc_dptr out) {
   CUdeviceptr p_y = y, p_out = out;
   LAUNCH(colsum_partial, (width + 255) / 256, DC_SLICES, 256, &n, &width, &p_y, &part);
   LAUNCH(colsum_finish, (width + 255) / 256, 1, 256, &width, &slices, &part, &p_out);
+}
+
+static void k_drop_scale(poc_kset *k, size_t n, poc_dptr x, poc_dptr y, int y_acc, float beta,
+                         float mul, uint32_t thr, uint64_t seed) {
+  dc_kset *s = ks_of(k);
+  if (!n) return;
+  unsigned long long nn = n, sd = seed;
+  unsigned th = thr;
+  CUdeviceptr p_x = x, p_y = y;
+  if (y_acc)
+    LAUNCH(drop_scale_acc, dc_grid(s, n, 256), 1, 256, &nn, &p_x, &p_y, &beta, &mul, &th, &sd);
+  else
+    LAUNCH(drop_scale_act, dc_grid(s, n, 256), 1, 256, &nn, &p_x, &p_y, &beta, &mul, &th, &sd);
 }
 
 static void k_cast(poc_kset *k, size_t n, poc_dptr x, poc_dptr y) {
@@ -643,6 +652,7 @@ poc_device *poc_cuda_device_open(char *err) {
   k->rope_bwd = k_rope_bwd;
   k->attn_fwd = k_attn_fwd;
   k->attn_bwd = k_attn_bwd;
+  k->drop_scale = k_drop_scale;
   k->swiglu_fwd = k_swiglu_fwd;
   k->swiglu_bwd = k_swiglu_bwd;
   k->head_chunk_fwd = k_head_chunk_fwd;

@@ -588,6 +588,43 @@ static void t_swiglu(void) {
   synced("swiglu");
 }
 
+/* ---- LoRA: drop_scale -------------------------------------------------------------------- */
+
+/* y = beta·y + mul·keep·x into act and acc outputs, with and without a dropout mask, in
+ * place too; the masks must agree exactly (the zeros are where they are on both), and the
+ * kept fraction is near 1 − p. */
+static void t_drop_scale(void) {
+  const size_t n = (size_t)41 * H + 5;
+  const double p = 0.3;
+  const uint32_t thr = poc_drop_threshold(p);
+  const float mul = (float)(2.0 / (1 - p));
+  pb x = pb_rand(n, 1, 1), ya = pb_nan(n, 1), yc = pb_rand(n, 0, 1);
+  C->k.drop_scale(KC, n, x.c, ya.c, 0, 0.f, mul, thr, 77);
+  G->k.drop_scale(KG, n, x.g, ya.g, 0, 0.f, mul, thr, 77);
+  cmp_pb("drop_scale act", &ya, 1e-6, RT_BF16 + 1e-6, NULL);
+  double *hc = malloc(n * 8), *hg = malloc(n * 8);
+  pb_read(ya.c, ya.g, 1, n, hc, hg);
+  size_t kept = 0, same = 1;
+  for (size_t i = 0; i < n; i++) {
+    kept += hc[i] != 0;
+    same &= (hc[i] == 0) == (hg[i] == 0) && (hc[i] == 0) == !poc_drop_keep(77, i, thr);
+  }
+  CHECK_MSG(same, "drop_scale: the masks differ between the devices or from poc_drop_keep");
+  CHECK_MSG(fabs((double)kept / n - (1 - p)) < 0.03, "drop_scale kept %zu of %zu", kept, n);
+  C->k.drop_scale(KC, n, x.c, yc.c, 1, 1.f, mul, thr, 78);
+  G->k.drop_scale(KG, n, x.g, yc.g, 1, 1.f, mul, thr, 78);
+  cmp_pb("drop_scale acc +=", &yc, 1e-6, 1e-6, NULL);
+  C->k.drop_scale(KC, n, x.c, x.c, 0, 0.f, 0.5f, 0, 0); /* a plain scaling, in place */
+  G->k.drop_scale(KG, n, x.g, x.g, 0, 0.f, 0.5f, 0, 0);
+  cmp_pb("drop_scale scale in place", &x, 1e-7, RT_BF16, NULL);
+  free(hc);
+  free(hg);
+  pb_free(&x);
+  pb_free(&ya);
+  pb_free(&yc);
+  synced("drop_scale");
+}
+
 /* ---- the loss head -------------------------------------------------------------------- */
 
 /* Fused: the [n × V] logits streamed in the chunks given (uneven, the last of one column),
@@ -832,6 +869,7 @@ int main(void) {
   t_gemm(1, 1, 13, 29, 50, 1, 1.f, 3); /* both transposed, padded strides */
   t_gemm(0, 1, 1, V, H, 1, 0.f, 5);    /* one decode row */
   t_gemm(0, 0, 5, 7, 1, 1, 0.5f, 2);   /* rank 1 (the o_proj bias) with beta */
+  t_gemm(0, 1, 37, F, 4, 0, 1.f, 0);   /* LoRA's B term added into a bf16 output */
   printf("embedding, norms, sums, cast:\n");
   t_embed();
   t_rmsnorm();
@@ -858,6 +896,7 @@ int main(void) {
   }
   printf("swiglu:\n");
   t_swiglu();
+  t_drop_scale();
   printf("head:\n");
   t_head();
   printf("optimizer:\n");

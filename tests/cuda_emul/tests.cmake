@@ -53,12 +53,13 @@ if(TARGET pocrt_cuda)
                    --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR})
   set_tests_properties(cuda_emul_cli PROPERTIES LABELS "cuda_emul" TIMEOUT 300
     ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
-  # DPO, CoPO (on-policy sample()), InsPO and RAO trained 20 steps on both devices, and
-  # checkpoints crossing devices; about 3 minutes of one core, most of it the emulation
+  # DPO, CoPO (on-policy sample()), InsPO, RAO and LoRA DPO trained 20 steps on both
+  # devices, and checkpoints crossing devices; about 4 minutes of one core, most of it the
+  # emulation
   add_test(NAME cuda_emul_train
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/train_check.py
                    --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR} --steps 20 --batch 4 --micro 2
-                   --eval 16 dpo copo inspo rao)
+                   --eval 16 dpo copo inspo rao lora_dpo)
   set_tests_properties(cuda_emul_train PROPERTIES LABELS "cuda_emul" TIMEOUT 900
     ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
 endif()

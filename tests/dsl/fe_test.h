@@ -84,6 +84,11 @@ static inline void fe_sexpr_(const po_expr *e, char *buf, size_t n, size_t *at) 
       fe_sexpr_(e->hi, buf, n, at);
       PUT(")");
       break;
+    case PO_E_LIST:
+      PUT("(list");
+      for (int i = 0; i < e->nargs; i++) PUT(" %s", e->args[i].value->str);
+      PUT(")");
+      break;
     case PO_E_CALL:
       PUT("(call %s", e->str);
       for (int i = 0; i < e->nargs; i++) {

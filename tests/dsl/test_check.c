@@ -101,10 +101,38 @@ static void test_calls(void) {
   expect(HEAD "a = sample(policy, tokens=1, prompt)\nloss = 1\n", 1,
          "positional argument after keyword arguments");
   expect(HEAD "loss = exp(1, base=2)\n", 1, "'exp' takes no keyword arguments");
+  /* LoRA: model(...) keywords point at lora(...); lora's arguments are checked */
   expect("policy = model(\"m\", lora_rank=8, lora_alpha=16, lora_dropout=0.05)\ndata = pairs(\"d\")\nloss = 1\n",
+         1, "'model' takes no LoRA settings; write lora(model(\"DIR\")");
+  expect("policy = lora(model(\"m\"), r=16, alpha=32, dropout=0.05, targets=[q, k, v, o, gate, up, down])\n"
+         "ref = frozen(policy)\ndata = pairs(\"d\")\nloss = sum(logp(policy, chosen)) - sum(logp(ref, chosen))\n",
          0, NULL);
-  expect("policy = model(\"m\", lora_rank=r)\ndata = pairs(\"d\")\nloss = 1\n", 1,
-         "'lora_rank' takes a number");
+  expect("policy = lora(model(\"m\"))\ndata = pairs(\"d\")\nloss = sum(logp(policy, chosen))\n", 0, NULL);
+  expect("policy = lora(model(\"m\"), adapter=\"a\")\ndata = pairs(\"d\")\nloss = 1\n", 0, NULL);
+  expect("policy = lora(model(\"m\"), r=0)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'r' (the adapters' rank) must be a whole number from 1 to 65536, not 0");
+  expect("policy = lora(model(\"m\"), r=2.5)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'r' (the adapters' rank) must be a whole number");
+  expect("policy = lora(model(\"m\"), alpha=-1)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'alpha' must be a positive number");
+  expect("policy = lora(model(\"m\"), dropout=1)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'dropout' must be in [0, 1), not 1");
+  expect("policy = lora(model(\"m\"), targets=[q, gat])\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "unknown LoRA target 'gat' (one of q, k, v, o, gate, up, down); did you mean 'gate'?");
+  expect("policy = lora(model(\"m\"), targets=[q, q])\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "LoRA target 'q' is listed twice");
+  expect("policy = lora(model(\"m\"), targets=q)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'targets' takes a list of projections");
+  expect("policy = lora(model(\"m\"), rank=8)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "unknown keyword argument 'rank' for 'lora'");
+  expect("policy = lora(model(\"m\"), adapter=3)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'adapter' takes the path of a PEFT adapter folder in quotes");
+  expect("policy = lora(\"m\")\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'lora' takes a model declaration");
+  expect("base = model(\"m\")\npolicy = lora(base)\ndata = pairs(\"d\")\nloss = 1\n", 1,
+         "'lora' takes a model declaration");
+  expect(HEAD "loss = sum(lora(model(\"m\")))\n", 1, "'lora' can only be the whole value of a binding");
+  expect(HEAD "x = [q, v]\nloss = 1\n", 1, "a list of names is only allowed as lora's targets");
   expect(HEAD "loss = sum(model(\"x\"))\n", 1, "'model' can only be the whole value of a binding");
   expect(HEAD "m2 = model(x)\nloss = 1\n", 1, "'model' takes a path in quotes");
   expect(HEAD "r2 = frozen(data)\nloss = 1\n", 1, "'frozen' takes the name of a model");

@@ -81,7 +81,7 @@ static void test_numbers(void) {
 
 static void test_statements(void) {
   fe_run r = fe_compile(
-      "policy = model(\"m\", lora_rank=8)\n"
+      "policy = lora(model(\"m\"), r=8, targets=[q, v, down])\n"
       "param beta = 0.1; def S(m, y) = sum(logp(m, y))\n"
       "field f\n"
       "field g[chosen]\n"
@@ -95,7 +95,8 @@ static void test_statements(void) {
   if (p->nstmts == 8) {
     po_stmt **s = p->stmts;
     CHECK(s[0]->kind == PO_S_LET && !strcmp(s[0]->name, "policy"));
-    CHECK(!strcmp(fe_sexpr(s[0]->value), "(call model \"m\" :lora_rank 8)"));
+    CHECK(!strcmp(fe_sexpr(s[0]->value),
+                  "(call lora (call model \"m\") :r 8 :targets (list q v down))"));
     CHECK(s[1]->kind == PO_S_PARAM && !strcmp(s[1]->name, "beta") && s[1]->value->num == 0.1);
     CHECK(s[2]->kind == PO_S_DEF && s[2]->nparams == 2 && !strcmp(s[2]->params[0], "m") &&
           !strcmp(s[2]->params[1], "y"));

@@ -379,6 +379,8 @@ PAIR_KEYS = {"policy/chosen": "chosen", "ref/chosen": "chosen",
 SPECS = {
     "sft": dict(fn=sft, logp={"policy/response": "response"}, params={}),
     "dpo": dict(fn=dpo, logp=PAIR_KEYS, params={"beta": 0.1}),
+    # DPO with LoRA adapters: the objective is DPO's, the reference the adapter-free base
+    "lora_dpo": dict(fn=dpo, logp=PAIR_KEYS, params={"beta": 0.1}),
     "simpo": dict(fn=simpo, logp={"policy/chosen": "chosen", "policy/rejected": "rejected"},
                   params={"beta": 2.5, "gamma": 1.4}),
     "ipo": dict(fn=ipo, logp=PAIR_KEYS, params={"tau": 0.1}),
@@ -415,6 +417,7 @@ SPECS = {
 VARIATIONS = {
     "sft": [],
     "dpo": [{"beta": 0.5}, {"beta": 0.03}],
+    "lora_dpo": [{"beta": 0.5}],
     "simpo": [{"beta": 1.0, "gamma": 0.3}, {"gamma": -0.5}],
     "ipo": [{"tau": 0.5}, {"tau": 2.0}],
     "cpo": [{"beta": 0.5, "lambda": 0.2}, {"per_example_nll": 1},

@@ -169,8 +169,8 @@ static inline poc_program *tt_program(const char *model, const char *data, const
   static poc_model_decl models[2];
   static poc_call calls[4];
   static poc_program p;
-  models[0] = (poc_model_decl){"policy", NULL, 1, -1};
-  models[1] = (poc_model_decl){"ref", NULL, 0, 0};
+  models[0] = (poc_model_decl){.name = "policy", .trainable = 1, .frozen_of = -1};
+  models[1] = (poc_model_decl){.name = "ref", .frozen_of = 0};
   models[0].path = model;
   models[1].path = model;
   const char *keys[4] = {"policy/chosen", "policy/rejected", "ref/chosen", "ref/rejected"};
