@@ -416,6 +416,7 @@ typedef struct {
   poc_device *dev;
   poc_layout lay[TRN_MAX_MODELS];
   int lay_ok[TRN_MAX_MODELS];
+  int fresh_head[TRN_MAX_MODELS]; /* a reward model started from a causal LM's folder */
   /* Host copies of a trainable model's weights and AdamW moments, for checkpoints: the
    * device's own buffers where its memory is the host's and f32 (the CPU), else staging
    * arrays filled before each write. */
@@ -529,7 +530,19 @@ static int run_inputs(trn_run *r) {
     const poc_model_decl *d = &p->models[m];
     const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
     poc_config cfg;
-    if (poc_config_load(dir, &cfg, r->err) || poc_layout_init(&r->lay[m], &cfg, r->err)) {
+    /* a model that reward() reads is a sequence classifier; one that logp(), entropy() or
+       sample() reads is a causal LM (lowering keeps the two apart) */
+    int reward = 0;
+    for (int k = 0; k < p->n_calls; k++) reward |= p->calls[k].model == m && p->calls[k].reward;
+    int bad = reward ? poc_reward_config(dir, &cfg, &r->fresh_head[m], r->err)
+                     : poc_config_load(dir, &cfg, r->err);
+    if (!bad && !reward && cfg.num_labels > 0) {
+      trn_errf(r->err, "%s%sconfig.json is a sequence-classification model (a score head, no "
+               "lm_head): read it with reward(%s, ...)", dir,
+               dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", d->name);
+      bad = 1;
+    }
+    if (bad || poc_layout_init(&r->lay[m], &cfg, r->err)) {
       fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
       return -1;
     }
@@ -736,7 +749,10 @@ static int run_models(trn_run *r) {
       return 1;
     }
     const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
-    int bad = poc_weights_load_f32(dir, &r->lay[m], w, r->err);
+    int src = d->frozen_of >= 0 ? d->frozen_of : m;
+    int bad = r->lay[m].cfg.num_labels > 0
+                  ? poc_reward_load_f32(dir, &r->lay[m], r->fresh_head[m], (uint64_t)src, w, r->err)
+                  : poc_weights_load_f32(dir, &r->lay[m], w, r->err);
     /* the reference cache's key covers the frozen weights */
     if (!bad && !d->trainable) r->ctx.frozen_hash[m] = trn_hash(0, w, n * sizeof(float));
     if (!bad && !dev_w) bad = poc_model_set(r->ms.m[m], POC_PART_WEIGHTS, w, POC_DT_F32, r->err);
