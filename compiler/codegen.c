@@ -115,6 +115,7 @@ void cg_describe(FILE *f, const cg_prog *p, int id) {
   case IR_POS: fputc(' ', f); comment_text(f, g->doms[n->dom].name); return;
   case IR_LOGP:
   case IR_ENTROPY:
+  case IR_REWARD:
   case IR_PICK:
     fputc(' ', f);
     comment_text(f, n->key);
@@ -174,16 +175,20 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
   int errors = 0;
   for (int i = 0; i < g->n; i++) {
     const ir_node *x = &g->nodes[i];
-    if (x->op != IR_LOGP && x->op != IR_ENTROPY) continue;
+    if (x->op != IR_LOGP && x->op != IR_ENTROPY && x->op != IR_REWARD) continue;
     int c = -1;
     for (int k = 0; k < p->ncalls; k++)
-      if (p->calls[k].model == x->idx && !strcmp(p->calls[k].key, x->key)) c = k;
+      if (p->calls[k].model == x->idx && !strcmp(p->calls[k].key, x->key) &&
+          p->calls[k].reward == (x->op == IR_REWARD))
+        c = k;
     if (c < 0) {
       c = p->ncalls++;
       p->calls[c] = (cg_call){.key = x->key, .model = x->idx, .logp = -1, .entropy = -1,
-                              .dlogp = -1, .dentropy = -1, .call = x->call, .hoisted = true};
+                              .dlogp = -1, .dentropy = -1, .call = x->call, .hoisted = true,
+                              .reward = x->op == IR_REWARD};
     }
-    if (x->op == IR_LOGP) p->calls[c].logp = i;
+    /* a reward call's scores travel in the logp arrays, one per example */
+    if (x->op == IR_LOGP || x->op == IR_REWARD) p->calls[c].logp = i;
     else p->calls[c].entropy = i;
     p->calls[c].hoisted &= (x->flags & IR_F_HOIST) && !opt->no_hoist;
     p->call_of[i] = c;
@@ -194,7 +199,7 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
     if (c < 0 || zero_grad(g, g->grads[k].grad)) continue;
     for (int j = 0; j < g->ngrads; j++) {
       if (p->call_of[g->grads[j].call] != c) continue;
-      if (g->nodes[g->grads[j].call].op == IR_LOGP) p->calls[c].dlogp = g->grads[j].grad;
+      if (g->nodes[g->grads[j].call].op != IR_ENTROPY) p->calls[c].dlogp = g->grads[j].grad;
       else p->calls[c].dentropy = g->grads[j].grad;
     }
   }
@@ -219,7 +224,7 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
   for (int dd = 0; dd < g->ndoms; dd++) {
     p->dom_call[dd] = p->dom_field[dd] = -1;
     for (int c = 0; c < p->ncalls && p->dom_call[dd] < 0; c++)
-      if (p->calls[c].call->target == dd) p->dom_call[dd] = c;
+      if (p->calls[c].call->target == dd && !p->calls[c].reward) p->dom_call[dd] = c;
     for (int f = 0; f < g->nfields && p->dom_call[dd] < 0 && p->dom_field[dd] < 0; f++)
       if (g->fields[f].dom == dd) p->dom_field[dd] = f;
   }

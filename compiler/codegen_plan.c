@@ -307,9 +307,9 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
       cg_cstr(f, cc->key);
       fprintf(f, ", .model = %d, .want_logp = %d, .want_entropy = %d, .trainable = %d,\n"
                  "     .hoisted = %d, .n_target = 1, .target = call%d_target, .n_context = %d, "
-                 ".context = call%d_context},\n",
+                 ".context = call%d_context, .reward = %d},\n",
               cc->model, cc->logp >= 0, cc->entropy >= 0, cc->dlogp >= 0 || cc->dentropy >= 0,
-              cc->hoisted, c, cc->call->nctx ? cc->call->nctx : 1, c);
+              cc->hoisted, c, cc->call->nctx ? cc->call->nctx : 1, c, cc->reward);
     }
     fputs("};\n\n", f);
   }

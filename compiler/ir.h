@@ -48,6 +48,8 @@
   X(SAMPLE, "sample", -1, CALL, NULL)        /* anchor drawn from model idx; dom      */ \
   X(LOGP, "logp", -1, CALL, NULL)            /* per-token log-probs, call             */ \
   X(ENTROPY, "entropy", -1, CALL, NULL)      /* per-token entropy, call               */ \
+  X(REWARD, "reward", -1, CALL, NULL)        /* a reward model's score of context ++   \
+                                                target, one per example; call, dom -1 */ \
   X(PICK, "pick", -1, LEAF, NULL)            /* random 0/1 mask over dom, n = in0      */ \
   X(POS, "pos", -1, LEAF, NULL)              /* 0-based token index over dom (TOKEN)   */ \
   X(ADD, "add", 2, ELEM, "a + b")                                                       \
@@ -201,8 +203,8 @@ typedef struct ir_node {
   int idx;           /* PARAM: knob; FIELD: field; model calls: model; PICK: the pick
                         call's index in source order; SLICE/FIT: lo */
   int hi;            /* SLICE: hi, -1 when open */
-  const ir_call *call;   /* LOGP, ENTROPY, SAMPLE */
-  const char *key;   /* LOGP/ENTROPY: probe key "policy/chosen|prompt,sep";
+  const ir_call *call;   /* LOGP, ENTROPY, REWARD, SAMPLE */
+  const char *key;   /* LOGP/ENTROPY/REWARD: probe key "policy/chosen|prompt,sep";
                         PICK: "pick(rejected,n_l)"; SAMPLE: the anchor's name */
   unsigned flags;
   po_loc loc;
@@ -217,7 +219,7 @@ typedef struct ir_report {
 /* dL/d(call) for one model call of a trainable model: the seed the runtime's backward
  * pass starts from. */
 typedef struct ir_grad {
-  int call;          /* LOGP or ENTROPY node */
+  int call;          /* LOGP, ENTROPY or REWARD node */
   int grad;          /* its adjoint, same shape */
 } ir_grad;
 

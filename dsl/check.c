@@ -312,7 +312,7 @@ static void check_model_arg(ck *c, const char *fn, const po_expr *e) {
 
 static void given_misplaced(ck *c, const po_expr *e) {
   po_error(c->d, e->loc,
-           "'|' (conditioning) is only allowed in the second argument of logp or entropy");
+           "'|' (conditioning) is only allowed in the second argument of logp, entropy or reward");
   check_expr(c, e->lhs);
   check_expr(c, e->rhs);
 }
@@ -444,7 +444,7 @@ static void check_call(ck *c, const po_expr *e, bool top) {
       if (info->kind == PO_BK_MODEL && pos == 0) {
         check_model_arg(c, info->name, v);
       } else if (v->kind == PO_E_GIVEN) {
-        if ((b == PO_B_LOGP || b == PO_B_ENTROPY) && pos == 1) {
+        if ((b == PO_B_LOGP || b == PO_B_ENTROPY || b == PO_B_REWARD) && pos == 1) {
           check_expr(c, v->lhs);
           check_expr(c, v->rhs);
         } else {
