@@ -17,6 +17,8 @@ static const struct {
     {"run", poc_cmd_run, "run FILE.po [BIN flags]       build into a cache keyed by content hash, then run"},
     {"probe", poc_cmd_probe, "probe FILE.po --inputs IN.json [--set k=v ...] | --template"},
     {"logp", poc_cmd_logp, "logp MODEL_DIR DATA.jsonl [--field NAME] [--backend cpu|cuda]"},
+    {"score", poc_cmd_score,
+     "score MODEL_DIR DATA.jsonl [--field NAME] [--per-token] [--out FILE]   a reward model's scores added"},
     {"generate", poc_cmd_generate,
      "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N]"},
 };
