@@ -2,7 +2,7 @@
  * a data file with a reward model's scores added, so that they feed the `field` inputs of
  * other objectives (RAO's `reward`, CoPO's per-token `chosen_scores`).
  *
- * MODEL is a sequence-classification folder with one label (a checkpoint of a `reward()`
+ * MODEL is a sequence-classification folder with one label (a checkpoint of a `reward_score()`
  * objective, or transformers' *ForSequenceClassification). The score of a response y is
  * the model's score of prompt ⊕ y, from the last token's hidden state. A record keeps all
  * its keys and gains, for each response sequence it has:
@@ -291,7 +291,7 @@ int poc_cmd_score(int argc, char **argv) {
   if (cfg.num_labels != 1) {
     fprintf(stderr, "poc score: %s%sconfig.json is a causal language model, not a reward model; "
             "poc score needs a sequence-classification folder with one label (a checkpoint of a "
-            ".po file that calls reward(), or transformers' *ForSequenceClassification)\n", dir,
+            ".po file that calls reward_score(), or transformers' *ForSequenceClassification)\n", dir,
             dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/");
     return 2;
   }

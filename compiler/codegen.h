@@ -35,7 +35,7 @@ typedef struct cg_call {
   int logp, entropy;       /* node ids, -1 when not read */
   int dlogp, dentropy;     /* adjoint node ids, -1 when no gradient is written */
   bool hoisted;
-  bool reward;             /* a reward() call: logp/dlogp are its per-example score nodes */
+  bool reward;             /* a reward_score() call: logp/dlogp are its per-example score nodes */
   const ir_call *call;
 } cg_call;
 

@@ -48,7 +48,7 @@
   X(SAMPLE, "sample", -1, CALL, NULL)        /* anchor drawn from model idx; dom      */ \
   X(LOGP, "logp", -1, CALL, NULL)            /* per-token log-probs, call             */ \
   X(ENTROPY, "entropy", -1, CALL, NULL)      /* per-token entropy, call               */ \
-  X(REWARD, "reward", -1, CALL, NULL)        /* a reward model's score of context ++   \
+  X(REWARD, "reward_score", -1, CALL, NULL)  /* a reward model's score of context ++   \
                                                 target, one per example; call, dom -1 */ \
   X(PICK, "pick", -1, LEAF, NULL)            /* random 0/1 mask over dom, n = in0      */ \
   X(POS, "pos", -1, LEAF, NULL)              /* 0-based token index over dom (TOKEN)   */ \

@@ -87,7 +87,7 @@ static const char *describe(lw *L, lv v, char *buf, size_t len) {
   case LV_DATA: return "a data set";
   case LV_STR: return "a string";
   case LV_DEF: return "a function";
-  case LV_GIVEN: return "a sequence with a context (y | ctx), which only logp, entropy and reward take";
+  case LV_GIVEN: return "a sequence with a context (y | ctx), which only logp and entropy take";
   case LV_NODE: break;
   }
   const ir_node *n = &L->g->nodes[v.node];
@@ -447,7 +447,7 @@ static lv lower_expr(lw *L, const po_expr *e) {
   case PO_E_CALL: return lower_call(L, e, NULL);
   case PO_E_SLICE: return lower_slice(L, e);
   case PO_E_GIVEN:
-    lerr(L, e->loc, "'|' gives a context only in the second argument of logp, entropy or reward");
+    lerr(L, e->loc, "'|' gives a context only in the second argument of logp or entropy");
     return LV_ERROR;
   }
   return LV_ERROR;
@@ -1046,7 +1046,7 @@ ir_graph *ir_lower(const po_program *prog, po_diag *d) {
     }
     g->reports[g->nreports++] = (ir_report){.name = s->name, .node = v.node, .loc = s->loc};
   }
-  /* reward() makes its model a sequence classifier (a score head, no lm_head), which has no
+  /* reward_score() makes its model a sequence classifier (a score head, no lm_head), which has no
      token distribution for logp, entropy or sample to read */
   for (int m = 0; m < g->nmodels; m++) {
     int rw = -1, lm = -1;
@@ -1056,9 +1056,9 @@ ir_graph *ir_lower(const po_program *prog, po_diag *d) {
       else if (lm < 0) lm = i;
     }
     if (rw >= 0 && lm >= 0)
-      lerr(L, g->nodes[rw > lm ? rw : lm].loc, "model '%s' is read by both reward() (line %d) "
-           "and %s() (line %d); reward() makes it a sequence-classification model with a score "
-           "head and no token distribution, so declare a second model for %s()",
+      lerr(L, g->nodes[rw > lm ? rw : lm].loc, "model '%s' is read by both reward_score() (line "
+           "%d) and %s() (line %d); reward_score() makes it a sequence-classification model with "
+           "a score head and no token distribution, so declare a second model for %s()",
            g->models[m].name, g->nodes[rw].loc.line, ir_op_info(g->nodes[lm].op)->name,
            g->nodes[lm].loc.line, ir_op_info(g->nodes[lm].op)->name);
   }

@@ -312,7 +312,7 @@ static void check_model_arg(ck *c, const char *fn, const po_expr *e) {
 
 static void given_misplaced(ck *c, const po_expr *e) {
   po_error(c->d, e->loc,
-           "'|' (conditioning) is only allowed in the second argument of logp, entropy or reward");
+           "'|' (conditioning) is only allowed in the second argument of logp or entropy");
   check_expr(c, e->lhs);
   check_expr(c, e->rhs);
 }

@@ -80,8 +80,8 @@ typedef struct poc_field_decl {
  * hoisted: the model is frozen and the call reads only data sequences and literals, so
  *   its values are the same every step: the runtime computes them once for the whole data
  *   set before training and caches them in OUT/ref_cache.bin.
- * reward: `reward(M, target | context)`: one number per example instead of one per target
- *   token, the score head of the sequence-classification model M on the last token of
+ * reward: `reward_score(M, target | context)`: one number per example instead of one per
+ *   target token, the score head of the sequence-classification model M on the last token of
  *   `context ++ target` (off[c] then advances by 1 per example, by 0 when the target is
  *   empty; logp[c] holds the scores and dlogp[c] their seeds). Every call of M is then a
  *   reward call: the runtime loads M as a classifier (runtime/pocrt.h), giving a causal

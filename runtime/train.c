@@ -530,15 +530,15 @@ static int run_inputs(trn_run *r) {
     const poc_model_decl *d = &p->models[m];
     const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
     poc_config cfg;
-    /* a model that reward() reads is a sequence classifier; one that logp(), entropy() or
-       sample() reads is a causal LM (lowering keeps the two apart) */
+    /* a model reward_score() reads is a sequence classifier; one that logp(), entropy()
+       or sample() reads is a causal LM (lowering keeps the two apart) */
     int reward = 0;
     for (int k = 0; k < p->n_calls; k++) reward |= p->calls[k].model == m && p->calls[k].reward;
     int bad = reward ? poc_reward_config(dir, &cfg, &r->fresh_head[m], r->err)
                      : poc_config_load(dir, &cfg, r->err);
     if (!bad && !reward && cfg.num_labels > 0) {
       trn_errf(r->err, "%s%sconfig.json is a sequence-classification model (a score head, no "
-               "lm_head): read it with reward(%s, ...)", dir,
+               "lm_head): read it with reward_score(%s, ...)", dir,
                dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", d->name);
       bad = 1;
     }
