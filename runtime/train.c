@@ -548,13 +548,24 @@ static int run_inputs(trn_run *r) {
     }
     r->lay_ok[m] = 1;
     if (cfg.vocab_size < vocab) vocab = cfg.vocab_size;
-    if (d->trainable && r->policy < 0) r->policy = m;
+    /* the policy evaluation generates with: the first trainable causal LM */
+    if (d->trainable && r->policy < 0 && !reward) r->policy = m;
   }
   if (trn_data_load(&r->data, p, p->data_path, vocab, r->T->max_len)) return -1;
   if (r->data.n_truncated)
     fprintf(stderr, "%s: warning: %lld of %lld examples are longer than max_len = %d and were "
             "cut (responses at the end)\n", p->data_path, (long long)r->data.n_truncated,
             (long long)r->data.n, r->T->max_len);
+  if (r->policy < 0) { /* only reward models train: nothing generates */
+    for (int m = 0; m < p->n_models && r->policy < 0; m++)
+      if (p->models[m].trainable) r->policy = m;
+    if (p->eval_path) {
+      fprintf(stderr, "%s: error: %s: prompts() evaluates by generating with a trainable "
+              "causal LM, but every trainable model here is a reward model (reward_score)\n",
+              p->name, p->eval_path);
+      return -1;
+    }
+  }
   r->eos = r->lay[r->policy].cfg.eos_token_id;
   if (p->eval_path && trn_evalset_load(&r->ev, p->eval_path, vocab, r->eos)) return -1;
   if (run_shapes(r)) return -1;

@@ -337,6 +337,19 @@ def check_bad(poc, root, tmp):
               f"{name}: training should fail naming {fname} and {tensor}: rc {r.returncode}, "
               f"{r.stderr[-1500:]}")
         check(not os.path.exists(out), f"{name}: the failed run left {out}")
+    # a reward model has no language-model head: poc logp refuses it, and so does an
+    # evaluation set when only reward models train
+    r = run([poc, "logp", os.path.join(tmp, "hf-llama"), data, "--backend", "cpu"])
+    check(r.returncode == 2 and "poc score" in r.stderr, f"poc logp on a reward model: {r.stderr}")
+    po = os.path.join(tmp, "with_eval.po")
+    with open(po, "w") as f:
+        f.write(po_text.replace('data = pairs("examples/data/pairs.jsonl")',
+                                'data = pairs("examples/data/pairs.jsonl")\n'
+                                'heldout = prompts("examples/data/eval.jsonl")'))
+    out = os.path.join(tmp, "with_eval-run")
+    r = run([poc, "run", po, "--out", out, "--steps", "1", "--backend", "cpu"], cwd=root)
+    check(r.returncode == 2 and "prompts()" in r.stderr and not os.path.exists(out),
+          f"an evaluation set with only a reward model training: rc {r.returncode}, {r.stderr[-800:]}")
     # a causal LM is not a reward model for poc score
     r = run([poc, "score", os.path.join(root, "examples", "tiny"), data, "--backend", "cpu"])
     check(r.returncode == 2 and "config.json" in r.stderr, f"causal LM scored: {r.stderr}")
