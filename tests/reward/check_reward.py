@@ -14,6 +14,8 @@
   train    tests/reward/objectives/mixed.po (a trainable and a frozen, hoisted reward model
            beside a policy, a batch reduction): fused and --unfused binaries give the same
            losses; 4 steps and 2 + --resume to 4 give byte-identical checkpoints
+  cuda_emul (only with --only cuda_emul, under POC_CUDA_EMULATE) reward.po trained a few
+           steps on the CUDA device and the CPU, and `poc score` on both
   bad      heads of the wrong size: a config with 2 labels, a score.weight of the wrong
            shape, no score.weight; each an error naming the file and the tensor, from
            `poc score` and from a training binary before it writes anything; a bad record
@@ -297,6 +299,65 @@ def check_train(poc, root, tmp):
             check(x == y, f"resumed checkpoint {sub or 'policy'} differs from the unbroken run's")
 
 
+# ---- the CUDA device under the emulation ------------------------------------------------
+
+def check_cuda_emul(poc, root, tmp):
+    """examples/reward.po on 16 pairs, 4 steps of 4 in micro-batches of 2, on the CUDA
+    device (POC_CUDA_EMULATE) and the CPU: bf16 operands, so the first step's loss (same
+    weights) within 2%, every loss finite, the mean within 10%; then `poc score` of the
+    CPU's checkpoint on both devices within 3% of the scores' scale."""
+    if not os.environ.get("POC_CUDA_EMULATE"):
+        print("cuda_emul: POC_CUDA_EMULATE not set; nothing to check")
+        return
+    with open(os.path.join(root, "examples", "data", "pairs.jsonl")) as f:
+        lines = [next(f) for _ in range(16)]
+    data = os.path.join(tmp, "pairs16.jsonl")
+    with open(data, "w") as f:
+        f.writelines(lines)
+    po = os.path.join(tmp, "reward16.po")
+    with open(po, "w") as f:
+        f.write(open(os.path.join(root, "examples", "reward.po")).read()
+                .replace('"examples/data/pairs.jsonl"', json.dumps(data)))
+    b = os.path.join(tmp, "reward16")
+    r = run([poc, "build", po, "-o", b], cwd=root)
+    if not check(r.returncode == 0, f"build: {r.stderr[-1500:]}"):
+        return
+    ls = {}
+    for dev in ("cpu", "cuda"):
+        out = os.path.join(tmp, f"r16-{dev}")
+        r = run([b, "--out", out, "--steps", "4", "--backend", dev, "--set", "train.batch=4",
+                 "--set", "train.micro_batch=2", "--set", "train.epochs=1"], cwd=root)
+        if check(r.returncode == 0, f"train on {dev}: {r.stderr[-1500:]}"):
+            ls[dev] = (losses(os.path.join(out, "metrics.jsonl")), out)
+    if len(ls) < 2:
+        return
+    a, c = ls["cpu"][0], ls["cuda"][0]
+    check(len(a) == 4 and len(c) == 4 and all(x == x and abs(x) < 1e9 for x in c),
+          f"losses cpu {a}, cuda {c}")
+    if a and c:
+        check(abs(a[0] - c[0]) <= 0.02 * abs(a[0]), f"step-1 loss cpu {a[0]} vs cuda {c[0]}")
+        check(abs(sum(a) - sum(c)) <= 0.1 * abs(sum(a)), f"mean loss cpu {a} vs cuda {c}")
+        print(f"cuda_emul: losses cpu {a}, cuda {c}")
+    ck = latest_ckpt(ls["cpu"][1])
+    got = {}
+    for dev in ("cpu", "cuda"):
+        r = run([poc, "score", ck, data, "--backend", dev])
+        if check(r.returncode == 0, f"poc score on {dev}: {r.stderr[-800:]}"):
+            got[dev] = [json.loads(x) for x in r.stdout.splitlines()]
+    if len(got) == 2:
+        xs = [(p["reward_chosen"], q["reward_chosen"]) for p, q in zip(got["cpu"], got["cuda"])]
+        scale = max(abs(x) for x, _ in xs)
+        worst = max(abs(x - y) for x, y in xs)
+        check(len(xs) == 16 and worst <= 0.03 * scale + 1e-3,
+              f"poc score cuda vs cpu: largest difference {worst:.3g} of {scale:.3g}")
+        print(f"cuda_emul: poc score cuda vs cpu, largest difference {worst:.3g} of {scale:.3g}")
+
+
+def latest_ckpt(run):
+    cks = [d for d in os.listdir(run) if d.startswith("ckpt-")]
+    return os.path.join(run, max(cks, key=lambda d: int(d.split("-")[1])))
+
+
 # ---- bad heads ---------------------------------------------------------------------------
 
 def check_bad(poc, root, tmp):
@@ -372,15 +433,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--poc", required=True)
     ap.add_argument("--root", required=True)
-    ap.add_argument("--only", choices=["trl", "ckpt", "hf", "train", "bad"])
+    ap.add_argument("--only", choices=["trl", "ckpt", "hf", "train", "bad", "cuda_emul"])
     a = ap.parse_args()
     poc = os.path.abspath(a.poc)
     with tempfile.TemporaryDirectory(prefix="poc-reward-") as tmp:
         env_cache = os.path.join(tmp, "cache")
         os.environ["POC_CACHE_DIR"] = env_cache
         for name, fn in (("trl", check_trl), ("ckpt", check_ckpt), ("hf", check_hf),
-                         ("train", check_train), ("bad", check_bad)):
-            if a.only and a.only != name:
+                         ("train", check_train), ("bad", check_bad),
+                         ("cuda_emul", check_cuda_emul)):
+            if a.only != name and (a.only or name == "cuda_emul"):
                 continue
             if name == "bad" and not os.path.isdir(os.path.join(tmp, "hf-llama")):
                 check_hf(poc, a.root, tmp)

@@ -37,3 +37,13 @@ add_test(NAME reward.trl_hf
 set_tests_properties(reward.trl_hf PROPERTIES LABELS "reward;trl" SKIP_RETURN_CODE 77
                      TIMEOUT 600 WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
                      ENVIRONMENT "OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
+
+# training and scoring on the CUDA device under the emulation, against the CPU
+if(TARGET pocrt_cuda)
+  add_test(NAME reward.cuda_emul
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_reward.py
+                   --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR} --only cuda_emul)
+  set_tests_properties(reward.cuda_emul PROPERTIES LABELS "reward;cuda_emul" SKIP_RETURN_CODE 77
+                       TIMEOUT 600 WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+                       ENVIRONMENT "${POC_CUEMU_ENV};OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
+endif()
