@@ -13,7 +13,8 @@
            saved by transformers: `poc score` (plain and --per-token) equals transformers
   train    tests/reward/objectives/mixed.po (a trainable and a frozen, hoisted reward model
            beside a policy, a batch reduction): fused and --unfused binaries give the same
-           losses; 4 steps and 2 + --resume to 4 give byte-identical checkpoints
+           losses; 4 steps and 2 + --resume to 4 give byte-identical checkpoints;
+           online.po (a frozen reward model scoring each step's samples) trains
   cuda_emul (only with --only cuda_emul, under POC_CUDA_EMULATE) reward.po trained a few
            steps on the CUDA device and the CPU, and `poc score` on both
   bad      heads of the wrong size: a config with 2 labels, a score.weight of the wrong
@@ -269,6 +270,13 @@ def losses(path):
 
 
 def check_train(poc, root, tmp):
+    # a frozen reward model scoring the policy's samples each step: runs, losses finite
+    online = os.path.join(root, "tests", "reward", "objectives", "online.po")
+    out = os.path.join(tmp, "run-online")
+    r = run([poc, "run", online, "--out", out, "--steps", "2", "--backend", "cpu"], cwd=root)
+    if check(r.returncode == 0, f"online.po: {r.stderr[-1500:]}"):
+        ls = losses(os.path.join(out, "metrics.jsonl"))
+        check(len(ls) == 2 and all(abs(x) < 1e9 for x in ls), f"online.po losses {ls}")
     po = os.path.join(root, "tests", "reward", "objectives", "mixed.po")
     bins = {}
     for mode in ("fused", "unfused"):
@@ -398,6 +406,14 @@ def check_bad(poc, root, tmp):
               f"{name}: training should fail naming {fname} and {tensor}: rc {r.returncode}, "
               f"{r.stderr[-1500:]}")
         check(not os.path.exists(out), f"{name}: the failed run left {out}")
+    # one model cannot be both a reward model and a causal LM
+    mix = os.path.join(tmp, "mix.po")
+    with open(mix, "w") as f:
+        f.write('policy = model("examples/tiny")\ndata = pairs("examples/data/pairs.jsonl")\n'
+                'loss = -logsigmoid(reward_score(policy, chosen) - sum(logp(policy, rejected)))\n')
+    r = run([poc, "graph", mix], cwd=root)
+    check(r.returncode == 2 and "mix.po:3:" in r.stderr and "read by both reward_score()" in r.stderr,
+          f"reward_score and logp of one model: rc {r.returncode}, {r.stderr}")
     # a reward model has no language-model head: poc logp refuses it, and so does an
     # evaluation set when only reward models train
     r = run([poc, "logp", os.path.join(tmp, "hf-llama"), data, "--backend", "cpu"])

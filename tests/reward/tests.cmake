@@ -27,7 +27,8 @@ add_test(NAME reward.kernels
                  --include ${PROJECT_SOURCE_DIR}/runtime --lib "${E2E_LINK}"
                  "--cflags=${E2E_CFLAGS}" --rounds 3
                  ${PROJECT_SOURCE_DIR}/examples/reward.po ${PROJECT_SOURCE_DIR}/examples/reward_margin.po
-                 ${CMAKE_CURRENT_LIST_DIR}/objectives/mixed.po)
+                 ${CMAKE_CURRENT_LIST_DIR}/objectives/mixed.po
+                 ${CMAKE_CURRENT_LIST_DIR}/objectives/online.po)
 set_tests_properties(reward.kernels PROPERTIES LABELS reward TIMEOUT 300)
 
 # TRL's RewardTrainer loss, transformers' classifiers, checkpoints, training, bad heads
