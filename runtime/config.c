@@ -464,7 +464,8 @@ int poc_config_save(const char *model_dir, const poc_config *c, char *err) {
   add_token(o, "bos_token_id", c->bos_token_id);
   add_token(o, "eos_token_id", c->eos_token_id);
   add_token(o, "pad_token_id", c->pad_token_id);
-  if (cls) { /* labels as transformers writes them; their count is num_labels */
+  if (cls) { /* labels as transformers writes them, and their count said outright */
+    cJSON_AddNumberToObject(o, "num_labels", c->num_labels);
     cJSON *i2l = cJSON_AddObjectToObject(o, "id2label"), *l2i = cJSON_AddObjectToObject(o, "label2id");
     for (int i = 0; i < c->num_labels; i++) {
       char k[16], v[24];

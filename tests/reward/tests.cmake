@@ -8,6 +8,11 @@ target_include_directories(test_reward_score_head PRIVATE ${PROJECT_SOURCE_DIR}/
 target_link_libraries(test_reward_score_head PRIVATE pocrt)
 add_test(NAME reward.score_head COMMAND test_reward_score_head)
 set_tests_properties(reward.score_head PROPERTIES LABELS "reward;model" TIMEOUT 300)
+add_executable(test_reward_config ${CMAKE_CURRENT_LIST_DIR}/test_config.c)
+target_include_directories(test_reward_config PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+target_link_libraries(test_reward_config PRIVATE pocrt)
+add_test(NAME reward.config COMMAND test_reward_config ${PROJECT_SOURCE_DIR}/examples/tiny)
+set_tests_properties(reward.config PROPERTIES LABELS "reward;model_io" TIMEOUT 60)
 if(TARGET pocrt_cuda)
   add_test(NAME reward.score_head_cuda_emul COMMAND test_reward_score_head cuda)
   set_tests_properties(reward.score_head_cuda_emul PROPERTIES LABELS "reward;cuda_emul"
