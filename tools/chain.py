@@ -5,7 +5,7 @@ read reward-model scores (RAO's `field reward`, CoPO's `field chosen_scores[chos
   1. train a reward model: examples/reward.po (Bradley–Terry on examples/data/pairs.jsonl)
      and measure how often it ranks a pair right (`poc score` on the pairs)
   2. sample completions of training prompts from the tiny SFT model (`poc generate`,
-     temperature 1) and mark which are right
+     temperature 1; 8 for each of 500 prompts by default) and mark which are right
   3. score them with the reward model (`poc score --field reward`); RAO regresses on
      rewards in [0, 1] like the shipped points, so each score s becomes σ(s)
   4. train RAO (examples/rao.po) on the scored points
@@ -17,7 +17,7 @@ read reward-model scores (RAO's `field reward`, CoPO's `field chosen_scores[chos
 and reports the task's exact-match accuracy (500 held-out prompts, greedy) before and
 after RAO and CoPO, next to what the shipped, hand-made scores give when --baseline is set.
 Everything goes under --work (default: a fresh temporary folder, kept); the report is
-printed and written to WORK/report.json. About two minutes on two cores.
+printed and written to WORK/report.json. About a minute on two cores.
 
 usage: tools/chain.py [--poc build/poc] [--work DIR] [--prompts N] [--samples K] [--baseline]
 """
@@ -76,7 +76,7 @@ def main():
     ap.add_argument("--poc", default=os.path.join(ROOT, "build", "poc"))
     ap.add_argument("--work", default=None)
     ap.add_argument("--prompts", type=int, default=500, help="training prompts to sample for")
-    ap.add_argument("--samples", type=int, default=4, help="completions per prompt")
+    ap.add_argument("--samples", type=int, default=8, help="completions per prompt")
     ap.add_argument("--baseline", action="store_true",
                     help="also train RAO and CoPO on the shipped scores, for comparison")
     a = ap.parse_args()
