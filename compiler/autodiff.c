@@ -201,6 +201,7 @@ static int rule(ad *A, int id, int g, char *err, size_t errlen) {
   case IR_LOGP:
   case IR_ENTROPY:
   case IR_LOGSUMSQ: /* never reached: it carries no train flag (ir_infer_flags) */
+  case IR_REWARD:
     break; /* the outputs */
   default:
     snprintf(err, errlen, "%%%d %s: no gradient rule", id, ir_op_info(n.op)->name);
@@ -232,13 +233,16 @@ int ir_autodiff(ir_graph *g, char *err, size_t errlen) {
   }
   int ncalls = 0;
   for (int i = 0; i < n0; i++)
-    ncalls += (g->nodes[i].op == IR_LOGP || g->nodes[i].op == IR_ENTROPY) &&
+    ncalls += (g->nodes[i].op == IR_LOGP || g->nodes[i].op == IR_ENTROPY ||
+               g->nodes[i].op == IR_REWARD) &&
               g->models[g->nodes[i].idx].trainable;
   g->grads = ir_alloc(g, (size_t)(ncalls + 1) * sizeof *g->grads);
   g->ngrads = 0;
   for (int i = 0; i < n0; i++) {
     const ir_node *n = &g->nodes[i];
-    if ((n->op != IR_LOGP && n->op != IR_ENTROPY) || !g->models[n->idx].trainable) continue;
+    if ((n->op != IR_LOGP && n->op != IR_ENTROPY && n->op != IR_REWARD) ||
+        !g->models[n->idx].trainable)
+      continue;
     int d = A.adj[i];
     if (d < 0) { /* every path is stopped: an explicit zero */
       A.loc = n->loc;

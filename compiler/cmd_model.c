@@ -39,6 +39,13 @@ static int mdl_load(const char *cmd, const char *dir, mdl_loaded *m) {
     fprintf(stderr, "poc %s: %s\n", cmd, err);
     return 2;
   }
+  if (cfg.num_labels > 0) { /* a score head: no token distribution */
+    fprintf(stderr, "poc %s: %s%sconfig.json is a sequence-classification (reward) model, "
+            "which has no language-model head; score data with it with poc score\n", cmd, dir,
+            dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/");
+    poc_layout_free(&m->lay);
+    return 2;
+  }
   m->w = malloc(m->lay.n_params * sizeof *m->w);
   if (!m->w) {
     fprintf(stderr, "poc %s: out of memory for %zu parameters\n", cmd, m->lay.n_params);

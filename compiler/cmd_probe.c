@@ -108,6 +108,11 @@ static void template_calls(const ir_graph *g, ir_op op, const char *title, int *
     printf("%s\n    ", k++ ? "," : "");
     json_str(stdout, n->key);
     printf(": [");
+    if (op == IR_REWARD) { /* one score per example */
+      printf("%g, %g]", 0.5 + 0.25 * *keyno, -0.25 + 0.125 * *keyno);
+      (*keyno)++;
+      continue;
+    }
     for (int e = 0; e < 2; e++) {
       printf("%s[", e ? ", " : "");
       for (int t = 0; t < 3; t++) {
@@ -130,6 +135,7 @@ static int print_template(const ir_graph *g) {
   template_calls(g, IR_LOGP, "logp", &keyno);
   template_calls(g, IR_ENTROPY, "entropy", &keyno);
   template_calls(g, IR_LOGSUMSQ, "logsumsq", &keyno);
+  template_calls(g, IR_REWARD, "reward", &keyno);
   bool *used = calloc((size_t)g->nfields + 1, sizeof *used);
   if (!used) return 1;
   int nf = 0;
@@ -332,6 +338,21 @@ static int read_calls(probe *P, const cJSON *obj, ir_op op, const char *title) {
     }
     char name[512];
     snprintf(name, sizeof name, "%s['%s']", title, n->key);
+    if (op == IR_REWARD) { /* a score per example */
+      if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != P->B) {
+        perr(P->in_path, "%s must be an array of %d numbers (one score per example)", name, P->B);
+        return -1;
+      }
+      P->leaf[i] = calloc((size_t)P->B, sizeof *P->leaf[i]);
+      int e = 0;
+      const cJSON *x;
+      cJSON_ArrayForEach(x, arr) {
+        char what[600];
+        snprintf(what, sizeof what, "%s[%d]", name, e);
+        if (want_number(P, x, what, &P->leaf[i][e++])) return -1;
+      }
+      continue;
+    }
     if (read_ragged(P, arr, name, n->dom, &P->leaf[i])) return -1;
   }
   return 0;
@@ -461,8 +482,8 @@ static int read_input(probe *P, const char *text) {
     return -1;
   }
   int rc = -1;
-  static const char *const keys[] = {"batch",    "seed",   "logp",  "entropy",
-                                     "logsumsq", "fields", "tokens"};
+  static const char *const keys[] = {"batch",  "seed",   "logp",  "entropy",
+                                     "logsumsq", "reward", "fields", "tokens"};
   const cJSON *m;
   if (!cJSON_IsObject(root)) {
     perr(P->in_path, "the input must be a JSON object {\"batch\": B, \"logp\": {...}, ...}");
@@ -473,7 +494,7 @@ static int read_input(probe *P, const char *text) {
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) ok |= !strcmp(m->string, keys[k]);
     if (!ok) {
       perr(P->in_path, "unknown key '%s' (the input has batch, seed, logp, entropy, logsumsq, "
-           "fields, tokens)", m->string);
+           "reward, fields, tokens)", m->string);
       goto out;
     }
   }
@@ -502,6 +523,7 @@ static int read_input(probe *P, const char *text) {
   if (read_calls(P, cJSON_GetObjectItemCaseSensitive(root, "logp"), IR_LOGP, "logp") ||
       read_calls(P, cJSON_GetObjectItemCaseSensitive(root, "entropy"), IR_ENTROPY, "entropy") ||
       read_calls(P, cJSON_GetObjectItemCaseSensitive(root, "logsumsq"), IR_LOGSUMSQ, "logsumsq") ||
+      read_calls(P, cJSON_GetObjectItemCaseSensitive(root, "reward"), IR_REWARD, "reward") ||
       read_fields(P, cJSON_GetObjectItemCaseSensitive(root, "fields")) ||
       read_tokens(P, cJSON_GetObjectItemCaseSensitive(root, "tokens")))
     goto out;
@@ -574,12 +596,12 @@ static void print_output(probe *P, const ir_val *vals) {
     json_num(f, x);
   }
   fprintf(f, "%s}", g->nreports ? "\n  " : "");
-  for (int pass = 0; pass < 2; pass++) {
-    ir_op op = pass ? IR_ENTROPY : IR_LOGP;
+  for (int pass = 0; pass < 3; pass++) {
+    ir_op op = pass == 2 ? IR_REWARD : pass ? IR_ENTROPY : IR_LOGP;
     int cnt = 0;
     for (int k = 0; k < g->ngrads; k++) cnt += g->nodes[g->grads[k].call].op == op;
     if (pass && !cnt) continue;
-    fprintf(f, ",\n  \"%s\": {", pass ? "grad_entropy" : "grad");
+    fprintf(f, ",\n  \"%s\": {", pass == 2 ? "grad_reward" : pass ? "grad_entropy" : "grad");
     int j = 0;
     for (int k = 0; k < g->ngrads; k++) {
       const ir_node *c = &g->nodes[g->grads[k].call];
@@ -588,7 +610,11 @@ static void print_output(probe *P, const ir_val *vals) {
       fprintf(f, "%s\n    ", j++ ? "," : "");
       json_str(f, c->key);
       fprintf(f, ": [");
-      for (int i = 0; i < P->B; i++) {
+      for (int i = 0; i < P->B && op == IR_REWARD; i++) { /* one number per example */
+        if (i) fprintf(f, ", ");
+        json_num(f, v->v[i]);
+      }
+      for (int i = 0; i < P->B && op != IR_REWARD; i++) {
         fprintf(f, "%s[", i ? ", " : "");
         for (int t = 0; t < v->len[i]; t++) {
           if (t) fprintf(f, ", ");

@@ -116,6 +116,7 @@ void cg_describe(FILE *f, const cg_prog *p, int id) {
   case IR_LOGP:
   case IR_ENTROPY:
   case IR_LOGSUMSQ:
+  case IR_REWARD:
   case IR_PICK:
     fputc(' ', f);
     comment_text(f, n->key);
@@ -179,17 +180,20 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
   int errors = 0;
   for (int i = 0; i < g->n; i++) {
     const ir_node *x = &g->nodes[i];
-    if (!ir_head_call(x->op)) continue;
+    if (!ir_model_call(x->op)) continue;
     int c = -1;
     for (int k = 0; k < p->ncalls; k++)
-      if (p->calls[k].model == x->idx && !strcmp(p->calls[k].key, x->key)) c = k;
+      if (p->calls[k].model == x->idx && !strcmp(p->calls[k].key, x->key) &&
+          p->calls[k].reward == (x->op == IR_REWARD))
+        c = k;
     if (c < 0) {
       c = p->ncalls++;
       p->calls[c] = (cg_call){.key = x->key, .model = x->idx, .logp = -1, .entropy = -1,
                               .lss = -1, .dlogp = -1, .dentropy = -1, .call = x->call,
-                              .hoisted = true};
+                              .hoisted = true, .reward = x->op == IR_REWARD};
     }
-    if (x->op == IR_LOGP) p->calls[c].logp = i;
+    /* a reward call's scores travel in the logp arrays, one per example */
+    if (x->op == IR_LOGP || x->op == IR_REWARD) p->calls[c].logp = i;
     else if (x->op == IR_ENTROPY) p->calls[c].entropy = i;
     else p->calls[c].lss = i;
     p->calls[c].hoisted &= (x->flags & IR_F_HOIST) && !opt->no_hoist;
@@ -201,7 +205,7 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
     if (c < 0 || zero_grad(g, g->grads[k].grad)) continue;
     for (int j = 0; j < g->ngrads; j++) {
       if (p->call_of[g->grads[j].call] != c) continue;
-      if (g->nodes[g->grads[j].call].op == IR_LOGP) p->calls[c].dlogp = g->grads[j].grad;
+      if (g->nodes[g->grads[j].call].op != IR_ENTROPY) p->calls[c].dlogp = g->grads[j].grad;
       else p->calls[c].dentropy = g->grads[j].grad;
     }
   }
@@ -226,7 +230,7 @@ int cg_prepare(cg_prog *p, const po_program *ast, ir_graph *g, const cg_options 
   for (int dd = 0; dd < g->ndoms; dd++) {
     p->dom_call[dd] = p->dom_field[dd] = -1;
     for (int c = 0; c < p->ncalls && p->dom_call[dd] < 0; c++)
-      if (p->calls[c].call->target == dd) p->dom_call[dd] = c;
+      if (p->calls[c].call->target == dd && !p->calls[c].reward) p->dom_call[dd] = c;
     for (int f = 0; f < g->nfields && p->dom_call[dd] < 0 && p->dom_field[dd] < 0; f++)
       if (g->fields[f].dom == dd) p->dom_field[dd] = f;
   }

@@ -36,6 +36,7 @@ typedef struct cg_call {
   int logp, entropy, lss;  /* node ids, -1 when not read (lss: LOGSUMSQ) */
   int dlogp, dentropy;     /* adjoint node ids, -1 when no gradient is written */
   bool hoisted;
+  bool reward;             /* a reward_score() call: logp/dlogp are its per-example score nodes */
   const ir_call *call;
 } cg_call;
 

@@ -459,6 +459,12 @@ static void emit_scalar(kg *K, FILE *f, int id) {
   char e[1400];
   switch (n->op) {
   case IR_FIELD: snprintf(e, sizeof e, "a->field[%d][b]", n->idx); break;
+  case IR_REWARD: { /* the call's one score for this example (none: an empty target) */
+    int c = K->p->call_of[id];
+    snprintf(e, sizeof e, "a->off[%d][b + 1] > a->off[%d][b] ? a->logp[%d][a->off[%d][b]] : 0",
+             c, c, c, c);
+    break;
+  }
   case IR_SEQLEN:
   case IR_LEN:
     cls_mark(K, K->cls_of[id]);
@@ -621,6 +627,13 @@ static void emit_late_grads(kg *K, FILE *f) {
     for (int k = 0; k < 2; k++) {
       int d = k ? cc->dentropy : cc->dlogp;
       if (d < 0 || K->outer[d] != K->stage || tok_computed(&K->g->nodes[d])) continue;
+      if (cc->reward) { /* one seed per example, at the score's place */
+        char x[160];
+        operand(K, x, sizeof x, d, "t", -1);
+        fprintf(f, "    if (a->off[%d][b + 1] > a->off[%d][b]) a->dlogp[%d][a->off[%d][b]] = %s;\n",
+                c, c, c, c, x);
+        continue;
+      }
       int gc = cls_union(K, K->cls_of[d], K->cls_of[k ? cc->entropy : cc->logp]);
       char x[160];
       operand(K, x, sizeof x, d, "t", -1);
@@ -990,6 +1003,12 @@ static void emit_un_node(kg *K, FILE *f, int id) {
               n->op == IR_LOGP ? "logp" : n->op == IR_ENTROPY ? "entropy" : "logsumsq",
               K->p->call_of[id], id);
       break;
+    case IR_REWARD: { /* one score per example; none for an empty target */
+      int c = K->p->call_of[id];
+      fprintf(f, "  for (int b = 0; b < B; b++)\n    V[%d].v[b] = a->off[%d][b + 1] > a->off[%d][b] ? "
+                 "a->logp[%d][a->off[%d][b]] : 0;\n", id, c, c, c, c);
+      break;
+    }
     case IR_POS:
       fprintf(f, "  for (int b = 0; b < B; b++)\n    for (int t = 0; t < V[%d].len[b]; t++) %s = t;\n", id, out);
       break;
@@ -1122,6 +1141,11 @@ static void emit_unfused(kg *K, FILE *f) {
       fprintf(f, "    if (a->%s[%d]) memset(a->%s[%d], 0, (size_t)a->off[%d][B] * sizeof(double));\n",
               arr, c, arr, c, c);
       if (d < 0) continue;
+      if (p->calls[c].reward) {
+        fprintf(f, "    for (int b = 0; b < B; b++)\n      if (a->off[%d][b + 1] > a->off[%d][b]) "
+                   "a->dlogp[%d][a->off[%d][b]] = V[%d].v[b];\n", c, c, c, c, d);
+        continue;
+      }
       fprintf(f, "    for (int b = 0; b < B; b++) {\n      const int n = poc_k_min(V[%d].len[b], "
                  "a->off[%d][b + 1] - a->off[%d][b]);\n"
                  "      for (int t = 0; t < n; t++) a->%s[%d][a->off[%d][b] + t] = V[%d].v[V[%d].off[b] + t];\n    }\n",
@@ -1156,6 +1180,7 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   K->dl_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->de_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->fd_used = ir_xcalloc((size_t)g->nfields + 1, 1);
+  K->cls_used = ir_xcalloc(2, 1); /* grows with the classes; an objective may have none */
   for (int i = 0; i < g->n; i++) K->blk[i] = -1;
   build_classes(K);
   stages(K);

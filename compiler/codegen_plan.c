@@ -345,9 +345,9 @@ int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d) {
       if (cc->lss >= 0) fputs(".want_logsumsq = 1, ", f);
       fprintf(f, ".trainable = %d,\n"
                  "     .hoisted = %d, .n_target = 1, .target = call%d_target, .n_context = %d, "
-                 ".context = call%d_context},\n",
+                 ".context = call%d_context, .reward = %d},\n",
               cc->dlogp >= 0 || cc->dentropy >= 0, cc->hoisted, c,
-              cc->call->nctx ? cc->call->nctx : 1, c);
+              cc->call->nctx ? cc->call->nctx : 1, c, cc->reward);
     }
     fputs("};\n\n", f);
   }

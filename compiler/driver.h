@@ -12,5 +12,6 @@ int poc_cmd_run(int argc, char **argv);       /* cmd_build.c    */
 int poc_cmd_logp(int argc, char **argv);      /* cmd_model.c    */
 int poc_cmd_merge(int argc, char **argv);     /* cmd_model.c    */
 int poc_cmd_generate(int argc, char **argv);  /* cmd_model.c    */
+int poc_cmd_score(int argc, char **argv);     /* cmd_score.c    */
 
 #endif

@@ -183,6 +183,7 @@ ir_val *ir_eval(const ir_graph *g, const ir_env *env, char *err, size_t errlen) 
       case IR_LOGP:
       case IR_ENTROPY:
       case IR_LOGSUMSQ:
+      case IR_REWARD:
         if (!env->leaf || !env->leaf[id]) {
           free(tmp);
           EFAIL("no values given for %s '%s'", n->op == IR_FIELD ? "field" : oi->name,

@@ -372,7 +372,7 @@ bool ir_input_differentiable(const ir_node *n, int k) {
   case IR_LT: case IR_LE: case IR_GT: case IR_GE: case IR_EQ: case IR_NE:
   case IR_FLOOR: case IR_SG: case IR_LEN: case IR_ARGMAX: case IR_PICK:
   case IR_SEQLEN: case IR_SAMPLE: case IR_LOGP: case IR_ENTROPY: case IR_LOGSUMSQ:
-  case IR_POS:
+  case IR_REWARD: case IR_POS:
     return false;
   case IR_BUNSORT: return k == 0; /* input 1 only orders */
   case IR_WHERE: return k > 0;
@@ -395,6 +395,7 @@ void ir_infer_flags(ir_graph *g) {
     switch (n->op) {
     case IR_LOGP:
     case IR_ENTROPY:
+    case IR_REWARD:
       f |= IR_F_MODEL;
       if (g->models[n->idx].trainable) f |= IR_F_TRAIN;
       data = false;
@@ -520,8 +521,12 @@ static int verify_node(const ir_graph *g, int id, char *err, size_t errlen) {
     break;
   case IR_CALL:
     if (n->idx < 0 || n->idx >= g->nmodels) FAIL("%%%d %s: bad model %d", id, oi->name, n->idx);
-    if (!n->call || n->level != IR_LTOKEN || n->dom != n->call->target)
+    if (n->op == IR_REWARD) {
+      if (!n->call || n->level != IR_LEXAMPLE || n->dom != -1)
+        FAIL("%%%d reward: must be one number per example", id);
+    } else if (!n->call || n->level != IR_LTOKEN || n->dom != n->call->target) {
       FAIL("%%%d %s: must be per-token over its target", id, oi->name);
+    }
     if (!n->key) FAIL("%%%d %s: no key", id, oi->name);
     for (int k = 0; k < n->nin; k++)
       if (g->nodes[n->in[k]].op != IR_SAMPLE)
@@ -638,16 +643,17 @@ int ir_verify(const ir_graph *g, char *err, size_t errlen) {
     int c = g->grads[k].call, d = g->grads[k].grad;
     if (c < 0 || c >= g->n || d < 0 || d >= g->n) FAIL("grad %d: node out of range", k);
     const ir_node *cn = &g->nodes[c], *dn = &g->nodes[d];
-    if ((cn->op != IR_LOGP && cn->op != IR_ENTROPY) || !g->models[cn->idx].trainable)
+    if ((cn->op != IR_LOGP && cn->op != IR_ENTROPY && cn->op != IR_REWARD) ||
+        !g->models[cn->idx].trainable)
       FAIL("grad %d: %%%d is not a call of a trainable model", k, c);
-    if (dn->level != IR_LTOKEN || dn->dom != cn->dom)
+    if (dn->level != cn->level || dn->dom != cn->dom)
       FAIL("grad %d: %%%d is not shaped like %%%d", k, d, c);
   }
   for (int p = 0; p < g->nplan; p++)
     for (int k = 0; k < g->plan[p].ncalls; k++) {
       int c = g->plan[p].calls[k];
       if (c < 0 || c >= g->n || g->nodes[c].idx != g->plan[p].model ||
-          !ir_head_call(g->nodes[c].op))
+          !ir_model_call(g->nodes[c].op))
         FAIL("batch plan %d: entry %d is not a call of its model", p, k);
     }
   return 0;
@@ -688,6 +694,7 @@ static void node_args(const ir_graph *g, const ir_node *n, char *buf, size_t len
   case IR_LOGP:
   case IR_ENTROPY:
   case IR_LOGSUMSQ:
+  case IR_REWARD:
     ctx_str(n->call, ctx, sizeof ctx);
     snprintf(buf, len, "%s %s|%s", g->models[n->idx].name, g->doms[n->call->target].name, ctx);
     return;
@@ -749,7 +756,9 @@ void ir_print(const ir_graph *g, FILE *f, bool plan) {
   for (int r = 0; r < g->nreports; r++)
     fprintf(f, "  report %s = %%%d\n", g->reports[r].name, g->reports[r].node);
   for (int k = 0; k < g->ngrads; k++)
-    fprintf(f, "  grad%s %s = %%%d\n", g->nodes[g->grads[k].call].op == IR_ENTROPY ? "_entropy" : "",
+    fprintf(f, "  grad%s %s = %%%d\n", g->nodes[g->grads[k].call].op == IR_ENTROPY  ? "_entropy"
+                                      : g->nodes[g->grads[k].call].op == IR_REWARD ? "_reward"
+                                                                                   : "",
             g->nodes[g->grads[k].call].key, g->grads[k].grad);
   if (!plan) return;
   fprintf(f, "batching plan:\n");
@@ -763,7 +772,11 @@ void ir_print(const ir_graph *g, FILE *f, bool plan) {
     for (int k = 0; k < b->ncalls; k++) {
       const ir_node *c = &g->nodes[b->calls[k]];
       fprintf(f, " %%%d %s%s", b->calls[k],
-              c->op == IR_ENTROPY ? "entropy:" : c->op == IR_LOGSUMSQ ? "logsumsq:" : "", c->key);
+              c->op == IR_ENTROPY    ? "entropy:"
+              : c->op == IR_LOGSUMSQ ? "logsumsq:"
+              : c->op == IR_REWARD   ? "reward:"
+                                     : "",
+              c->key);
     }
     fputc('\n', f);
   }

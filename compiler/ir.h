@@ -51,6 +51,8 @@
   X(ENTROPY, "entropy", -1, CALL, NULL)      /* per-token entropy, call               */ \
   X(LOGSUMSQ, "logsumsq", -1, CALL, NULL)    /* per-token log Σ_v p(v)², call; no     \
                                                 gradient flows into it (lower.c)      */ \
+  X(REWARD, "reward_score", -1, CALL, NULL)  /* a reward model's score of context ++   \
+                                                target, one per example; call, dom -1 */ \
   X(PICK, "pick", -1, LEAF, NULL)            /* random 0/1 mask over dom, n = in0      */ \
   X(POS, "pos", -1, LEAF, NULL)              /* 0-based token index over dom (TOKEN)   */ \
   X(ADD, "add", 2, ELEM, "a + b")                                                       \
@@ -121,6 +123,8 @@ const ir_opinfo *ir_op_info(ir_op op);
 static inline bool ir_head_call(ir_op op) {
   return op == IR_LOGP || op == IR_ENTROPY || op == IR_LOGSUMSQ;
 }
+/* Every call of a model: the head's quantities and a reward model's per-example score. */
+static inline bool ir_model_call(ir_op op) { return ir_head_call(op) || op == IR_REWARD; }
 /* The scalar semantics of an elementwise op (ELEM and CTL): fold and eval use this. */
 double ir_scalar(ir_op op, double a, double b, double c);
 
@@ -215,8 +219,8 @@ typedef struct ir_node {
   int idx;           /* PARAM: knob; FIELD: field; model calls: model; PICK: the pick
                         call's index in source order; SLICE/FIT: lo */
   int hi;            /* SLICE: hi, -1 when open */
-  const ir_call *call;   /* LOGP, ENTROPY, LOGSUMSQ, SAMPLE */
-  const char *key;   /* head calls: probe key "policy/chosen|prompt,sep";
+  const ir_call *call;   /* LOGP, ENTROPY, LOGSUMSQ, REWARD, SAMPLE */
+  const char *key;   /* model calls: probe key "policy/chosen|prompt,sep";
                         PICK: "pick(rejected,n_l)"; SAMPLE: the anchor's name */
   unsigned flags;
   po_loc loc;
@@ -231,7 +235,7 @@ typedef struct ir_report {
 /* dL/d(call) for one model call of a trainable model: the seed the runtime's backward
  * pass starts from. */
 typedef struct ir_grad {
-  int call;          /* LOGP or ENTROPY node */
+  int call;          /* LOGP, ENTROPY or REWARD node */
   int grad;          /* its adjoint, same shape */
 } ir_grad;
 

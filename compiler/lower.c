@@ -536,11 +536,14 @@ static lv lower_model_call(lw *L, const po_expr *e, po_builtin b) {
   if (nd < 0) return LV_ERROR;
   ir_node n;
   memset(&n, 0, sizeof n);
-  n.op = b == PO_B_LOGP ? IR_LOGP : b == PO_B_ENTROPY ? IR_ENTROPY : IR_LOGSUMSQ;
+  n.op = b == PO_B_LOGP      ? IR_LOGP
+         : b == PO_B_ENTROPY ? IR_ENTROPY
+         : b == PO_B_REWARD  ? IR_REWARD
+                             : IR_LOGSUMSQ;
   n.nin = nd;
   for (int k = 0; k < IR_MAX_IN; k++) n.in[k] = k < nd ? deps[k] : -1;
-  n.level = IR_LTOKEN;
-  n.dom = y.dom;
+  n.level = b == PO_B_REWARD ? IR_LEXAMPLE : IR_LTOKEN; /* a score per example */
+  n.dom = b == PO_B_REWARD ? -1 : y.dom;
   n.idx = m.model;
   n.hi = -1;
   n.call = call;
@@ -1121,6 +1124,22 @@ ir_graph *ir_lower(const po_program *prog, po_diag *d) {
       continue;
     }
     g->reports[g->nreports++] = (ir_report){.name = s->name, .node = v.node, .loc = s->loc};
+  }
+  /* reward_score() makes its model a sequence classifier (a score head, no lm_head), which has no
+     token distribution for logp, entropy or sample to read */
+  for (int m = 0; m < g->nmodels; m++) {
+    int rw = -1, lm = -1;
+    for (int i = 0; i < g->n; i++) {
+      if (g->nodes[i].idx != m || ir_op_info(g->nodes[i].op)->cls != IR_CALL) continue;
+      if (g->nodes[i].op == IR_REWARD) { if (rw < 0) rw = i; }
+      else if (lm < 0) lm = i;
+    }
+    if (rw >= 0 && lm >= 0)
+      lerr(L, g->nodes[rw > lm ? rw : lm].loc, "model '%s' is read by both reward_score() (line "
+           "%d) and %s() (line %d); reward_score() makes it a sequence-classification model with "
+           "a score head and no token distribution, so declare a second model for %s()",
+           g->models[m].name, g->nodes[rw].loc.line, ir_op_info(g->nodes[lm].op)->name,
+           g->nodes[lm].loc.line, ir_op_info(g->nodes[lm].op)->name);
   }
   free(L->let_val);
   free(L->let_state);

@@ -19,6 +19,8 @@ static const struct {
     {"logp", poc_cmd_logp,
      "logp MODEL_DIR DATA.jsonl [--field NAME] [--adapter DIR] [--backend cpu|cuda]"},
     {"merge", poc_cmd_merge, "merge BASE_DIR ADAPTER_DIR -o OUT_DIR   LoRA merged into the base"},
+    {"score", poc_cmd_score,
+     "score MODEL_DIR DATA.jsonl [--field NAME] [--per-token] [--out FILE]   a reward model's scores added"},
     {"generate", poc_cmd_generate,
      "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N] [--adapter DIR]"},
 };

@@ -226,7 +226,7 @@ int ir_hoist(ir_graph *g, char *err, size_t errlen) {
     n->flags &= ~(unsigned)(IR_F_HOIST | IR_F_CACHE);
     bool h = false;
     ir_class cls = ir_op_info(n->op)->cls;
-    if (ir_head_call(n->op) && !g->models[n->idx].trainable && n->nin == 0) {
+    if (ir_model_call(n->op) && !g->models[n->idx].trainable && n->nin == 0) {
       h = true; /* frozen weights, data tokens: the same every step */
     } else if (n->level >= IR_LEXAMPLE && cls != IR_LEAF && cls != IR_CALL && cls != IR_BATR &&
                cls != IR_BPERM) {
@@ -278,7 +278,7 @@ int ir_batch_plan(ir_graph *g, char *err, size_t errlen) {
         }
         for (int i = 0; i < g->n; i++) {
           const ir_node *n = &g->nodes[i];
-          if (!ir_head_call(n->op) || n->idx != m) continue;
+          if (!ir_model_call(n->op) || n->idx != m) continue;
           int s = (n->flags & IR_F_HOIST) ? 0 : (n->flags & IR_F_SAMPLED) ? 2 : 1;
           if (s != stage) continue;
           if (calls) calls[cnt] = i;

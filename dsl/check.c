@@ -517,7 +517,8 @@ static void check_call(ck *c, const po_expr *e, bool top) {
       if (info->kind == PO_BK_MODEL && pos == 0) {
         check_model_arg(c, info->name, v);
       } else if (v->kind == PO_E_GIVEN) {
-        if ((b == PO_B_LOGP || b == PO_B_ENTROPY || b == PO_B_LOGSUMSQ) && pos == 1) {
+        if ((b == PO_B_LOGP || b == PO_B_ENTROPY || b == PO_B_LOGSUMSQ || b == PO_B_REWARD) &&
+            pos == 1) {
           check_expr(c, v->lhs);
           check_expr(c, v->rhs);
         } else {

@@ -161,6 +161,7 @@ typedef struct po_program {
   X(LOGP, "logp", 2, 2, MODEL)                 \
   X(ENTROPY, "entropy", 2, 2, MODEL)           \
   X(LOGSUMSQ, "logsumsq", 2, 2, MODEL)         \
+  X(REWARD, "reward_score", 2, 2, MODEL)       \
   X(SAMPLE, "sample", 2, 2, MODEL)             \
   X(PICK, "pick", 2, 2, SEQ)                   \
   X(POS, "pos", 1, 1, SEQ)                     \

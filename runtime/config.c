@@ -197,6 +197,38 @@ static int read_window(cfg_reader *r, poc_config *c) {
   return 0;
 }
 
+/* The head: `architectures` naming a *ForSequenceClassification class makes the model a
+ * classifier, whose label count is `num_labels` or, as transformers writes it, the size
+ * of `id2label` (transformers' default is 2). poc's reward head is one score per
+ * sequence, so only num_labels = 1 is accepted. */
+static int read_head(cfg_reader *r, poc_config *c) {
+  const cJSON *archs = get(r->root, "architectures"), *a;
+  int cls = 0;
+  if (!cJSON_IsArray(archs)) archs = NULL;
+  cJSON_ArrayForEach(a, archs) {
+    const char *suf = "ForSequenceClassification";
+    size_t n = cJSON_IsString(a) ? strlen(a->valuestring) : 0, k = strlen(suf);
+    if (n >= k && !strcmp(a->valuestring + n - k, suf)) cls = 1;
+  }
+  if (!cls) return 0;
+  const cJSON *nl = get(r->root, "num_labels"), *ids = get(r->root, "id2label");
+  if (nl && !cJSON_IsNull(nl)) {
+    if (as_int(r, "num_labels", nl, &c->num_labels)) return -1;
+  } else if (cJSON_IsObject(ids)) {
+    c->num_labels = cJSON_GetArraySize(ids);
+  } else {
+    c->num_labels = 2;
+  }
+  if (c->num_labels != 1) {
+    snprintf(r->err, POC_ERR_LEN,
+             "%s: a sequence-classification head with %d labels (tensor 'score.weight' [%d, "
+             "hidden_size]); poc's reward head has exactly one (num_labels = 1)",
+             r->path, c->num_labels, c->num_labels);
+    return -1;
+  }
+  return 0;
+}
+
 static int read_config(cfg_reader *r, poc_config *c) {
   const cJSON *root = r->root;
   memset(c, 0, sizeof *c);
@@ -281,7 +313,8 @@ static int read_config(cfg_reader *r, poc_config *c) {
   else if (is_llama && get_bool(r, root, "attention_bias", 0, &c->attention_bias)) return -1;
   c->o_proj_bias = is_llama && c->attention_bias;
   if (read_window(r, c)) return -1;
-  if (get_token(r, "bos_token_id", &c->bos_token_id) || get_token(r, "eos_token_id", &c->eos_token_id))
+  if (get_token(r, "bos_token_id", &c->bos_token_id) || get_token(r, "eos_token_id", &c->eos_token_id) ||
+      get_token(r, "pad_token_id", &c->pad_token_id) || read_head(r, c))
     return -1;
   /* generation compares sampled ids with eos, and data ids are checked against vocab_size:
    * a special id outside the vocabulary can never be produced or embedded */
@@ -388,9 +421,10 @@ static cJSON *rope_block(const poc_config *c, int with_theta) {
 
 int poc_config_save(const char *model_dir, const poc_config *c, char *err) {
   const char *arch;
-  if (!strcmp(c->model_type, "llama")) arch = "LlamaForCausalLM";
-  else if (!strcmp(c->model_type, "mistral")) arch = "MistralForCausalLM";
-  else if (!strcmp(c->model_type, "qwen2")) arch = "Qwen2ForCausalLM";
+  int cls = c->num_labels > 0;
+  if (!strcmp(c->model_type, "llama")) arch = cls ? "LlamaForSequenceClassification" : "LlamaForCausalLM";
+  else if (!strcmp(c->model_type, "mistral")) arch = cls ? "MistralForSequenceClassification" : "MistralForCausalLM";
+  else if (!strcmp(c->model_type, "qwen2")) arch = cls ? "Qwen2ForSequenceClassification" : "Qwen2ForCausalLM";
   else {
     snprintf(err, POC_ERR_LEN, "%s: cannot save model_type '%s'", model_dir, c->model_type);
     return -1;
@@ -429,6 +463,18 @@ int poc_config_save(const char *model_dir, const poc_config *c, char *err) {
   }
   add_token(o, "bos_token_id", c->bos_token_id);
   add_token(o, "eos_token_id", c->eos_token_id);
+  add_token(o, "pad_token_id", c->pad_token_id);
+  if (cls) { /* labels as transformers writes them, and their count said outright */
+    cJSON_AddNumberToObject(o, "num_labels", c->num_labels);
+    cJSON *i2l = cJSON_AddObjectToObject(o, "id2label"), *l2i = cJSON_AddObjectToObject(o, "label2id");
+    for (int i = 0; i < c->num_labels; i++) {
+      char k[16], v[24];
+      snprintf(k, sizeof k, "%d", i);
+      snprintf(v, sizeof v, "LABEL_%d", i);
+      cJSON_AddStringToObject(i2l, k, v);
+      cJSON_AddNumberToObject(l2i, v, i);
+    }
+  }
   const char *dt = c->torch_dtype[0] ? c->torch_dtype : "float32";
   cJSON_AddStringToObject(o, "torch_dtype", dt);
   cJSON_AddStringToObject(o, "dtype", dt);

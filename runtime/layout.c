@@ -3,7 +3,10 @@
  * Order (a contract with checkpoints and the optimizer state): embed_tokens; per layer
  * input_layernorm, q_proj (+bias), k_proj (+bias), v_proj (+bias), o_proj,
  * post_attention_layernorm, gate_proj, up_proj, down_proj; the final norm; lm_head unless
- * the embeddings are tied. Linear weights keep HF's [out, in] shape.
+ * the embeddings are tied, or, for a sequence-classification model, score.weight
+ * [num_labels, hidden] in lm_head's place (transformers' *ForSequenceClassification has no
+ * lm_head). The transformer's tensors are therefore a common prefix of both layouts.
+ * Linear weights keep HF's [out, in] shape.
  */
 #include <math.h>
 #include <stdio.h>
@@ -103,7 +106,8 @@ int poc_layout_init(poc_layout *lay, const poc_config *cfg, char *err) {
 #undef LNAME
   }
   lay_add(lay, "model.norm.weight", 1, H, 0);
-  if (!cfg->tie_word_embeddings) lay_add(lay, "lm_head.weight", 2, V, H);
+  if (cfg->num_labels > 0) lay_add(lay, "score.weight", 2, cfg->num_labels, H);
+  else if (!cfg->tie_word_embeddings) lay_add(lay, "lm_head.weight", 2, V, H);
   return 0;
 }
 
@@ -127,7 +131,9 @@ int poc_layout_offsets(const poc_layout *lay, poc_model_offsets *mo, char *err) 
   }
   mo->embed = lay_off(lay, "model.embed_tokens.weight", 1, &missing);
   mo->norm = lay_off(lay, "model.norm.weight", 1, &missing);
-  mo->head = c->tie_word_embeddings ? mo->embed : lay_off(lay, "lm_head.weight", 1, &missing);
+  mo->head = c->tie_word_embeddings || c->num_labels > 0 ? mo->embed
+                                                         : lay_off(lay, "lm_head.weight", 1, &missing);
+  mo->score = lay_off(lay, "score.weight", c->num_labels > 0, &missing);
   for (int l = 0; l < mo->n_layers && !missing; l++) {
     poc_layer_offsets *o = &mo->layers[l];
     int k = 0;

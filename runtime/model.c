@@ -11,7 +11,10 @@
  *         h / (nh/nkv))
  *   h1  = x + att·W_oᵀ (+ b_o)
  *   x'  = h1 + (silu(rmsnorm(h1)·w_ln2·W_gᵀ) ⊙ (rmsnorm(h1)·w_ln2·W_uᵀ))·W_dᵀ
- * then the final rmsnorm, only on the rows that predict a target, and the loss head.
+ * then the final rmsnorm, only on the rows that predict a target, and the loss head. A
+ * sequence-classification model (a reward model) instead normalises the last row of each
+ * sequence and applies its score head, r = norm(x_last)·w_scoreᵀ: two GEMMs forward and
+ * back on the same kernels, so every device has it.
  * Residual additions are GEMMs with β = 1 into the residual stream (acc); an o_proj bias
  * is a rank-1 GEMM ones·b_oᵀ added the same way, so no device needs an add kernel.
  * Backward recomputes the two normed inputs and the SwiGLU output of each layer instead of
@@ -41,9 +44,10 @@ struct poc_model {
   const poc_layout *lay;
   poc_dims dm;
   int trainable, max_tokens, L, qd, kvd, n_slots, rows_max, chunk;
+  int cls;                       /* a classifier: one score per sequence, no loss head */
   size_t P, sa, sc;              /* parameters; bytes per act and acc element */
   poc_layer_offsets *lo;
-  size_t off_embed, off_norm, off_head;
+  size_t off_embed, off_norm, off_head, off_score;
 
   poc_dptr w, wc;                /* master (acc; 0 for a frozen model on a bf16 device) and
                                     compute copy (act; the same buffer when shared_act) */
@@ -52,6 +56,7 @@ struct poc_model {
   poc_dptr tok, pos, kbeg, send, hrow, htgt, cosb, sinb, ones;
   mdl_saved *sv;
   poc_dptr xf, xn, a, hf, rstdf, hm, hs, ha, hq, htl, hlse, hmu, chunkbuf, logp, ent, lss;
+  poc_dptr dscore;               /* act [T]: the scores' seeds as a GEMM operand */
   poc_dptr dlogp, dent, dX, dX16, da, dg, du, dxn, dO, dq, dk, dv, dq16, dk16, dv16, D, dh, dlog;
   int32_t *h_i32;                /* host staging: 5 × max_tokens */
   int saved_n_tok, saved_flags;
@@ -292,6 +297,7 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
     m->dv16 = VIEW(m->dv, T * kvd);
     m->D = CC(T * m->dm.nh);
     m->dh = CC(T * H);
+    m->dscore = AA(T);
   }
 #undef CC
 #undef AA
@@ -402,6 +408,8 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   m->off_embed = mo.embed;
   m->off_norm = mo.norm;
   m->off_head = mo.head;
+  m->off_score = mo.score;
+  m->cls = c->num_labels > 0;
   memcpy(m->lo, mo.layers, (size_t)m->L * sizeof *m->lo);
   free(mo.layers);
   if (alay && mdl_lora_offsets(m, err)) goto fail;
@@ -492,6 +500,10 @@ void poc_model_lora_dropout(poc_model *m, int on, uint64_t seed) {
 const poc_layout *poc_model_train_layout(const poc_model *m) { return m->tlay; }
 
 const poc_layout *poc_model_layout(const poc_model *m) { return m->lay; }
+
+int poc_model_outputs(const poc_model *m, const poc_pack *p) {
+  return m->cls ? p->n_seq : poc_pack_targets(p);
+}
 poc_device *poc_model_device(const poc_model *m) { return m->d; }
 
 /* ---- forward ---------------------------------------------------------------------------- */
@@ -527,6 +539,11 @@ static int mdl_prepare(poc_model *m, const poc_pack *p, char *err) {
                s, b - a, win);
       return -1;
     }
+    if (m->cls) { /* the score reads the sequence's last row */
+      hr[n] = b - 1;
+      ht[n] = 0;
+      n++;
+    }
     for (int t = a; t < b; t++) {
       if (p->tokens[t] < 0 || p->tokens[t] >= V) {
         snprintf(err, POC_ERR_LEN, "model: token %d at pack position %d is outside the "
@@ -536,7 +553,7 @@ static int mdl_prepare(poc_model *m, const poc_pack *p, char *err) {
       pos[t] = t - a;
       kb[t] = a;
       se[t] = b;
-      if (t >= ts) {
+      if (t >= ts && !m->cls) {
         hr[n] = t - 1;
         ht[n] = p->tokens[t];
         n++;
@@ -660,6 +677,13 @@ int poc_model_forward_out(poc_model *m, const poc_pack *p, int flags, const poc_
     snprintf(err, POC_ERR_LEN, "model: a forward for backward needs a trainable model");
     return -1;
   }
+  if (m->cls && (flags & (POC_FWD_ENTROPY | POC_FWD_LOGSUMSQ))) {
+    snprintf(err, POC_ERR_LEN, "model: a sequence-classification model has no token "
+             "distribution to take the %s of; it gives one score per sequence",
+             (flags & POC_FWD_ENTROPY) ? "entropy" : "log Σ p²");
+    return -1;
+  }
+  if (m->cls) flags &= ~POC_FWD_UNFUSED; /* no vocabulary head to choose */
   if ((flags & POC_FWD_ENTROPY) && !o->entropy) {
     snprintf(err, POC_ERR_LEN, "model: entropy asked for without an output array");
     return -1;
@@ -681,7 +705,13 @@ int poc_model_forward_out(poc_model *m, const poc_pack *p, int flags, const poc_
     poc_dptr out = l + 1 == m->L ? m->xf : save ? m->sv[l + 1].x : S->x;
     mdl_layer_fwd(m, l, T, S, out, m->drop_on, m->drop_seed);
   }
-  if (n > 0) {
+  if (n > 0 && m->cls) {
+    /* r_s = norm(x[last_s])·w_scoreᵀ: [n × H]·[1 × H]ᵀ */
+    STAGE("the score head", -1);
+    k->rmsnorm_fwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->hf, m->rstdf);
+    k->gemm(m->k, 0, 1, n, 1, H, m->hf, H, W(m->off_score), H, 0.f, m->logp, 1, 1);
+    d->get(d, o->logp, POC_DT_F64, m->logp, d->acc, (size_t)n);
+  } else if (n > 0) {
     poc_dptr ent = (flags & POC_FWD_ENTROPY) ? m->ent : 0;
     poc_dptr lss = (flags & POC_FWD_LOGSUMSQ) ? m->lss : 0;
     STAGE("the loss head", -1);
@@ -763,12 +793,23 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
              "the same pack");
     return -1;
   }
-  const int T = p->n_tok, H = m->dm.H, V = m->dm.V, n = poc_pack_targets(p);
+  const int T = p->n_tok, H = m->dm.H, V = m->dm.V, n = poc_model_outputs(m, p);
   m->saved_n_tok = -1; /* the head's buffers are consumed below */
   if (T == 0) return 0;
   STAGE("the loss head backward", -1);
   d->zero(d, m->dX, (size_t)T * H * m->sc);
-  if (n > 0) {
+  if (n > 0 && m->cls) {
+    /* dh = dr·w_score ([n × 1]·[1 × H]), dw_score += drᵀ·h ([1 × n]·[n × H]) */
+    STAGE("the score head backward", -1);
+    if (dlogp)
+      d->put(d, m->dscore, d->act, dlogp, POC_DT_F64, (size_t)n);
+    else
+      d->zero(d, m->dscore, (size_t)n * m->sa);
+    k->gemm(m->k, 0, 0, n, H, 1, m->dscore, 1, W(m->off_score), H, 0.f, m->dh, 1, H);
+    k->gemm(m->k, 1, 0, 1, H, n, m->dscore, 1, m->hf, H, 1.f, G(m->off_score), 1, H);
+    k->rmsnorm_bwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->rstdf, m->dh, m->dX);
+    k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
+  } else if (n > 0) {
     if (dlogp)
       d->put(d, m->dlogp, d->acc, dlogp, POC_DT_F64, (size_t)n);
     else
@@ -945,6 +986,11 @@ int poc_model_generate(poc_model *m, const int32_t *prompt, int n_prompt, int ma
                        double temperature, double top_p, int eos, poc_rng *rng, int32_t *out,
                        char *err) {
   m->saved_n_tok = -1;
+  if (m->cls) {
+    snprintf(err, POC_ERR_LEN, "generate: a sequence-classification model has no language "
+             "model head to generate with");
+    return -1;
+  }
   if (poc_generate_check(m->dm.V, prompt, n_prompt, max_new, temperature, rng, err)) return -1;
   if (max_new == 0) return 0;
   int n_ctx = n_prompt + max_new, win = m->lay->cfg.sliding_window;

@@ -42,6 +42,12 @@ typedef struct poc_config {
   int sliding_window;            /* mistral; 0 = none. Longer sequences are refused. */
   int bos_token_id, eos_token_id;/* -1 when absent */
   char torch_dtype[16];          /* "bfloat16", "float16", "float32" */
+  /* A sequence-classification model (architectures: *ForSequenceClassification): the
+   * number of labels of its `score` head, [num_labels × hidden] with no bias, in place of
+   * lm_head; 0 for a causal LM. poc's reward head reads one label (num_labels = 1). */
+  int num_labels;
+  int pad_token_id;              /* -1 when absent; saved for transformers' classifier,
+                                    which scores the last token that is not padding */
 } poc_config;
 
 /* Reads DIR/config.json. An unsupported model type, activation, rope scaling type or
@@ -78,9 +84,11 @@ typedef struct poc_layer_offsets {
   size_t ln1, wq, bq, wk, bk, wv, bv, wo, bo, ln2, wg, wu, wd;
 } poc_layer_offsets;
 typedef struct poc_model_offsets {
-  size_t embed, norm, head;      /* head == embed when the embeddings are tied */
+  size_t embed, norm, head;      /* head == embed when the embeddings are tied (and for a
+                                    classifier, which has no lm_head) */
   int n_layers;
   poc_layer_offsets *layers;     /* [n_layers], malloc'd: free() it */
+  size_t score;                  /* score.weight of a classifier; POC_NO_TENSOR otherwise */
 } poc_model_offsets;
 int poc_layout_offsets(const poc_layout *lay, poc_model_offsets *o, char *err);
 
@@ -102,6 +110,17 @@ int poc_weights_load_f64(const char *model_dir, const poc_layout *lay, double *w
  * temporary name and a rename. */
 int poc_model_save_f32(const char *model_dir, const poc_layout *lay, const float *w,
                        const char *dtype, char *err);
+
+/* ---- reward models (runtime/reward.c) ------------------------------------------- */
+/* A reward model's config from DIR: a sequence-classification folder as it is, or a causal
+ * LM whose lm_head gives way to a fresh one-label score head (*fresh = 1). */
+int poc_reward_config(const char *model_dir, poc_config *cfg, int *fresh, char *err);
+/* Its weights into w[lay->n_params] for the classifier layout lay: a classifier folder's
+ * own; for a causal LM (fresh) the transformer's tensors, which are a prefix of both
+ * layouts, and score.weight drawn from N(0, 0.02²) (transformers' initializer_range
+ * default) by the stream poc_rng_derive(seed, 0x73636f7265, 0). */
+int poc_reward_load_f32(const char *model_dir, const poc_layout *lay, int fresh, uint64_t seed,
+                        float *w, char *err);
 
 /* ---- packed batches -------------------------------------------------------------- */
 /* Many sequences, each `context ++ target`, concatenated with no padding. Attention is
@@ -149,7 +168,14 @@ const poc_layout *poc_model_layout(const poc_model *m);
 poc_device *poc_model_device(const poc_model *m);
 
 /* Per-token log-probs (and entropies when asked) of every target token of the pack, in
- * pack order, into logp/entropy [poc_pack_targets(p)]. */
+ * pack order, into logp/entropy [poc_model_outputs(m, p)].
+ *
+ * A sequence-classification model (cfg.num_labels == 1) has no per-token outputs: it
+ * writes one score per pack sequence instead, r_s = norm(h_last)·score.weightᵀ with h_last
+ * the final hidden state of the sequence's last token (transformers' last non-pad token of
+ * an unpadded row), into logp[s]; backward takes dL/dr_s in dlogp[s]. POC_FWD_ENTROPY and
+ * POC_FWD_UNFUSED do not apply to it. */
+int poc_model_outputs(const poc_model *m, const poc_pack *p);
 int poc_model_forward(poc_model *m, const poc_pack *p, int flags, double *logp,
                       double *entropy, char *err);
 /* The same with every per-token output the head can give, each [poc_pack_targets(p)]:

@@ -96,7 +96,13 @@ typedef struct poc_field_decl {
  *   everywhere (sg) may say 0 here and is then computed without saving activations.
  * hoisted: the model is frozen and the call reads only data sequences and literals, so
  *   its values are the same every step: the runtime computes them once for the whole data
- *   set before training and caches them in OUT/ref_cache.bin. */
+ *   set before training and caches them in OUT/ref_cache.bin.
+ * reward: `reward_score(M, target | context)`: one number per example instead of one per
+ *   target token, the score head of the sequence-classification model M on the last token of
+ *   `context ++ target` (off[c] then advances by 1 per example, by 0 when the target is
+ *   empty; logp[c] holds the scores and dlogp[c] their seeds). Every call of M is then a
+ *   reward call: the runtime loads M as a classifier (runtime/pocrt.h), giving a causal
+ *   LM folder a freshly initialised score head. */
 typedef struct poc_call {
   const char *key;               /* probe key: "policy/chosen|prompt,sep,rejected,sep" */
   int model;                     /* index into poc_program.models */
@@ -107,8 +113,9 @@ typedef struct poc_call {
   const poc_segment *target;
   int n_context;
   const poc_segment *context;
-  int want_logsumsq;             /* log Σ_v π(v | ...)²: a statistic, never differentiated
-                                    (last: generated code names every field) */
+  int want_logsumsq;             /* log Σ_v π(v | ...)²: a statistic, never differentiated */
+  int reward;                    /* a reward model's score: one per example, in the logp
+                                    arrays (last: generated code names every field) */
 } poc_call;
 
 /* `a = sample(M, ctx, tokens=K, temperature=T, top_p=P)`: drawn once per step and example

@@ -450,6 +450,7 @@ typedef struct {
   poc_lora_cfg lc[TRN_MAX_MODELS];
   float *ainit[TRN_MAX_MODELS];
   uint64_t base_hash[TRN_MAX_MODELS];
+  int fresh_head[TRN_MAX_MODELS]; /* a reward model started from a causal LM's folder */
   /* Host copies of a trainable model's weights and AdamW moments, for checkpoints: the
    * device's own buffers where its memory is the host's and f32 (the CPU), else staging
    * arrays filled before each write. */
@@ -626,20 +627,43 @@ static int run_inputs(trn_run *r) {
     const poc_model_decl *d = &p->models[m];
     const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
     poc_config cfg;
-    if (poc_config_load(dir, &cfg, r->err) || poc_layout_init(&r->lay[m], &cfg, r->err)) {
+    /* a model reward_score() reads is a sequence classifier; one that logp(), entropy()
+       or sample() reads is a causal LM (lowering keeps the two apart) */
+    int reward = 0;
+    for (int k = 0; k < p->n_calls; k++) reward |= p->calls[k].model == m && p->calls[k].reward;
+    int bad = reward ? poc_reward_config(dir, &cfg, &r->fresh_head[m], r->err)
+                     : poc_config_load(dir, &cfg, r->err);
+    if (!bad && !reward && cfg.num_labels > 0) {
+      trn_errf(r->err, "%s%sconfig.json is a sequence-classification model (a score head, no "
+               "lm_head): read it with reward_score(%s, ...)", dir,
+               dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", d->name);
+      bad = 1;
+    }
+    if (bad || poc_layout_init(&r->lay[m], &cfg, r->err)) {
       fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
       return -1;
     }
     r->lay_ok[m] = 1;
     if (d->lora_r > 0 && run_lora_inputs(r, m)) return -1;
     if (cfg.vocab_size < vocab) vocab = cfg.vocab_size;
-    if (d->trainable && r->policy < 0) r->policy = m;
+    /* the policy evaluation generates with: the first trainable causal LM */
+    if (d->trainable && r->policy < 0 && !reward) r->policy = m;
   }
   if (trn_data_load(&r->data, p, p->data_path, vocab, r->T->max_len)) return -1;
   if (r->data.n_truncated)
     fprintf(stderr, "%s: warning: %lld of %lld examples are longer than max_len = %d and were "
             "cut (responses at the end)\n", p->data_path, (long long)r->data.n_truncated,
             (long long)r->data.n, r->T->max_len);
+  if (r->policy < 0) { /* only reward models train: nothing generates */
+    for (int m = 0; m < p->n_models && r->policy < 0; m++)
+      if (p->models[m].trainable) r->policy = m;
+    if (p->eval_path) {
+      fprintf(stderr, "%s: error: %s: prompts() evaluates by generating with a trainable "
+              "causal LM, but every trainable model here is a reward model (reward_score)\n",
+              p->name, p->eval_path);
+      return -1;
+    }
+  }
   r->eos = r->lay[r->policy].cfg.eos_token_id;
   if (p->eval_path && trn_evalset_load(&r->ev, p->eval_path, vocab, r->eos)) return -1;
   if (run_shapes(r)) return -1;
@@ -833,7 +857,10 @@ static int run_model(trn_run *r, int m) {
     return 1;
   }
   const char *dir = d->frozen_of >= 0 ? p->models[d->frozen_of].path : d->path;
-  int bad = poc_weights_load_f32(dir, &r->lay[m], w, r->err);
+  int src = d->frozen_of >= 0 ? d->frozen_of : m;
+  int bad = r->lay[m].cfg.num_labels > 0
+                ? poc_reward_load_f32(dir, &r->lay[m], r->fresh_head[m], (uint64_t)src, w, r->err)
+                : poc_weights_load_f32(dir, &r->lay[m], w, r->err);
   /* the reference cache's key covers the frozen weights */
   if (!bad && (!d->trainable || lora)) r->base_hash[m] = trn_hash(0, w, n * sizeof(float));
   if (!bad && !d->trainable) r->ctx.frozen_hash[m] = r->base_hash[m];

@@ -148,7 +148,8 @@ int trn_mb_build(trn_mb *mb, const trn_ctx *c, const int64_t *ex, int B,
       int64_t e = ex[b];
       int nc = trn_segs_resolve(c, cl->context, cl->n_context, e, anc, anc_b0 + b, NULL);
       int nt = trn_segs_resolve(c, cl->target, cl->n_target, e, anc, anc_b0 + b, NULL);
-      mb->off[k][b + 1] = mb->off[k][b] + nt;
+      int nout = cl->reward ? nt > 0 : nt; /* a reward call: one score per example */
+      mb->off[k][b + 1] = mb->off[k][b] + nout;
       if (nt == 0) continue; /* nothing to score: no sequence in the pack */
       if (nc == 0) {
         snprintf(err, POC_ERR_LEN,
@@ -175,7 +176,7 @@ int trn_mb_build(trn_mb *mb, const trn_ctx *c, const int64_t *ex, int B,
       pk->n_tok += nc + nt;
       pk->n_seq++;
       pk->seq_start[pk->n_seq] = pk->n_tok;
-      pk->n_tgt += nt;
+      pk->n_tgt += nout;
     }
   }
   for (int m = 0; m < p->n_models; m++)

@@ -265,8 +265,10 @@ int trn_hoist(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
     if (!cl->hoisted) continue;
     k->off[i][0] = 0;
     for (int64_t e = 0; e < d->n; e++)
-      k->off[i][e + 1] =
-          k->off[i][e] + trn_segs_resolve(c, cl->target, cl->n_target, e, NULL, 0, NULL);
+    {
+      int nt = trn_segs_resolve(c, cl->target, cl->n_target, e, NULL, 0, NULL);
+      k->off[i][e + 1] = k->off[i][e] + (cl->reward ? nt > 0 : nt); /* a score, or per token */
+    }
     size_t n = (size_t)k->off[i][d->n] + 1;
     if (cl->want_logp && !(k->logp[i] = malloc(n * sizeof(double)))) goto oom;
     if (cl->want_entropy && !(k->ent[i] = malloc(n * sizeof(double)))) goto oom;

@@ -85,8 +85,11 @@ def main(argv):
     a = ap.parse_args(argv)
     if not os.access(a.poc, os.X_OK):
         sys.exit("results.py: %s not found; build poc first" % a.poc)
+    # the table measures task accuracy, which needs an evaluation set: reward models have
+    # none (tools/chain.py measures what their scores do for other objectives)
     names = a.only or sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "examples"))
-                             if f.endswith(".po"))
+                             if f.endswith(".po") and "prompts(" in
+                             open(os.path.join(ROOT, "examples", f)).read())
     rows = []
     for n in names:
         r = run_one(os.path.abspath(a.poc), n)

@@ -70,6 +70,8 @@ def make_input(template, fseq, rng, B, seed):
                                        for b in range(B)]
             else:
                 inp["fields"][name] = [rng.uniform(-2, 2) for _ in range(B)]
+    if "reward" in template:  # a reward model's score: one number per example
+        inp["reward"] = {key: [rng.uniform(-3, 3) for _ in range(B)] for key in template["reward"]}
     if "tokens" in template:
         inp["tokens"] = {n: lens[n] for n in template["tokens"]}
     return inp
@@ -93,6 +95,14 @@ def compare(where, ref, got):
     for name, x in ref["reports"].items():
         if not close(x, got["reports"].get(name)):
             bad.append(f"report {name} {x!r} vs {got['reports'].get(name)!r}")
+    for key, vals in ref.get("grad_reward", {}).items():
+        mine = got.get("grad_reward", {}).get(key)
+        if mine is None or len(mine) != len(vals):
+            bad.append(f"grad_reward {key}: {mine!r} vs {vals!r}")
+            continue
+        for b, (x, y) in enumerate(zip(vals, mine)):
+            if not close(x, y):
+                bad.append(f"grad_reward {key}[{b}] {x!r} vs {y!r}")
     for sec in ("grad", "grad_entropy"):
         for key, rows in ref.get(sec, {}).items():
             mine = got.get(sec, {}).get(key)

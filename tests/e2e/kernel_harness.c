@@ -76,7 +76,7 @@ int poc_harness_main(const poc_program *prog, int argc, char **argv) {
   const cJSON *seed = cJSON_GetObjectItem(in, "seed");
   const cJSON *lp = cJSON_GetObjectItem(in, "logp"), *en = cJSON_GetObjectItem(in, "entropy"),
               *lq = cJSON_GetObjectItem(in, "logsumsq");
-  const cJSON *fl = cJSON_GetObjectItem(in, "fields");
+  const cJSON *fl = cJSON_GetObjectItem(in, "fields"), *rw = cJSON_GetObjectItem(in, "reward");
   int C = prog->n_calls, F = prog->n_fields;
   const int32_t **off = calloc((size_t)C + 1, sizeof *off);
   const double **logp = calloc((size_t)C + 1, sizeof *logp), **ent = calloc((size_t)C + 1, sizeof *ent);
@@ -86,11 +86,21 @@ int poc_harness_main(const poc_program *prog, int argc, char **argv) {
     const poc_call *pc = &prog->calls[c];
     for (int k = 0; k < 3; k++) {
       if (!(k == 2 ? pc->want_logsumsq : k ? pc->want_entropy : pc->want_logp)) continue;
-      const cJSON *arr = cJSON_GetObjectItem(k == 2 ? lq : k ? en : lp, pc->key);
+      const cJSON *arr = cJSON_GetObjectItem(pc->reward ? rw : k == 2 ? lq : k ? en : lp, pc->key);
       if (!arr) die("no input for call", pc->key);
       double *v;
       int32_t *o;
-      ragged(arr, B, &v, &o, pc->key);
+      if (pc->reward) { /* one score per example: a ragged array of ones */
+        v = calloc((size_t)B + 1, sizeof *v);
+        int32_t *oo = calloc((size_t)B + 1, sizeof *oo);
+        for (int b = 0; b < B; b++) {
+          v[b] = cJSON_GetArrayItem(arr, b)->valuedouble;
+          oo[b + 1] = b + 1;
+        }
+        o = oo;
+      } else {
+        ragged(arr, B, &v, &o, pc->key);
+      }
       if (k == 2) lss[c] = v;
       else if (k) ent[c] = v;
       else logp[c] = v;
@@ -158,14 +168,18 @@ int poc_harness_main(const poc_program *prog, int argc, char **argv) {
     num(s / B);
   }
   printf("}");
-  for (int k = 0; k < 2; k++) {
-    printf(", \"%s\": {", k ? "grad_entropy" : "grad");
+  for (int k = 0; k < 3; k++) {
+    printf(", \"%s\": {", k == 2 ? "grad_reward" : k ? "grad_entropy" : "grad");
     int j = 0;
     for (int c = 0; c < C; c++) {
-      double *d = k ? dent[c] : dlogp[c];
-      if (!d) continue;
+      double *d = k == 1 ? dent[c] : dlogp[c];
+      if (!d || (k == 2) != (prog->calls[c].reward != 0)) continue;
       printf("%s\"%s\": [", j++ ? ", " : "", prog->calls[c].key);
-      for (int b = 0; b < B; b++) {
+      for (int b = 0; b < B && k == 2; b++) {
+        printf(b ? ", " : "");
+        num(d[b]);
+      }
+      for (int b = 0; b < B && k != 2; b++) {
         printf("%s[", b ? ", " : "");
         for (int i = off[c][b]; i < off[c][b + 1]; i++) {
           printf(i > off[c][b] ? ", " : "");
