@@ -176,7 +176,7 @@ static inline poc_program *tt_program(const char *model, const char *data, const
   const char *keys[4] = {"policy/chosen", "policy/rejected", "ref/chosen", "ref/rejected"};
   for (int k = 0; k < 4; k++) {
     calls[k] = (poc_call){keys[k], k / 2, 1, 0, k < 2, k >= 2 && hoist, 1,
-                          k % 2 ? tt_rejected : tt_chosen, 1, tt_prompt, 0};
+                          k % 2 ? tt_rejected : tt_chosen, 1, tt_prompt, 0, 0};
   }
   poc_train t = POC_TRAIN_DEFAULTS;
   t.lr = 1e-2;

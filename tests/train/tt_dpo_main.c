@@ -40,8 +40,8 @@ int main(int argc, char **argv) {
   static poc_call calls[6];
   if (!strcmp(variant, "anchor")) {
     memcpy(calls, p->calls, 4 * sizeof *calls);
-    calls[4] = (poc_call){"policy/a", 0, 1, 0, 1, 0, 1, anchor_seg, 1, tt_prompt, 0};
-    calls[5] = (poc_call){"ref/a", 1, 1, 0, 0, 0, 1, anchor_seg, 1, tt_prompt, 0};
+    calls[4] = (poc_call){"policy/a", 0, 1, 0, 1, 0, 1, anchor_seg, 1, tt_prompt, 0, 0};
+    calls[5] = (poc_call){"ref/a", 1, 1, 0, 0, 0, 1, anchor_seg, 1, tt_prompt, 0, 0};
     p->calls = calls;
     p->n_calls = 6;
     p->n_anchors = 1;
