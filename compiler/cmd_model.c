@@ -464,8 +464,9 @@ int poc_cmd_logp(int argc, char **argv) {
 /* ---- poc generate ---------------------------------------------------------------- */
 
 static int gen_usage(void) {
-  fprintf(stderr, "usage: poc generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] "
-                  "[--top-p P] [--seed N] [--adapter DIR] [--backend cpu|cuda]\n");
+  fprintf(stderr, "usage: poc generate MODEL_DIR --prompt-ids 1,2,3 | --prompt TEXT [--chat] "
+                  "[--tokens N] [--temperature T] [--top-p P] [--seed N] [--adapter DIR] "
+                  "[--backend cpu|cuda] [--show-special]\n");
   return 2;
 }
 
@@ -512,18 +513,22 @@ static int32_t *gen_ids(const char *s, int vocab, int *n) {
 }
 
 int poc_cmd_generate(int argc, char **argv) {
-  const char *dir = NULL, *prompt_s = NULL, *backend = "auto", *adapter = NULL;
+  const char *dir = NULL, *prompt_s = NULL, *text = NULL, *backend = "auto", *adapter = NULL;
+  int chat = 0, show_special = 0;
   double tokens = 16, temperature = 0, top_p = 1, seed = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     int takes = !strcmp(a, "--prompt-ids") || !strcmp(a, "--tokens") || !strcmp(a, "--temperature") ||
                 !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "--backend") ||
-                !strcmp(a, "--adapter");
+                !strcmp(a, "--adapter") || !strcmp(a, "--prompt");
     if (takes && i + 1 >= argc) {
       fprintf(stderr, "poc generate: %s needs a value\n", a);
       return gen_usage();
     }
     if (!strcmp(a, "--prompt-ids")) prompt_s = argv[++i];
+    else if (!strcmp(a, "--prompt")) text = argv[++i];
+    else if (!strcmp(a, "--chat")) chat = 1;
+    else if (!strcmp(a, "--show-special")) show_special = 1;
     else if (!strcmp(a, "--backend")) backend = argv[++i];
     else if (!strcmp(a, "--adapter")) adapter = argv[++i];
     else if (!strcmp(a, "--tokens")) {
@@ -547,7 +552,14 @@ int poc_cmd_generate(int argc, char **argv) {
       return gen_usage();
     }
   }
-  if (!dir || !prompt_s) return gen_usage();
+  if (!dir || !prompt_s == !text) {
+    if (prompt_s && text) fprintf(stderr, "poc generate: give --prompt or --prompt-ids, not both\n");
+    return gen_usage();
+  }
+  if (chat && !text) {
+    fprintf(stderr, "poc generate: --chat applies the chat template to --prompt TEXT\n");
+    return gen_usage();
+  }
   poc_device *dev = mdl_open_device("generate", backend);
   if (!dev) return 2;
   mdl_loaded m;
@@ -564,8 +576,33 @@ int poc_cmd_generate(int argc, char **argv) {
   }
   const poc_config *cfg = &m.lay.cfg;
   int n_prompt = 0, n_new = (int)tokens;
-  int32_t *prompt = gen_ids(prompt_s, cfg->vocab_size, &n_prompt);
+  /* the folder's tokenizer, checked against config.json before anything runs */
+  poc_tok *tok = NULL;
+  char err[POC_ERR_LEN] = "";
+  int has_tok = poc_tok_open(dir, cfg->vocab_size, &tok, err);
+  int32_t *prompt = NULL;
+  if (has_tok < 0) fprintf(stderr, "poc generate: %s\n", err);
+  else if (text && !has_tok)
+    fprintf(stderr, "poc generate: --prompt: %s has no tokenizer.json to encode text with; give "
+            "the ids with --prompt-ids\n", dir);
+  else if (text) {
+    prompt = poc_text_encode("generate", dir, text, chat, &n_prompt);
+    for (int i = 0; prompt && i < n_prompt; i++)
+      if (prompt[i] < 0 || prompt[i] >= cfg->vocab_size) {
+        fprintf(stderr, "poc generate: --prompt: the tokenizer gave token id %d, outside the "
+                "model's vocabulary (0..%d)\n", prompt[i], cfg->vocab_size - 1);
+        free(prompt);
+        prompt = NULL;
+      }
+    if (prompt && !n_prompt) {
+      fprintf(stderr, "poc generate: --prompt: the text encodes to no tokens\n");
+      free(prompt);
+      prompt = NULL;
+    }
+  } else
+    prompt = gen_ids(prompt_s, cfg->vocab_size, &n_prompt);
   if (!prompt) {
+    poc_tok_free(tok);
     mdl_unload(&m);
     mdl_adapter_close(&ad);
     poc_device_close(dev);
@@ -579,12 +616,12 @@ int poc_cmd_generate(int argc, char **argv) {
     fprintf(stderr, "poc generate: %d prompt + %d new tokens exceed the model's %d positions\n", n_prompt,
             n_new, limit);
     free(prompt);
+    poc_tok_free(tok);
     mdl_unload(&m);
     mdl_adapter_close(&ad);
     poc_device_close(dev);
     return 2;
   }
-  char err[POC_ERR_LEN] = "";
   poc_model *owner;
   poc_model *model = mdl_instance(dev, &m, &ad, (int)total, &owner, err);
   int32_t *out = malloc(((size_t)n_new + 1) * sizeof *out);
@@ -604,8 +641,21 @@ int poc_cmd_generate(int argc, char **argv) {
     for (int i = 0; i < n_prompt; i++) printf("%s%d", i ? ", " : "", prompt[i]);
     fputs("], \"tokens\": [", stdout);
     for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
-    fputs("]}\n", stdout);
+    fputs("]", stdout);
+    if (tok) { /* the text of each, as JSON strings (a cut UTF-8 sequence reads as U+FFFD) */
+      size_t pn = 0, gn = 0;
+      char *pt = poc_tok_decode(tok, prompt, n_prompt, !show_special, &pn);
+      char *gt = poc_tok_decode(tok, out, n_out, !show_special, &gn);
+      char *as = pt ? poc_tok_json(pt, pn) : NULL, *bs = gt ? poc_tok_json(gt, gn) : NULL;
+      printf(", \"prompt_text\": %s, \"text\": %s", as ? as : "null", bs ? bs : "null");
+      free(as);
+      free(bs);
+      free(pt);
+      free(gt);
+    }
+    fputs("}\n", stdout);
   }
+  poc_tok_free(tok);
   poc_model_free(model);
   poc_model_free(owner);
   poc_device_close(dev);

@@ -13,5 +13,12 @@ int poc_cmd_logp(int argc, char **argv);      /* cmd_model.c    */
 int poc_cmd_merge(int argc, char **argv);     /* cmd_model.c    */
 int poc_cmd_generate(int argc, char **argv);  /* cmd_model.c    */
 int poc_cmd_score(int argc, char **argv);     /* cmd_score.c    */
+int poc_cmd_decode(int argc, char **argv);    /* cmd_text.c     */
+
+#include <stdint.h>
+/* Text → ids with DIR's tokenizer through Python (cmd_text.c says why); with chat, the
+ * text as one user turn of the folder's chat template, ready for the reply. malloc'd;
+ * NULL after saying on stderr why (no Python, no package, the tokenizer failed). */
+int32_t *poc_text_encode(const char *cmd, const char *dir, const char *text, int chat, int *n);
 
 #endif

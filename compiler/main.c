@@ -22,7 +22,9 @@ static const struct {
     {"score", poc_cmd_score,
      "score MODEL_DIR DATA.jsonl [--field NAME] [--per-token] [--out FILE]   a reward model's scores added"},
     {"generate", poc_cmd_generate,
-     "generate MODEL_DIR --prompt-ids 1,2,3 [--tokens N] [--temperature T] [--top-p P] [--seed N] [--adapter DIR]"},
+     "generate MODEL_DIR --prompt-ids 1,2,3 | --prompt TEXT [--chat] [--tokens N] [--temperature T] [--top-p P] [--seed N] [--adapter DIR] [--show-special]"},
+    {"decode", poc_cmd_decode,
+     "decode MODEL_DIR [--show-special] < IDS.jsonl   token ids → text with the folder's tokenizer.json"},
 };
 
 static void usage(FILE *f) {

@@ -56,6 +56,28 @@ int poc_config_load(const char *model_dir, poc_config *cfg, char *err);
 /* Writes DIR/config.json that HF transformers loads as the same architecture. */
 int poc_config_save(const char *model_dir, const poc_config *cfg, char *err);
 
+/* ---- tokenizer (HF tokenizer.json), decoding only (tok.c) ------------------------ */
+
+/* A model folder's tokenizer.json read for turning ids into text: the model's pieces
+ * (BPE, Unigram or WordLevel vocabulary), the added tokens and which are special, and
+ * the decoder tokenizer.json declares (ByteLevel; Metaspace; a Sequence of Replace,
+ * ByteFallback, Fuse, Strip). Encoding text is not done here (see poc generate). */
+typedef struct poc_tok poc_tok;
+
+/* Opens DIR/tokenizer.json: 1 with *out set, 0 when the folder has none (*out NULL), -1
+ * on an error (unreadable, not a tokenizer, a decoder poc does not know, or a token id
+ * at or past vocab_size, which names both files). vocab_size <= 0 skips that check. */
+int poc_tok_open(const char *model_dir, int vocab_size, poc_tok **out, char *err);
+void poc_tok_free(poc_tok *t);
+/* The text of ids as the tokenizers library decodes them, malloc'd and valid UTF-8 (a
+ * cut multi-byte sequence reads as U+FFFD); ids with no token are left out, as are the
+ * special added tokens when skip_special. The text may hold a zero byte (a decoded
+ * U+0000): *len (when len is not NULL) is its length. NULL only when out of memory. */
+char *poc_tok_decode(const poc_tok *t, const int32_t *ids, int n, int skip_special, size_t *len);
+/* s[0..n) as a JSON string literal (quotes, \uXXXX for control bytes and zero), malloc'd,
+ * for cJSON_CreateRaw: cJSON itself stops a string at a zero byte. */
+char *poc_tok_json(const char *s, size_t n);
+
 /* ---- parameter layout ------------------------------------------------------------ */
 
 typedef struct poc_tensor_info {
