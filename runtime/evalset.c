@@ -1,11 +1,14 @@
 /* evalset.c — the prompts(...) evaluation set: one JSON object a line,
  * {"prompt": [ids], "answer": [ids]}. Accuracy is greedy exact match: the tokens the model
- * generates before eos must equal the answer (a trailing eos in the file is dropped). */
+ * generates before eos must equal the answer (a trailing eos in the file is dropped).
+ * Each evaluation's generations are kept as samples, OUT/eval/step-N.jsonl. */
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -132,4 +135,87 @@ int trn_evalset_load(trn_evalset *e, const char *path, int vocab, int eos) {
     return -1;
   }
   return 0;
+}
+
+void trn_evalgen_free(trn_evalgen *g) {
+  free(g->gen);
+  free(g->off);
+  free(g->len);
+  free(g->correct);
+  memset(g, 0, sizeof *g);
+}
+
+static cJSON *id_array(const int32_t *t, int n) {
+  cJSON *a = cJSON_CreateArray();
+  for (int i = 0; a && i < n; i++) {
+    cJSON *v = cJSON_CreateNumber(t[i]);
+    if (!v || !cJSON_AddItemToArray(a, v)) {
+      cJSON_Delete(v);
+      cJSON_Delete(a);
+      return NULL;
+    }
+  }
+  return a;
+}
+
+/* key: the text of t[0..n) as a raw JSON string (it may hold a zero byte, which cJSON's own
+ * strings cannot) */
+static int add_text(cJSON *o, const char *key, const poc_tok *tok, const int32_t *t, int n) {
+  size_t len;
+  char *s = poc_tok_decode(tok, t, n, 1, &len);
+  char *js = s ? poc_tok_json(s, len) : NULL;
+  free(s);
+  cJSON *raw = js ? cJSON_CreateRaw(js) : NULL;
+  free(js);
+  return raw && cJSON_AddItemToObject(o, key, raw) ? 0 : (cJSON_Delete(raw), -1);
+}
+
+int trn_eval_samples_write(const char *out, int64_t step, const trn_evalset *e,
+                           const trn_evalgen *g, const poc_tok *tok, char *err) {
+  char dir[4096 + 8], path[4096 + 64];
+  trn_path(dir, sizeof dir, "%s/eval", out);
+  if (mkdir(dir, 0777) && errno != EEXIST) {
+    trn_errf(err, "%s: cannot make the folder: %s", dir, strerror(errno));
+    return -1;
+  }
+  trn_path(path, sizeof path, "%s/step-%" PRId64 ".jsonl", dir, step);
+  char *buf = NULL;
+  size_t n = 0, cap = 0;
+  int oom = 0;
+  for (int i = 0; i < e->n && !oom; i++) {
+    const int32_t *pt = e->tok + e->p_off[i], *at = e->tok + e->a_off[i], *gt = g->gen + g->off[i];
+    cJSON *o = cJSON_CreateObject();
+    oom = !o || !cJSON_AddNumberToObject(o, "index", i) ||
+          !cJSON_AddItemToObject(o, "prompt", id_array(pt, e->p_len[i])) ||
+          !cJSON_AddItemToObject(o, "generated", id_array(gt, g->len[i])) ||
+          !cJSON_AddItemToObject(o, "answer", id_array(at, e->a_len[i])) ||
+          !cJSON_AddBoolToObject(o, "correct", g->correct[i]);
+    if (!oom && tok)
+      oom = add_text(o, "prompt_text", tok, pt, e->p_len[i]) ||
+            add_text(o, "generated_text", tok, gt, g->len[i]) ||
+            add_text(o, "answer_text", tok, at, e->a_len[i]);
+    char *line = oom ? NULL : cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    size_t ln = line ? strlen(line) : 0;
+    if (line && n + ln + 2 > cap) {
+      size_t nc = cap ? cap * 2 : 65536;
+      while (nc < n + ln + 2) nc *= 2;
+      char *q = realloc(buf, nc);
+      if (q) buf = q, cap = nc;
+      else oom = 1;
+    }
+    if (line && !oom) {
+      memcpy(buf + n, line, ln);
+      n += ln;
+      buf[n++] = '\n';
+      buf[n] = 0;
+    }
+    oom |= !line;
+    cJSON_free(line);
+  }
+  int rc = -1;
+  if (oom) trn_errf(err, "%s: out of memory", path);
+  else rc = st_write_text_atomic(path, buf ? buf : "", err);
+  free(buf);
+  return rc;
 }

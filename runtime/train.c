@@ -460,6 +460,8 @@ typedef struct {
   trn_models ms;
   trn_data data;
   trn_evalset ev;
+  trn_evalgen eg;                /* the last evaluation's generations */
+  poc_tok *tok;                  /* the policy folder's tokenizer.json; NULL none */
   trn_cache cache;
   trn_order order;
   trn_ctx ctx;
@@ -495,6 +497,8 @@ static void run_free(trn_run *r) {
   trn_order_free(&r->order);
   trn_cache_free(&r->cache);
   trn_evalset_free(&r->ev);
+  trn_evalgen_free(&r->eg);
+  poc_tok_free(r->tok);
   trn_data_free(&r->data);
   free(r->fl.set);
   if (r->lock_fd >= 0) {
@@ -515,38 +519,51 @@ static int run_error(trn_run *r, int rc) {
 }
 
 /* Greedy exact match on the evaluation set: the tokens generated before eos must equal
- * the answer. Up to eval_tokens new tokens, or the answer's length + 2 when unset. */
-static int evaluate(poc_model *m, const trn_evalset *e, int eos, int eval_tokens, double *acc,
-                    char *err) {
-  int hits = 0, cap = 0;
-  int32_t *out = NULL;
+ * the answer. Up to eval_tokens new tokens, or the answer's length + 2 when unset. The
+ * generations go to OUT/eval/step-<step>.jsonl (with text when the policy has a tokenizer). */
+static int evaluate(trn_run *r, int64_t step, double *acc) {
+  const trn_evalset *e = &r->ev;
+  trn_evalgen *g = &r->eg;
+  int hits = 0, eos = r->eos, eval_tokens = r->T->eval_tokens;
+  char *err = r->err;
+  if (!g->off) {
+    g->off = malloc((size_t)e->n * sizeof *g->off);
+    g->len = malloc((size_t)e->n * sizeof *g->len);
+    g->correct = malloc((size_t)e->n);
+    if (!g->off || !g->len || !g->correct) {
+      trn_evalgen_free(g);
+      trn_errf(err, "out of memory");
+      return -1;
+    }
+  }
+  g->n_gen = 0;
   for (int i = 0; i < e->n; i++) {
     int max_new = eval_tokens > 0 ? eval_tokens : e->a_len[i] + 2;
-    if (max_new + 1 > cap) {
-      cap = max_new + 1;
-      int32_t *q = realloc(out, (size_t)cap * sizeof *q);
+    if (g->n_gen + max_new + 1 > g->cap) {
+      int64_t nc = 2 * (g->n_gen + max_new + 1);
+      int32_t *q = realloc(g->gen, (size_t)nc * sizeof *q);
       if (!q) {
-        free(out);
         trn_errf(err, "out of memory");
         return -1;
       }
-      out = q;
+      g->gen = q;
+      g->cap = nc;
     }
-    poc_rng r = poc_rng_derive(0, 0, (uint64_t)i);
-    int n = poc_model_generate(m, e->tok + e->p_off[i], e->p_len[i], max_new, 0.0, 1.0, eos, &r,
-                               out, err);
-    if (n < 0) {
-      free(out);
-      return -1;
-    }
+    int32_t *out = g->gen + g->n_gen;
+    poc_rng rg = poc_rng_derive(0, 0, (uint64_t)i);
+    int n = poc_model_generate(r->ms.m[r->policy], e->tok + e->p_off[i], e->p_len[i], max_new,
+                               0.0, 1.0, eos, &rg, out, err);
+    if (n < 0) return -1;
     int k = 0;
     while (k < n && out[k] != eos) k++;
-    if (k == e->a_len[i] && !memcmp(out, e->tok + e->a_off[i], (size_t)k * sizeof(int32_t)))
-      hits++;
+    g->correct[i] = k == e->a_len[i] && !memcmp(out, e->tok + e->a_off[i], (size_t)k * sizeof(int32_t));
+    hits += g->correct[i];
+    g->off[i] = g->n_gen;
+    g->len[i] = n;
+    g->n_gen += n;
   }
-  free(out);
   *acc = e->n ? (double)hits / e->n : 0;
-  return 0;
+  return trn_eval_samples_write(r->out, step, e, g, r->tok, err);
 }
 
 /* A sink that fails is switched off with a warning: the run and metrics.jsonl go on. */
@@ -665,6 +682,18 @@ static int run_inputs(trn_run *r) {
     }
   }
   r->eos = r->lay[r->policy].cfg.eos_token_id;
+  /* each model folder's tokenizer.json against its config.json's vocab_size, before
+     anything trains; the policy's gives the evaluation samples their text */
+  for (int m = 0; m < p->n_models; m++) {
+    if (p->models[m].frozen_of >= 0) continue;
+    poc_tok *t;
+    if (poc_tok_open(p->models[m].path, r->lay[m].cfg.vocab_size, &t, r->err) < 0) {
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, p->models[m].name, r->err);
+      return -1;
+    }
+    if (m == r->policy) r->tok = t;
+    else poc_tok_free(t);
+  }
   if (p->eval_path && trn_evalset_load(&r->ev, p->eval_path, vocab, r->eos)) return -1;
   if (run_shapes(r)) return -1;
   /* content hashes, recorded in checkpoints so a resume notices changed inputs */
@@ -1142,7 +1171,7 @@ static int run_eval0(trn_run *r) {
   const poc_program *p = r->p;
   if (!p->eval_path || r->resuming) return 0;
   double acc;
-  if (evaluate(r->ms.m[r->policy], &r->ev, r->eos, r->T->eval_tokens, &acc, r->err)) {
+  if (evaluate(r, 0, &acc)) {
     fprintf(stderr, "%s: error: evaluation: %s\n", p->name, r->err);
     return -1;
   }
@@ -1258,7 +1287,7 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
   *eval_acc = -1;
   if (do_eval) {
     double acc;
-    if (evaluate(r->ms.m[r->policy], &r->ev, r->eos, r->T->eval_tokens, &acc, r->err)) {
+    if (evaluate(r, step, &acc)) {
       cJSON_Delete(j);
       char e2[POC_ERR_LEN];
       trn_path(e2, sizeof e2, "evaluation: %s", r->err);

@@ -108,6 +108,24 @@ typedef struct trn_evalset {
 int trn_evalset_load(trn_evalset *e, const char *path, int vocab, int eos);
 void trn_evalset_free(trn_evalset *e);
 
+/* One evaluation's generations: for prompt i, gen[off[i] .. off[i] + len[i]) (what the
+ * model produced, a final eos included) and whether it matched the answer. */
+typedef struct trn_evalgen {
+  int32_t *gen;
+  int64_t *off;                  /* [n] */
+  int32_t *len;                  /* [n] */
+  unsigned char *correct;        /* [n] */
+  int64_t n_gen, cap;
+} trn_evalgen;
+
+void trn_evalgen_free(trn_evalgen *g);
+/* OUT/eval/step-<step>.jsonl, atomically: a line per prompt with its ids ("prompt",
+ * "generated", "answer"), "correct", and with a tokenizer the same decoded
+ * ("prompt_text", "generated_text", "answer_text"; special tokens left out). The same
+ * step's evaluation after a resume rewrites it with the same content. */
+int trn_eval_samples_write(const char *out, int64_t step, const trn_evalset *e,
+                           const trn_evalgen *g, const poc_tok *tok, char *err);
+
 /* ---- optim.c ---------------------------------------------------------------------- */
 
 /* Warmup length in steps, as transformers' Trainer counts it: ceil(warmup · total) when

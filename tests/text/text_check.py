@@ -127,6 +127,186 @@ def check_decode(poc, w, tiny, rng):
                   f"{name}: the random ids include cut UTF-8 (U+FFFD)")
 
 
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_model(d, tok):
+    """A random Llama with the byte-level tokenizer (and a chat template) in its folder; the
+    embedding is padded past the tokenizer, as real models' often are."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    n = tok.get_vocab_size(with_added_tokens=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = TEMPLATE
+    os.makedirs(d, exist_ok=True)
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    eos = tok.token_to_id("<|im_end|>")
+    cfg = LlamaConfig(vocab_size=n + 5, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      eos_token_id=eos, bos_token_id=None, pad_token_id=0, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
+    return fast
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", **kw)
+
+
+def generate(poc, d, *args):
+    p = run([poc, "generate", d, "--backend", "cpu", *args])
+    if p.returncode:
+        return None, p.stderr
+    return json.loads(p.stdout), p.stderr
+
+
+def check_generate(poc, w, tok):
+    d = os.path.join(w, "model")
+    fast = make_model(d, tok)
+    for text in ["Hello wörld, naïve café 😀", "日本語のテキスト", " leading space\nand tabs\t"]:
+        out, err = generate(poc, d, "--prompt", text, "--tokens", "12")
+        if not check(out is not None, f"generate --prompt {text!r}: {err[-400:]}"):
+            continue
+        check(out["prompt"] == tok.encode(text).ids,
+              f"--prompt {text!r}: ids {out['prompt']} != tokenizers' {tok.encode(text).ids}")
+        check(out["prompt_text"] == tok.decode(out["prompt"]), f"prompt_text of {text!r}")
+        check(out["text"] == tok.decode(out["tokens"]),
+              f"text {out['text']!r} != tokenizers' {tok.decode(out['tokens'])!r}")
+        again, _ = generate(poc, d, "--prompt-ids", ",".join(map(str, out["prompt"])), "--tokens", "12",
+                            "--show-special")
+        check(again is not None and again["tokens"] == out["tokens"] and
+              again["text"] == tok.decode(out["tokens"], skip_special_tokens=False),
+              "--prompt-ids gives the same generation, --show-special keeps specials")
+    out, err = generate(poc, d, "--prompt", "hi there", "--chat", "--tokens", "4")
+    want = fast.apply_chat_template([{"role": "user", "content": "hi there"}],
+                                    add_generation_prompt=True, tokenize=True, return_dict=True)
+    check(out is not None and out["prompt"] == list(want["input_ids"]),
+          f"--chat encodes through the folder's chat template: {err[-300:]}")
+    # no tokenizer: ids only, and --prompt says what to do instead
+    bare = os.path.join(w, "bare")
+    os.makedirs(bare)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(d, f), bare)
+    out, err = generate(poc, bare, "--prompt-ids", "1,2", "--tokens", "2")
+    check(out is not None and "text" not in out, f"a folder with no tokenizer gives ids only: {err}")
+    out, err = generate(poc, bare, "--prompt", "hi", "--tokens", "2")
+    check(out is None and "no tokenizer.json" in err and "--prompt-ids" in err,
+          f"--prompt with no tokenizer is a clear error: {err!r}")
+    # --prompt without Python's tokenizers: a clear error naming the way around
+    p = run([poc, "generate", d, "--backend", "cpu", "--prompt", "hi"],
+            env={**os.environ, "POC_PYTHON": os.path.join(w, "no-such-python")})
+    check(p.returncode == 2 and "--prompt-ids" in p.stderr and "no-such-python" in p.stderr,
+          f"--prompt with no Python: {p.stderr!r}")
+    return d
+
+
+PO = """policy  = model("{model}")
+data    = points("{data}")
+heldout = prompts("{eval}")
+
+loss = -mean(logp(policy, response))
+
+train {{
+  lr = 1e-3; batch = 2; micro_batch = 2; epochs = 1; max_len = 64
+  eval_every = 1; ckpt_every = 1; eval_tokens = 6; seed = 1
+}}
+"""
+
+
+def check_eval_samples(poc, w, tok, model):
+    texts = [("Q: 2+2=", "4"), ("Q: naïve?", " café"), ("Q: 日本", "語"), ("Q: 😀", "🎉")]
+    eos = tok.token_to_id("<|im_end|>")
+    data = os.path.join(w, "sft.jsonl")
+    ev = os.path.join(w, "eval.jsonl")
+    with open(data, "w") as f, open(ev, "w") as g:
+        for q, a in texts * 2:
+            f.write(json.dumps({"prompt": tok.encode(q).ids, "response": tok.encode(a).ids + [eos]}) + "\n")
+        for q, a in texts:
+            g.write(json.dumps({"prompt": tok.encode(q).ids, "answer": tok.encode(a).ids}) + "\n")
+    po = os.path.join(w, "sft.po")
+    with open(po, "w") as f:
+        f.write(PO.format(model=model, data=data, eval=ev))
+    binary = os.path.join(w, "sft")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    p = run([poc, "build", po, "-o", binary], env=env)
+    if not check(p.returncode == 0, f"poc build: {p.stderr[-600:]}"):
+        return
+    out = os.path.join(w, "run")
+    p = run([binary, "--backend", "cpu", "--steps", "2", "--out", out], env=env)
+    if not check(p.returncode == 0, f"training: {p.stderr[-600:]}"):
+        return
+    names = sorted(os.listdir(os.path.join(out, "eval")))
+    check(names == ["step-0.jsonl", "step-1.jsonl", "step-2.jsonl"], f"eval samples: {names}")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        acc = {m["step"]: m["eval/accuracy"] for m in map(json.loads, f) if "eval/accuracy" in m}
+    for name in names:
+        step = int(name[5:-6])
+        with open(os.path.join(out, "eval", name), encoding="utf-8") as f:
+            rows = [json.loads(l) for l in f]
+        check(len(rows) == len(texts), f"{name}: a line per prompt")
+        for i, (row, (q, a)) in enumerate(zip(rows, texts)):
+            gen = row["generated"]
+            k = gen.index(eos) if eos in gen else len(gen)
+            ok = (row["prompt"] == tok.encode(q).ids and row["answer"] == tok.encode(a).ids
+                  and row["correct"] == (gen[:k] == row["answer"])
+                  and row["prompt_text"] == q and row["answer_text"] == a
+                  and row["generated_text"] == tok.decode(gen, skip_special_tokens=True)
+                  and 1 <= len(gen) <= 6)
+            check(ok, f"{name}[{i}]: {row!r}")
+        check(abs(acc.get(step, -1) - sum(r["correct"] for r in rows) / len(rows)) < 1e-12,
+              f"{name}: eval/accuracy in metrics.jsonl is the samples' share correct")
+        if step == 0:  # before training: what poc generate makes of the same model
+            for row in rows:
+                g, _ = generate(poc, model, "--prompt-ids", ",".join(map(str, row["prompt"])),
+                                "--tokens", "6")
+                check(g is not None and g["tokens"] == row["generated"],
+                      f"step-0 generation {row['generated']} equals poc generate's {g and g['tokens']}")
+    # resume: the evaluations after the checkpoint are written again, the same
+    with open(os.path.join(out, "eval", "step-2.jsonl"), "rb") as f:
+        before = f.read()
+    os.remove(os.path.join(out, "eval", "step-2.jsonl"))
+    import glob
+    for c in glob.glob(os.path.join(out, "ckpt-2")):
+        shutil.rmtree(c)
+    p = run([binary, "--backend", "cpu", "--steps", "2", "--resume", out], env=env)
+    check(p.returncode == 0, f"resume: {p.stderr[-600:]}")
+    path = os.path.join(out, "eval", "step-2.jsonl")
+    check(os.path.exists(path) and open(path, "rb").read() == before,
+          "a resumed run rewrites step-2.jsonl as it was")
+    return binary
+
+
+def check_mismatch(poc, w, tok, model):
+    """Token ids past config.json's vocab_size: the tokenizer is another model's."""
+    from tokenizers import Tokenizer
+    bad = os.path.join(w, "mismatch")
+    shutil.copytree(model, bad)
+    t = Tokenizer.from_str(tok.to_str())
+    t.add_tokens([f"<extra_{i}>" for i in range(12)])
+    t.save(os.path.join(bad, "tokenizer.json"))
+    out, err = generate(poc, bad, "--prompt-ids", "1,2", "--tokens", "2")
+    check(out is None and "tokenizer.json" in err and "config.json" in err and "vocab_size" in err,
+          f"poc generate refuses a mismatched tokenizer naming both files: {err!r}")
+    po = os.path.join(w, "mismatch.po")
+    with open(os.path.join(w, "sft.po")) as f:
+        src = f.read().replace(model, bad)
+    with open(po, "w") as f:
+        f.write(src)
+    binary = os.path.join(w, "mismatch-bin")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    p = run([poc, "build", po, "-o", binary], env=env)
+    if not check(p.returncode == 0, f"poc build: {p.stderr[-600:]}"):
+        return
+    out = os.path.join(w, "run-mismatch")
+    p = run([binary, "--backend", "cpu", "--steps", "2", "--out", out], env=env)
+    check(p.returncode != 0 and "tokenizer.json" in p.stderr and "config.json" in p.stderr,
+          f"training refuses a mismatched tokenizer: {p.stderr[-400:]!r}")
+    check(not os.path.exists(os.path.join(out, "metrics.jsonl")), "before any training")
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
@@ -136,13 +316,22 @@ def main():
     if why:
         print("SKIP:", why)
         return 77
-    w = tempfile.mkdtemp(prefix="poc-text-")
+    w = os.environ.get("POC_TEXT_KEEP") or tempfile.mkdtemp(prefix="poc-text-")
     try:
         rng = random.Random(7)
         tiny = os.path.join(a.root, "examples", "tiny")
         check_decode(a.poc, w, tiny, rng)
+        why = need("torch", "transformers")
+        if why:
+            print("SKIP (generation and evaluation samples):", why)
+        else:
+            tok = byte_level()
+            model = check_generate(a.poc, w, tok)
+            if check_eval_samples(a.poc, w, tok, model):
+                check_mismatch(a.poc, w, tok, model)
     finally:
-        shutil.rmtree(w, ignore_errors=True)
+        if not os.environ.get("POC_TEXT_KEEP"):
+            shutil.rmtree(w, ignore_errors=True)
     return finish("text")
 
 
