@@ -581,6 +581,11 @@ int poc_cmd_generate(int argc, char **argv) {
   char err[POC_ERR_LEN] = "";
   int has_tok = poc_tok_open(dir, cfg->vocab_size, &tok, err);
   int32_t *prompt = NULL;
+  if (has_tok > 0 && poc_tok_unsupported(tok)) {
+    fprintf(stderr, "poc generate: warning: %s; the output has ids only\n", poc_tok_unsupported(tok));
+    poc_tok_free(tok);
+    tok = NULL;
+  }
   if (has_tok < 0) fprintf(stderr, "poc generate: %s\n", err);
   else if (text && !has_tok)
     fprintf(stderr, "poc generate: --prompt: %s has no tokenizer.json to encode text with; give "

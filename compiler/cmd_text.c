@@ -156,6 +156,11 @@ int poc_cmd_decode(int argc, char **argv) {
     else fprintf(stderr, "poc decode: %s has no tokenizer.json\n", dir);
     return 2;
   }
+  if (poc_tok_unsupported(tok)) {
+    fprintf(stderr, "poc decode: %s\n", poc_tok_unsupported(tok));
+    poc_tok_free(tok);
+    return 2;
+  }
   char *line = NULL;
   size_t lcap = 0;
   long ln = 0;

@@ -65,14 +65,17 @@ int poc_config_save(const char *model_dir, const poc_config *cfg, char *err);
 typedef struct poc_tok poc_tok;
 
 /* Opens DIR/tokenizer.json: 1 with *out set, 0 when the folder has none (*out NULL), -1
- * on an error (unreadable, not a tokenizer, a decoder poc does not know, or a token id
- * at or past vocab_size, which names both files). vocab_size <= 0 skips that check. */
+ * on an error (unreadable, not a tokenizer, or a token id at or past vocab_size, which
+ * names both files). vocab_size <= 0 skips that check. A decoder poc does not know
+ * still opens: poc_tok_unsupported then says why it cannot decode (else NULL). */
 int poc_tok_open(const char *model_dir, int vocab_size, poc_tok **out, char *err);
+const char *poc_tok_unsupported(const poc_tok *t);
 void poc_tok_free(poc_tok *t);
 /* The text of ids as the tokenizers library decodes them, malloc'd and valid UTF-8 (a
  * cut multi-byte sequence reads as U+FFFD); ids with no token are left out, as are the
  * special added tokens when skip_special. The text may hold a zero byte (a decoded
- * U+0000): *len (when len is not NULL) is its length. NULL only when out of memory. */
+ * U+0000): *len (when len is not NULL) is its length. NULL when out of memory or the
+ * decoder is unsupported. */
 char *poc_tok_decode(const poc_tok *t, const int32_t *ids, int n, int skip_special, size_t *len);
 /* s[0..n) as a JSON string literal (quotes, \uXXXX for control bytes and zero), malloc'd,
  * for cJSON_CreateRaw: cJSON itself stops a string at a zero byte. */

@@ -42,6 +42,7 @@ struct poc_tok {
   tok_step *steps;
   int n_steps;
   int has_decoder;
+  char why[POC_ERR_LEN]; /* why the decoder cannot be followed; "" when it can */
 };
 
 /* ---- growable strings and lists --------------------------------------------------- */
@@ -327,7 +328,10 @@ static void dec_step(const tok_step *st, tok_list *l) {
   }
 }
 
+const char *poc_tok_unsupported(const poc_tok *t) { return t->why[0] ? t->why : NULL; }
+
 char *poc_tok_decode(const poc_tok *t, const int32_t *ids, int n, int skip_special, size_t *len) {
+  if (t->why[0]) return NULL;
   tok_list l = {0};
   for (int i = 0; i < n; i++) {
     if (ids[i] < 0 || ids[i] >= t->n || !t->piece[ids[i]]) continue;
@@ -581,7 +585,15 @@ int poc_tok_open(const char *model_dir, int vocab_size, poc_tok **out, char *err
   t->n = (int)(max_id + 1); /* the slots past it are empty */
   if (dec && !cJSON_IsNull(dec)) {
     t->has_decoder = 1;
-    if (add_step(t, dec, path, err)) goto done;
+    /* a decoder poc cannot follow leaves the vocabulary check standing: the model still
+       trains and generates, with ids only (poc_tok_unsupported says why) */
+    if (add_step(t, dec, path, t->why)) {
+      for (int k = 0; k < t->n_steps; k++) {
+        free(t->steps[k].a);
+        free(t->steps[k].b);
+      }
+      t->n_steps = 0;
+    }
   }
   *out = t;
   t = NULL;

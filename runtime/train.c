@@ -691,7 +691,10 @@ static int run_inputs(trn_run *r) {
       fprintf(stderr, "%s: error: model '%s': %s\n", p->name, p->models[m].name, r->err);
       return -1;
     }
-    if (m == r->policy) r->tok = t;
+    if (m == r->policy && t && poc_tok_unsupported(t))
+      fprintf(stderr, "%s: warning: model '%s': %s; evaluation samples carry ids only\n",
+              p->name, p->models[m].name, poc_tok_unsupported(t));
+    if (m == r->policy && t && !poc_tok_unsupported(t)) r->tok = t;
     else poc_tok_free(t);
   }
   if (p->eval_path && trn_evalset_load(&r->ev, p->eval_path, vocab, r->eos)) return -1;

@@ -194,6 +194,20 @@ def check_generate(poc, w, tok):
     out, err = generate(poc, bare, "--prompt", "hi", "--tokens", "2")
     check(out is None and "no tokenizer.json" in err and "--prompt-ids" in err,
           f"--prompt with no tokenizer is a clear error: {err!r}")
+    # a decoder poc does not follow: decode refuses naming it, generate gives ids only
+    odd = os.path.join(w, "odd-decoder")
+    shutil.copytree(d, odd)
+    with open(os.path.join(odd, "tokenizer.json"), encoding="utf-8") as f:
+        j = json.load(f)
+    j["decoder"] = {"type": "WordPiece", "prefix": "##", "cleanup": True}
+    with open(os.path.join(odd, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(j, f)
+    got, err = poc_decode(poc, odd, [[1, 2]], False)
+    check(got is None and "WordPiece" in err and "tokenizer.json" in err,
+          f"poc decode names an unsupported decoder: {err!r}")
+    out, err = generate(poc, odd, "--prompt-ids", "1,2", "--tokens", "2")
+    check(out is not None and "text" not in out and "WordPiece" in err,
+          f"generate with an unsupported decoder: ids and a warning: {err!r}")
     # --prompt without Python's tokenizers: a clear error naming the way around
     p = run([poc, "generate", d, "--backend", "cpu", "--prompt", "hi"],
             env={**os.environ, "POC_PYTHON": os.path.join(w, "no-such-python")})
