@@ -73,8 +73,8 @@ def sentencepiece(decoder):
             {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
             {"type": "ByteFallback"}, {"type": "Fuse"},
             {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
-    else:
-        j["decoder"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always",
+    else:  # "always", "first" or "never"
+        j["decoder"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": decoder,
                         "split": True}
     return Tokenizer.from_str(json.dumps(j))
 
@@ -100,7 +100,8 @@ def poc_decode(poc, d, seqs, show):
 
 def check_decode(poc, w, tiny, rng):
     cases = [("byte-level", byte_level()), ("llama2", sentencepiece("llama2")),
-             ("metaspace", sentencepiece("metaspace"))]
+             ("metaspace", sentencepiece("always")), ("metaspace-first", sentencepiece("first")),
+             ("metaspace-never", sentencepiece("never"))]
     for name, tok in cases:
         d = os.path.join(w, name)
         n = tok.get_vocab_size(with_added_tokens=True)
@@ -122,7 +123,7 @@ def check_decode(poc, w, tiny, rng):
             bad = [(s, g, x) for s, g, x in zip(seqs, got, want) if g != x]
             check(not bad, f"{name} (skip_special_tokens={not show}): {len(bad)} of {len(seqs)} "
                   f"differ, first {bad[:1]!r}")
-        if name != "metaspace":  # (no byte decoding there: <0xNN> reads as itself)
+        if not name.startswith("metaspace"):  # (no byte decoding there: <0xNN> reads as itself)
             check(any("\ufffd" in tok.decode(s) for s in seqs),
                   f"{name}: the random ids include cut UTF-8 (U+FFFD)")
 
