@@ -168,6 +168,7 @@ static int utf8_valid(const unsigned char *s, size_t n) {
 /* The code point at s (valid UTF-8) and its length. */
 static unsigned utf8_cp(const char *s, int *len) {
   const unsigned char *u = (const unsigned char *)s;
+  if (utf8_len(u, strnlen(s, 4)) < 0) return *len = 1, 0xFFFFFFFFu; /* a stray byte in the file */
   if (u[0] < 0x80) return *len = 1, u[0];
   if (u[0] < 0xE0) return *len = 2, (u[0] & 0x1Fu) << 6 | (u[1] & 0x3Fu);
   if (u[0] < 0xF0) return *len = 3, (u[0] & 0x0Fu) << 12 | (u[1] & 0x3Fu) << 6 | (u[2] & 0x3Fu);
@@ -351,13 +352,20 @@ char *poc_tok_decode(const poc_tok *t, const int32_t *ids, int n, int skip_speci
     free(s);
     return NULL;
   }
-  size_t o = 0;
-  for (size_t i = 0; i < b.n; i++) {
-    if (s[i] == '\xC0' && i + 1 < b.n && s[i + 1] == '\x80') s[o++] = 0, i++;
-    else s[o++] = s[i];
+  /* C0 80 back to a zero byte; bytes that are not UTF-8 (only a tokenizer.json holding
+     stray bytes in a piece can bring them this far) become U+FFFD */
+  tok_buf fin = {0};
+  const unsigned char *u = (const unsigned char *)s;
+  for (size_t i = 0; i < b.n;) {
+    int k = u[i] == 0xC0 && i + 1 < b.n && u[i + 1] == 0x80 ? 0 : utf8_len(u + i, b.n - i);
+    if (k == 0) buf_add(&fin, "", 1), i += 2;
+    else if (k < 0) buf_add(&fin, "\xEF\xBF\xBD", 3), i += (size_t)-k;
+    else buf_add(&fin, s + i, (size_t)k), i += (size_t)k;
   }
-  s[o] = 0;
-  if (len) *len = o;
+  free(s);
+  size_t o = fin.n;
+  s = buf_take(&fin);
+  if (s && len) *len = o;
   return s;
 }
 
