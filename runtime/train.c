@@ -29,6 +29,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "comm.h"
 #include "device.h"
 #include "st.h"
 #include "train_internal.h"
@@ -475,6 +476,12 @@ typedef struct {
   trn_wandb wb;
   double knobs[64];
   char out[PATHN], metrics[PATHN + 32], ckdir[PATHN], good_ckpt[PATHN];
+  /* data parallelism (comm.h): this process's rank of `ranks`; rank 0 alone writes the
+   * run directory, metrics, logs and checkpoints and says what the run does (say), the
+   * others' messages carry their rank in the program's name */
+  int rank, ranks, say;
+  poc_program named;
+  char rank_name[256];
 } trn_run;
 
 static void run_free(trn_run *r) {
@@ -519,7 +526,9 @@ static int evaluate(poc_model *m, const trn_evalset *e, int eos, int eval_tokens
                     char *err) {
   int hits = 0, cap = 0;
   int32_t *out = NULL;
-  for (int i = 0; i < e->n; i++) {
+  /* data parallelism: rank r of R answers prompts r, r + R, ...; the hits are summed */
+  int R = trn_comm_size();
+  for (int i = trn_comm_rank(); i < e->n; i += R) {
     int max_new = eval_tokens > 0 ? eval_tokens : e->a_len[i] + 2;
     if (max_new + 1 > cap) {
       cap = max_new + 1;
@@ -544,7 +553,9 @@ static int evaluate(poc_model *m, const trn_evalset *e, int eos, int eval_tokens
       hits++;
   }
   free(out);
-  *acc = e->n ? (double)hits / e->n : 0;
+  int64_t h = hits;
+  if (trn_comm_sum_i64(&h, 1, err)) return -1;
+  *acc = e->n ? (double)h / e->n : 0;
   return 0;
 }
 
@@ -636,7 +647,7 @@ static int run_inputs(trn_run *r) {
     if (d->trainable && r->policy < 0) r->policy = m;
   }
   if (trn_data_load(&r->data, p, p->data_path, vocab, r->T->max_len)) return -1;
-  if (r->data.n_truncated)
+  if (r->data.n_truncated && r->say)
     fprintf(stderr, "%s: warning: %lld of %lld examples are longer than max_len = %d and were "
             "cut (responses at the end)\n", p->data_path, (long long)r->data.n_truncated,
             (long long)r->data.n, r->T->max_len);
@@ -977,7 +988,8 @@ static int run_resume(trn_run *r, uint64_t prog_hash) {
     r->st.seed = r->fl.seed;
   }
   r->ctx.seed = r->st.seed;
-  fprintf(stderr, "%s: resuming %s at step %lld\n", p->name, r->ckdir, (long long)r->st.step);
+  if (r->say)
+    fprintf(stderr, "%s: resuming %s at step %lld\n", p->name, r->ckdir, (long long)r->st.step);
   return 0;
 }
 
@@ -1098,13 +1110,23 @@ static int run_hoist(trn_run *r) {
   }
   char path[PATHN];
   trn_path(path, sizeof path, "%s/ref_cache.bin", r->out);
-  if (trn_cache_load(&r->cache, p, path, key) != 1) {
+  /* every rank reads the cache (only rank 0 ever writes it, and only after this
+   * agreement); unless all have it, all compute it, each rank its share */
+  int64_t loaded = trn_cache_load(&r->cache, p, path, key) == 1;
+  if (trn_comm_min_i64(&loaded, 1, r->err)) return run_error(r, -1);
+  if (!loaded) {
+    trn_cache_free(&r->cache);
+    if (trn_cache_alloc(&r->cache, p, r->data.n)) {
+      fprintf(stderr, "%s: error: out of memory for the reference cache\n", p->name);
+      return -1;
+    }
     double t0 = now_s();
     if (trn_hoist(&r->ctx, &r->ms, &r->cache, r->err) ||
-        trn_cache_save(&r->cache, path, key, r->err))
+        (r->rank == 0 && trn_cache_save(&r->cache, path, key, r->err)))
       return run_error(r, -1);
-    fprintf(stderr, "%s: reference values of %d call%s over %lld examples cached in %.1fs\n",
-            p->name, n_hoisted, n_hoisted > 1 ? "s" : "", (long long)r->data.n, now_s() - t0);
+    if (r->say)
+      fprintf(stderr, "%s: reference values of %d call%s over %lld examples cached in %.1fs\n",
+              p->name, n_hoisted, n_hoisted > 1 ? "s" : "", (long long)r->data.n, now_s() - t0);
   }
   r->ctx.cache = &r->cache;
   return 0;
@@ -1119,6 +1141,7 @@ static int run_eval0(trn_run *r) {
     fprintf(stderr, "%s: error: evaluation: %s\n", p->name, r->err);
     return -1;
   }
+  if (r->rank) return 0;
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "step", 0);
   cJSON_AddNumberToObject(o, "epoch", 0);
@@ -1137,6 +1160,30 @@ typedef struct {
 } run_step_out;
 
 enum { STEP_OK = 0, STEP_SKIPPED = 1, STEP_ERROR = -1, STEP_NONFINITE = -2 };
+
+/* Data parallelism: each rank's gradient is its examples' share of ∇L (the objective's
+ * seeds carry 1/B of the whole step), so their sum over ranks is ∇L, the same on every
+ * rank; every rank then takes the same clipped AdamW step and the replicas stay equal. */
+static int run_sum_grads(trn_run *r) {
+  for (int m = 0; m < r->p->n_models; m++) {
+    if (!r->p->models[m].trainable) continue;
+    size_t n = (r->p->models[m].lora_r > 0 ? &r->alay[m] : &r->lay[m])->n_params;
+    float *g = poc_model_host_f32(r->ms.m[m], POC_PART_GRAD);
+    if (g) {
+      if (trn_comm_sum_f32(g, n, r->err)) return -1;
+      continue;
+    }
+    /* device memory: through a host copy */
+    float *h = malloc(n * sizeof *h + 1);
+    int bad = !h || poc_model_get(r->ms.m[m], POC_PART_GRAD, h, POC_DT_F32, r->err) ||
+              trn_comm_sum_f32(h, n, r->err) ||
+              poc_model_set(r->ms.m[m], POC_PART_GRAD, h, POC_DT_F32, r->err);
+    if (!h) trn_errf(r->err, "out of memory for the gradient of model '%s'", r->p->models[m].name);
+    free(h);
+    if (bad) return -1;
+  }
+  return 0;
+}
 
 /* One optimizer step: the gradient of the step's mean loss, its global norm (reported
  * before clipping), clipping folded into AdamW's gradient scale, AdamW at lr(step).
@@ -1157,6 +1204,7 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
   for (int m = 0; m < p->n_models; m++)
     if (p->models[m].trainable && poc_model_zero_grad(r->ms.m[m], r->err)) return STEP_ERROR;
   if (trn_step_grad(&r->ctx, &r->ms, r->ex, T->batch, step, &o->so, r->err)) return STEP_ERROR;
+  if (r->ranks > 1 && run_sum_grads(r)) return STEP_ERROR;
   o->loss = o->so.loss_sum / T->batch;
   double sq = 0;
   for (int m = 0; m < p->n_models; m++) {
@@ -1213,6 +1261,14 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
 static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_step_out *o,
                    double *eval_acc) {
   const poc_program *p = r->p;
+  *eval_acc = -1;
+  if (r->rank) {
+    /* the evaluation is sharded over every rank; the line is rank 0's */
+    if (do_eval && evaluate(r->ms.m[r->policy], &r->ev, r->eos, r->T->eval_tokens, eval_acc,
+                            r->err))
+      return -1;
+    return 0;
+  }
   cJSON *j = cJSON_CreateObject();
   cJSON_AddNumberToObject(j, "step", (double)step);
   cJSON_AddNumberToObject(j, "epoch", r->st.epoch);
@@ -1228,7 +1284,6 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
     if (r->T->on_nonfinite == POC_NONFINITE_SKIP)
       cJSON_AddNumberToObject(j, "skipped_steps", (double)r->st.skipped);
   }
-  *eval_acc = -1;
   if (do_eval) {
     double acc;
     if (evaluate(r->ms.m[r->policy], &r->ev, r->eos, r->T->eval_tokens, &acc, r->err)) {
@@ -1247,6 +1302,7 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
 }
 
 static int run_checkpoint(trn_run *r) {
+  if (r->rank) return 0; /* the replicas are equal: rank 0 writes */
   if (run_stage_state(r, 0)) return -1;
   if (trn_ckpt_write(r->out, &r->st, r->p, r->cm, r->n_cm, r->err)) return -1;
   trn_path(r->good_ckpt, sizeof r->good_ckpt, "%s/ckpt-%lld", r->out, (long long)r->st.step);
@@ -1300,11 +1356,11 @@ static int run_loop(trn_run *r) {
       fprintf(stderr, "%s%s: error: %s\n", nl, p->name, r->err);
       return -1;
     }
-    if (tty || logged) {
+    if (r->say && (tty || logged)) {
       double per = (now_s() - t_start) / (double)(step - first);
       trn_progress(step, stop, o.loss, o.tok_s, per * (double)(stop - step), tty);
     }
-    if (eval_acc >= 0)
+    if (eval_acc >= 0 && r->say)
       fprintf(stderr, "%s%s: eval/accuracy %.4f after step %lld\n", nl, p->name, eval_acc,
               (long long)step);
     if (ckpt_due(T, step, now_s() - t_ckpt) || step == stop) {
@@ -1317,13 +1373,13 @@ static int run_loop(trn_run *r) {
       last_ckpt = step;
     }
   }
-  if (tty) fputc('\n', stderr);
+  if (tty && r->say) fputc('\n', stderr);
   if (last_ckpt != r->st.step && run_checkpoint(r)) {
     fprintf(stderr, "%s: error: checkpoint at step %lld: %s\n", p->name, (long long)r->st.step,
             r->err);
     return -1;
   }
-  fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
+  if (r->say) fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
   return 0;
 }
 
@@ -1351,7 +1407,24 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   r->p = p;
   r->T = &p->train;
   r->lock_fd = -1;
-  int rc = parse_flags(p, argc, argv, &r->fl);
+  int rc;
+  if (trn_comm_init(r->err)) {
+    fprintf(stderr, "%s: error: %s\n", p->name, r->err);
+    free(r);
+    return 2;
+  }
+  r->rank = trn_comm_rank();
+  r->ranks = trn_comm_size();
+  r->say = r->rank == 0;
+  const char *name0 = p->name;
+  if (r->rank) {
+    /* other ranks' messages name their rank: "dpo[rank 2]: error: ..." */
+    r->named = *p;
+    snprintf(r->rank_name, sizeof r->rank_name, "%s[rank %d]", p->name, r->rank);
+    r->named.name = r->rank_name;
+    r->p = p = &r->named;
+  }
+  rc = parse_flags(p, argc, argv, &r->fl);
   if (rc) {
     rc = rc == 1 ? 0 : 2;
     goto done;
@@ -1361,16 +1434,29 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     fprintf(stderr, "%s: error: --backend %s: %s\n", p->name, r->fl.backend, r->err);
     goto done;
   }
-  fprintf(stderr, "%s\n", r->dev->desc);
-  run_precision_note(r);
+  if (r->say) {
+    fprintf(stderr, "%s\n", r->dev->desc);
+    if (r->ranks > 1)
+      fprintf(stderr, "%s: data parallel: %s; the batch of %d is split over them\n", p->name,
+              trn_comm_desc(), p->train.batch);
+    run_precision_note(r);
+  }
   if (check_program(p)) goto done;
   for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = p->knobs[k].value;
   r->train = p->train;
   if (apply_sets(p, &r->fl, r->knobs, &r->train)) goto done;
   r->T = &r->train; /* the train block with --set train.NAME=value applied */
-  if (run_inputs(r) || run_directory(r)) goto done;
+  if (run_inputs(r)) goto done;
+  /* rank 0 makes (or finds) the run directory and tells the others where it is */
+  r->resuming = r->fl.resume != NULL;
+  if (r->rank == 0 && run_directory(r)) goto done;
+  if (r->ranks > 1 && trn_comm_bcast(r->out, sizeof r->out, 0, r->err)) {
+    run_error(r, 1);
+    goto done;
+  }
+  trn_path(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", r->out);
 
-  uint64_t prog_hash = trn_hash_str(trn_hash_str(0, p->name), p->source ? p->source : "");
+  uint64_t prog_hash = trn_hash_str(trn_hash_str(0, name0), p->source ? p->source : "");
   r->st.seed = r->fl.have_seed ? r->fl.seed : r->T->seed;
   r->st.total = trn_total_steps(r->T, r->data.n);
   r->st.program_hash = prog_hash;
@@ -1388,7 +1474,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   r->st.n_knobs = p->n_knobs;
   memcpy(r->st.knobs, r->knobs, sizeof(double) * (size_t)p->n_knobs);
   rc = 1;
-  if (run_open_directory(r) || run_hoist(r)) goto done;
+  if ((r->rank == 0 && run_open_directory(r)) || run_hoist(r)) goto done;
   trn_order_init(&r->order, &r->data, r->st.seed, r->T->order == POC_ORDER_SEQUENTIAL);
   r->ex = malloc((size_t)r->T->batch * sizeof *r->ex);
   if (!r->order.perm || !r->ex) {
@@ -1410,5 +1496,9 @@ done:
   }
   run_free(r);
   free(r);
+  /* a rank that fails ends them all (none waits in a collective for it); a clean end
+   * is one every rank reaches */
+  if (rc && trn_comm_size() > 1) trn_comm_abort(rc);
+  trn_comm_finalize();
   return rc;
 }

@@ -1,0 +1,145 @@
+/* comm.c — the collectives of comm.h: MPI when built with it (POC_HAVE_MPI) and started by
+ * a launcher, else a single process for which every collective is the identity.
+ *
+ * MPI is initialised only when a launcher's environment says this process is one of
+ * several (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK with a size, SLURM's PMI), so a
+ * binary built with MPI and started on its own never touches MPI (no singleton start). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"
+#include "train_internal.h"
+
+#ifdef POC_HAVE_MPI
+#include <mpi.h>
+#endif
+
+static int g_rank = 0, g_size = 1, g_mpi = 0;
+static char g_desc[64] = "single process";
+
+/* The size a launcher announces, or 0 when none started this process. */
+static int launcher_size(void) {
+  static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE",
+                               "MPI_LOCALNRANKS", "SLURM_NTASKS"};
+  for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+    const char *v = getenv(vars[i]);
+    if (v && *v) {
+      int n = atoi(v);
+      if (n > 0) return n;
+    }
+  }
+  return 0;
+}
+
+int trn_comm_init(char *err) {
+  int n = launcher_size();
+  /* SLURM_NTASKS alone (an sbatch script's shell, not srun's tasks) is no launch */
+  int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_RANK") || getenv("PMIX_RANK") ||
+                 getenv("SLURM_PROCID");
+  if (!launched || n <= 1) return 0;
+#ifdef POC_HAVE_MPI
+  int have = 0;
+  MPI_Initialized(&have);
+  if (!have && MPI_Init(NULL, NULL) != MPI_SUCCESS) {
+    trn_errf(err, "MPI_Init failed");
+    return -1;
+  }
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  g_mpi = 1;
+  snprintf(g_desc, sizeof g_desc, "MPI, %d rank%s", g_size, g_size > 1 ? "s" : "");
+  return 0;
+#else
+  trn_errf(err, "started as one of %d ranks, but this binary was built without MPI (poc's "
+           "CMake found no MPI): it can only train as a single process. Install MPI "
+           "(Debian: openmpi-bin libopenmpi-dev), rebuild poc and the binary, or run it "
+           "without mpirun", n);
+  return -1;
+#endif
+}
+
+void trn_comm_finalize(void) {
+#ifdef POC_HAVE_MPI
+  if (g_mpi) MPI_Finalize();
+#endif
+  g_mpi = 0;
+}
+
+void trn_comm_abort(int rc) {
+  fflush(stdout);
+  fflush(stderr);
+#ifdef POC_HAVE_MPI
+  if (g_mpi && g_size > 1) MPI_Abort(MPI_COMM_WORLD, rc ? rc : 1);
+#endif
+  (void)rc;
+}
+
+int trn_comm_rank(void) { return g_rank; }
+int trn_comm_size(void) { return g_size; }
+const char *trn_comm_desc(void) { return g_desc; }
+
+#ifdef POC_HAVE_MPI
+/* MPI counts are int: long arrays go in pieces */
+#define CHUNK ((size_t)1 << 28)
+static int mpi_fail(int rc, const char *what, char *err) {
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  trn_errf(err, "MPI %s failed: %.*s", what, len, msg);
+  return -1;
+}
+static int allreduce(void *x, size_t n, MPI_Datatype t, size_t el, MPI_Op op, char *err) {
+  for (size_t i = 0; i < n; i += CHUNK) {
+    size_t k = n - i < CHUNK ? n - i : CHUNK;
+    int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)x + i * el, (int)k, t, op, MPI_COMM_WORLD);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce", err);
+  }
+  return 0;
+}
+#endif
+
+int trn_comm_sum_f64(double *x, size_t n, char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) return allreduce(x, n, MPI_DOUBLE, sizeof *x, MPI_SUM, err);
+#endif
+  (void)x, (void)n, (void)err;
+  return 0;
+}
+
+int trn_comm_sum_f32(float *x, size_t n, char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) return allreduce(x, n, MPI_FLOAT, sizeof *x, MPI_SUM, err);
+#endif
+  (void)x, (void)n, (void)err;
+  return 0;
+}
+
+int trn_comm_sum_i64(int64_t *x, size_t n, char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) return allreduce(x, n, MPI_INT64_T, sizeof *x, MPI_SUM, err);
+#endif
+  (void)x, (void)n, (void)err;
+  return 0;
+}
+
+int trn_comm_min_i64(int64_t *x, size_t n, char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) return allreduce(x, n, MPI_INT64_T, sizeof *x, MPI_MIN, err);
+#endif
+  (void)x, (void)n, (void)err;
+  return 0;
+}
+
+int trn_comm_bcast(void *buf, size_t bytes, int root, char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_size > 1)
+    for (size_t i = 0; i < bytes; i += CHUNK) {
+      size_t k = bytes - i < CHUNK ? bytes - i : CHUNK;
+      int rc = MPI_Bcast((char *)buf + i, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
+      if (rc != MPI_SUCCESS) return mpi_fail(rc, "broadcast", err);
+    }
+#endif
+  (void)buf, (void)bytes, (void)root, (void)err;
+  return 0;
+}
