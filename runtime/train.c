@@ -882,6 +882,7 @@ static int run_model(trn_run *r, int m) {
       return 1;
     }
   }
+  r->ctx.n_train[m] = nt;
   r->cm[r->n_cm++] = (trn_ckmodel){d->name, tl, r->hw[m], r->hm[m], r->hv[m],
                                    lora ? &r->lc[m] : NULL, d->path};
   return 0;
@@ -1161,30 +1162,6 @@ typedef struct {
 
 enum { STEP_OK = 0, STEP_SKIPPED = 1, STEP_ERROR = -1, STEP_NONFINITE = -2 };
 
-/* Data parallelism: each rank's gradient is its examples' share of ∇L (the objective's
- * seeds carry 1/B of the whole step), so their sum over ranks is ∇L, the same on every
- * rank; every rank then takes the same clipped AdamW step and the replicas stay equal. */
-static int run_sum_grads(trn_run *r) {
-  for (int m = 0; m < r->p->n_models; m++) {
-    if (!r->p->models[m].trainable) continue;
-    size_t n = (r->p->models[m].lora_r > 0 ? &r->alay[m] : &r->lay[m])->n_params;
-    float *g = poc_model_host_f32(r->ms.m[m], POC_PART_GRAD);
-    if (g) {
-      if (trn_comm_sum_f32(g, n, r->err)) return -1;
-      continue;
-    }
-    /* device memory: through a host copy */
-    float *h = malloc(n * sizeof *h + 1);
-    int bad = !h || poc_model_get(r->ms.m[m], POC_PART_GRAD, h, POC_DT_F32, r->err) ||
-              trn_comm_sum_f32(h, n, r->err) ||
-              poc_model_set(r->ms.m[m], POC_PART_GRAD, h, POC_DT_F32, r->err);
-    if (!h) trn_errf(r->err, "out of memory for the gradient of model '%s'", r->p->models[m].name);
-    free(h);
-    if (bad) return -1;
-  }
-  return 0;
-}
-
 /* One optimizer step: the gradient of the step's mean loss, its global norm (reported
  * before clipping), clipping folded into AdamW's gradient scale, AdamW at lr(step).
  *
@@ -1204,7 +1181,6 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
   for (int m = 0; m < p->n_models; m++)
     if (p->models[m].trainable && poc_model_zero_grad(r->ms.m[m], r->err)) return STEP_ERROR;
   if (trn_step_grad(&r->ctx, &r->ms, r->ex, T->batch, step, &o->so, r->err)) return STEP_ERROR;
-  if (r->ranks > 1 && run_sum_grads(r)) return STEP_ERROR;
   o->loss = o->so.loss_sum / T->batch;
   double sq = 0;
   for (int m = 0; m < p->n_models; m++) {

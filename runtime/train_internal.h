@@ -286,6 +286,7 @@ typedef struct trn_ctx {
   int unfused;
   int max_tokens[TRN_MAX_MODELS];/* workspace each model instance was made with */
   uint64_t frozen_hash[TRN_MAX_MODELS]; /* frozen models' initial weights, for the cache key */
+  size_t n_train[TRN_MAX_MODELS];/* a trainable model's trainable vector (its gradient) */
 } trn_ctx;
 
 /* One model's packed forward. */

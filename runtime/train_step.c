@@ -181,6 +181,79 @@ static void lora_dropout(const trn_ctx *c, models *ms, int on, int64_t step, int
                                             (uint64_t)b0).s);
 }
 
+/* The step's gradient as a sum over its micro-batches that does not depend on how they
+ * are dealt to ranks. Where the gradient lives in host memory (the CPU), each
+ * micro-batch's backward starts from zero and its gradient g_j is added to a double
+ * accumulator; the accumulators are summed over ranks in double and rounded to float
+ * once. Σ_j g_j in double is exact to ~1e-16 relative whatever the grouping, so the
+ * float gradient, and the weights after AdamW, are those of one process but for an
+ * element whose sum lies within that of a rounding boundary. Elsewhere (device memory)
+ * the backwards accumulate in place and the ranks' float gradients are summed. */
+typedef struct {
+  double *acc[TRN_MAX_MODELS];
+  float *g[TRN_MAX_MODELS];
+  int on;                        /* accumulating in double */
+} gradsum;
+
+static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char *err) {
+  memset(s, 0, sizeof *s);
+  if (n_mb <= 1 && trn_comm_size() == 1) return 0; /* one micro-batch: g_0 is the sum */
+  s->on = 1;
+  for (int m = 0; m < c->prog->n_models; m++) {
+    if (!c->prog->models[m].trainable) continue;
+    s->g[m] = poc_model_host_f32(ms->m[m], POC_PART_GRAD);
+    if (!s->g[m]) s->on = 0;
+  }
+  for (int m = 0; s->on && m < c->prog->n_models; m++)
+    if (s->g[m] && !(s->acc[m] = calloc(c->n_train[m] + 1, sizeof(double)))) {
+      trn_errf(err, "out of memory for the gradient accumulator");
+      return -1;
+    }
+  return 0;
+}
+
+static void gradsum_free(gradsum *s) {
+  for (int m = 0; m < TRN_MAX_MODELS; m++) free(s->acc[m]);
+  memset(s, 0, sizeof *s);
+}
+
+/* after a micro-batch's backward: g_j into the accumulator, the gradient back to zero */
+static void gradsum_add(gradsum *s, const trn_ctx *c) {
+  if (!s->on) return;
+  for (int m = 0; m < c->prog->n_models; m++) {
+    if (!s->acc[m]) continue;
+    double *a = s->acc[m];
+    float *g = s->g[m];
+    for (size_t i = 0; i < c->n_train[m]; i++) {
+      a[i] += (double)g[i];
+      g[i] = 0;
+    }
+  }
+}
+
+/* the sum over ranks into every rank's gradient */
+static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
+  const poc_program *p = c->prog;
+  for (int m = 0; m < p->n_models; m++) {
+    if (!p->models[m].trainable) continue;
+    size_t n = c->n_train[m];
+    if (s->on) {
+      if (trn_comm_sum_f64(s->acc[m], n, err)) return -1;
+      for (size_t i = 0; i < n; i++) s->g[m][i] = (float)s->acc[m][i];
+      continue;
+    }
+    if (trn_comm_size() == 1) continue;
+    float *h = malloc(n * sizeof *h + 1);
+    int bad = !h || poc_model_get(ms->m[m], POC_PART_GRAD, h, POC_DT_F32, err) ||
+              trn_comm_sum_f32(h, n, err) ||
+              poc_model_set(ms->m[m], POC_PART_GRAD, h, POC_DT_F32, err);
+    if (!h) trn_errf(err, "out of memory for the gradient of model '%s'", p->models[m].name);
+    free(h);
+    if (bad) return -1;
+  }
+  return 0;
+}
+
 /* Data parallelism: the step's micro-batches are those of one process (examples
  * [j·b, (j+1)·b) for micro-batch j, by position in the batch alone), dealt round-robin:
  * rank r of R computes micro-batches r, r + R, ... So every pack is the one a single
@@ -218,11 +291,14 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
   trn_mb mb = {0};
   outbuf ob[TRN_MAX_MODELS];
   memset(ob, 0, sizeof ob);
+  gradsum gs;
+  memset(&gs, 0, sizeof gs);
   int rc = -1;
   if (!ex || !pos) {
     trn_errf(err, "out of memory");
     goto done;
   }
+  if (gradsum_init(&gs, c, ms, (B + mbs - 1) / mbs, err)) goto done;
   if (anchors_draw(c, ms, ex, Bl, step, &anc, err)) goto done;
   int cap = p->separable ? (mbs < Bl ? mbs : Bl) : Bl;
   if (trn_objbuf_init(&o, p, cap > 0 ? cap : 1)) {
@@ -252,6 +328,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
       sum_outputs(&o, p->n_reports, out);
       if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
+      gradsum_add(&gs, c);
     }
     if (R > 1) {
       double v[66];
@@ -302,8 +379,10 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       lora_dropout(c, ms, 1, step, pos[b0]);
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
       if (backwards(c, ms, &mb, all, R > 1 ? pos[b0] : b0, ob, err)) goto done;
+      gradsum_add(&gs, c);
     }
   }
+  if (gradsum_finish(&gs, c, ms, err)) goto done;
   rc = 0;
 done:
   lora_dropout(c, ms, 0, 0, 0);
@@ -314,6 +393,7 @@ done:
   anchors_free(&anc);
   free(ex);
   free(pos);
+  gradsum_free(&gs);
   return rc;
 }
 
