@@ -4,9 +4,12 @@
  * MPI is initialised only when a launcher's environment says this process is one of
  * several (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK with a size, SLURM's PMI), so a
  * binary built with MPI and started on its own never touches MPI (no singleton start). */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "comm.h"
 #include "train_internal.h"
@@ -17,6 +20,45 @@
 
 static int g_rank = 0, g_size = 1, g_mpi = 0;
 static char g_desc[64] = "single process";
+static char g_name[256] = "poc";
+static double g_timeout = 600;
+static volatile sig_atomic_t g_step = 0;
+
+void trn_comm_set_name(const char *name) { snprintf(g_name, sizeof g_name, "%s", name); }
+void trn_comm_set_timeout(double seconds) { g_timeout = seconds; }
+void trn_comm_set_step(int64_t step) { g_step = (sig_atomic_t)step; }
+
+/* The launcher ends every rank with SIGTERM when one fails or dies: say which rank
+ * stopped where (write(2) only: this runs in a signal handler), then end as SIGTERM does. */
+static void put(char *b, size_t *n, size_t cap, const char *s) {
+  while (*s && *n + 1 < cap) b[(*n)++] = *s++;
+}
+static void put_int(char *b, size_t *n, size_t cap, long long v) {
+  char d[24];
+  int k = 0;
+  if (v < 0) v = 0;
+  do d[k++] = (char)('0' + v % 10); while ((v /= 10) && k < 23);
+  while (k && *n + 1 < cap) b[(*n)++] = d[--k];
+}
+static void on_term(int sig) {
+  char b[512];
+  size_t n = 0;
+  put(b, &n, sizeof b, g_name);
+  put(b, &n, sizeof b, ": rank ");
+  put_int(b, &n, sizeof b, g_rank);
+  if (g_step > 0) {
+    put(b, &n, sizeof b, ": stopped during step ");
+    put_int(b, &n, sizeof b, g_step);
+  } else {
+    put(b, &n, sizeof b, ": stopped before the first step");
+  }
+  put(b, &n, sizeof b, ": the launcher ended the job (another rank failed or died); "
+      "checkpoints written so far are intact\n");
+  ssize_t w = write(2, b, n);
+  (void)w;
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
 
 /* The size a launcher announces, or 0 when none started this process. */
 static int launcher_size(void) {
@@ -48,6 +90,11 @@ int trn_comm_init(char *err) {
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
   g_mpi = 1;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_term;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
   snprintf(g_desc, sizeof g_desc, "MPI, %d rank%s", g_size, g_size > 1 ? "s" : "");
   return 0;
 #else
@@ -89,11 +136,51 @@ static int mpi_fail(int rc, const char *what, char *err) {
   trn_errf(err, "MPI %s failed: %.*s", what, len, msg);
   return -1;
 }
+static double mono_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Waits for a non-blocking collective, at most --collective-timeout seconds: a rank that
+ * never arrives (dead, stuck, or on another code path) ends the job with a message that
+ * names this rank and the step, instead of a hang. Polls with a short sleep once the
+ * first millisecond has passed, so a waiting rank leaves its core to the others. */
+static int wait_req(MPI_Request *rq, const char *what, char *err) {
+  double t0 = mono_s();
+  for (long spins = 0;; spins++) {
+    int done = 0;
+    int rc = MPI_Test(rq, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, what, err);
+    if (done) return 0;
+    double dt = mono_s() - t0;
+    if (g_timeout > 0 && dt > g_timeout) {
+      if (g_step > 0)
+        fprintf(stderr, "%s: error: rank %d: step %lld: %s waited %.0f s for the other ranks "
+                "(--collective-timeout %g); one of them is dead or stuck, so every rank stops. "
+                "Checkpoints written so far are intact\n", g_name, g_rank, (long long)g_step,
+                what, dt, g_timeout);
+      else
+        fprintf(stderr, "%s: error: rank %d: before the first step: %s waited %.0f s for the "
+                "other ranks (--collective-timeout %g); one of them is dead or stuck, so every "
+                "rank stops\n", g_name, g_rank, what, dt, g_timeout);
+      fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (dt > 1e-3) {
+      struct timespec ts = {0, dt > 0.1 ? 1000000 : 50000};
+      nanosleep(&ts, NULL);
+    }
+  }
+}
+
 static int allreduce(void *x, size_t n, MPI_Datatype t, size_t el, MPI_Op op, char *err) {
   for (size_t i = 0; i < n; i += CHUNK) {
     size_t k = n - i < CHUNK ? n - i : CHUNK;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)x + i * el, (int)k, t, op, MPI_COMM_WORLD);
+    MPI_Request rq;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)x + i * el, (int)k, t, op, MPI_COMM_WORLD, &rq);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce", err);
+    if (wait_req(&rq, "an all-reduce", err)) return -1;
   }
   return 0;
 }
@@ -136,8 +223,10 @@ int trn_comm_bcast(void *buf, size_t bytes, int root, char *err) {
   if (g_size > 1)
     for (size_t i = 0; i < bytes; i += CHUNK) {
       size_t k = bytes - i < CHUNK ? bytes - i : CHUNK;
-      int rc = MPI_Bcast((char *)buf + i, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
+      MPI_Request rq;
+      int rc = MPI_Ibcast((char *)buf + i, (int)k, MPI_BYTE, root, MPI_COMM_WORLD, &rq);
       if (rc != MPI_SUCCESS) return mpi_fail(rc, "broadcast", err);
+      if (wait_req(&rq, "a broadcast", err)) return -1;
     }
 #endif
   (void)buf, (void)bytes, (void)root, (void)err;

@@ -25,6 +25,14 @@ void trn_comm_finalize(void);
  * in a collective the failing one never reaches. Returns only with one rank. */
 void trn_comm_abort(int rc);
 
+/* For messages: the program's name, the step in progress (0 before the first), and how
+ * long a collective may wait for the other ranks before every rank stops (seconds; 0:
+ * forever). A SIGTERM from the launcher (another rank failed or died) is reported with
+ * the rank and the step before the process ends. */
+void trn_comm_set_name(const char *name);
+void trn_comm_set_step(int64_t step);
+void trn_comm_set_timeout(double seconds);
+
 int trn_comm_rank(void);
 int trn_comm_size(void);
 /* "MPI, 3 ranks" / "single process": for the run's first line. */

@@ -46,6 +46,7 @@ typedef struct {
   int n_set;
   char **set;
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
+  double collective_timeout;     /* seconds a collective waits for the other ranks */
 } trn_flags;
 
 static void usage(const poc_program *p, FILE *f) {
@@ -53,6 +54,7 @@ static void usage(const poc_program *p, FILE *f) {
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
+          "       %*s [--collective-timeout SECONDS]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -68,8 +70,11 @@ static void usage(const poc_program *p, FILE *f) {
           "  --kernel-images list the GPU kernels built in by poc build --arch, and exit\n"
           "  --log L,...     also log the metrics for TensorBoard (OUT/tensorboard/) or\n"
           "                  Weights & Biases (offline, OUT/wandb/; upload with wandb sync);\n"
-          "                  repeatable\n",
-          p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", p->name, p->name);
+          "                  repeatable\n"
+          "  --collective-timeout S  under mpirun: how long a rank waits for the others in\n"
+          "                  a collective before every rank stops (default 600; 0: forever)\n",
+          p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
+          p->name, p->name);
   if (p->n_knobs) {
     fprintf(f, "knobs:");
     for (int i = 0; i < p->n_knobs; i++) fprintf(f, " %s=%g", p->knobs[i].name, p->knobs[i].value);
@@ -109,6 +114,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
   memset(f, 0, sizeof *f);
   f->backend = "auto";
   f->steps = -1;
+  f->collective_timeout = 600;
   f->set = calloc((size_t)argc + 1, sizeof *f->set);
   if (!f->set) return 2;
   for (int i = 1; i < argc; i++) {
@@ -116,7 +122,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     const char *val = NULL;
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--out") ||
                 !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed") ||
-                !strcmp(a, "--log");
+                !strcmp(a, "--log") || !strcmp(a, "--collective-timeout");
     if (needs) {
       if (i + 1 >= argc) {
         fprintf(stderr, "%s: error: %s needs a value\n", p->name, a);
@@ -148,6 +154,16 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       }
       f->seed = (uint64_t)s;
       f->have_seed = 1;
+    } else if (!strcmp(a, "--collective-timeout")) {
+      char *end;
+      errno = 0;
+      double t = strtod(val, &end);
+      if (!*val || *end || errno || !(t >= 0) || !isfinite(t)) {
+        fprintf(stderr, "%s: error: --collective-timeout wants seconds >= 0, got '%s'\n",
+                p->name, val);
+        return 2;
+      }
+      f->collective_timeout = t;
     } else if (!strcmp(a, "--out")) {
       f->out = val;
     } else if (!strcmp(a, "--resume")) {
@@ -480,6 +496,7 @@ typedef struct {
    * run directory, metrics, logs and checkpoints and says what the run does (say), the
    * others' messages carry their rank in the program's name */
   int rank, ranks, say;
+  int agreed;                    /* every rank fails together: no abort needed */
   poc_program named;
   char rank_name[256];
 } trn_run;
@@ -1305,6 +1322,7 @@ static int run_loop(trn_run *r) {
   double t_ckpt = t_start;
   while (r->st.step < stop) {
     int64_t step = r->st.step + 1;
+    trn_comm_set_step(step);
     run_step_out o;
     int sr = run_step(r, step, &o);
     if (sr == STEP_NONFINITE) {
@@ -1372,6 +1390,36 @@ static void run_precision_note(const trn_run *r) {
           is_bf16 ? "" : " (it has no bf16 path yet)");
 }
 
+/* Data parallelism: every rank must run the same program on the same data with the same
+ * flags, or their "sum" would be nonsense. Rank 0's program hash (name and .po source),
+ * data and evaluation file hashes and command line go to every rank; each compares, and
+ * the lowest rank that differs in each is named on every rank. 0 when all agree. */
+static int run_agree(trn_run *r, const char *name0, int argc, char **argv) {
+  enum { N_ITEMS = 4 };
+  static const char *what[N_ITEMS] = {"program (its .po source)", "data file", "evaluation file",
+                                      "command line (flags)"};
+  uint64_t mine[N_ITEMS] = {trn_hash_str(trn_hash_str(0, name0), r->p->source ? r->p->source : ""),
+                            r->file_hash[0], r->file_hash[1], trn_hash_str(0, "argv")};
+  for (int i = 1; i < argc; i++) mine[3] = trn_hash_str(trn_hash(mine[3], "\0", 1), argv[i]);
+  uint64_t root[N_ITEMS];
+  memcpy(root, mine, sizeof root);
+  if (trn_comm_bcast(root, sizeof root, 0, r->err)) return run_error(r, 1);
+  int64_t who[N_ITEMS];
+  for (int i = 0; i < N_ITEMS; i++) who[i] = mine[i] != root[i] ? r->rank : INT64_MAX;
+  if (trn_comm_min_i64(who, N_ITEMS, r->err)) return run_error(r, 1);
+  int bad = 0;
+  for (int i = 0; i < N_ITEMS; i++) {
+    if (who[i] == INT64_MAX) continue;
+    bad = 1;
+    if (r->rank == 0 || who[i] == r->rank)
+      fprintf(stderr, "%s: error: the ranks disagree: rank %lld's %s differs from rank 0's "
+              "(%016" PRIx64 " there); every rank must run the same binary, data and flags\n",
+              r->p->name, (long long)who[i], what[i], root[i]);
+  }
+  r->agreed = bad;
+  return bad ? -1 : 0;
+}
+
 /*   flags → device → program check → inputs → run directory → models (resume) → hoist →
  *   eval@0 → loop → final checkpoint */
 int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc, char **argv) {
@@ -1400,6 +1448,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     r->named.name = r->rank_name;
     r->p = p = &r->named;
   }
+  trn_comm_set_name(p->name);
   rc = parse_flags(p, argc, argv, &r->fl);
   if (rc) {
     rc = rc == 1 ? 0 : 2;
@@ -1423,6 +1472,8 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   if (apply_sets(p, &r->fl, r->knobs, &r->train)) goto done;
   r->T = &r->train; /* the train block with --set train.NAME=value applied */
   if (run_inputs(r)) goto done;
+  trn_comm_set_timeout(r->fl.collective_timeout);
+  if (r->ranks > 1 && run_agree(r, name0, argc, argv)) goto done;
   /* rank 0 makes (or finds) the run directory and tells the others where it is */
   r->resuming = r->fl.resume != NULL;
   if (r->rank == 0 && run_directory(r)) goto done;
@@ -1470,11 +1521,12 @@ done:
     char err[POC_ERR_LEN];
     if (trn_wandb_exit(&r->wb, rc, err)) sink_failed(r, &r->wb.on, "wandb", err);
   }
+  int agreed = r->agreed;
   run_free(r);
   free(r);
   /* a rank that fails ends them all (none waits in a collective for it); a clean end
-   * is one every rank reaches */
-  if (rc && trn_comm_size() > 1) trn_comm_abort(rc);
+   * is one every rank reaches, as is a failure they agreed on */
+  if (rc && trn_comm_size() > 1 && !agreed) trn_comm_abort(rc);
   trn_comm_finalize();
   return rc;
 }

@@ -5,7 +5,12 @@ MPI, oversubscribed), with micro_batch = 3 so that the batch of 16 falls into mi
 of 3, 3, 3, 3, 3 and 1 dealt unevenly to the ranks. Per step, the loss and every report
 agree to 1e-5 relative; the final weights lie within 1e-4 of the update's size (max |w_R -
 w_1| <= 1e-4 · max |w_1 - w_0|); the evaluation accuracy is identical; and rank 0 alone
-wrote the run (one metrics line per step, one checkpoint). A rank's error names its rank.
+wrote the run (one metrics line per step, one checkpoint).
+
+Then, on the first example: ranks that differ in program or flags stop naming the rank;
+a rank stopped with SIGSTOP makes the others give up after --collective-timeout, naming
+rank and step; a rank killed makes the launcher end the others, which say where they
+were; in both cases the newest checkpoint resumes.
 
 usage: check_dp.py --poc POC --root ROOT --scratch DIR --mpirun MPIRUN [--ranks 2,3] NAME...
 """
@@ -120,12 +125,120 @@ for name in a.examples:
         print(f"{name}: {R} ranks: worst relative difference {worst:.3g}, weights {dw:.3g} "
               f"(update {upd:.3g})")
 
-# a rank's error names its rank, and the other ranks do not wait for it: --resume of a
-# directory that holds no run fails on every rank; rank 0's message is the plain one
-if a.examples:
-    binary = os.path.join(a.scratch, a.examples[0])
+
+
+def rank_pid(parent, rank):
+    """The pid of the rank that the launcher `parent` started as `rank`."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == parent and f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+            return int(d)
+    return None
+
+
+def stall(binary, out, sig, timeout_s):
+    """Runs 2 ranks with a checkpoint every 2 steps, sends `sig` to rank 1 once step 3 is
+    logged, and returns (exit status, stderr, seconds from the signal to the end)."""
+    import signal
+    import time
+    cmd = MPI + ["-np", "2", binary, "--out", out, "--collective-timeout", str(timeout_s),
+                 "--set", "train.ckpt_every=2"]
+    pr = subprocess.Popen(cmd, cwd=a.root, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    t_end = time.time() + 120
+    pid = None
+    while time.time() < t_end and pr.poll() is None:
+        try:
+            if len(metrics(out)) >= 4:
+                pid = rank_pid(pr.pid, 1)
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    if pid is None:
+        pr.kill()
+        pr.communicate()
+        return None, "rank 1 not found or the run ended early", 0
+    t0 = time.time()
+    os.kill(pid, getattr(signal, sig))
+    try:
+        _, err = pr.communicate(timeout=timeout_s + 60)
+    except subprocess.TimeoutExpired:
+        pr.kill()
+        _, err = pr.communicate()
+        err += "\n(the job hung)"
+    try:
+        os.kill(pid, signal.SIGKILL)   # a stopped rank the launcher did not end
+    except OSError:
+        pass
+    return pr.returncode, err, time.time() - t0
+
+
+def resumes(binary, out):
+    """The newest checkpoint of `out` resumes as one process for one more step."""
+    steps = sorted(int(d[5:]) for d in os.listdir(out) if d.startswith("ckpt-"))
+    if not check(steps, f"{out}: no checkpoint was written"):
+        return
+    r = subprocess.run([binary, "--resume", out, "--steps", str(steps[-1] + 1)], cwd=a.root,
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    check(r.returncode == 0, f"{out}: the newest checkpoint (step {steps[-1]}) does not resume:"
+          f"\n{r.stderr[-2000:]}")
+
+
+if a.examples and os.path.exists(os.path.join(a.scratch, a.examples[0])):
+    name = a.examples[0]
+    binary = os.path.join(a.scratch, name)
+    # a failing rank ends them all, and its error is shown
     r = subprocess.run(MPI + ["-np", "2", binary, "--resume", os.path.join(a.scratch, "none")],
                        cwd=a.root, env=ENV, capture_output=True, text=True, timeout=300)
     check(r.returncode != 0, "a failing run under mpirun exits non-zero")
     check("no such run directory" in r.stderr, f"rank 0's error is shown:\n{r.stderr[-2000:]}")
+
+    # the ranks agree on the program, the data and the flags
+    alt = os.path.join(a.scratch, "alt")
+    os.makedirs(alt, exist_ok=True)
+    with open(os.path.join(a.root, "examples", name + ".po")) as f:
+        src = f.read()
+    with open(os.path.join(alt, name + ".po"), "w") as f:
+        f.write(src + "\n# another program\n")
+    run([a.poc, "build", os.path.join(alt, name + ".po"), "-o", os.path.join(alt, name)],
+        f"{name}: poc build (altered)")
+    cases = [("program (its .po source)", [binary, "--out", os.path.join(a.scratch, "agree1")],
+              [os.path.join(alt, name), "--out", os.path.join(a.scratch, "agree1")]),
+             ("command line (flags)", [binary, "--out", os.path.join(a.scratch, "agree2")],
+              [binary, "--out", os.path.join(a.scratch, "agree2"), "--steps", "3"])]
+    for what, c0, c1 in cases:
+        r = subprocess.run(MPI + ["-np", "1"] + c0 + [":", "-np", "1"] + c1, cwd=a.root,
+                           env=ENV, capture_output=True, text=True, timeout=300)
+        check(r.returncode != 0 and f"rank 1's {what} differs" in r.stderr,
+              f"ranks that differ in their {what} stop, naming rank 1 (exit {r.returncode}):"
+              f"\n{r.stderr[-2000:]}")
+        check(not os.path.exists(os.path.join(c0[2], "ckpt-1")), f"{what}: no training")
+
+    # a stuck rank: the others give up after --collective-timeout, naming rank and step
+    out = os.path.join(a.scratch, "stuck")
+    rc, err, dt = stall(binary, out, "SIGSTOP", 3)
+    check(rc not in (None, 0) and "(the job hung)" not in err, f"a stuck rank ends the job "
+          f"(exit {rc}):\n{err[-2000:]}")
+    check("rank 0: step" in err and "--collective-timeout 3" in err, f"the timeout names rank "
+          f"and step:\n{err[-2000:]}")
+    check(dt < 60, f"the job ended {dt:.0f} s after rank 1 stopped")
+    resumes(binary, out)
+
+    # a dead rank: the launcher ends the others, which say where they were
+    out = os.path.join(a.scratch, "dead")
+    rc, err, dt = stall(binary, out, "SIGKILL", 600)
+    check(rc not in (None, 0) and "(the job hung)" not in err, f"a dead rank ends the job "
+          f"(exit {rc}):\n{err[-2000:]}")
+    check("rank 0: stopped during step" in err, f"rank 0 says where it stopped:\n{err[-2000:]}")
+    check(dt < 60, f"the job ended {dt:.0f} s after rank 1 died")
+    resumes(binary, out)
 sys.exit(finish("dp"))
