@@ -23,6 +23,13 @@ static char g_desc[64] = "single process";
 static char g_name[256] = "poc";
 static double g_timeout = 600;
 static volatile sig_atomic_t g_step = 0;
+static double g_comm_s = 0;
+static uint64_t g_comm_bytes = 0;
+
+void trn_comm_stats(double *seconds, uint64_t *bytes) {
+  *seconds = g_comm_s;
+  *bytes = g_comm_bytes;
+}
 
 void trn_comm_set_name(const char *name) { snprintf(g_name, sizeof g_name, "%s", name); }
 void trn_comm_set_timeout(double seconds) { g_timeout = seconds; }
@@ -146,13 +153,15 @@ static double mono_s(void) {
  * never arrives (dead, stuck, or on another code path) ends the job with a message that
  * names this rank and the step, instead of a hang. Polls with a short sleep once the
  * first millisecond has passed, so a waiting rank leaves its core to the others. */
-static int wait_req(MPI_Request *rq, const char *what, char *err) {
-  double t0 = mono_s();
-  for (long spins = 0;; spins++) {
+static int wait_req(MPI_Request *rq, double t0, const char *what, char *err) {
+  for (;;) {
     int done = 0;
     int rc = MPI_Test(rq, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, what, err);
-    if (done) return 0;
+    if (done) {
+      g_comm_s += mono_s() - t0;
+      return 0;
+    }
     double dt = mono_s() - t0;
     if (g_timeout > 0 && dt > g_timeout) {
       if (g_step > 0)
@@ -178,9 +187,11 @@ static int allreduce(void *x, size_t n, MPI_Datatype t, size_t el, MPI_Op op, ch
   for (size_t i = 0; i < n; i += CHUNK) {
     size_t k = n - i < CHUNK ? n - i : CHUNK;
     MPI_Request rq;
+    double t0 = mono_s();
     int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)x + i * el, (int)k, t, op, MPI_COMM_WORLD, &rq);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce", err);
-    if (wait_req(&rq, "an all-reduce", err)) return -1;
+    g_comm_bytes += k * el;
+    if (wait_req(&rq, t0, "an all-reduce", err)) return -1;
   }
   return 0;
 }
@@ -224,9 +235,11 @@ int trn_comm_bcast(void *buf, size_t bytes, int root, char *err) {
     for (size_t i = 0; i < bytes; i += CHUNK) {
       size_t k = bytes - i < CHUNK ? bytes - i : CHUNK;
       MPI_Request rq;
+      double t0 = mono_s();
       int rc = MPI_Ibcast((char *)buf + i, (int)k, MPI_BYTE, root, MPI_COMM_WORLD, &rq);
       if (rc != MPI_SUCCESS) return mpi_fail(rc, "broadcast", err);
-      if (wait_req(&rq, "a broadcast", err)) return -1;
+      g_comm_bytes += k;
+      if (wait_req(&rq, t0, "a broadcast", err)) return -1;
     }
 #endif
   (void)buf, (void)bytes, (void)root, (void)err;

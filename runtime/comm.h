@@ -33,6 +33,10 @@ void trn_comm_set_name(const char *name);
 void trn_comm_set_step(int64_t step);
 void trn_comm_set_timeout(double seconds);
 
+/* Since the start: the bytes this rank handed to collectives and the seconds it spent in
+ * them (waiting for the other ranks included; nothing overlaps them yet). */
+void trn_comm_stats(double *seconds, uint64_t *bytes);
+
 int trn_comm_rank(void);
 int trn_comm_size(void);
 /* "MPI, 3 ranks" / "single process": for the run's first line. */

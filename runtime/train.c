@@ -1319,12 +1319,16 @@ static int run_loop(trn_run *r) {
   const char *nl = tty ? "\n" : "";
   double t_start = now_s();
   int64_t first = r->st.step, last_ckpt = r->resuming ? r->st.step : -1;
-  double t_ckpt = t_start;
+  double t_ckpt = t_start, comm0, steps_s = 0;
+  uint64_t bytes0;
+  trn_comm_stats(&comm0, &bytes0);
   while (r->st.step < stop) {
     int64_t step = r->st.step + 1;
     trn_comm_set_step(step);
     run_step_out o;
+    double ts = now_s();
     int sr = run_step(r, step, &o);
+    steps_s += now_s() - ts;
     if (sr == STEP_NONFINITE) {
       fprintf(stderr, "%s%s: error: step %lld: %s. Nothing was written; ", nl, p->name,
               (long long)step, r->err);
@@ -1372,6 +1376,16 @@ static int run_loop(trn_run *r) {
     fprintf(stderr, "%s: error: checkpoint at step %lld: %s\n", p->name, (long long)r->st.step,
             r->err);
     return -1;
+  }
+  if (r->say && (r->ranks > 1 || getenv("POC_DP_STATS")) && r->st.step > first) {
+    /* what data parallelism cost per step (bench/dp reads this line; POC_DP_STATS=1 asks
+     * a single process for it too) */
+    double comm1, n = (double)(r->st.step - first);
+    uint64_t bytes1;
+    trn_comm_stats(&comm1, &bytes1);
+    fprintf(stderr, "%s: data parallel: per step %.0f bytes reduced, %.4f s of %.4f s in "
+            "collectives (rank 0, waiting included)\n", p->name, (double)(bytes1 - bytes0) / n,
+            (comm1 - comm0) / n, steps_s / n);
   }
   if (r->say) fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
   return 0;
