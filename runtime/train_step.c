@@ -224,7 +224,10 @@ static void gradsum_add(gradsum *s, const trn_ctx *c) {
     if (!s->acc[m]) continue;
     double *a = s->acc[m];
     float *g = s->g[m];
-    for (size_t i = 0; i < c->n_train[m]; i++) {
+    long n = (long)c->n_train[m];
+    /* elementwise: the result does not depend on the threads */
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
       a[i] += (double)g[i];
       g[i] = 0;
     }
@@ -239,7 +242,11 @@ static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
     size_t n = c->n_train[m];
     if (s->on) {
       if (trn_comm_sum_f64(s->acc[m], n, err)) return -1;
-      for (size_t i = 0; i < n; i++) s->g[m][i] = (float)s->acc[m][i];
+      float *g = s->g[m];
+      const double *a = s->acc[m];
+      long nl = (long)n;
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < nl; i++) g[i] = (float)a[i];
       continue;
     }
     if (trn_comm_size() == 1) continue;
