@@ -35,6 +35,7 @@ void trn_comm_set_name(const char *name) { snprintf(g_name, sizeof g_name, "%s",
 void trn_comm_set_timeout(double seconds) { g_timeout = seconds; }
 void trn_comm_set_step(int64_t step) { g_step = (sig_atomic_t)step; }
 
+#ifdef POC_HAVE_MPI
 /* The launcher ends every rank with SIGTERM when one fails or dies: say which rank
  * stopped where (write(2) only: this runs in a signal handler), then end as SIGTERM does. */
 static void put(char *b, size_t *n, size_t cap, const char *s) {
@@ -66,6 +67,7 @@ static void on_term(int sig) {
   signal(sig, SIG_DFL);
   raise(sig);
 }
+#endif
 
 /* The size a launcher announces, or 0 when none started this process. */
 static int launcher_size(void) {
