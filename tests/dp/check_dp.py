@@ -193,6 +193,23 @@ def resumes(binary, out):
           f"\n{r.stderr[-2000:]}")
 
 
+# a rank with no examples at all: copo's own micro_batch (8) makes 2 micro-batches of the
+# batch of 16, so with 3 ranks rank 2 only joins the collectives
+if "copo" in a.examples and os.path.exists(os.path.join(a.scratch, "copo")):
+    binary = os.path.join(a.scratch, "copo")
+    outs = {}
+    for R in (1, 3):
+        outs[R] = os.path.join(a.scratch, f"copo-idle-{R}")
+        cmd = ([binary] if R == 1 else MPI + ["-np", str(R), binary]) + \
+            ["--steps", "3", "--out", outs[R]]
+        run(cmd, f"copo, micro_batch 8: {R} rank(s)")
+    if all(os.path.exists(os.path.join(o, "metrics.jsonl")) for o in outs.values()):
+        m1, m3 = metrics(outs[1]), metrics(outs[3])
+        same = [all(abs(l1[k] - l3[k]) <= 1e-5 * max(abs(l1[k]), 1e-30) for k in
+                    ("loss", "loss/rta", "rewards/margins") if k in l1)
+                for l1, l3 in zip(m1, m3)]
+        check(len(m1) == len(m3) and all(same), f"copo with an idle rank: {m3} vs {m1}")
+
 if a.examples and os.path.exists(os.path.join(a.scratch, a.examples[0])):
     name = a.examples[0]
     binary = os.path.join(a.scratch, name)
