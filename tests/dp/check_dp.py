@@ -232,13 +232,29 @@ if a.examples and os.path.exists(os.path.join(a.scratch, a.examples[0])):
               [os.path.join(alt, name), "--out", os.path.join(a.scratch, "agree1")]),
              ("command line (flags)", [binary, "--out", os.path.join(a.scratch, "agree2")],
               [binary, "--out", os.path.join(a.scratch, "agree2"), "--steps", "3"])]
+    # rank 1 started in a folder whose data file (same relative path) has one line less
+    other = os.path.join(a.scratch, "otherdata")
+    os.makedirs(os.path.join(other, "examples", "data"), exist_ok=True)
+    for f in os.listdir(os.path.join(a.root, "examples", "data")):
+        shutil.copy(os.path.join(a.root, "examples", "data", f),
+                    os.path.join(other, "examples", "data", f))
+    with open(os.path.join(other, "examples", "data", "pairs.jsonl")) as f:
+        lines = f.readlines()
+    with open(os.path.join(other, "examples", "data", "pairs.jsonl"), "w") as f:
+        f.writelines(lines[:-1])
+    if not os.path.exists(os.path.join(other, "examples", "tiny")):
+        os.symlink(os.path.join(a.root, "examples", "tiny"), os.path.join(other, "examples", "tiny"))
+    out3 = os.path.join(a.scratch, "agree3")
+    cases.append(("data file", ["-wdir", a.root, binary, "--out", out3],
+                  ["-wdir", other, binary, "--out", out3]))
     for what, c0, c1 in cases:
         r = subprocess.run(MPI + ["-np", "1"] + c0 + [":", "-np", "1"] + c1, cwd=a.root,
                            env=ENV, capture_output=True, text=True, timeout=300)
         check(r.returncode != 0 and f"rank 1's {what} differs" in r.stderr,
               f"ranks that differ in their {what} stop, naming rank 1 (exit {r.returncode}):"
               f"\n{r.stderr[-2000:]}")
-        check(not os.path.exists(os.path.join(c0[2], "ckpt-1")), f"{what}: no training")
+        out_dir = c0[c0.index("--out") + 1]
+        check(not os.path.exists(os.path.join(out_dir, "ckpt-1")), f"{what}: no training")
 
     # a stuck rank: the others give up after --collective-timeout, naming rank and step
     out = os.path.join(a.scratch, "stuck")
