@@ -1527,6 +1527,8 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   int loop_rc = run_loop(r);
   if (loop_rc) {
     rc = loop_rc == -2 ? 2 : 1;
+    /* a non-finite step is seen by every rank alike (their numbers are the same) */
+    r->agreed = loop_rc == -2;
     goto done;
   }
   rc = 0;
