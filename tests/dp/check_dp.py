@@ -16,7 +16,9 @@ usage: check_dp.py --poc POC --root ROOT --scratch DIR --mpirun MPIRUN [--ranks 
 """
 import argparse
 import json
+import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -33,13 +35,24 @@ ap.add_argument("--scratch", required=True)
 ap.add_argument("--mpirun", required=True)
 ap.add_argument("--ranks", default="2,3")
 ap.add_argument("--steps", type=int, default=8)
+ap.add_argument("--backend", default="cpu")
+ap.add_argument("--subset", type=int, default=0,
+                help="train on the data file's first N lines and 8 held-out prompts")
+ap.add_argument("--set", action="append", default=[], help="more --set for every run")
+ap.add_argument("--no-faults", action="store_true", help="skip the failure cases")
+ap.add_argument("--weight-ulps", type=float, default=0,
+                help="also allow this many float32 spacings of each weight (a device that "
+                     "sums the ranks' float gradients in another order than one process)")
 ap.add_argument("examples", nargs="+")
 a = ap.parse_args()
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
 MPI = [a.mpirun, "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
 MPI += ["-x", "OMP_NUM_THREADS", "-x", "OMP_WAIT_POLICY"]
-SET = ["--set", "train.micro_batch=3"]
+MPI += ["-x", "POC_CUDA_EMULATE"] if "POC_CUDA_EMULATE" in os.environ else []
+SET = ["--backend", a.backend, "--set", "train.micro_batch=3"]
+for kv in a.set:
+    SET += ["--set", kv]
 
 
 def tensors(path):
@@ -75,6 +88,21 @@ ranks = [int(x) for x in a.ranks.split(",")]
 for name in a.examples:
     binary = os.path.join(a.scratch, name)
     po = os.path.join(a.root, "examples", name + ".po")
+    if a.subset:
+        # the same program on the first lines of its data (a slow device: the reference
+        # is cached over the whole data set before the first step)
+        with open(po) as f:
+            text = f.read()
+        for q in re.findall(r'"(examples/data/[a-z_]+\.jsonl)"', text):
+            dst = os.path.join(a.scratch, os.path.basename(q))
+            with open(os.path.join(a.root, q)) as f:
+                keep = f.readlines()[:a.subset if "eval" not in q else 8]
+            with open(dst, "w") as f:
+                f.writelines(keep)
+            text = text.replace(f'"{q}"', f'"{dst}"')
+        po = os.path.join(a.scratch, name + ".po")
+        with open(po, "w") as f:
+            f.write(text)
     if not run([a.poc, "build", po, "-o", binary], f"{name}: poc build"):
         continue
     one = os.path.join(a.scratch, name + "-1")
@@ -120,8 +148,10 @@ for name in a.examples:
         check(ck == [f"ckpt-{a.steps}"], f"{name}: {R} ranks: checkpoints {ck}")
         wR = tensors(os.path.join(out, f"ckpt-{a.steps}", "model.safetensors"))
         dw = max(abs(x - y) for k in w1 for x, y in zip(w1[k], wR[k]))
-        check(dw <= 1e-4 * upd, f"{name}: {R} ranks: final weights differ by {dw:.3g}, "
-              f"update size {upd:.3g}")
+        over = [(k, x, y) for k in w1 for x, y in zip(w1[k], wR[k])
+                if abs(x - y) > 1e-4 * upd + a.weight_ulps * 2.0 ** (math.frexp(abs(x))[1] - 24)]
+        check(not over, f"{name}: {R} ranks: final weights differ by up to {dw:.3g} (update "
+              f"size {upd:.3g}); {len(over)} beyond the tolerance, first {over[:1]}")
         print(f"{name}: {R} ranks: worst relative difference {worst:.3g}, weights {dw:.3g} "
               f"(update {upd:.3g})")
 
@@ -195,6 +225,9 @@ def resumes(binary, out):
 
 # a rank with no examples at all: copo's own micro_batch (8) makes 2 micro-batches of the
 # batch of 16, so with 3 ranks rank 2 only joins the collectives
+if a.no_faults:
+    sys.exit(finish("dp"))
+
 if "copo" in a.examples and os.path.exists(os.path.join(a.scratch, "copo")):
     binary = os.path.join(a.scratch, "copo")
     outs = {}
