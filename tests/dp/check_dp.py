@@ -291,10 +291,10 @@ if a.examples and os.path.exists(os.path.join(a.scratch, a.examples[0])):
 
     # a stuck rank: the others give up after --collective-timeout, naming rank and step
     out = os.path.join(a.scratch, "stuck")
-    rc, err, dt = stall(binary, out, "SIGSTOP", 3)
+    rc, err, dt = stall(binary, out, "SIGSTOP", 10)
     check(rc not in (None, 0) and "(the job hung)" not in err, f"a stuck rank ends the job "
           f"(exit {rc}):\n{err[-2000:]}")
-    check("rank 0: step" in err and "--collective-timeout 3" in err, f"the timeout names rank "
+    check("rank 0: step" in err and "--collective-timeout 10" in err, f"the timeout names rank "
           f"and step:\n{err[-2000:]}")
     check(dt < 60, f"the job ended {dt:.0f} s after rank 1 stopped")
     resumes(binary, out)
