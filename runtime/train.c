@@ -29,6 +29,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "comm.h"
 #include "device.h"
 #include "st.h"
 #include "train_internal.h"
@@ -45,6 +46,7 @@ typedef struct {
   int n_set;
   char **set;
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
+  double collective_timeout;     /* seconds a collective waits for the other ranks */
 } trn_flags;
 
 static void usage(const poc_program *p, FILE *f) {
@@ -52,6 +54,7 @@ static void usage(const poc_program *p, FILE *f) {
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
+          "       %*s [--collective-timeout SECONDS]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -67,8 +70,11 @@ static void usage(const poc_program *p, FILE *f) {
           "  --kernel-images list the GPU kernels built in by poc build --arch, and exit\n"
           "  --log L,...     also log the metrics for TensorBoard (OUT/tensorboard/) or\n"
           "                  Weights & Biases (offline, OUT/wandb/; upload with wandb sync);\n"
-          "                  repeatable\n",
-          p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", p->name, p->name);
+          "                  repeatable\n"
+          "  --collective-timeout S  under mpirun: how long a rank waits for the others in\n"
+          "                  a collective before every rank stops (default 600; 0: forever)\n",
+          p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
+          p->name, p->name);
   if (p->n_knobs) {
     fprintf(f, "knobs:");
     for (int i = 0; i < p->n_knobs; i++) fprintf(f, " %s=%g", p->knobs[i].name, p->knobs[i].value);
@@ -108,6 +114,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
   memset(f, 0, sizeof *f);
   f->backend = "auto";
   f->steps = -1;
+  f->collective_timeout = 600;
   f->set = calloc((size_t)argc + 1, sizeof *f->set);
   if (!f->set) return 2;
   for (int i = 1; i < argc; i++) {
@@ -115,7 +122,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     const char *val = NULL;
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--out") ||
                 !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed") ||
-                !strcmp(a, "--log");
+                !strcmp(a, "--log") || !strcmp(a, "--collective-timeout");
     if (needs) {
       if (i + 1 >= argc) {
         fprintf(stderr, "%s: error: %s needs a value\n", p->name, a);
@@ -147,6 +154,16 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       }
       f->seed = (uint64_t)s;
       f->have_seed = 1;
+    } else if (!strcmp(a, "--collective-timeout")) {
+      char *end;
+      errno = 0;
+      double t = strtod(val, &end);
+      if (!*val || *end || errno || !(t >= 0) || !isfinite(t)) {
+        fprintf(stderr, "%s: error: --collective-timeout wants seconds >= 0, got '%s'\n",
+                p->name, val);
+        return 2;
+      }
+      f->collective_timeout = t;
     } else if (!strcmp(a, "--out")) {
       f->out = val;
     } else if (!strcmp(a, "--resume")) {
@@ -478,6 +495,13 @@ typedef struct {
   trn_wandb wb;
   double knobs[64];
   char out[PATHN], metrics[PATHN + 32], ckdir[PATHN], good_ckpt[PATHN];
+  /* data parallelism (comm.h): this process's rank of `ranks`; rank 0 alone writes the
+   * run directory, metrics, logs and checkpoints and says what the run does (say), the
+   * others' messages carry their rank in the program's name */
+  int rank, ranks, say;
+  int agreed;                    /* every rank fails together: no abort needed */
+  poc_program named;
+  char rank_name[256];
 } trn_run;
 
 static void run_free(trn_run *r) {
@@ -518,9 +542,57 @@ static int run_error(trn_run *r, int rc) {
   return rc;
 }
 
+/* Every rank's share of the evaluation generations onto every rank: each prompt's
+ * generation lives on exactly one rank (zeros elsewhere), so sums of the lengths, the
+ * correct flags and the zero-padded tokens are the gathered values. */
+static int evaluate_gather(const trn_evalset *e, trn_evalgen *g, char *err) {
+  int64_t n = e->n, total = 0;
+  int64_t *v = malloc((size_t)(2 * n) * sizeof *v);
+  if (!v) {
+    trn_errf(err, "out of memory");
+    return -1;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    v[i] = g->len[i];
+    v[n + i] = g->correct[i];
+  }
+  int rc = trn_comm_sum_i64(v, (size_t)(2 * n), err);
+  for (int64_t i = 0; !rc && i < n; i++) total += v[i];
+  int64_t *t = rc ? NULL : calloc((size_t)total + 1, sizeof *t);
+  int32_t *gen = rc ? NULL : malloc(((size_t)total + 1) * sizeof *gen);
+  if (!rc && (!t || !gen)) {
+    trn_errf(err, "out of memory");
+    rc = -1;
+  }
+  if (!rc) {
+    for (int64_t i = 0, o = 0; i < n; o += v[i], i++)
+      for (int32_t k = 0; k < g->len[i]; k++) t[o + k] = g->gen[g->off[i] + k];
+    rc = trn_comm_sum_i64(t, (size_t)total, err);
+  }
+  if (!rc) {
+    for (int64_t i = 0; i < total; i++) gen[i] = (int32_t)t[i];
+    for (int64_t i = 0, o = 0; i < n; o += v[i], i++) {
+      g->off[i] = o;
+      g->len[i] = (int32_t)v[i];
+      g->correct[i] = (unsigned char)v[n + i];
+    }
+    free(g->gen);
+    g->gen = gen;
+    g->n_gen = g->cap = total + 1;
+    g->n_gen = total;
+    gen = NULL;
+  }
+  free(gen);
+  free(t);
+  free(v);
+  return rc;
+}
+
 /* Greedy exact match on the evaluation set: the tokens generated before eos must equal
  * the answer. Up to eval_tokens new tokens, or the answer's length + 2 when unset. The
- * generations go to OUT/eval/step-<step>.jsonl (with text when the policy has a tokenizer). */
+ * generations go to OUT/eval/step-<step>.jsonl (with text when the policy has a tokenizer).
+ * With data parallelism rank r answers prompts r, r + R, ...; the generations are then
+ * gathered so that every rank holds all of them and rank 0 writes the samples. */
 static int evaluate(trn_run *r, int64_t step, double *acc) {
   const trn_evalset *e = &r->ev;
   trn_evalgen *g = &r->eg;
@@ -537,7 +609,10 @@ static int evaluate(trn_run *r, int64_t step, double *acc) {
     }
   }
   g->n_gen = 0;
-  for (int i = 0; i < e->n; i++) {
+  memset(g->len, 0, (size_t)e->n * sizeof *g->len);
+  memset(g->correct, 0, (size_t)e->n);
+  int R = trn_comm_size();
+  for (int i = trn_comm_rank(); i < e->n; i += R) {
     int max_new = eval_tokens > 0 ? eval_tokens : e->a_len[i] + 2;
     if (g->n_gen + max_new + 1 > g->cap) {
       int64_t nc = 2 * (g->n_gen + max_new + 1);
@@ -562,8 +637,11 @@ static int evaluate(trn_run *r, int64_t step, double *acc) {
     g->len[i] = n;
     g->n_gen += n;
   }
+  if (R > 1 && evaluate_gather(e, g, err)) return -1;
+  hits = 0;
+  for (int i = 0; i < e->n; i++) hits += g->correct[i];
   *acc = e->n ? (double)hits / e->n : 0;
-  return trn_eval_samples_write(r->out, step, e, g, r->tok, err);
+  return trn_comm_rank() == 0 ? trn_eval_samples_write(r->out, step, e, g, r->tok, err) : 0;
 }
 
 /* A sink that fails is switched off with a warning: the run and metrics.jsonl go on. */
@@ -667,7 +745,7 @@ static int run_inputs(trn_run *r) {
     if (d->trainable && r->policy < 0 && !reward) r->policy = m;
   }
   if (trn_data_load(&r->data, p, p->data_path, vocab, r->T->max_len)) return -1;
-  if (r->data.n_truncated)
+  if (r->data.n_truncated && r->say)
     fprintf(stderr, "%s: warning: %lld of %lld examples are longer than max_len = %d and were "
             "cut (responses at the end)\n", p->data_path, (long long)r->data.n_truncated,
             (long long)r->data.n, r->T->max_len);
@@ -930,6 +1008,7 @@ static int run_model(trn_run *r, int m) {
       return 1;
     }
   }
+  r->ctx.n_train[m] = nt;
   r->cm[r->n_cm++] = (trn_ckmodel){d->name, tl, r->hw[m], r->hm[m], r->hv[m],
                                    lora ? &r->lc[m] : NULL, d->path};
   return 0;
@@ -1036,7 +1115,8 @@ static int run_resume(trn_run *r, uint64_t prog_hash) {
     r->st.seed = r->fl.seed;
   }
   r->ctx.seed = r->st.seed;
-  fprintf(stderr, "%s: resuming %s at step %lld\n", p->name, r->ckdir, (long long)r->st.step);
+  if (r->say)
+    fprintf(stderr, "%s: resuming %s at step %lld\n", p->name, r->ckdir, (long long)r->st.step);
   return 0;
 }
 
@@ -1157,13 +1237,23 @@ static int run_hoist(trn_run *r) {
   }
   char path[PATHN];
   trn_path(path, sizeof path, "%s/ref_cache.bin", r->out);
-  if (trn_cache_load(&r->cache, p, path, key) != 1) {
+  /* every rank reads the cache (only rank 0 ever writes it, and only after this
+   * agreement); unless all have it, all compute it, each rank its share */
+  int64_t loaded = trn_cache_load(&r->cache, p, path, key) == 1;
+  if (trn_comm_min_i64(&loaded, 1, r->err)) return run_error(r, -1);
+  if (!loaded) {
+    trn_cache_free(&r->cache);
+    if (trn_cache_alloc(&r->cache, p, r->data.n)) {
+      fprintf(stderr, "%s: error: out of memory for the reference cache\n", p->name);
+      return -1;
+    }
     double t0 = now_s();
     if (trn_hoist(&r->ctx, &r->ms, &r->cache, r->err) ||
-        trn_cache_save(&r->cache, path, key, r->err))
+        (r->rank == 0 && trn_cache_save(&r->cache, path, key, r->err)))
       return run_error(r, -1);
-    fprintf(stderr, "%s: reference values of %d call%s over %lld examples cached in %.1fs\n",
-            p->name, n_hoisted, n_hoisted > 1 ? "s" : "", (long long)r->data.n, now_s() - t0);
+    if (r->say)
+      fprintf(stderr, "%s: reference values of %d call%s over %lld examples cached in %.1fs\n",
+              p->name, n_hoisted, n_hoisted > 1 ? "s" : "", (long long)r->data.n, now_s() - t0);
   }
   r->ctx.cache = &r->cache;
   return 0;
@@ -1178,6 +1268,7 @@ static int run_eval0(trn_run *r) {
     fprintf(stderr, "%s: error: evaluation: %s\n", p->name, r->err);
     return -1;
   }
+  if (r->rank) return 0;
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "step", 0);
   cJSON_AddNumberToObject(o, "epoch", 0);
@@ -1272,6 +1363,12 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
 static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_step_out *o,
                    double *eval_acc) {
   const poc_program *p = r->p;
+  *eval_acc = -1;
+  if (r->rank) {
+    /* the evaluation is sharded over every rank; the line is rank 0's */
+    if (do_eval && evaluate(r, step, eval_acc)) return -1;
+    return 0;
+  }
   cJSON *j = cJSON_CreateObject();
   cJSON_AddNumberToObject(j, "step", (double)step);
   cJSON_AddNumberToObject(j, "epoch", r->st.epoch);
@@ -1287,7 +1384,6 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
     if (r->T->on_nonfinite == POC_NONFINITE_SKIP)
       cJSON_AddNumberToObject(j, "skipped_steps", (double)r->st.skipped);
   }
-  *eval_acc = -1;
   if (do_eval) {
     double acc;
     if (evaluate(r, step, &acc)) {
@@ -1306,6 +1402,7 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
 }
 
 static int run_checkpoint(trn_run *r) {
+  if (r->rank) return 0; /* the replicas are equal: rank 0 writes */
   if (run_stage_state(r, 0)) return -1;
   if (trn_ckpt_write(r->out, &r->st, r->p, r->cm, r->n_cm, r->err)) return -1;
   trn_path(r->good_ckpt, sizeof r->good_ckpt, "%s/ckpt-%lld", r->out, (long long)r->st.step);
@@ -1329,11 +1426,16 @@ static int run_loop(trn_run *r) {
   const char *nl = tty ? "\n" : "";
   double t_start = now_s();
   int64_t first = r->st.step, last_ckpt = r->resuming ? r->st.step : -1;
-  double t_ckpt = t_start;
+  double t_ckpt = t_start, comm0, steps_s = 0;
+  uint64_t bytes0;
+  trn_comm_stats(&comm0, &bytes0);
   while (r->st.step < stop) {
     int64_t step = r->st.step + 1;
+    trn_comm_set_step(step);
     run_step_out o;
+    double ts = now_s();
     int sr = run_step(r, step, &o);
+    steps_s += now_s() - ts;
     if (sr == STEP_NONFINITE) {
       fprintf(stderr, "%s%s: error: step %lld: %s. Nothing was written; ", nl, p->name,
               (long long)step, r->err);
@@ -1359,11 +1461,11 @@ static int run_loop(trn_run *r) {
       fprintf(stderr, "%s%s: error: %s\n", nl, p->name, r->err);
       return -1;
     }
-    if (tty || logged) {
+    if (r->say && (tty || logged)) {
       double per = (now_s() - t_start) / (double)(step - first);
       trn_progress(step, stop, o.loss, o.tok_s, per * (double)(stop - step), tty);
     }
-    if (eval_acc >= 0)
+    if (eval_acc >= 0 && r->say)
       fprintf(stderr, "%s%s: eval/accuracy %.4f after step %lld\n", nl, p->name, eval_acc,
               (long long)step);
     if (ckpt_due(T, step, now_s() - t_ckpt) || step == stop) {
@@ -1376,13 +1478,23 @@ static int run_loop(trn_run *r) {
       last_ckpt = step;
     }
   }
-  if (tty) fputc('\n', stderr);
+  if (tty && r->say) fputc('\n', stderr);
   if (last_ckpt != r->st.step && run_checkpoint(r)) {
     fprintf(stderr, "%s: error: checkpoint at step %lld: %s\n", p->name, (long long)r->st.step,
             r->err);
     return -1;
   }
-  fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
+  if (r->say && (r->ranks > 1 || getenv("POC_DP_STATS")) && r->st.step > first) {
+    /* what data parallelism cost per step (bench/dp reads this line; POC_DP_STATS=1 asks
+     * a single process for it too) */
+    double comm1, n = (double)(r->st.step - first);
+    uint64_t bytes1;
+    trn_comm_stats(&comm1, &bytes1);
+    fprintf(stderr, "%s: data parallel: per step %.0f bytes reduced, %.4f s of %.4f s in "
+            "collectives (rank 0, waiting included)\n", p->name, (double)(bytes1 - bytes0) / n,
+            (comm1 - comm0) / n, steps_s / n);
+  }
+  if (r->say) fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
   return 0;
 }
 
@@ -1399,6 +1511,36 @@ static void run_precision_note(const trn_run *r) {
           is_bf16 ? "" : " (it has no bf16 path yet)");
 }
 
+/* Data parallelism: every rank must run the same program on the same data with the same
+ * flags, or their "sum" would be nonsense. Rank 0's program hash (name and .po source),
+ * data and evaluation file hashes and command line go to every rank; each compares, and
+ * the lowest rank that differs in each is named on every rank. 0 when all agree. */
+static int run_agree(trn_run *r, const char *name0, int argc, char **argv) {
+  enum { N_ITEMS = 4 };
+  static const char *what[N_ITEMS] = {"program (its .po source)", "data file", "evaluation file",
+                                      "command line (flags)"};
+  uint64_t mine[N_ITEMS] = {trn_hash_str(trn_hash_str(0, name0), r->p->source ? r->p->source : ""),
+                            r->file_hash[0], r->file_hash[1], trn_hash_str(0, "argv")};
+  for (int i = 1; i < argc; i++) mine[3] = trn_hash_str(trn_hash(mine[3], "\0", 1), argv[i]);
+  uint64_t root[N_ITEMS];
+  memcpy(root, mine, sizeof root);
+  if (trn_comm_bcast(root, sizeof root, 0, r->err)) return run_error(r, 1);
+  int64_t who[N_ITEMS];
+  for (int i = 0; i < N_ITEMS; i++) who[i] = mine[i] != root[i] ? r->rank : INT64_MAX;
+  if (trn_comm_min_i64(who, N_ITEMS, r->err)) return run_error(r, 1);
+  int bad = 0;
+  for (int i = 0; i < N_ITEMS; i++) {
+    if (who[i] == INT64_MAX) continue;
+    bad = 1;
+    if (r->rank == 0 || who[i] == r->rank)
+      fprintf(stderr, "%s: error: the ranks disagree: rank %lld's %s differs from rank 0's "
+              "(%016" PRIx64 " there); every rank must run the same binary, data and flags\n",
+              r->p->name, (long long)who[i], what[i], root[i]);
+  }
+  r->agreed = bad;
+  return bad ? -1 : 0;
+}
+
 /*   flags → device → program check → inputs → run directory → models (resume) → hoist →
  *   eval@0 → loop → final checkpoint */
 int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc, char **argv) {
@@ -1410,7 +1552,25 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   r->p = p;
   r->T = &p->train;
   r->lock_fd = -1;
-  int rc = parse_flags(p, argc, argv, &r->fl);
+  int rc;
+  if (trn_comm_init(r->err)) {
+    fprintf(stderr, "%s: error: %s\n", p->name, r->err);
+    free(r);
+    return 2;
+  }
+  r->rank = trn_comm_rank();
+  r->ranks = trn_comm_size();
+  r->say = r->rank == 0;
+  const char *name0 = p->name;
+  if (r->rank) {
+    /* other ranks' messages name their rank: "dpo[rank 2]: error: ..." */
+    r->named = *p;
+    snprintf(r->rank_name, sizeof r->rank_name, "%s[rank %d]", p->name, r->rank);
+    r->named.name = r->rank_name;
+    r->p = p = &r->named;
+  }
+  trn_comm_set_name(p->name);
+  rc = parse_flags(p, argc, argv, &r->fl);
   if (rc) {
     rc = rc == 1 ? 0 : 2;
     goto done;
@@ -1420,16 +1580,31 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     fprintf(stderr, "%s: error: --backend %s: %s\n", p->name, r->fl.backend, r->err);
     goto done;
   }
-  fprintf(stderr, "%s\n", r->dev->desc);
-  run_precision_note(r);
+  if (r->say) {
+    fprintf(stderr, "%s\n", r->dev->desc);
+    if (r->ranks > 1)
+      fprintf(stderr, "%s: data parallel: %s; the batch of %d is split over them\n", p->name,
+              trn_comm_desc(), p->train.batch);
+    run_precision_note(r);
+  }
   if (check_program(p)) goto done;
   for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = p->knobs[k].value;
   r->train = p->train;
   if (apply_sets(p, &r->fl, r->knobs, &r->train)) goto done;
   r->T = &r->train; /* the train block with --set train.NAME=value applied */
-  if (run_inputs(r) || run_directory(r)) goto done;
+  if (run_inputs(r)) goto done;
+  trn_comm_set_timeout(r->fl.collective_timeout);
+  if (r->ranks > 1 && run_agree(r, name0, argc, argv)) goto done;
+  /* rank 0 makes (or finds) the run directory and tells the others where it is */
+  r->resuming = r->fl.resume != NULL;
+  if (r->rank == 0 && run_directory(r)) goto done;
+  if (r->ranks > 1 && trn_comm_bcast(r->out, sizeof r->out, 0, r->err)) {
+    run_error(r, 1);
+    goto done;
+  }
+  trn_path(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", r->out);
 
-  uint64_t prog_hash = trn_hash_str(trn_hash_str(0, p->name), p->source ? p->source : "");
+  uint64_t prog_hash = trn_hash_str(trn_hash_str(0, name0), p->source ? p->source : "");
   r->st.seed = r->fl.have_seed ? r->fl.seed : r->T->seed;
   r->st.total = trn_total_steps(r->T, r->data.n);
   r->st.program_hash = prog_hash;
@@ -1447,7 +1622,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   r->st.n_knobs = p->n_knobs;
   memcpy(r->st.knobs, r->knobs, sizeof(double) * (size_t)p->n_knobs);
   rc = 1;
-  if (run_open_directory(r) || run_hoist(r)) goto done;
+  if ((r->rank == 0 && run_open_directory(r)) || run_hoist(r)) goto done;
   trn_order_init(&r->order, &r->data, r->st.seed, r->T->order == POC_ORDER_SEQUENTIAL);
   r->ex = malloc((size_t)r->T->batch * sizeof *r->ex);
   if (!r->order.perm || !r->ex) {
@@ -1459,6 +1634,8 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   int loop_rc = run_loop(r);
   if (loop_rc) {
     rc = loop_rc == -2 ? 2 : 1;
+    /* a non-finite step is seen by every rank alike (their numbers are the same) */
+    r->agreed = loop_rc == -2;
     goto done;
   }
   rc = 0;
@@ -1467,7 +1644,12 @@ done:
     char err[POC_ERR_LEN];
     if (trn_wandb_exit(&r->wb, rc, err)) sink_failed(r, &r->wb.on, "wandb", err);
   }
+  int agreed = r->agreed;
   run_free(r);
   free(r);
+  /* a rank that fails ends them all (none waits in a collective for it); a clean end
+   * is one every rank reaches, as is a failure they agreed on */
+  if (rc && trn_comm_size() > 1 && !agreed) trn_comm_abort(rc);
+  trn_comm_finalize();
   return rc;
 }

@@ -304,6 +304,7 @@ typedef struct trn_ctx {
   int unfused;
   int max_tokens[TRN_MAX_MODELS];/* workspace each model instance was made with */
   uint64_t frozen_hash[TRN_MAX_MODELS]; /* frozen models' initial weights, for the cache key */
+  size_t n_train[TRN_MAX_MODELS];/* a trainable model's trainable vector (its gradient) */
 } trn_ctx;
 
 /* One model's packed forward. */
@@ -362,6 +363,10 @@ void trn_objbuf_reset(trn_objbuf *o);
 int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const int64_t *ex,
                       const double *const *logp, const double *const *ent,
                       const double *const *lss);
+/* Data parallelism: fills g (capacity >= B) with the whole step's B examples ex[0..B)
+ * from every rank's loc, whose example b is the step's example pos[b]. Collective. */
+int trn_objbuf_gather(trn_objbuf *g, const trn_ctx *c, const trn_objbuf *loc,
+                      const int64_t *ex, int B, const int *pos, char *err);
 /* Calls the objective on the buffer's B examples. */
 int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_seed,
                     char *err);

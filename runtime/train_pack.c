@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "train_internal.h"
 
 /* Python slice bounds on a sequence of length n. */
@@ -286,6 +287,30 @@ static int reserve5(trn_objbuf *o, int k, size_t need) {
   return 0;
 }
 
+/* The fields of examples ex[0..B) into the buffer from example B0 on (from the data). */
+static int append_fields(trn_objbuf *o, const trn_ctx *c, const int64_t *ex, int B0, int B) {
+  const poc_program *p = c->prog;
+  const trn_data *d = c->data;
+  for (int f = 0; f < p->n_fields; f++) {
+    const poc_field_decl *fd = &p->fields[f];
+    if (fd->seq < 0) {
+      for (int b = 0; b < B; b++) o->fval[f][B0 + b] = d->ex_field[ex[b] * d->n_fields + f];
+      continue;
+    }
+    int q = trn_seq_slot(d->kind, fd->seq);
+    size_t need = (size_t)o->foff[f][B0] + 1;
+    for (int b = 0; b < B; b++) need += (size_t)d->seq_len[ex[b] * TRN_MAX_SEQ + q];
+    if (reserve_d(&o->fval[f], &o->fcap[f], need)) return -1;
+    for (int b = 0; b < B; b++) {
+      int n = d->seq_len[ex[b] * TRN_MAX_SEQ + q];
+      const double *src = d->tok_field + d->tf_off[ex[b] * d->n_fields + f];
+      memcpy(o->fval[f] + o->foff[f][B0 + b], src, (size_t)n * sizeof(double));
+      o->foff[f][B0 + b + 1] = o->foff[f][B0 + b] + n;
+    }
+  }
+  return 0;
+}
+
 int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const int64_t *ex,
                       const double *const *logp, const double *const *ent,
                       const double *const *lss) {
@@ -329,26 +354,81 @@ int trn_objbuf_append(trn_objbuf *o, const trn_ctx *c, const trn_mb *mb, const i
       off[B0 + b + 1] = at + n;
     }
   }
-  const trn_data *d = c->data;
-  for (int f = 0; f < p->n_fields; f++) {
-    const poc_field_decl *fd = &p->fields[f];
-    if (fd->seq < 0) {
-      for (int b = 0; b < B; b++) o->fval[f][B0 + b] = d->ex_field[ex[b] * d->n_fields + f];
-      continue;
-    }
-    int q = trn_seq_slot(d->kind, fd->seq);
-    size_t need = (size_t)o->foff[f][B0] + 1;
-    for (int b = 0; b < B; b++) need += (size_t)d->seq_len[ex[b] * TRN_MAX_SEQ + q];
-    if (reserve_d(&o->fval[f], &o->fcap[f], need)) return -1;
-    for (int b = 0; b < B; b++) {
-      int n = d->seq_len[ex[b] * TRN_MAX_SEQ + q];
-      const double *src = d->tok_field + d->tf_off[ex[b] * d->n_fields + f];
-      memcpy(o->fval[f] + o->foff[f][B0 + b], src, (size_t)n * sizeof(double));
-      o->foff[f][B0 + b + 1] = o->foff[f][B0 + b] + n;
-    }
-  }
+  if (append_fields(o, c, ex, B0, B)) return -1;
   o->B = B0 + B;
   return 0;
+}
+
+/* Data parallelism: the objective's inputs of the whole step on every rank. Each rank
+ * holds the per-token values of its share of the step's B examples (its example b is the
+ * step's example pos[b]); the
+ * lengths and then the values go through sums over ranks in which every other rank adds
+ * zeros, so what arrives is exact (x + 0 = x) and identical on every rank. Fields come
+ * from the data, which every rank has. */
+int trn_objbuf_gather(trn_objbuf *g, const trn_ctx *c, const trn_objbuf *loc,
+                      const int64_t *ex, int B, const int *pos, char *err) {
+  const poc_program *p = c->prog;
+  int nc = p->n_calls;
+  if (B > g->cap_B) {
+    trn_errf(err, "gathering %d examples into a buffer of %d", B, g->cap_B);
+    return -1;
+  }
+  int64_t *len = calloc((size_t)nc * (size_t)B + 1, sizeof *len);
+  if (!len) goto oom;
+  for (int k = 0; k < nc; k++)
+    for (int b = 0; b < loc->B; b++)
+      len[(size_t)k * B + pos[b]] = loc->off[k][b + 1] - loc->off[k][b];
+  if (trn_comm_sum_i64(len, (size_t)nc * (size_t)B, err)) {
+    free(len);
+    return -1;
+  }
+  size_t total = 0;
+  for (int b = 0; b < B; b++) g->example[b] = ex[b];
+  for (int k = 0; k < nc; k++) {
+    g->off[k][0] = 0;
+    for (int b = 0; b < B; b++) g->off[k][b + 1] = g->off[k][b] + (int32_t)len[(size_t)k * B + b];
+    if (reserve5(g, k, (size_t)g->off[k][B] + 1)) {
+      free(len);
+      goto oom;
+    }
+    total += 3 * (size_t)g->off[k][B];
+  }
+  free(len);
+  double *v = calloc(total + 1, sizeof *v);
+  if (!v) goto oom;
+  /* per call: logp, entropy, log Σ p², each over the whole step's tokens */
+  size_t at = 0;
+  for (int k = 0; k < nc; k++) {
+    size_t n = (size_t)g->off[k][B];
+    for (int b = 0; b < loc->B; b++) {
+      size_t s = (size_t)g->off[k][pos[b]], a = (size_t)loc->off[k][b];
+      size_t m = (size_t)(loc->off[k][b + 1] - loc->off[k][b]);
+      memcpy(v + at + s, loc->logp[k] + a, m * sizeof *v);
+      memcpy(v + at + n + s, loc->ent[k] + a, m * sizeof *v);
+      memcpy(v + at + 2 * n + s, loc->lss[k] + a, m * sizeof *v);
+    }
+    at += 3 * n;
+  }
+  if (trn_comm_sum_f64(v, total, err)) {
+    free(v);
+    return -1;
+  }
+  at = 0;
+  for (int k = 0; k < nc; k++) {
+    size_t n = (size_t)g->off[k][B];
+    memcpy(g->logp[k], v + at, n * sizeof *v);
+    memcpy(g->ent[k], v + at + n, n * sizeof *v);
+    memcpy(g->lss[k], v + at + 2 * n, n * sizeof *v);
+    at += 3 * n;
+  }
+  free(v);
+  g->B = 0;
+  if (append_fields(g, c, ex, 0, B)) goto oom;
+  g->B = B;
+  return 0;
+oom:
+  trn_errf(err, "out of memory gathering the objective's inputs");
+  return -1;
 }
 
 int trn_objbuf_eval(trn_objbuf *o, const trn_ctx *c, int B_norm, uint64_t pick_seed,

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "train_internal.h"
 
 typedef trn_models models;
@@ -134,8 +135,8 @@ static int anchors_draw(const trn_ctx *c, models *ms, const int64_t *ex, int B, 
   int rc = 0;
   for (int k = 0; k < p->n_anchors && !rc; k++) {
     const poc_anchor *an = &p->anchors[k];
-    a->tok[k] = calloc((size_t)B, sizeof *a->tok[k]);
-    a->len[k] = calloc((size_t)B, sizeof *a->len[k]);
+    a->tok[k] = calloc((size_t)B + 1, sizeof *a->tok[k]);
+    a->len[k] = calloc((size_t)B + 1, sizeof *a->len[k]);
     if (!a->tok[k] || !a->len[k]) goto oom;
     for (int b = 0; b < B && !rc; b++) {
       int n = trn_segs_resolve(c, an->context, an->n_context, ex[b], a, b, NULL);
@@ -180,30 +181,146 @@ static void lora_dropout(const trn_ctx *c, models *ms, int on, int64_t step, int
                                             (uint64_t)b0).s);
 }
 
-int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_t step,
-                      trn_stepout *out, char *err) {
+/* The step's gradient as a sum over its micro-batches that does not depend on how they
+ * are dealt to ranks. Where the gradient lives in host memory (the CPU), each
+ * micro-batch's backward starts from zero and its gradient g_j is added to a double
+ * accumulator; the accumulators are summed over ranks in double and rounded to float
+ * once. Σ_j g_j in double is exact to ~1e-16 relative whatever the grouping, so the
+ * float gradient, and the weights after AdamW, are those of one process but for an
+ * element whose sum lies within that of a rounding boundary. Elsewhere (device memory)
+ * the backwards accumulate in place and the ranks' float gradients are summed. */
+typedef struct {
+  double *acc[TRN_MAX_MODELS];
+  float *g[TRN_MAX_MODELS];
+  int on;                        /* accumulating in double */
+} gradsum;
+
+static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char *err) {
+  memset(s, 0, sizeof *s);
+  if (n_mb <= 1 && trn_comm_size() == 1) return 0; /* one micro-batch: g_0 is the sum */
+  s->on = 1;
+  for (int m = 0; m < c->prog->n_models; m++) {
+    if (!c->prog->models[m].trainable) continue;
+    s->g[m] = poc_model_host_f32(ms->m[m], POC_PART_GRAD);
+    if (!s->g[m]) s->on = 0;
+  }
+  for (int m = 0; s->on && m < c->prog->n_models; m++)
+    if (s->g[m] && !(s->acc[m] = calloc(c->n_train[m] + 1, sizeof(double)))) {
+      trn_errf(err, "out of memory for the gradient accumulator");
+      return -1;
+    }
+  return 0;
+}
+
+static void gradsum_free(gradsum *s) {
+  for (int m = 0; m < TRN_MAX_MODELS; m++) free(s->acc[m]);
+  memset(s, 0, sizeof *s);
+}
+
+/* after a micro-batch's backward: g_j into the accumulator, the gradient back to zero */
+static void gradsum_add(gradsum *s, const trn_ctx *c) {
+  if (!s->on) return;
+  for (int m = 0; m < c->prog->n_models; m++) {
+    if (!s->acc[m]) continue;
+    double *a = s->acc[m];
+    float *g = s->g[m];
+    long n = (long)c->n_train[m];
+    /* elementwise: the result does not depend on the threads */
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+      a[i] += (double)g[i];
+      g[i] = 0;
+    }
+  }
+}
+
+/* the sum over ranks into every rank's gradient */
+static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
+  const poc_program *p = c->prog;
+  for (int m = 0; m < p->n_models; m++) {
+    if (!p->models[m].trainable) continue;
+    size_t n = c->n_train[m];
+    if (s->on) {
+      if (trn_comm_sum_f64(s->acc[m], n, err)) return -1;
+      float *g = s->g[m];
+      const double *a = s->acc[m];
+      long nl = (long)n;
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < nl; i++) g[i] = (float)a[i];
+      continue;
+    }
+    if (trn_comm_size() == 1) continue;
+    float *h = malloc(n * sizeof *h + 1);
+    int bad = !h || poc_model_get(ms->m[m], POC_PART_GRAD, h, POC_DT_F32, err) ||
+              trn_comm_sum_f32(h, n, err) ||
+              poc_model_set(ms->m[m], POC_PART_GRAD, h, POC_DT_F32, err);
+    if (!h) trn_errf(err, "out of memory for the gradient of model '%s'", p->models[m].name);
+    free(h);
+    if (bad) return -1;
+  }
+  return 0;
+}
+
+/* Data parallelism: the step's micro-batches are those of one process (examples
+ * [j·b, (j+1)·b) for micro-batch j, by position in the batch alone), dealt round-robin:
+ * rank r of R computes micro-batches r, r + R, ... So every pack is the one a single
+ * process would build, and its log-probs are the same numbers.
+ *   separable   each micro-batch's objective with B_norm = the whole step's B, so every
+ *               rank's gradient is its share of ∇L; the sum over ranks (the caller's
+ *               all-reduce of the gradients) is ∇L. Loss, reports and tokens: sums too.
+ *   otherwise   the objective's inputs of every rank's examples are gathered on every
+ *               rank (trn_objbuf_gather) and the objective runs once over the whole step,
+ *               the same on every rank, so batch reductions see the global batch in the
+ *               forward and their seeds carry it into each rank's backward.
+ * Anchors, pick masks and LoRA dropout are drawn from (seed, step, global example index
+ * or micro-batch start): they do not depend on R. R = 1 is the single-process step. */
+int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, int64_t step,
+                  trn_stepout *out, char *err) {
   const poc_program *p = c->prog;
   memset(out, 0, sizeof *out);
-  trn_anchors anc;
-  if (anchors_draw(c, ms, ex, B, step, &anc, err)) return -1;
+  int R = trn_comm_size(), rank = trn_comm_rank();
   int mbs = c->micro_batch > 0 ? c->micro_batch : B;
-  trn_objbuf o;
+  /* this rank's examples, micro-batch after micro-batch, and their places in the step */
+  int64_t *ex = malloc(((size_t)B + 1) * sizeof *ex);
+  int *pos = malloc(((size_t)B + 1) * sizeof *pos);
+  int Bl = 0;
+  for (int g0 = rank * mbs; ex && pos && g0 < B; g0 += R * mbs)
+    for (int b = g0; b < B && b < g0 + mbs; b++) {
+      ex[Bl] = ex_all[b];
+      pos[Bl++] = b;
+    }
+  trn_anchors anc;
+  memset(&anc, 0, sizeof anc);
+  trn_objbuf o, g;
+  memset(&o, 0, sizeof o);
+  memset(&g, 0, sizeof g);
+  int have_g = 0;
   trn_mb mb = {0};
   outbuf ob[TRN_MAX_MODELS];
   memset(ob, 0, sizeof ob);
+  gradsum gs;
+  memset(&gs, 0, sizeof gs);
   int rc = -1;
-  if (trn_objbuf_init(&o, p, p->separable ? (mbs < B ? mbs : B) : B)) {
+  if (!ex || !pos) {
+    trn_errf(err, "out of memory");
+    goto done;
+  }
+  if (gradsum_init(&gs, c, ms, (B + mbs - 1) / mbs, err)) goto done;
+  if (anchors_draw(c, ms, ex, Bl, step, &anc, err)) goto done;
+  int cap = p->separable ? (mbs < Bl ? mbs : Bl) : Bl;
+  if (trn_objbuf_init(&o, p, cap > 0 ? cap : 1)) {
     trn_errf(err, "out of memory for the objective's buffers");
     goto done;
   }
   uint64_t ps = trn_pick_seed(c->seed, step);
   const double *lp[TRN_MAX_MODELS], *en[TRN_MAX_MODELS], *ls[TRN_MAX_MODELS];
 
+  /* local micro-batch [b0, b0 + n) is the step's [pos[b0], pos[b0] + n) */
   if (p->separable) {
-    for (int b0 = 0; b0 < B; b0 += mbs) {
-      int n = B - b0 < mbs ? B - b0 : mbs;
+    for (int b0 = 0; b0 < Bl; b0 += mbs) {
+      int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
-      lora_dropout(c, ms, 1, step, b0);
+      lora_dropout(c, ms, 1, step, pos[b0]);
       if (forwards(c, ms, &mb, 1, 0, ob, &out->tokens, err)) goto done;
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
@@ -218,13 +335,25 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
       if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
       sum_outputs(&o, p->n_reports, out);
       if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
+      gradsum_add(&gs, c);
+    }
+    if (R > 1) {
+      double v[66];
+      int nr = p->n_reports < 64 ? p->n_reports : 64;
+      v[0] = out->loss_sum;
+      v[1] = (double)out->tokens;
+      memcpy(v + 2, out->report_sum, (size_t)nr * sizeof(double));
+      if (trn_comm_sum_f64(v, 2 + (size_t)nr, err)) goto done;
+      out->loss_sum = v[0];
+      out->tokens = (int64_t)v[1];
+      memcpy(out->report_sum, v + 2, (size_t)nr * sizeof(double));
     }
   } else {
     trn_objbuf_reset(&o);
-    for (int b0 = 0; b0 < B; b0 += mbs) {
-      int n = B - b0 < mbs ? B - b0 : mbs;
+    for (int b0 = 0; b0 < Bl; b0 += mbs) {
+      int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
-      lora_dropout(c, ms, 1, step, b0);
+      lora_dropout(c, ms, 1, step, pos[b0]);
       if (forwards(c, ms, &mb, 0, 0, ob, &out->tokens, err)) goto done;
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
@@ -236,23 +365,42 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex, int B, int64_
         goto done;
       }
     }
-    if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
-    sum_outputs(&o, p->n_reports, out);
-    for (int b0 = 0; b0 < B; b0 += mbs) {
-      int n = B - b0 < mbs ? B - b0 : mbs;
+    trn_objbuf *all = &o;
+    if (R > 1) {
+      have_g = 1;
+      if (trn_objbuf_init(&g, p, B)) {
+        trn_errf(err, "out of memory for the objective's buffers");
+        goto done;
+      }
+      if (trn_objbuf_gather(&g, c, &o, ex_all, B, pos, err)) goto done;
+      all = &g;
+      double t = (double)out->tokens;
+      if (trn_comm_sum_f64(&t, 1, err)) goto done;
+      out->tokens = (int64_t)t;
+    }
+    if (trn_objbuf_eval(all, c, B, ps, err)) goto done;
+    sum_outputs(all, p->n_reports, out);
+    for (int b0 = 0; b0 < Bl; b0 += mbs) {
+      int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
-      lora_dropout(c, ms, 1, step, b0);
+      lora_dropout(c, ms, 1, step, pos[b0]);
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
-      if (backwards(c, ms, &mb, &o, b0, ob, err)) goto done;
+      if (backwards(c, ms, &mb, all, R > 1 ? pos[b0] : b0, ob, err)) goto done;
+      gradsum_add(&gs, c);
     }
   }
+  if (gradsum_finish(&gs, c, ms, err)) goto done;
   rc = 0;
 done:
   lora_dropout(c, ms, 0, 0, 0);
   for (int m = 0; m < TRN_MAX_MODELS; m++) ob_free(&ob[m]);
   trn_mb_free(&mb);
   trn_objbuf_free(&o);
+  if (have_g) trn_objbuf_free(&g);
   anchors_free(&anc);
+  free(ex);
+  free(pos);
+  gradsum_free(&gs);
   return rc;
 }
 
@@ -270,9 +418,10 @@ int trn_hoist(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
       k->off[i][e + 1] = k->off[i][e] + (cl->reward ? nt > 0 : nt); /* a score, or per token */
     }
     size_t n = (size_t)k->off[i][d->n] + 1;
-    if (cl->want_logp && !(k->logp[i] = malloc(n * sizeof(double)))) goto oom;
-    if (cl->want_entropy && !(k->ent[i] = malloc(n * sizeof(double)))) goto oom;
-    if (cl->want_logsumsq && !(k->lss[i] = malloc(n * sizeof(double)))) goto oom;
+    /* zeros: with several ranks each fills its share and the sum over ranks the rest */
+    if (cl->want_logp && !(k->logp[i] = calloc(n, sizeof(double)))) goto oom;
+    if (cl->want_entropy && !(k->ent[i] = calloc(n, sizeof(double)))) goto oom;
+    if (cl->want_logsumsq && !(k->lss[i] = calloc(n, sizeof(double)))) goto oom;
   }
   int mbs = c->micro_batch > 0 ? c->micro_batch : 1;
   int64_t *ex = malloc((size_t)mbs * sizeof *ex);
@@ -281,7 +430,9 @@ int trn_hoist(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
   memset(ob, 0, sizeof ob);
   int rc = ex ? 0 : -1;
   if (!ex) trn_errf(err, "out of memory");
-  for (int64_t e0 = 0; e0 < d->n && !rc; e0 += mbs) {
+  /* rank r of R computes micro-batches r, r + R, ...; the sum over ranks fills the rest */
+  int R = trn_comm_size();
+  for (int64_t e0 = (int64_t)trn_comm_rank() * mbs; e0 < d->n && !rc; e0 += (int64_t)mbs * R) {
     int n = d->n - e0 < mbs ? (int)(d->n - e0) : mbs;
     for (int b = 0; b < n; b++) ex[b] = e0 + b;
     if ((rc = trn_mb_build(&mb, c, ex, n, NULL, 0, TRN_HOISTED, err))) break;
@@ -304,6 +455,16 @@ int trn_hoist(const trn_ctx *c, models *ms, trn_cache *k, char *err) {
   for (int m = 0; m < TRN_MAX_MODELS; m++) ob_free(&ob[m]);
   trn_mb_free(&mb);
   free(ex);
+  /* every rank takes part in the sums even after a failure of its own, so none waits
+   * for it; the failure then ends the run on every rank */
+  char scratch[POC_ERR_LEN];
+  for (int i = 0; i < p->n_calls && R > 1; i++) {
+    double *arr[3] = {k->logp[i], k->ent[i], k->lss[i]};
+    for (int j = 0; j < 3; j++)
+      if (p->calls[i].hoisted && arr[j] &&
+          trn_comm_sum_f64(arr[j], (size_t)k->off[i][d->n], rc ? scratch : err))
+        rc = -1;
+  }
   return rc;
 oom:
   trn_errf(err, "out of memory for the reference cache");

@@ -8,7 +8,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 need=()
 for p in build-essential cmake ninja-build git flex bison pkg-config libcjson-dev \
-         libopenblas-dev libopenblas-openmp-dev libomp-dev clang python3 python3-pip; do
+         libopenblas-dev libopenblas-openmp-dev libomp-dev clang python3 python3-pip \
+         openmpi-bin libopenmpi-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,29 @@
+# Data parallelism over MPI: 2 and 3 ranks against one process on the examples that
+# cover batch reductions (copo), sampled anchors (copo), pick (sgdpo) and the separable
+# path (dpo, stapo, rao). Needs poc built with MPI and an mpirun; about two minutes of
+# one core.
+if(POC_HAVE_MPI AND MPIEXEC_EXECUTABLE)
+  add_test(NAME dp_mpi
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_dp.py
+                   --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR}
+                   --scratch ${CMAKE_CURRENT_BINARY_DIR}/dp_scratch
+                   --mpirun ${MPIEXEC_EXECUTABLE} dpo copo sgdpo stapo rao)
+  set_tests_properties(dp_mpi PROPERTIES LABELS "dp;train" TIMEOUT 900
+                       ENVIRONMENT "OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
+endif()
+
+# The CUDA device under the emulation of tests/cuda_emul: the gradient goes through host
+# memory and MPI (no NCCL yet), summed in float in another order than one process's
+# in-place sum, so a weight may differ by a float32 spacing; 2 ranks against one process
+# on dpo, 3 steps.
+if(POC_HAVE_MPI AND MPIEXEC_EXECUTABLE AND TARGET pocrt_cuda AND TARGET poc_cuemu)
+  add_test(NAME dp_mpi_cuda_emul
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_dp.py
+                   --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR}
+                   --scratch ${CMAKE_CURRENT_BINARY_DIR}/dp_cuda_scratch
+                   --mpirun ${MPIEXEC_EXECUTABLE} --backend cuda --subset 64 --steps 3
+                   --ranks 2 --set train.batch=4 --set train.micro_batch=1 --weight-ulps 1 --no-faults
+                   dpo)
+  set_tests_properties(dp_mpi_cuda_emul PROPERTIES LABELS "dp;cuda_emul" TIMEOUT 600
+    ENVIRONMENT "POC_CUDA_EMULATE=$<TARGET_FILE:poc_cuemu>;OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
+endif()
