@@ -306,6 +306,28 @@ static int read_ragged(probe *P, const cJSON *arr, const char *name, int dom, do
   return 0;
 }
 
+/* A flat array of B numbers (a per-example field, a reward model's scores) into *out. */
+static int read_per_example(probe *P, const cJSON *arr, const char *name, const char *what_each,
+                            double **out) {
+  if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != P->B) {
+    perr(P->in_path, "%s must be an array of %d numbers (%s)", name, P->B, what_each);
+    return -1;
+  }
+  *out = calloc((size_t)P->B, sizeof **out);
+  if (!*out) {
+    perr(P->in_path, "out of memory");
+    return -1;
+  }
+  int e = 0;
+  const cJSON *x;
+  cJSON_ArrayForEach(x, arr) {
+    char what[600];
+    snprintf(what, sizeof what, "%s[%d]", name, e);
+    if (want_number(P, x, what, &(*out)[e++])) return -1;
+  }
+  return 0;
+}
+
 static int read_calls(probe *P, const cJSON *obj, ir_op op, const char *title) {
   const ir_graph *g = P->g;
   if (obj && !cJSON_IsObject(obj)) {
@@ -339,18 +361,7 @@ static int read_calls(probe *P, const cJSON *obj, ir_op op, const char *title) {
     char name[512];
     snprintf(name, sizeof name, "%s['%s']", title, n->key);
     if (op == IR_REWARD) { /* a score per example */
-      if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != P->B) {
-        perr(P->in_path, "%s must be an array of %d numbers (one score per example)", name, P->B);
-        return -1;
-      }
-      P->leaf[i] = calloc((size_t)P->B, sizeof *P->leaf[i]);
-      int e = 0;
-      const cJSON *x;
-      cJSON_ArrayForEach(x, arr) {
-        char what[600];
-        snprintf(what, sizeof what, "%s[%d]", name, e);
-        if (want_number(P, x, what, &P->leaf[i][e++])) return -1;
-      }
+      if (read_per_example(P, arr, name, "one score per example", &P->leaf[i])) return -1;
       continue;
     }
     if (read_ragged(P, arr, name, n->dom, &P->leaf[i])) return -1;
@@ -391,18 +402,7 @@ static int read_fields(probe *P, const cJSON *obj) {
       if (read_ragged(P, arr, name, fd->dom, &P->leaf[i])) return -1;
       continue;
     }
-    if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != P->B) {
-      perr(P->in_path, "%s must be an array of %d numbers (one per example)", name, P->B);
-      return -1;
-    }
-    P->leaf[i] = calloc((size_t)P->B, sizeof *P->leaf[i]);
-    int e = 0;
-    const cJSON *x;
-    cJSON_ArrayForEach(x, arr) {
-      char what[600];
-      snprintf(what, sizeof what, "%s[%d]", name, e);
-      if (want_number(P, x, what, &P->leaf[i][e++])) return -1;
-    }
+    if (read_per_example(P, arr, name, "one per example", &P->leaf[i])) return -1;
   }
   return 0;
 }
