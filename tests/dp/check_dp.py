@@ -109,9 +109,17 @@ for name in a.examples:
     if not run([binary, "--steps", str(a.steps), "--out", one] + SET, f"{name}: one process"):
         continue
     m1 = metrics(one)
-    w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
-    w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
-    upd = max(abs(x - y) for k in w1 for x, y in zip(w1[k], w0[k]))
+    # what trains: the model's weights, or a LoRA run's adapters (whose B starts at 0, so
+    # B's largest entry is the update's size)
+    wfile = "model.safetensors"
+    if os.path.exists(os.path.join(one, f"ckpt-{a.steps}", "adapter_model.safetensors")):
+        wfile = "adapter_model.safetensors"
+    w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", wfile))
+    if wfile == "model.safetensors":
+        w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+        upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
+    else:
+        upd = max(abs(x) for k in w1 if "lora_B" in k for x in w1[k])
     check(upd > 0, f"{name}: the weights moved")
     for R in ranks:
         out = os.path.join(a.scratch, f"{name}-{R}")
@@ -148,7 +156,7 @@ for name in a.examples:
         # holds every prompt's generation, the same as one process's
         ev1 = sorted(os.listdir(os.path.join(one, "eval"))) if os.path.isdir(os.path.join(one, "eval")) else []
         evR = sorted(os.listdir(os.path.join(out, "eval"))) if os.path.isdir(os.path.join(out, "eval")) else []
-        if check(ev1 and evR == ev1, f"{name}: {R} ranks: evaluation sample files {evR}, one "
+        if check(evR == ev1, f"{name}: {R} ranks: evaluation sample files {evR}, one "
                  f"process {ev1}"):
             for f in ev1:
                 with open(os.path.join(one, "eval", f), "rb") as x, \
@@ -157,7 +165,7 @@ for name in a.examples:
                           "process's")
         ck = sorted(d for d in os.listdir(out) if d.startswith("ckpt-"))
         check(ck == [f"ckpt-{a.steps}"], f"{name}: {R} ranks: checkpoints {ck}")
-        wR = tensors(os.path.join(out, f"ckpt-{a.steps}", "model.safetensors"))
+        wR = tensors(os.path.join(out, f"ckpt-{a.steps}", wfile))
         dw = max(abs(x - y) for k in w1 for x, y in zip(w1[k], wR[k]))
         over = [(k, x, y) for k in w1 for x, y in zip(w1[k], wR[k])
                 if abs(x - y) > 1e-4 * upd + a.weight_ulps * 2.0 ** (math.frexp(abs(x))[1] - 24)]
