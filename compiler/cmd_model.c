@@ -682,6 +682,40 @@ static int mg_usage(void) {
   return 2;
 }
 
+/* The base folder's tokenizer and generation settings, copied beside the merged weights so
+ * the merged folder is a whole model (transformers, poc generate --prompt). Each file is
+ * written to a temporary name and renamed; a base without one of them is fine. */
+static int mg_copy_extras(const char *base, const char *out) {
+  static const char *const files[] = {
+      "tokenizer.json",          "tokenizer_config.json", "special_tokens_map.json",
+      "chat_template.jinja",     "chat_template.json",    "generation_config.json",
+      "tokenizer.model",         "vocab.json",            "merges.txt",
+      "added_tokens.json"};
+  char src[4096], dst[4096], tmp[4200];
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    snprintf(src, sizeof src, "%s/%s", base, files[i]);
+    FILE *in = fopen(src, "rb");
+    if (!in) continue;
+    snprintf(dst, sizeof dst, "%s/%s", out, files[i]);
+    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+    FILE *o = fopen(tmp, "wb");
+    int bad = !o;
+    char buf[65536];
+    size_t n;
+    while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0) bad = fwrite(buf, 1, n, o) != n;
+    bad |= ferror(in);
+    fclose(in);
+    if (o) bad |= fclose(o) != 0;
+    if (!bad) bad = rename(tmp, dst) != 0;
+    if (bad) {
+      fprintf(stderr, "poc merge: cannot copy %s to %s: %s\n", src, dst, strerror(errno));
+      remove(tmp);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 int poc_cmd_merge(int argc, char **argv) {
   const char *base = NULL, *adapter = NULL, *out = NULL;
   for (int i = 1; i < argc; i++) {
@@ -736,6 +770,8 @@ int poc_cmd_merge(int argc, char **argv) {
   rc = 0;
   if (poc_model_save_f32(out, &m.lay, m.w, save, err)) {
     fprintf(stderr, "poc merge: %s\n", err);
+    rc = 1;
+  } else if (mg_copy_extras(base, out)) {
     rc = 1;
   } else {
     int nt = 0;

@@ -439,20 +439,28 @@ def examples(records, a, tk, st):
             pid, (cid,) = t
             yield {"prompt": pid, "response": cid, **val}
         elif f == "prompts":
-            p = need(rec, "prompt", where)
             ans = next((rec[k] for k in ("answer", "completion", "chosen") if rec.get(k) is not None), None)
             if ans is None:
                 raise DataError(f"{where}: error: an evaluation prompt needs its expected answer "
                                 "('answer', 'completion' or 'chosen')")
-            if isinstance(ans, list) and is_conversation(ans) and isinstance(p, str):
-                ans = ans[-1]["content"]
-            if isinstance(p, list):
-                pid, (aid,) = tk.prompt_completions(p, [ans if isinstance(ans, list) else
-                                                         [{"role": "assistant", "content": ans}]], where)
+            if is_conversation(ans) and ans[-1].get("role") == "assistant" and len(ans) > 1:
+                # a whole conversation (UltraFeedback's chosen): its turns before the last are
+                # the prompt, rendered with the chat template as training renders them
+                p, ans = ans[:-1], ans[-1:]
             else:
-                pid, (aid,) = tk.prompt_completions(p, [ans], where)
+                p = need(rec, "prompt", where)
+                if is_conversation(ans):
+                    ans = ans[-1:]
+                if isinstance(p, list) and isinstance(ans, str):
+                    ans = [{"role": "assistant", "content": ans}]
+                elif isinstance(p, str) and isinstance(ans, list):
+                    ans = ans[-1]["content"]
+            pid, (aid,) = tk.prompt_completions(p, [ans], where)
             if tk.tok.eos_token_id is not None and aid and aid[-1] == tk.tok.eos_token_id:
                 aid = aid[:-1]
+            if not pid:
+                st.note(st.dropped, "empty prompt after tokenization")
+                continue
             if not aid:
                 st.note(st.dropped, "empty answer after tokenization")
                 continue

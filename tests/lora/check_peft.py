@@ -211,6 +211,23 @@ if p.returncode == 0:
     p3 = run([args.poc, "merge", BASE, ad_b, "-o", merged], ok=False)
     check(p3.returncode == 2 and "already holds a model" in p3.stderr,
           f"c: merge refuses to write over a model: {p3.stderr}")
+    # a base with a tokenizer: the merged folder carries it, byte for byte
+    tb = os.path.join(S, "base_tok")
+    os.makedirs(tb, exist_ok=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(BASE, f), tb)
+    extras = {"tokenizer.json": '{"model": {"type": "WordLevel", "vocab": {}}}\n',
+              "tokenizer_config.json": '{"eos_token": "</s>"}\n',
+              "chat_template.jinja": "{% for m in messages %}{{ m['content'] }}{% endfor %}\n"}
+    for f, text in extras.items():
+        with open(os.path.join(tb, f), "w") as fh:
+            fh.write(text)
+    mt = os.path.join(S, "merged_tok")
+    p4 = run([args.poc, "merge", tb, ad_b, "-o", mt], ok=False)
+    check(p4.returncode == 0 and all(open(os.path.join(mt, f)).read() == t
+                                     for f, t in extras.items() if os.path.exists(os.path.join(mt, f)))
+          and all(os.path.exists(os.path.join(mt, f)) for f in extras),
+          f"c: merge copies the base's tokenizer files: {p4.stderr}")
 
 
 # ---- d: bad adapters --------------------------------------------------------------------

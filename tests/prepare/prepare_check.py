@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pycheck import check, finish, need  # noqa: E402
 
 WORDS = ("what is two plus three the sum five six seven it blue green red sky color "
-         "where sun in sea hello hi thanks a an yes no is ? . ,").split()
+         "where sun in sea hello hi thanks a an yes no ? . ,").split()
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
             "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 
@@ -223,6 +223,17 @@ def main():
     got = read_jsonl(out) if rc == 0 else []
     check(rc == 0 and len(got) == len(ev) and all(g["answer"] and g["answer"][-1] != tok.eos_token_id
                                                    for g in got), f"prompts: answers without eos: {msg}")
+
+    # evaluation prompts from conversations: the turns before the answer, through the chat
+    # template, as the training pairs render them
+    out = os.path.join(w, "uf_eval.jsonl")
+    rc, msg = run(tool, "--model", model, "--input", os.path.join(w, "uf.parquet"), "--out", out,
+                  "--format", "prompts")
+    got = read_jsonl(out) if rc == 0 else []
+    check(rc == 0 and [g["prompt"] for g in got] == [r["prompt"] for r in ref],
+          f"prompts from conversations have the training pairs' prompts: {msg}")
+    check(all(g["answer"] == r["chosen"][:len(g["answer"])] for g, r in zip(got, ref)),
+          "prompts from conversations: the answer is the chosen reply")
 
     # 6. truncation
     full = read_jsonl(os.path.join(w, "text_out.jsonl"))
