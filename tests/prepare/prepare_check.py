@@ -110,9 +110,26 @@ def trl_ids(records, tok, conversational_prompt_free):
     return [(list(e["prompt_ids"]), list(e["chosen_ids"]), list(e["rejected_ids"])) for e in out]
 
 
+_tools = {}
+
+
 def run(tool, *args):
-    p = subprocess.run([sys.executable, tool, "--quiet", *args], capture_output=True, text=True)
-    return p.returncode, p.stdout + p.stderr
+    """tools/prepare_data.py's main() in this process (one import of transformers for the
+    whole test, not one a run): its exit status and everything it printed."""
+    import contextlib
+    import importlib.util
+    import io
+    if tool not in _tools:
+        spec = importlib.util.spec_from_file_location("prepare_data", tool)
+        _tools[tool] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_tools[tool])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            rc = _tools[tool].main(["--quiet", *args])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+    return rc, buf.getvalue()
 
 
 def main():
