@@ -380,9 +380,7 @@ int poc_cmd_logp(int argc, char **argv) {
   ssize_t len;
   while ((len = getline(&buf, &bufcap, in)) >= 0) {
     lineno++;
-    size_t k = 0;
-    while (k < (size_t)len && (buf[k] == ' ' || buf[k] == '\t' || buf[k] == '\n' || buf[k] == '\r')) k++;
-    if (k == (size_t)len) continue;
+    if (poc_blank_line(buf, (size_t)len)) continue;
     if (n_lines == cap) {
       cap = cap ? 2 * cap : 256;
       lp_line *nl = realloc(lines, (size_t)cap * sizeof *nl);

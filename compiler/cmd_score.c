@@ -378,9 +378,7 @@ int poc_cmd_score(int argc, char **argv) {
   }
   while (!rc && (len = getline(&buf, &bufcap, in)) >= 0) {
     lineno++;
-    size_t k = 0;
-    while (k < (size_t)len && (buf[k] == ' ' || buf[k] == '\t' || buf[k] == '\n' || buf[k] == '\r')) k++;
-    if (k == (size_t)len) continue;
+    if (poc_blank_line(buf, (size_t)len)) continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 64;
       sc_rec *nr = realloc(recs, (size_t)cap * sizeof *nr);

@@ -21,4 +21,12 @@ int poc_cmd_decode(int argc, char **argv);    /* cmd_text.c     */
  * NULL after saying on stderr why (no Python, no package, the tokenizer failed). */
 int32_t *poc_text_encode(const char *cmd, const char *dir, const char *text, int chat, int *n);
 
+#include <stddef.h>
+/* A data line of nothing but white space (skipped by the line readers of logp and score). */
+static inline int poc_blank_line(const char *s, size_t n) {
+  for (size_t k = 0; k < n; k++)
+    if (s[k] != ' ' && s[k] != '\t' && s[k] != '\n' && s[k] != '\r') return 0;
+  return 1;
+}
+
 #endif

@@ -293,19 +293,10 @@ static void dec_step(const tok_step *st, tok_list *l) {
     return;
   }
   case TD_REPLACE:
+  case TD_METASPACE: /* ▁ → space, and nothing before the first piece when it was prepended */
     for (int i = 0; i < l->n; i++) {
-      char *r = replace_all(l->v[i], st->a, st->b);
-      if (!r) {
-        l->oom = 1;
-        continue;
-      }
-      free(l->v[i]);
-      l->v[i] = r;
-    }
-    return;
-  case TD_METASPACE:
-    for (int i = 0; i < l->n; i++) {
-      char *r = replace_all(l->v[i], st->a, i == 0 && st->start ? "" : " ");
+      const char *to = st->kind == TD_REPLACE ? st->b : i == 0 && st->start ? "" : " ";
+      char *r = replace_all(l->v[i], st->a, to);
       if (!r) {
         l->oom = 1;
         continue;

@@ -578,7 +578,7 @@ static int evaluate_gather(const trn_evalset *e, trn_evalgen *g, char *err) {
     }
     free(g->gen);
     g->gen = gen;
-    g->n_gen = g->cap = total + 1;
+    g->cap = total + 1;
     g->n_gen = total;
     gen = NULL;
   }
