@@ -515,6 +515,7 @@ static void run_free(trn_run *r) {
     if (r->lay_ok[i]) poc_layout_free(&r->lay[i]);
     if (r->alay[i].tensors) poc_layout_free(&r->alay[i]);
     free(r->ainit[i]);
+    free(r->ctx.gacc[i]);
   }
   poc_device_close(r->dev);
   free(r->ex);
@@ -1009,6 +1010,15 @@ static int run_model(trn_run *r, int m) {
     }
   }
   r->ctx.n_train[m] = nt;
+  /* gradient accumulation over micro-batches or ranks sums in double in host memory
+     (train_step.c): the accumulator is made once for the run */
+  if ((r->T->micro_batch < r->T->batch || trn_comm_size() > 1) &&
+      poc_model_host_f32(r->ms.m[m], POC_PART_GRAD) &&
+      !(r->ctx.gacc[m] = calloc(nt + 1, sizeof(double)))) {
+    fprintf(stderr, "%s: error: out of memory for the gradient accumulator of model '%s' "
+            "(%zu parameters)\n", p->name, d->name, nt);
+    return 1;
+  }
   r->cm[r->n_cm++] = (trn_ckmodel){d->name, tl, r->hw[m], r->hm[m], r->hv[m],
                                    lora ? &r->lc[m] : NULL, d->path};
   return 0;

@@ -305,6 +305,9 @@ typedef struct trn_ctx {
   int max_tokens[TRN_MAX_MODELS];/* workspace each model instance was made with */
   uint64_t frozen_hash[TRN_MAX_MODELS]; /* frozen models' initial weights, for the cache key */
   size_t n_train[TRN_MAX_MODELS];/* a trainable model's trainable vector (its gradient) */
+  /* the run's double gradient accumulators (train_step.c, gradsum), n_train[m] each, zero
+   * between steps; NULL where the step makes its own (one micro-batch, device memory) */
+  double *gacc[TRN_MAX_MODELS];
 } trn_ctx;
 
 /* One model's packed forward. */

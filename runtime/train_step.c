@@ -190,9 +190,11 @@ static void lora_dropout(const trn_ctx *c, models *ms, int on, int64_t step, int
  * element whose sum lies within that of a rounding boundary. Elsewhere (device memory)
  * the backwards accumulate in place and the ranks' float gradients are summed. */
 typedef struct {
-  double *acc[TRN_MAX_MODELS];
+  double *acc[TRN_MAX_MODELS];   /* the run's (c->gacc) or, without one, this step's */
   float *g[TRN_MAX_MODELS];
   int on;                        /* accumulating in double */
+  int owned;                     /* acc was allocated for this step */
+  int dirty;                     /* acc holds sums that gradsum_finish has not taken */
 } gradsum;
 
 static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char *err) {
@@ -204,22 +206,31 @@ static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char
     s->g[m] = poc_model_host_f32(ms->m[m], POC_PART_GRAD);
     if (!s->g[m]) s->on = 0;
   }
-  for (int m = 0; s->on && m < c->prog->n_models; m++)
-    if (s->g[m] && !(s->acc[m] = calloc(c->n_train[m] + 1, sizeof(double)))) {
+  for (int m = 0; s->on && m < c->prog->n_models; m++) {
+    if (!s->g[m]) continue;
+    if ((s->acc[m] = c->gacc[m])) continue; /* the run's, zero since the last step */
+    s->owned = 1;
+    if (!(s->acc[m] = calloc(c->n_train[m] + 1, sizeof(double)))) {
       trn_errf(err, "out of memory for the gradient accumulator");
       return -1;
     }
+  }
   return 0;
 }
 
-static void gradsum_free(gradsum *s) {
-  for (int m = 0; m < TRN_MAX_MODELS; m++) free(s->acc[m]);
+static void gradsum_free(gradsum *s, const trn_ctx *c) {
+  for (int m = 0; m < TRN_MAX_MODELS; m++) {
+    if (s->owned) free(s->acc[m]);
+    else if (s->dirty && s->acc[m]) /* a step that failed midway: zero for the next */
+      memset(s->acc[m], 0, c->n_train[m] * sizeof(double));
+  }
   memset(s, 0, sizeof *s);
 }
 
 /* after a micro-batch's backward: g_j into the accumulator, the gradient back to zero */
 static void gradsum_add(gradsum *s, const trn_ctx *c) {
   if (!s->on) return;
+  s->dirty = 1;
   for (int m = 0; m < c->prog->n_models; m++) {
     if (!s->acc[m]) continue;
     double *a = s->acc[m];
@@ -243,10 +254,14 @@ static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
     if (s->on) {
       if (trn_comm_sum_f64(s->acc[m], n, err)) return -1;
       float *g = s->g[m];
-      const double *a = s->acc[m];
+      double *a = s->acc[m];
       long nl = (long)n;
+      /* rounded once into the gradient; the accumulator left zero for the next step */
 #pragma omp parallel for schedule(static)
-      for (long i = 0; i < nl; i++) g[i] = (float)a[i];
+      for (long i = 0; i < nl; i++) {
+        g[i] = (float)a[i];
+        a[i] = 0;
+      }
       continue;
     }
     if (trn_comm_size() == 1) continue;
@@ -258,6 +273,7 @@ static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
     free(h);
     if (bad) return -1;
   }
+  s->dirty = 0;
   return 0;
 }
 
@@ -400,7 +416,7 @@ done:
   anchors_free(&anc);
   free(ex);
   free(pos);
-  gradsum_free(&gs);
+  gradsum_free(&gs, c);
   return rc;
 }
 
