@@ -306,6 +306,7 @@ static int write_sources(const build_opts *o, const char *dir, const char *cc_sh
     return 2;
   }
   char err[512];
+  g->unfused = o->unfused; /* the same pipeline, the fuse pass off */
   if (ir_pipeline(g, NULL, err, sizeof err)) {
     fprintf(stderr, "%s: internal error: %s\n", o->file, err);
     po_diag_free(d);

@@ -1,18 +1,16 @@
 /* codegen_kernels.c — kernels.c: the objective kernel poc_objective (runtime/program.h)
- * from the differentiated IR, forward and backward, in double.
+ * from the differentiated IR, forward and backward, in double, group by group as the
+ * fuse pass (fuse.c) laid them out.
  *
- * Fused (the default). The graph is cut into *stages* at batch reductions and batch sorts:
- * stage s is one loop over the examples computing every per-example and per-token node
- * whose inputs need at most s of them; between stages the batch values are reduced, and
- * batch_sort (or its adjoint) permutes, from per-example arrays, exactly as
- * compiler/eval.c does. Inside one example the nodes are
- * list-scheduled, in IR order, into *blocks*: a block is one loop over the tokens of one
- * domain; a token node joins the earliest block of its domain that follows everything
- * it reads, a token reduction accumulates in the block of its inputs, and a per-example
- * node sits between blocks as soon as its inputs are known. Per-token values live in
- * locals; only a value read by a later block, or read at an offset (slices), goes to a
- * per-example scratch vector. A per-token value another stage needs is recomputed there
- * (it is cheap: elementwise over model outputs) rather than stored for the whole batch.
+ * Fused (the default). Each stage is one loop over the examples; inside it the stage's
+ * groups in order: per-example statements, and loops over one domain's tokens. Between
+ * stages the batch groups reduce, and batch_sort (or its adjoint) permutes, from
+ * per-example arrays, exactly as compiler/eval.c does. Per-token values live in locals;
+ * only a value read by a later loop, or read at an offset (slices), goes to a
+ * per-example scratch vector. A per-token value another stage needs is computed there
+ * again (the recompute pass's mark), a per-example one is read from its array (the
+ * store mark). Every group starts with a comment naming it (grp3_margin_L12: the
+ * .po value it computes and its line), every statement with its IR node and line.
  *
  * Token vectors keep eval.c's lengths: a call's values are as long as the runtime says,
  * an elementwise op is as long as its shortest input (masks ANDed), fit and bcast take
@@ -20,9 +18,10 @@
  * atoms, an atom being a call's or a field's count, possibly sliced), computed once per
  * example; a statement whose class is not its loop's bound is guarded.
  *
- * Unfused (--unfused). One function per IR node over the whole batch, every value in
- * its own buffer: the textbook baseline, and a second implementation of the same
- * semantics that the end-to-end tests compare against the fused one. */
+ * Unfused (--unfused: the fuse pass off, one group per node). One function per group
+ * over the whole batch, named after it, every value in its own buffer: the textbook
+ * baseline, and a second implementation of the same semantics that the end-to-end
+ * tests compare against the fused one. */
 #define _GNU_SOURCE /* open_memstream where _POSIX_C_SOURCE alone does not declare it */
 #include <math.h>
 #include <stdlib.h>
@@ -52,8 +51,7 @@ typedef struct kg {
   lclass *cls;
   int ncls;
   int *cls_of;       /* token node → class; TOKR → length reduced over; SEQLEN, PICK: domain */
-  int *outer;        /* stage */
-  int nstages;
+  int nstages;       /* g->fusion.nstages */
   /* per stage */
   char *need, *mat, *stored;
   int *blk, *pos;
@@ -224,33 +222,6 @@ static bool is_sample(const kg *K, int i) { return K->g->nodes[i].op == IR_SAMPL
  * per-example arrays, into a stored array the later stages read. */
 static bool is_perm(const kg *K, int i) { return ir_op_info(K->g->nodes[i].op)->cls == IR_BPERM; }
 
-static bool tok_leaf(const ir_node *n) {
-  return ir_head_call(n->op) || (n->op == IR_FIELD && n->level == IR_LTOKEN);
-}
-
-/* A per-token node with a statement in a block (not a leaf, a pick or an argmax). */
-static bool tok_computed(const ir_node *n) {
-  return n->level == IR_LTOKEN && !tok_leaf(n) && n->op != IR_PICK && n->op != IR_ARGMAX &&
-         n->op != IR_SAMPLE;
-}
-
-/* Whether consumer n reads its input k at an index other than its own t, or from
- * another domain: such an input must be complete (materialised) before n's block. */
-static bool offset_read(const kg *K, const ir_node *n, int k) {
-  const ir_node *x = &K->g->nodes[n->in[k]];
-  if (n->op == IR_SLICE) return true;
-  if (n->op == IR_FIT) return k == 0 && (n->idx != 0 || x->dom != n->dom);
-  return false;
-}
-
-/* Inputs that are read as values (fit's and bcast's second input is only a shape). */
-static bool value_input(const kg *K, const ir_node *n, int k) {
-  if (is_sample(K, n->in[k])) return false;
-  if ((n->op == IR_FIT || n->op == IR_BCAST) && k == 1) return false;
-  if (n->op == IR_LEN || n->op == IR_SEQLEN) return false;
-  return true;
-}
-
 /* The C expression of node x's value at token index idx, as read from block cb of the
  * current stage (cb -1: between blocks). */
 static void operand(kg *K, char *buf, size_t len, int x, const char *idx, int cb) {
@@ -267,7 +238,7 @@ static void operand(kg *K, char *buf, size_t len, int x, const char *idx, int cb
   case IR_LCONST:
   case IR_LBATCH: snprintf(buf, len, "v%d", x); return;
   case IR_LEXAMPLE:
-    if (K->outer[x] < K->stage || is_perm(K, x)) {
+    if (K->g->nodes[x].stage < K->stage || is_perm(K, x)) {
       K->stored[x] = 1;
       snprintf(buf, len, "x%d[b]", x);
     } else {
@@ -323,6 +294,16 @@ static void subst(char *out, size_t len, const char *cexpr, char ops[3][160]) {
 static void comment(kg *K, FILE *f, int id) {
   fputs(" /* ", f);
   cg_describe(f, K->p, id);
+  const char *name = K->g->nodes[id].name;
+  if (name) { /* the .po's name for the value; only bytes that cannot end a comment */
+    fputs(" [", f);
+    for (const char *c = name; *c; c++) {
+      bool ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+                *c == '_' || *c == '.' || *c == '-' || *c == '(' || *c == ')' || (*c == '/' && c[1] != '*');
+      fputc(ok ? *c : '?', f);
+    }
+    fputc(']', f);
+  }
   fputs("   ", f);
   cg_where(f, K->p, K->g->nodes[id].loc);
   fputs(" */", f);
@@ -361,86 +342,56 @@ static void value_expr(kg *K, char *out, size_t len, int id, int cb) {
   snprintf(out, len, "%s", e);
 }
 
-/* ---- scheduling one stage ----------------------------------------------------------- */
+/* ---- one stage's groups ------------------------------------------------------------ */
 
-static int avail_tok(const kg *K, int i, bool offset) {
-  const ir_node *x = &K->g->nodes[i];
-  if (tok_leaf(x)) return 0;
-  if (x->op == IR_PICK) return K->pos[i];
-  if (x->op == IR_ARGMAX) return K->blk[i] + 1;
-  return K->blk[i] + (offset ? 1 : 0);
-}
-
-static int avail_ex(const kg *K, int i) {
-  const ir_node *x = &K->g->nodes[i];
-  if (x->level == IR_LEXAMPLE && K->outer[i] == K->stage && !is_perm(K, i)) return K->pos[i];
-  return 0;
-}
-
-static int find_block(kg *K, int dom, int from) {
-  for (int b = from; b < K->nblk; b++)
-    if (K->bdom[b] == dom) return b;
-  K->bdom[K->nblk] = dom;
-  return K->nblk++;
-}
-
-static void schedule(kg *K) {
+/* need, blk, pos, bdom for stage s from the fuse pass's groups: a loop's members have
+ * their block (a reduction's value is known after it), the per-example groups their
+ * position among the loops. */
+static void load_stage(kg *K, int s) {
   const ir_graph *g = K->g;
-  K->nblk = 0;
+  memset(K->need, 0, (size_t)g->n);
   for (int i = 0; i < g->n; i++) K->blk[i] = K->pos[i] = -1;
-  for (int i = 0; i < g->n; i++) {
-    if (!K->need[i]) continue;
-    const ir_node *n = &g->nodes[i];
-    ir_class cls = ir_op_info(n->op)->cls;
-    int r = 0;
-    if (n->level == IR_LEXAMPLE && cls != IR_TOKR) {
-      for (int k = 0; k < n->nin; k++)
-        if (value_input(K, n, k) && avail_ex(K, n->in[k]) > r) r = avail_ex(K, n->in[k]);
-      K->pos[i] = r;
-    } else if (cls == IR_TOKR) {
-      if (n->op == IR_LEN) {
-        K->pos[i] = 0;
+  K->nblk = 0;
+  for (int gi = 0; gi < g->fusion.ngroups; gi++) {
+    const ir_group *gr = &g->fusion.groups[gi];
+    if (gr->stage != s || (gr->kind != IR_G_EXAMPLE && gr->kind != IR_G_TOKENS)) continue;
+    for (int k = 0; k < gr->nmem; k++) {
+      int x = gr->mem[k];
+      K->need[x] = 1;
+      if (gr->kind == IR_G_EXAMPLE) {
+        K->pos[x] = gr->at;
         continue;
       }
-      for (int k = 0; k < n->nin; k++)
-        if (avail_tok(K, n->in[k], false) > r) r = avail_tok(K, n->in[k], false);
-      K->blk[i] = find_block(K, g->nodes[n->in[0]].dom, r);
-      K->pos[i] = K->blk[i] + 1;
-    } else if (n->op == IR_PICK) {
-      K->pos[i] = avail_ex(K, n->in[0]);
-    } else if (n->op == IR_ARGMAX) {
-      K->blk[i] = find_block(K, n->dom, avail_tok(K, n->in[0], false));
-    } else if (tok_computed(n)) {
-      for (int k = 0; k < n->nin; k++) {
-        if (!value_input(K, n, k)) continue;
-        const ir_node *x = &g->nodes[n->in[k]];
-        int a = x->level == IR_LTOKEN ? avail_tok(K, n->in[k], offset_read(K, n, k))
-                                      : avail_ex(K, n->in[k]);
-        if (a > r) r = a;
-      }
-      K->blk[i] = find_block(K, n->dom, r);
+      K->blk[x] = gr->at;
+      if (ir_op_info(g->nodes[x].op)->cls == IR_TOKR) K->pos[x] = gr->at + 1;
+    }
+    if (gr->kind == IR_G_TOKENS) {
+      K->bdom[gr->at] = gr->dom;
+      if (gr->at + 1 > K->nblk) K->nblk = gr->at + 1;
     }
   }
 }
 
-/* The nodes stage s computes: its per-example nodes, the gradients it writes, and the
- * per-token values they read, recomputed here if an earlier stage had them. */
-static void stage_needs(kg *K, int s) {
-  const ir_graph *g = K->g;
-  memset(K->need, 0, (size_t)g->n);
-  for (int i = 0; i < g->n; i++)
-    if (g->nodes[i].level == IR_LEXAMPLE && K->outer[i] == s && !is_perm(K, i)) K->need[i] = 1;
-  for (int c = 0; c < K->p->ncalls; c++) {
-    int d[2] = {K->p->calls[c].dlogp, K->p->calls[c].dentropy};
-    for (int k = 0; k < 2; k++)
-      if (d[k] >= 0 && K->outer[d[k]] == s) K->need[d[k]] = 1;
+/* The group of stage s and kind at position `at`, or NULL. */
+static const ir_group *stage_group(const kg *K, int s, ir_group_kind kind, int at) {
+  for (int gi = 0; gi < K->g->fusion.ngroups; gi++) {
+    const ir_group *gr = &K->g->fusion.groups[gi];
+    if (gr->kind == kind && gr->stage == s && gr->at == at) return gr;
   }
-  for (int i = g->n - 1; i >= 0; i--) {
-    if (!K->need[i]) continue;
-    const ir_node *n = &g->nodes[i];
-    for (int k = 0; k < n->nin; k++)
-      if (value_input(K, n, k) && g->nodes[n->in[k]].level == IR_LTOKEN) K->need[n->in[k]] = 1;
+  return NULL;
+}
+
+/* "grp3_margin_L12: stage 0, loop 1 over 'chosen', dpo.po:10-12" */
+static void group_comment(kg *K, FILE *f, const ir_group *gr, const char *ind) {
+  fprintf(f, "%s/* %s: %s", ind, gr->name, ir_group_kind_name(gr->kind));
+  if (gr->kind == IR_G_TOKENS) fprintf(f, " loop %d over '%s'", gr->at, K->g->doms[gr->dom].name);
+  if (gr->line_lo > 0) {
+    fputs(", ", f);
+    cg_file(f, K->p);
+    if (gr->line_lo == gr->line_hi) fprintf(f, ":%d", gr->line_lo);
+    else fprintf(f, ":%d-%d", gr->line_lo, gr->line_hi);
   }
+  fputs(" */\n", f);
 }
 
 /* ---- emitting one stage ------------------------------------------------------------- */
@@ -526,7 +477,7 @@ static void emit_block(kg *K, FILE *f, int bk) {
   for (int i = 0; i < g->n; i++) {
     if (!K->need[i]) continue;
     const ir_node *n = &g->nodes[i];
-    bool in = (tok_computed(n) || n->op == IR_ARGMAX ||
+    bool in = (ir_tok_computed(n) || n->op == IR_ARGMAX ||
                (ir_op_info(n->op)->cls == IR_TOKR && n->op != IR_LEN)) && K->blk[i] == bk;
     if (!in) continue;
     int c = n->op == IR_ARGMAX ? K->cls_of[n->in[0]] : K->cls_of[i];
@@ -547,7 +498,8 @@ static void emit_block(kg *K, FILE *f, int bk) {
   }
   int bound = ncl == 1 ? cl[0] : -1;
   for (int j = 0; j < ncl; j++) cls_mark(K, cl[j]);
-  fprintf(f, "    /* block %d: over '%s' */\n", bk, g->doms[K->bdom[bk]].name);
+  const ir_group *gr = stage_group(K, K->stage, IR_G_TOKENS, bk);
+  if (gr) group_comment(K, f, gr, "    ");
   if (bound >= 0) {
     fprintf(f, "    for (int t = 0; t < n%d; t++) {\n", bound);
   } else {
@@ -561,7 +513,7 @@ static void emit_block(kg *K, FILE *f, int bk) {
     const ir_node *n = &g->nodes[i];
     if (!K->need[i] || K->blk[i] != bk) continue;
     char e[1400], x[160], y[160];
-    if (tok_computed(n)) {
+    if (ir_tok_computed(n)) {
       value_expr(K, e, sizeof e, i, bk);
       int c = K->cls_of[i];
       if (c == bound) {
@@ -626,7 +578,7 @@ static void emit_late_grads(kg *K, FILE *f) {
     const cg_call *cc = &K->p->calls[c];
     for (int k = 0; k < 2; k++) {
       int d = k ? cc->dentropy : cc->dlogp;
-      if (d < 0 || K->outer[d] != K->stage || tok_computed(&K->g->nodes[d])) continue;
+      if (d < 0 || K->g->nodes[d].stage != K->stage || ir_tok_computed(&K->g->nodes[d])) continue;
       if (cc->reward) { /* one seed per example, at the score's place */
         char x[160];
         operand(K, x, sizeof x, d, "t", -1);
@@ -650,8 +602,7 @@ static void emit_stage(kg *K, FILE *f, int s) {
   const ir_graph *g = K->g;
   const cg_prog *p = K->p;
   K->stage = s;
-  stage_needs(K, s);
-  schedule(K);
+  load_stage(K, s);
   memset(K->cls_used, 0, (size_t)K->ncls + 1);
   memset(K->lp_used, 0, (size_t)p->ncalls + 1);
   memset(K->en_used, 0, (size_t)p->ncalls + 1);
@@ -667,6 +618,8 @@ static void emit_stage(kg *K, FILE *f, int s) {
     FILE *m = open_memstream(&body, &blen);
     if (!m) exit(1);
     for (int bk = 0; bk <= K->nblk; bk++) {
+      const ir_group *eg = stage_group(K, s, IR_G_EXAMPLE, bk);
+      if (eg) group_comment(K, m, eg, "    ");
       for (int i = 0; i < g->n; i++) {
         const ir_node *n = &g->nodes[i];
         if (!K->need[i]) continue;
@@ -705,13 +658,23 @@ static void emit_stage(kg *K, FILE *f, int s) {
   }
 }
 
-/* Batch-level nodes of stage s: reductions over the per-example arrays, then the
- * arithmetic on them. */
-static void emit_batch(kg *K, FILE *f, int s) {
+/* A batch group (or the prologue): reductions over the per-example arrays, sorts, and
+ * the arithmetic on batch values. */
+static void emit_batch(kg *K, FILE *f, const ir_group *gr) {
   const ir_graph *g = K->g;
-  for (int i = 0; i < g->n; i++) {
+  for (int m = 0; m < gr->nmem; m++) {
+    const int i = gr->mem[m];
     const ir_node *n = &g->nodes[i];
-    if ((n->level != IR_LBATCH && !is_perm(K, i)) || K->outer[i] != s) continue;
+    if (n->level == IR_LCONST) { /* the prologue: knobs and what follows from them */
+      if (n->op == IR_CONST) continue;
+      char e[1400];
+      if (n->op == IR_PARAM) snprintf(e, sizeof e, "a->knobs[%d]", n->idx);
+      else value_expr(K, e, sizeof e, i, -1);
+      fprintf(f, "  const double v%d = %s;", i, e);
+      comment(K, f, i);
+      fputc('\n', f);
+      continue;
+    }
     ir_class cls = ir_op_info(n->op)->cls;
     if (cls == IR_BPERM) {
       /* batch_sort: y_k = x_{p(k)}; its adjoint: y_{p(k)} = g_k; p the order of x */
@@ -751,35 +714,17 @@ static void emit_batch(kg *K, FILE *f, int s) {
   }
 }
 
-/* The batch values stage s's examples make possible; after the last stage, all the
- * remaining ones (batch reports). */
-static void emit_after_stage(kg *K, FILE *f, int s) {
-  int last = s + 1;
-  if (s + 1 == K->nstages)
-    for (int i = 0; i < K->g->n; i++)
-      if (K->outer[i] > last) last = K->outer[i];
-  for (int o = s + 1; o <= last; o++) {
-    bool any = false;
-    for (int i = 0; i < K->g->n; i++)
-      any |= (K->g->nodes[i].level == IR_LBATCH || is_perm(K, i)) && K->outer[i] == o;
-    if (!any) continue;
-    fprintf(f, "\n  /* batch values after stage %d */\n", o - 1);
-    emit_batch(K, f, o);
+/* The groups between stage s's loop over the examples and the next stage's: batch
+ * values these examples make possible (after the last stage, batch reports). */
+static void emit_between(kg *K, FILE *f, int s) {
+  for (int gi = 0; gi < K->g->fusion.ngroups; gi++) {
+    const ir_group *gr = &K->g->fusion.groups[gi];
+    if (gr->kind != IR_G_BATCH || gr->stage <= s) continue;
+    if (s + 1 < K->nstages && gr->stage > s + 1) continue;
+    fprintf(f, "\n  /* batch values after stage %d */\n", gr->stage - 1);
+    group_comment(K, f, gr, "  ");
+    emit_batch(K, f, gr);
     fputc('\n', f);
-  }
-}
-
-static void stages(kg *K) {
-  const ir_graph *g = K->g;
-  K->nstages = 1;
-  for (int i = 0; i < g->n; i++) {
-    const ir_node *n = &g->nodes[i];
-    int o = 0;
-    for (int k = 0; k < n->nin; k++)
-      if (!is_sample(K, n->in[k]) && K->outer[n->in[k]] > o) o = K->outer[n->in[k]];
-    if (ir_op_info(n->op)->cls == IR_BATR || ir_op_info(n->op)->cls == IR_BPERM) o++;
-    K->outer[i] = o;
-    if (o + 1 > K->nstages && n->level >= IR_LEXAMPLE) K->nstages = o + 1;
   }
 }
 
@@ -818,17 +763,11 @@ static void emit_fused(kg *K, FILE *f) {
   fputs("int poc_objective(const poc_objective_args *a) {\n  const int B = a->B;\n", f);
   /* constants and knobs, then batch values that need no reduction */
   K->stage = 0;
-  for (int i = 0; i < g->n; i++) {
-    const ir_node *n = &g->nodes[i];
-    if (n->level != IR_LCONST || n->op == IR_CONST) continue;
-    char e[1400];
-    if (n->op == IR_PARAM) snprintf(e, sizeof e, "a->knobs[%d]", n->idx);
-    else value_expr(K, e, sizeof e, i, -1);
-    fprintf(f, "  const double v%d = %s;", i, e);
-    comment(K, f, i);
-    fputc('\n', f);
-  }
-  emit_batch(K, f, 0);
+  for (int gi = 0; gi < g->fusion.ngroups; gi++)
+    if (g->fusion.groups[gi].kind == IR_G_PROLOGUE) {
+      group_comment(K, f, &g->fusion.groups[gi], "  ");
+      emit_batch(K, f, &g->fusion.groups[gi]);
+    }
   /* first a dry run to learn every slot (scratch vectors, masks, stored arrays) */
   char *body = NULL;
   size_t blen = 0;
@@ -838,7 +777,7 @@ static void emit_fused(kg *K, FILE *f) {
     emit_stage(K, m, s);
     for (int i = 0; i < g->n; i++) K->mat_slot[i] |= K->mat[i];
     memset(K->mat, 0, (size_t)g->n);
-    emit_after_stage(K, m, s);
+    emit_between(K, m, s);
   }
   fclose(m);
   /* slots */
@@ -896,7 +835,7 @@ static void emit_fused(kg *K, FILE *f) {
   for (int s = 0; s < K->nstages; s++) {
     memcpy(K->mat, K->mat_slot, (size_t)g->n);
     emit_stage(K, f, s);
-    emit_after_stage(K, f, s);
+    emit_between(K, f, s);
   }
   free(body);
   /* batch and constant reports hold for every example */
@@ -926,16 +865,17 @@ static void un_at(const kg *K, char *buf, size_t len, int x, const char *idx) {
   }
 }
 
-static void emit_un_node(kg *K, FILE *f, int id) {
+static void emit_un_node(kg *K, FILE *f, const ir_group *gr) {
   const ir_graph *g = K->g;
+  const int id = gr->mem[0];
   const ir_node *n = &g->nodes[id];
   ir_class cls = ir_op_info(n->op)->cls;
   int a0 = n->in[0], a1 = n->in[1];
   char x[200], y[200], e[1400];
   fputc('\n', f);
   comment(K, f, id);
-  fprintf(f, "\nstatic int k%d_%s(const poc_objective_args *a, poc_k_val *V) {\n  const int B = a->B;\n",
-          id, ir_op_info(n->op)->name);
+  fprintf(f, "\nstatic int %s(const poc_objective_args *a, poc_k_val *V) {\n  const int B = a->B;\n",
+          gr->name);
   fputs("  (void)a;\n  (void)B;\n", f);
   /* the shape */
   if (n->level == IR_LTOKEN) {
@@ -1116,12 +1056,15 @@ static void emit_un_node(kg *K, FILE *f, int id) {
 static void emit_unfused(kg *K, FILE *f) {
   const ir_graph *g = K->g;
   const cg_prog *p = K->p;
-  for (int i = 0; i < g->n; i++)
-    if (!is_sample(K, i)) emit_un_node(K, f, i);
-  fprintf(f, "\n/* every node in IR order: a topological order */\n"
+  /* one group per node: the fuse pass with fusion off */
+  for (int gi = 0; gi < g->fusion.ngroups; gi++) {
+    const ir_group *gr = &g->fusion.groups[gi];
+    if (!is_sample(K, gr->mem[0])) emit_un_node(K, f, gr);
+  }
+  fprintf(f, "\n/* every group in order: a topological order */\n"
              "static int (*const kernels[])(const poc_objective_args *, poc_k_val *) = {\n");
-  for (int i = 0; i < g->n; i++)
-    if (!is_sample(K, i)) fprintf(f, "    k%d_%s,\n", i, ir_op_info(g->nodes[i].op)->name);
+  for (int gi = 0; gi < g->fusion.ngroups; gi++)
+    if (!is_sample(K, g->fusion.groups[gi].mem[0])) fprintf(f, "    %s,\n", g->fusion.groups[gi].name);
   fprintf(f, "};\n\nint poc_objective(const poc_objective_args *a) {\n  const int B = a->B;\n"
              "  poc_k_val *V = calloc(%d, sizeof *V);\n  int rc = V ? 0 : -1;\n"
              "  for (size_t k = 0; !rc && k < sizeof kernels / sizeof kernels[0]; k++) rc = kernels[k](a, V);\n"
@@ -1166,7 +1109,6 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   K->g = g;
   size_t n = (size_t)g->n + 1;
   K->cls_of = ir_xcalloc(n, sizeof *K->cls_of);
-  K->outer = ir_xcalloc(n, sizeof *K->outer);
   K->need = ir_xcalloc(n, 1);
   K->mat = ir_xcalloc(n, 1);
   K->stored = ir_xcalloc(n, 1);
@@ -1181,15 +1123,23 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   K->de_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->fd_used = ir_xcalloc((size_t)g->nfields + 1, 1);
   K->cls_used = ir_xcalloc(2, 1); /* grows with the classes; an objective may have none */
+  int rc = 0;
   for (int i = 0; i < g->n; i++) K->blk[i] = -1;
   build_classes(K);
-  stages(K);
-  int rc = 0;
+  K->nstages = g->fusion.nstages;
+  /* the recompute pass's store marks: per-example arrays */
+  for (int i = 0; i < g->n; i++) K->stored[i] = (g->nodes[i].flags & IR_F_STORE) != 0;
+  if (g->fusion.ngroups == 0 || g->unfused != p->opt->unfused) {
+    po_error_file(d, g->src ? g->src->path : "?", "internal error: the objective is emitted "
+                  "before the fuse pass ran with fusion %s", p->opt->unfused ? "off" : "on");
+    rc = -1;
+  }
   header(K, f, p->opt->unfused ? "unfused: one function per IR node" : "fused");
   if (emit_prelude(f)) {
     po_error_file(d, g->src ? g->src->path : "?", "cannot read the kernel template objective.c "
                   "(set POC_TEMPLATE_DIR to the folder kernels/templates)");
     rc = -1;
+  } else if (rc) {
   } else if (p->opt->unfused) {
     emit_unfused(K, f);
   } else {
@@ -1199,7 +1149,6 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   free(K->cls);
   free(K->atoms);
   free(K->cls_of);
-  free(K->outer);
   free(K->need);
   free(K->mat);
   free(K->stored);

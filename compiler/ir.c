@@ -181,6 +181,7 @@ static ir_node node_init(ir_op op, po_loc loc) {
   n.op = op;
   n.dom = -1;
   n.hi = -1;
+  n.grp = -1;
   n.loc = loc;
   for (int i = 0; i < IR_MAX_IN; i++) n.in[i] = -1;
   return n;
@@ -656,7 +657,7 @@ int ir_verify(const ir_graph *g, char *err, size_t errlen) {
           !ir_model_call(g->nodes[c].op))
         FAIL("batch plan %d: entry %d is not a call of its model", p, k);
     }
-  return 0;
+  return ir_verify_fusion(g, err, errlen);
 }
 
 /* ---- printing -------------------------------------------------------------------- */
@@ -731,7 +732,8 @@ static const char *base_name(const char *p) {
 static void flags_str(unsigned f, char *buf, size_t len) {
   static const struct { unsigned bit; const char *name; } names[] = {
       {IR_F_TRAIN, "train"}, {IR_F_SAMPLED, "sampled"}, {IR_F_RANDOM, "random"},
-      {IR_F_DATA, "data"}, {IR_F_HOIST, "hoist"}, {IR_F_CACHE, "cache"}, {IR_F_GRAD, "grad"}};
+      {IR_F_DATA, "data"}, {IR_F_HOIST, "hoist"}, {IR_F_CACHE, "cache"}, {IR_F_GRAD, "grad"},
+      {IR_F_RECOMP, "recompute"}, {IR_F_STORE, "store"}};
   size_t o = 0;
   buf[0] = 0;
   for (size_t i = 0; i < sizeof names / sizeof names[0] && o < len; i++)
@@ -749,6 +751,7 @@ void ir_print(const ir_graph *g, FILE *f, bool plan) {
     fprintf(f, "  %-44s : %-18s", lhs, ty);
     if (n->loc.src && n->loc.line > 0)
       fprintf(f, "  # %s:%d", base_name(n->loc.src->path), n->loc.line);
+    if (n->name) fprintf(f, " %s", n->name);
     if (fl[0]) fprintf(f, "  [%s]", fl);
     fputc('\n', f);
   }

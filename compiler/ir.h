@@ -1,8 +1,9 @@
 /* ir.h — the compiler's internal header: poc's intermediate representation and the
  * stages that build, transform, differentiate and evaluate it. One section per file,
  * in pipeline order: ir.c (graph, builders, verifier, printer), lower.c (AST → IR),
- * passes.c (fold, cse, dce, hoist, batch), autodiff.c (reverse mode), eval.c (the
- * float64 interpreter behind `poc probe`).
+ * passes.c (fold, cse, dce, hoist, batch), autodiff.c (reverse mode), fuse.c (recompute
+ * and fuse: the objective kernel's stages, loops and what crosses them; memplan: the
+ * step's memory), eval.c (the float64 interpreter behind `poc probe`).
  *
  * The IR is an SSA DAG stored as one array: a node's inputs always have smaller ids, so
  * walking the array in order is a topological walk (forward) and walking it backwards
@@ -201,7 +202,10 @@ enum {
   IR_F_DATA = 1u << 4,    /* depends only on data fields, sequence lengths, constants  */
   IR_F_HOIST = 1u << 5,   /* computable once before training, per example, and cached */
   IR_F_CACHE = 1u << 6,   /* a hoisted value that a per-step node reads: stored       */
-  IR_F_GRAD = 1u << 7     /* part of the backward graph                               */
+  IR_F_GRAD = 1u << 7,    /* part of the backward graph                               */
+  IR_F_RECOMP = 1u << 8,  /* a per-token value a later stage computes again (recompute)  */
+  IR_F_STORE = 1u << 9    /* a per-example value kept in a per-example array, for a later
+                             stage or a batch reduction or sort (recompute)          */
 };
 /* Flags recomputed from the graph by ir_infer_flags; HOIST and CACHE are the hoist
  * pass's marks and GRAD the differentiator's. */
@@ -224,6 +228,11 @@ typedef struct ir_node {
                         PICK: "pick(rejected,n_l)"; SAMPLE: the anchor's name */
   unsigned flags;
   po_loc loc;
+  const char *name;  /* the .po name bound to this value (`margin = ...`, a report, a def
+                        call's result), NULL when none: generated code carries it */
+  int stage;         /* recompute: batch reductions and sorts on the longest path from the
+                        inputs; the objective's loop over examples that computes it */
+  int grp;           /* fuse: the node's home group, -1 before fusion */
 } ir_node;
 
 typedef struct ir_report {
@@ -247,6 +256,41 @@ typedef struct ir_batch {
   int ncalls;
   int *calls;
 } ir_batch;
+
+/* One group of the fuse pass: a unit of the objective kernel that generated code emits
+ * as one piece (a loop over one domain's tokens, the per-example statements between two
+ * such loops, the batch reductions between two loops over examples), or one node when
+ * fusion is off. */
+typedef enum ir_group_kind {
+  IR_G_INPUT,    /* what the runtime hands the objective: numbers, model outputs, per-token
+                    fields, anchors; no statement */
+  IR_G_PROLOGUE, /* knobs, and batch values that need no reduction, before the examples */
+  IR_G_EXAMPLE,  /* per-example statements of stage `stage`, before token loop `at` */
+  IR_G_TOKENS,   /* token loop `at` of stage `stage`, over domain `dom`: its elementwise
+                    values, its reductions' accumulations, the gradients it writes */
+  IR_G_BATCH,    /* batch reductions and sorts, and arithmetic on them, before stage
+                    `stage` */
+  IR_G_SHAPE,    /* per-token values read only for their length: no statement */
+  IR_G_NODE      /* fusion off: one node, one function over the whole batch */
+} ir_group_kind;
+
+typedef struct ir_group {
+  ir_group_kind kind;
+  int stage;         /* EXAMPLE, TOKENS, BATCH; -1 otherwise */
+  int at;            /* EXAMPLE: the position among the stage's loops; TOKENS: the loop */
+  int dom;           /* TOKENS: the domain looped over; -1 otherwise */
+  int line_lo, line_hi;  /* the .po lines its members come from (0: none) */
+  const char *name;  /* an identifier: "grp3_margin_L12" */
+  int nmem;
+  int *mem;          /* node ids in emission order (increasing): home members and, in a
+                        later stage, recomputed per-token copies */
+} ir_group;
+
+typedef struct ir_fusion {
+  int nstages;       /* loops over the examples (recompute) */
+  int ngroups;       /* 0 until fuse runs */
+  ir_group *groups;
+} ir_fusion;
 
 typedef struct ir_arena ir_arena;
 
@@ -276,6 +320,8 @@ typedef struct ir_graph {
   int nplan;
   bool separable;         /* no batch reduction carries gradient into the loss */
   bool differentiated;
+  bool unfused;           /* the fuse pass makes one group per node (poc build --unfused) */
+  ir_fusion fusion;
   ir_arena *arena;
 } ir_graph;
 
@@ -363,13 +409,36 @@ int ir_dce(ir_graph *g, char *err, size_t errlen);
 int ir_hoist(ir_graph *g, char *err, size_t errlen);
 int ir_batch_plan(ir_graph *g, char *err, size_t errlen);
 int ir_separability(ir_graph *g, char *err, size_t errlen);
-/* The whole pipeline after lowering: fold, cse, dce, hoist, batch, separability,
- * autodiff, then fold, cse, dce, hoist again over the joint graph — verifier after
- * each. `trace` (may be NULL) gets one line per pass. */
+/* The whole pipeline after lowering: fold, cse, dce, hoist, separability, autodiff,
+ * then fold, cse, dce, hoist, batch again over the joint graph, then recompute and fuse
+ * (fuse.c) — verifier after each. `trace` (may be NULL) gets one line per pass. */
 int ir_pipeline(ir_graph *g, FILE *trace, char *err, size_t errlen);
 
 /* Replaces uses of node i by map[i] everywhere (inputs and roots); map[i] == i keeps. */
 void ir_replace(ir_graph *g, const int *map);
+
+/* ---- fuse.c ---------------------------------------------------------------------- */
+/* recompute: each node's stage (batch reductions and sorts before it), and the marks for
+ * what crosses stages: IR_F_RECOMP on per-token values a later stage reads (computed
+ * again there: elementwise over model outputs, cheaper than a batch of vectors) and
+ * IR_F_STORE on per-example values kept in arrays. */
+int ir_recompute(ir_graph *g, char *err, size_t errlen);
+/* fuse: g->fusion, the groups generated code emits, and each node's home group; with
+ * g->unfused one group per node. */
+int ir_fuse(ir_graph *g, char *err, size_t errlen);
+/* The fusion's invariants (ir_verify calls it once groups exist): every node in exactly
+ * one home group, a value computed before the group that reads it, a per-token value
+ * in two stages marked recomputed, a per-example one read across stages marked stored,
+ * and the head's per-token outputs read again by a later loop only when that loop needs
+ * a value the earlier one could not have. */
+int ir_verify_fusion(const ir_graph *g, char *err, size_t errlen);
+/* What the emitters share about a node's role in a loop over tokens. */
+bool ir_tok_leaf(const ir_node *n);      /* model outputs, per-token fields */
+bool ir_tok_computed(const ir_node *n);  /* a per-token statement in a loop */
+bool ir_value_input(const ir_graph *g, const ir_node *n, int k); /* read as a value */
+bool ir_offset_read(const ir_graph *g, const ir_node *n, int k); /* read off index t */
+void ir_print_fusion(const ir_graph *g, FILE *f);
+const char *ir_group_kind_name(ir_group_kind k);
 
 /* ---- autodiff.c ------------------------------------------------------------------ */
 /* Appends the backward graph of d(batch mean of loss)/d(call) for every LOGP and

@@ -725,6 +725,8 @@ static lv lower_def_call(lw *L, const po_expr *e, const po_stmt *def) {
     L->sc = s.up;
   }
   free(s.vals);
+  if (r.kind == LV_NODE && r.node >= 0 && !L->g->nodes[r.node].name)
+    L->g->nodes[r.node].name = ir_fmt(L->g, "%s()", def->name);
   return r;
 }
 
@@ -913,6 +915,12 @@ static lv lower_let(lw *L, int si) {
   if (b != PO_B_NONE && po_builtin_get(b)->kind == PO_BK_DECL) v = lower_decl(L, s);
   else if (e->kind == PO_E_CALL) v = lower_call(L, e, s->name);
   else v = lower_expr(L, e);
+  /* the value carries its name into generated code: a node keeps the first let that
+     binds it, over the name of the def that made it ("S()") */
+  if (v.kind == LV_NODE && v.node >= 0) {
+    const char *old = L->g->nodes[v.node].name;
+    if (!old || old[strlen(old) - 1] == ')') L->g->nodes[v.node].name = s->name;
+  }
   /* a name bound to tokens is written by its name in probe keys */
   if (v.kind == LV_SEQ || v.kind == LV_TOKS || v.kind == LV_CTX) {
     ir_ctxpart *p = ir_alloc(L->g, (size_t)v.nparts * sizeof *p);
@@ -1123,6 +1131,7 @@ ir_graph *ir_lower(const po_program *prog, po_diag *d) {
            "is %s; reduce it with sum or mean", s->name, describe(L, v, buf, sizeof buf));
       continue;
     }
+    if (!g->nodes[v.node].name) g->nodes[v.node].name = s->name;
     g->reports[g->nreports++] = (ir_report){.name = s->name, .node = v.node, .loc = s->loc};
   }
   /* reward_score() makes its model a sequence classifier (a score head, no lm_head), which has no

@@ -8,6 +8,8 @@
  *                 computed once before training and cached per example
  *   batch         calls of one model that run together share one packed forward
  *   separability  whether any batch reduction or sort carries gradient into the loss
+ *
+ * and, in fuse.c, recompute and fuse: the objective kernel's stages and groups.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@ static int *identity_map(const ir_graph *g) {
 }
 
 void ir_replace(ir_graph *g, const int *map0) {
+  g->fusion.ngroups = 0; /* the groups name node ids: fuse runs again */
   /* a replacement always has a smaller id, so one walk in order resolves chains */
   int *map = identity_map(g);
   for (int i = 0; i < g->n; i++) map[i] = map0[i] == i ? i : map[map0[i]];
@@ -210,6 +213,7 @@ int ir_dce(ir_graph *g, char *err, size_t errlen) {
     if (g->doms[d].kind == IR_DOM_ANCHOR && g->doms[d].sample >= 0)
       g->doms[d].sample = map[g->doms[d].sample];
   g->nplan = 0; /* call ids moved: the batching pass plans again */
+  g->fusion.ngroups = 0;
   free(map);
   free(live);
   return 0;
@@ -337,6 +341,7 @@ int ir_pipeline(ir_graph *g, FILE *trace, char *err, size_t errlen) {
       {"autodiff", ir_autodiff},
       {"fold", ir_fold},   {"cse", ir_cse},          {"dce", ir_dce},
       {"hoist", ir_hoist}, {"batch", ir_batch_plan},
+      {"recompute", ir_recompute}, {"fuse", ir_fuse},
   };
   char e[512];
   if (ir_verify(g, e, sizeof e)) {
