@@ -2,7 +2,8 @@
  * [--emit-c DIR]` and `poc run FILE.po [BIN flags]`.
  *
  *   parse → check → lower → ir_pipeline (fold, cse, dce, hoist, separability, autodiff,
- *   ... batch) → emit plan.c + kernels.c into a work directory → cc -O2 with the runtime's
+ *   ... batch, recompute, fuse — fuse off with --unfused) → memplan (prints "peak device
+ *   memory: X GiB for micro_batch b, max_len T") → emit plan.c + kernels.c into a work directory → cc -O2 with the runtime's
  *   headers, linked with libpocrt.a and what it needs (OpenBLAS, cJSON, OpenMP, libm, and
  *   the CUDA libraries when libpocrt was built with them).
  *
@@ -294,7 +295,7 @@ static int write_kernel_images(const build_opts *o, const ir_graph *g, const cha
 
 /* ---- the front and the generator ---------------------------------------------------- */
 
-static int write_sources(const build_opts *o, const char *dir, const char *cc_shown) {
+static int write_sources(const build_opts *o, const char *dir, const char *cc_shown, bool quiet) {
   po_diag *d = po_diag_new(stderr);
   const po_source *src = o->src ? o->src : po_source_read(o->file, d);
   po_program *prog = src ? po_parse(src, d) : NULL;
@@ -317,6 +318,17 @@ static int write_sources(const build_opts *o, const char *dir, const char *cc_sh
   cg_prog p;
   int rc = 0;
   if (cg_prepare(&p, prog, g, &opt, d)) rc = 2;
+  if (rc == 0) { /* the memplan pass and its verifier; the peak is said before any run */
+    cg_memplan mp;
+    cg_memplan_run(&p, &mp);
+    if (cg_memplan_verify(&mp, err, sizeof err)) {
+      fprintf(stderr, "%s: internal error: the verifier rejects the memory plan: %s\n", o->file, err);
+      rc = 1;
+    } else if (!quiet) {
+      cg_memplan_summary(&mp, stdout);
+    }
+    cg_memplan_free(&mp);
+  }
   if (rc == 0 && o->arch) rc = write_kernel_images(o, g, dir, &opt.n_kernel_images);
   char path[4200];
   for (int k = 0; rc == 0 && k < 2; k++) {
@@ -396,7 +408,7 @@ static int build(const build_opts *o, bool quiet) {
   link_line(&cmd, h, dir, o->out ? o->out : "a.out");
   char shown[1024];
   shown_line(shown, sizeof shown, &cmd, h);
-  rc = write_sources(o, dir, shown);
+  rc = write_sources(o, dir, shown, quiet);
   if (rc || o->emit_dir) {
     if (!o->emit_dir) remove_dir(dir);
     arg_free(&cmd);

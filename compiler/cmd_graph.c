@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "codegen.h"
 #include "driver.h"
 #include "ir.h"
 
@@ -28,7 +29,11 @@ int poc_cmd_graph(int argc, char **argv) {
     return 2;
   }
   po_diag *d = po_diag_new(stderr);
-  ir_graph *g = ir_front(file, d);
+  /* ir_front's steps, keeping the program: the memplan pass reads its train block */
+  po_source *src = po_source_read(file, d);
+  po_program *prog = src ? po_parse(src, d) : NULL;
+  if (prog) po_check(prog, d);
+  ir_graph *g = prog && !po_diag_errors(d) ? ir_lower(prog, d) : NULL;
   bool ok = g && !po_diag_errors(d);
   po_diag_free(d);
   if (!ok) {
@@ -41,6 +46,7 @@ int poc_cmd_graph(int argc, char **argv) {
     printf("== passes\n");
   }
   char err[512];
+  int rc = 0;
   g->unfused = unfused;
   if (ir_pipeline(g, dot ? NULL : stdout, err, sizeof err)) {
     fprintf(stderr, "%s: internal error: %s\n", file, err);
@@ -54,7 +60,24 @@ int poc_cmd_graph(int argc, char **argv) {
     ir_print(g, stdout, true);
     printf("== fuse%s\n", g->unfused ? " (off)" : "");
     ir_print_fusion(g, stdout);
+    /* the memplan pass needs the calls as the runtime sees them */
+    po_diag *d2 = po_diag_new(stderr);
+    cg_options opt = {.unfused = unfused};
+    cg_prog p;
+    if (cg_prepare(&p, prog, g, &opt, d2) == 0) {
+      cg_memplan mp;
+      cg_memplan_run(&p, &mp);
+      printf("== memplan\n");
+      cg_memplan_print(&mp, g, stdout);
+      if (cg_memplan_verify(&mp, err, sizeof err)) {
+        fprintf(stderr, "%s: internal error: the verifier rejects the memory plan: %s\n", file, err);
+        rc = 1;
+      }
+      cg_memplan_free(&mp);
+      cg_release(&p);
+    }
+    po_diag_free(d2);
   }
   ir_free(g);
-  return 0;
+  return rc;
 }

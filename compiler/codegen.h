@@ -1,6 +1,6 @@
 /* codegen.h — the back end: C from the lowered, differentiated IR. One section per file:
  * codegen.c (what both outputs share: the experiment's calls, anchors and token-count
- * sources, and C literal escaping), codegen_plan.c (plan.c: the poc_program constant and
+ * sources, and C literal escaping), memplan.c (the memplan pass), codegen_plan.c (plan.c: the poc_program constant and
  * main), codegen_kernels.c (kernels.c: the objective kernel, fused or one function per
  * node). The generated files compile against runtime/program.h alone and link with
  * libpocrt.
@@ -16,6 +16,7 @@
 #include <stdio.h>
 
 #include "ir.h"
+#include "mplan.h"
 
 typedef struct cg_options {
   bool unfused;      /* one kernel per IR node, every intermediate in its own buffer, and
@@ -90,6 +91,27 @@ void cg_describe(FILE *f, const cg_prog *p, int id);
 
 /* ---- codegen_plan.c -------------------------------------------------------------- */
 int cg_emit_plan(FILE *f, const cg_prog *p, po_diag *d);
+
+/* ---- memplan.c: the memplan pass ------------------------------------------------- */
+typedef struct cg_memplan {
+  bool ok;                 /* false: why says which model folder could not be read */
+  char why[600];
+  int micro_batch, max_len;
+  int nmodels;
+  int *tokens;             /* per model: the token bound its arena is planned for */
+  poc_mplan_device dev[2]; /* [0] the CPU device (fp32), [1] the CUDA device (bf16) */
+  poc_mplan *arena[2];     /* per device, per model: the solved activation arena */
+} cg_memplan;
+/* Plans every model's memory from the train block and its config.json (mp->ok false,
+ * with why, when a folder cannot be read: the figure is then unknown, not an error). */
+int cg_memplan_run(const cg_prog *p, cg_memplan *mp);
+/* The plan's verifier: no two buffers live together share a byte, in any arena. */
+int cg_memplan_verify(const cg_memplan *mp, char *err, size_t errlen);
+/* "peak device memory: X GiB for micro_batch b, max_len T (...)" */
+void cg_memplan_summary(const cg_memplan *mp, FILE *f);
+/* The summary, then per device and model the arena's buffers, offsets and lifetimes. */
+void cg_memplan_print(const cg_memplan *mp, const ir_graph *g, FILE *f);
+void cg_memplan_free(cg_memplan *mp);
 
 /* ---- codegen_kernels.c ----------------------------------------------------------- */
 int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d);

@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "device.h"
+#include "mplan.h"
 
 typedef struct {
   poc_dptr x, rstd1, q, k, v, att, lse, h1, rstd2, g, u;
@@ -213,96 +214,161 @@ static int mdl_head_chunk(const poc_device *d, int rows, int V) {
 
 /* ---- creation ----------------------------------------------------------------------------- */
 
-typedef struct { poc_dptr base; size_t used; } mdl_carver;
+/* The activation arena: the carve below lists every buffer of a micro-step with its
+ * lifetime in the step (mplan.h); run once with no base it adds them to a plan, which
+ * mplan.c packs, run again over the allocated arena it hands out the plan's offsets in
+ * the same order. poc_model_plan runs the first half without a device, so `poc build`
+ * prints the arena this code allocates. */
+typedef struct {
+  poc_mplan *plan;
+  poc_dptr base;     /* 0: listing; else assigning from the solved plan */
+  int k, layer;
+} mdl_carver;
 
-static poc_dptr mdl_take(mdl_carver *c, size_t bytes) {
-  size_t at = (c->used + 255) & ~(size_t)255;
-  c->used = at + bytes;
-  return c->base ? c->base + at : 0;
+/* Lifetimes over a micro-step: a whole step (saved activations, the pack's indices,
+ * scratch the backward reuses to recompute), the head's forward until the objective
+ * has read its outputs back, the head's forward and backward, the head's backward only,
+ * the backward only. Constant tables (RoPE, ones) are written once at creation: live
+ * over the whole step, they share with nothing. */
+enum { STEP, HEADOUT, HEADRUN, HBWD, BWD };
+static const int mdl_life[][2] = {
+    [STEP] = {POC_MP_FWD, POC_MP_LBWD},  [HEADOUT] = {POC_MP_HEAD, POC_MP_OBJ},
+    [HEADRUN] = {POC_MP_HEAD, POC_MP_HBWD}, [HBWD] = {POC_MP_HBWD, POC_MP_HBWD},
+    [BWD] = {POC_MP_HBWD, POC_MP_LBWD}};
+
+static poc_dptr mdl_take(mdl_carver *c, const char *name, size_t bytes, int life) {
+  if (!c->base) {
+    poc_mplan_add(c->plan, name, c->layer, bytes, mdl_life[life][0], mdl_life[life][1]);
+    return 0;
+  }
+  const poc_mbuf *b = &c->plan->buf[c->k++];
+  return c->base + b->offset;
 }
 
 static void mdl_carve(poc_model *m, mdl_carver *cv) {
   size_t T = (size_t)m->max_tokens, H = m->dm.H, F = m->dm.F, qd = m->qd, kvd = m->kvd;
   size_t half = (size_t)m->dm.hd / 2, shared = m->d->shared_act;
-#define CC(n) mdl_take(cv, (size_t)(n) * m->sc)
-#define AA(n) mdl_take(cv, (size_t)(n) * m->sa)
-#define II(n) mdl_take(cv, (size_t)(n) * 4)
+#define CC(name, n, life) mdl_take(cv, name, (size_t)(n) * m->sc, life)
+#define AA(name, n, life) mdl_take(cv, name, (size_t)(n) * m->sa, life)
+#define II(name, n, life) mdl_take(cv, name, (size_t)(n) * 4, life)
 /* an act view of an acc buffer: the buffer itself where the types agree */
-#define VIEW(acc, n) (shared ? (acc) : AA(n))
+#define VIEW(acc, name, n, life) (shared ? (acc) : AA(name, n, life))
   for (int s = 0; s < m->n_slots; s++) {
     mdl_saved *S = &m->sv[s];
-    S->x = CC(T * H);
-    S->rstd1 = CC(T);
-    S->q = AA(T * qd);
-    S->k = AA(T * kvd);
-    S->v = AA(T * kvd);
-    S->att = AA(T * qd);
-    S->lse = CC(T * m->dm.nh);
-    S->h1 = CC(T * H);
-    S->rstd2 = CC(T);
-    S->g = AA(T * F);
-    S->u = AA(T * F);
+    cv->layer = m->n_slots > 1 ? s : -1;
+    S->x = CC("x", T * H, STEP);
+    S->rstd1 = CC("rstd1", T, STEP);
+    S->q = AA("q", T * qd, STEP);
+    S->k = AA("k", T * kvd, STEP);
+    S->v = AA("v", T * kvd, STEP);
+    S->att = AA("att", T * qd, STEP);
+    S->lse = CC("lse", T * m->dm.nh, STEP);
+    S->h1 = CC("h1", T * H, STEP);
+    S->rstd2 = CC("rstd2", T, STEP);
+    S->g = AA("g", T * F, STEP);
+    S->u = AA("u", T * F, STEP);
     for (int t = 0; t < POC_LT_N; t++)
-      S->z[t] = m->lora_on && (m->lc->targets >> t & 1) ? AA(T * (size_t)m->lc->r) : 0;
+      S->z[t] = m->lora_on && (m->lc->targets >> t & 1) ? AA("lora_z", T * (size_t)m->lc->r, STEP) : 0;
   }
+  cv->layer = -1;
   if (m->lora_on) {
     size_t wide = H > F ? H : F;
     if ((size_t)qd > wide) wide = qd;
     int drop = m->lc->dropout > 0 && m->trainable;
-    m->dz = m->trainable ? AA(T * (size_t)m->lc->r) : 0;
-    m->xd = drop ? AA(T * wide) : 0;
-    m->tmpd = drop ? AA(T * wide) : 0;
+    m->dz = m->trainable ? AA("lora_dz", T * (size_t)m->lc->r, BWD) : 0;
+    m->xd = drop ? AA("lora_xd", T * wide, STEP) : 0;
+    m->tmpd = drop ? AA("lora_tmpd", T * wide, STEP) : 0;
   }
-  m->tok = II(T);
-  m->pos = II(T);
-  m->kbeg = II(T);
-  m->send = II(T);
-  m->hrow = II(T);
-  m->htgt = II(T);
-  m->cosb = CC(T * half);
-  m->sinb = CC(T * half);
-  m->ones = AA(T);
-  m->xf = CC(T * H);
-  m->xn = AA(T * H);
-  m->a = AA(T * F);
-  m->hf = AA(T * H);
-  m->rstdf = CC(T);
-  m->hm = CC(T);
-  m->hs = CC(T);
-  m->ha = CC(T);
-  m->hq = CC(T);
-  m->htl = CC(T);
-  m->hlse = CC(T);
-  m->hmu = CC(T);
-  m->chunkbuf = CC((size_t)m->rows_max * m->chunk);
-  m->logp = CC(T);
-  m->ent = CC(T);
-  m->lss = CC(T);
+  m->tok = II("tok", T, STEP);
+  m->pos = II("pos", T, STEP);
+  m->kbeg = II("kbeg", T, STEP);
+  m->send = II("send", T, STEP);
+  m->hrow = II("hrow", T, STEP);
+  m->htgt = II("htgt", T, STEP);
+  m->cosb = CC("rope_cos", T * half, STEP);
+  m->sinb = CC("rope_sin", T * half, STEP);
+  m->ones = AA("ones", T, STEP);
+  m->xf = CC("xf", T * H, STEP);
+  m->xn = AA("xn", T * H, STEP);
+  m->a = AA("a", T * F, STEP);
+  m->hf = AA("hf", T * H, STEP);
+  m->rstdf = CC("rstdf", T, STEP);
+  m->hm = CC("head_m", T, HEADRUN);
+  m->hs = CC("head_s", T, HEADRUN);
+  m->ha = CC("head_a", T, HEADRUN);
+  m->hq = CC("head_q", T, HEADRUN);
+  m->htl = CC("head_tl", T, HEADRUN);
+  m->hlse = CC("head_lse", T, HEADRUN);
+  m->hmu = CC("head_mu", T, HEADRUN);
+  m->chunkbuf = CC("head_chunk", (size_t)m->rows_max * m->chunk, HEADRUN);
+  m->logp = CC("logp", T, HEADOUT);
+  m->ent = CC("entropy", T, HEADOUT);
+  m->lss = CC("logsumsq", T, HEADOUT);
   if (m->trainable) {
-    m->dlog = VIEW(m->chunkbuf, (size_t)m->rows_max * m->chunk);
-    m->dlogp = CC(T);
-    m->dent = CC(T);
-    m->dX = CC(T * H);
-    m->dX16 = VIEW(m->dX, T * H);
-    m->da = AA(T * F);
-    m->dg = AA(T * F);
-    m->du = AA(T * F);
-    m->dxn = CC(T * H);
-    m->dO = AA(T * qd);
-    m->dq = CC(T * qd);
-    m->dk = CC(T * kvd);
-    m->dv = CC(T * kvd);
-    m->dq16 = VIEW(m->dq, T * qd);
-    m->dk16 = VIEW(m->dk, T * kvd);
-    m->dv16 = VIEW(m->dv, T * kvd);
-    m->D = CC(T * m->dm.nh);
-    m->dh = CC(T * H);
-    m->dscore = AA(T);
+    m->dlog = VIEW(m->chunkbuf, "head_dchunk", (size_t)m->rows_max * m->chunk, HBWD);
+    m->dlogp = CC("dlogp", T, HBWD);
+    m->dent = CC("dentropy", T, HBWD);
+    m->dX = CC("dX", T * H, BWD);
+    m->dX16 = VIEW(m->dX, "dX_act", T * H, BWD);
+    m->da = AA("da", T * F, BWD);
+    m->dg = AA("dg", T * F, BWD);
+    m->du = AA("du", T * F, BWD);
+    m->dxn = CC("dxn", T * H, BWD);
+    m->dO = AA("dO", T * qd, BWD);
+    m->dq = CC("dq", T * qd, BWD);
+    m->dk = CC("dk", T * kvd, BWD);
+    m->dv = CC("dv", T * kvd, BWD);
+    m->dq16 = VIEW(m->dq, "dq_act", T * qd, BWD);
+    m->dk16 = VIEW(m->dk, "dk_act", T * kvd, BWD);
+    m->dv16 = VIEW(m->dv, "dv_act", T * kvd, BWD);
+    m->D = CC("attn_D", T * m->dm.nh, BWD);
+    m->dh = CC("dh", T * H, HBWD);
+    m->dscore = AA("dscore", T, HBWD);
   }
 #undef CC
 #undef AA
 #undef II
 #undef VIEW
+}
+
+int poc_model_plan(const poc_mplan_model *in, poc_mplan *p, char *err) {
+  if (in->max_tokens <= 0) {
+    snprintf(err, POC_ERR_LEN, "model: max_tokens must be positive (got %d)", in->max_tokens);
+    return -1;
+  }
+  poc_device dev;
+  poc_model m;
+  memset(&dev, 0, sizeof dev);
+  memset(&m, 0, sizeof m);
+  dev.shared_act = in->shared_act;
+  dev.head_chunk = in->head_chunk;
+  dev.head_block = in->head_block;
+  m.d = &dev;
+  poc_dims_from_config(&in->cfg, &m.dm);
+  m.max_tokens = in->max_tokens;
+  m.trainable = in->trainable;
+  m.qd = m.dm.nh * m.dm.hd;
+  m.kvd = m.dm.nkv * m.dm.hd;
+  m.n_slots = in->trainable ? in->cfg.num_hidden_layers : 1;
+  m.sa = poc_dtype_size(in->act);
+  m.sc = poc_dtype_size(in->acc);
+  m.lora_on = in->lora != NULL;
+  m.lc = in->lora;
+  m.rows_max = in->max_tokens < in->head_rows ? in->max_tokens : in->head_rows;
+  m.chunk = mdl_head_chunk(&dev, m.rows_max, m.dm.V);
+  m.sv = calloc((size_t)m.n_slots + 1, sizeof *m.sv);
+  if (!m.sv) {
+    snprintf(err, POC_ERR_LEN, "model: out of memory");
+    return -1;
+  }
+  mdl_carver cv = {.plan = p, .layer = -1};
+  mdl_carve(&m, &cv);
+  free(m.sv);
+  if (p->oom) {
+    snprintf(err, POC_ERR_LEN, "model: out of memory");
+    return -1;
+  }
+  return 0;
 }
 
 void poc_model_free(poc_model *m) {
@@ -437,13 +503,23 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
     m->var = d->alloc(d, m->PT * m->sc, "AdamW's second moments");
   }
   if (d->failed) goto dev_fail;
-  mdl_carver cv = {0, 0};
+  poc_mplan plan;
+  poc_mplan_init(&plan, 256);
+  mdl_carver cv = {.plan = &plan, .layer = -1};
   mdl_carve(m, &cv);
+  if (poc_mplan_solve(&plan, err)) {
+    poc_mplan_free(&plan);
+    goto fail;
+  }
   char what[96];
   snprintf(what, sizeof what, "activations for %d tokens", max_tokens);
-  if (!(m->arena = d->alloc(d, cv.used, what))) goto dev_fail;
-  cv = (mdl_carver){m->arena, 0};
+  if (!(m->arena = d->alloc(d, plan.peak, what))) {
+    poc_mplan_free(&plan);
+    goto dev_fail;
+  }
+  cv = (mdl_carver){.plan = &plan, .base = m->arena, .layer = -1};
   mdl_carve(m, &cv);
+  poc_mplan_free(&plan);
   if (trainable) {
     d->zero(d, m->grad, m->PT * m->sc);
     d->zero(d, m->mom, m->PT * m->sc);
@@ -856,11 +932,14 @@ static int mdl_gen_alloc(poc_model *m, mdl_gen *g, int rows, int n_ctx, char *er
   g->n_ctx = n_ctx;
   size_t R = (size_t)rows, H = m->dm.H, F = m->dm.F, half = (size_t)m->dm.hd / 2;
   size_t cache = (size_t)m->L * n_ctx * m->kvd;
-  mdl_carver cv = {0, 0};
+  /* one step (a decode step), every buffer live through it: no sharing */
+  poc_mplan plan;
+  poc_mplan_init(&plan, 256);
+  mdl_carver cv = {.plan = &plan, .layer = -1};
   for (int pass = 0; pass < 2; pass++) {
-#define CC(n) mdl_take(&cv, (size_t)(n) * m->sc)
-#define AA(n) mdl_take(&cv, (size_t)(n) * m->sa)
-#define II(n) mdl_take(&cv, (size_t)(n) * 4)
+#define CC(n) mdl_take(&cv, "gen", (size_t)(n) * m->sc, STEP)
+#define AA(n) mdl_take(&cv, "gen", (size_t)(n) * m->sa, STEP)
+#define II(n) mdl_take(&cv, "gen", (size_t)(n) * 4, STEP)
     g->kc = AA(cache);
     g->vc = AA(cache);
     g->x = CC(R * H);
@@ -886,10 +965,18 @@ static int mdl_gen_alloc(poc_model *m, mdl_gen *g, int rows, int n_ctx, char *er
     if (pass == 0) {
       char what[96];
       snprintf(what, sizeof what, "a %d-token KV cache", n_ctx);
-      if (!(g->arena = d->alloc(d, cv.used, what))) return poc_dev_sync(d, err);
-      cv = (mdl_carver){g->arena, 0};
+      if (poc_mplan_solve(&plan, err)) {
+        poc_mplan_free(&plan);
+        return -1;
+      }
+      if (!(g->arena = d->alloc(d, plan.peak, what))) {
+        poc_mplan_free(&plan);
+        return poc_dev_sync(d, err);
+      }
+      cv = (mdl_carver){.plan = &plan, .base = g->arena, .layer = -1};
     }
   }
+  poc_mplan_free(&plan);
   g->logit_h = malloc((size_t)m->dm.V * sizeof(double));
   g->prob = malloc((size_t)m->dm.V * sizeof(double));
   float *one = malloc(R * sizeof(float));
