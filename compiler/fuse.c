@@ -119,7 +119,7 @@ int ir_recompute(ir_graph *g, char *err, size_t errlen) {
     for (int i = 0; i < g->n; i++) {
       if (!need[i]) continue;
       ir_node *n = &g->nodes[i];
-      if (n->level == IR_LTOKEN) {
+      if (n->level == IR_LTOKEN && !ir_tok_leaf(n)) { /* model outputs are inputs: read, not made */
         if (first[i] < 0) first[i] = s;
         else n->flags |= IR_F_RECOMP; /* today's rule: per-token values are recomputed */
       }
