@@ -12,7 +12,7 @@ static const struct {
   const char *usage;
 } commands[] = {
     {"check", poc_cmd_check, "check FILE.po                 front end only; diagnostics, exit 0/2"},
-    {"graph", poc_cmd_graph, "graph FILE.po [--dot]         the IR before and after the passes"},
+    {"graph", poc_cmd_graph, "graph FILE.po [--dot] [--unfused]   the IR before and after the passes, fuse groups, memory plan"},
     {"build", poc_cmd_build, "build FILE.po -o BIN [--unfused] [--arch sm_90,...]"},
     {"run", poc_cmd_run, "run FILE.po [BIN flags]       build into a cache keyed by content hash, then run"},
     {"probe", poc_cmd_probe, "probe FILE.po --inputs IN.json [--set k=v ...] | --template"},
