@@ -68,7 +68,7 @@ int poc_cmd_graph(int argc, char **argv) {
       cg_memplan mp;
       cg_memplan_run(&p, &mp);
       printf("== memplan\n");
-      cg_memplan_print(&mp, g, stdout);
+      cg_memplan_print(&mp, &p, stdout);
       if (cg_memplan_verify(&mp, err, sizeof err)) {
         fprintf(stderr, "%s: internal error: the verifier rejects the memory plan: %s\n", file, err);
         rc = 1;

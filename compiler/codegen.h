@@ -109,11 +109,21 @@ int cg_memplan_run(const cg_prog *p, cg_memplan *mp);
 int cg_memplan_verify(const cg_memplan *mp, char *err, size_t errlen);
 /* "peak device memory: X GiB for micro_batch b, max_len T (...)" */
 void cg_memplan_summary(const cg_memplan *mp, FILE *f);
-/* The summary, then per device and model the arena's buffers, offsets and lifetimes. */
-void cg_memplan_print(const cg_memplan *mp, const ir_graph *g, FILE *f);
+/* The summary, the objective's host scratch plan, then per device and model the
+ * arena's buffers, offsets and lifetimes. */
+void cg_memplan_print(const cg_memplan *mp, const cg_prog *p, FILE *f);
 void cg_memplan_free(cg_memplan *mp);
 
 /* ---- codegen_kernels.c ----------------------------------------------------------- */
 int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d);
+/* The objective's host memory as kernels.c allocates it: fused, the scratch vectors'
+ * plan in units of T doubles (the longest token vector of the batch) with lifetimes over
+ * the stages, the per-example arrays (B doubles each) and pick masks (T bytes each);
+ * unfused, one buffer per node. */
+typedef struct cg_objmem {
+  poc_mplan scratch;
+  int stored, masks, unfused;
+} cg_objmem;
+int cg_objective_memory(const cg_prog *p, cg_objmem *om);
 
 #endif

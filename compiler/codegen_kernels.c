@@ -757,7 +757,52 @@ static int emit_prelude(FILE *f) {
 
 /* ---- fused ------------------------------------------------------------------------------ */
 
-static void emit_fused(kg *K, FILE *f) {
+/* A dry run of every stage's emission, to learn what is read from memory: scratch
+ * vectors (K->mat_slot) and per-example arrays (K->stored). */
+static void fused_dry_run(kg *K) {
+  char *body = NULL;
+  size_t blen = 0;
+  FILE *m = open_memstream(&body, &blen);
+  if (!m) exit(1);
+  for (int s = 0; s < K->nstages; s++) {
+    emit_stage(K, m, s);
+    for (int i = 0; i < K->g->n; i++) K->mat_slot[i] |= K->mat[i];
+    memset(K->mat, 0, (size_t)K->g->n);
+    emit_between(K, m, s);
+  }
+  fclose(m);
+  free(body);
+}
+
+/* The scratch vectors' memory plan, in units of T doubles: a materialised value is
+ * written in every stage that computes it (its home and its recomputed copies), so it is
+ * live over those stages; vectors of stages that do not overlap share a slot. slot[i]:
+ * node i's buffer in sp. */
+static int scratch_plan(kg *K, poc_mplan *sp, int *slot) {
+  const ir_graph *g = K->g;
+  for (int i = 0; i < g->n; i++) {
+    slot[i] = -1;
+    if (!K->mat_slot[i]) continue;
+    int lo = -1, hi = -1;
+    for (int gi = 0; gi < g->fusion.ngroups; gi++) {
+      const ir_group *gr = &g->fusion.groups[gi];
+      if (gr->kind != IR_G_EXAMPLE && gr->kind != IR_G_TOKENS) continue;
+      for (int k = 0; k < gr->nmem; k++)
+        if (gr->mem[k] == i) {
+          if (lo < 0 || gr->stage < lo) lo = gr->stage;
+          if (gr->stage > hi) hi = gr->stage;
+        }
+    }
+    if (lo < 0) lo = hi = 0;
+    slot[i] = poc_mplan_add(sp, g->nodes[i].name ? g->nodes[i].name : ir_op_info(g->nodes[i].op)->name,
+                            -1, 1, lo, hi);
+  }
+  char err[POC_ERR_LEN];
+  if (poc_mplan_solve(sp, err) || poc_mplan_check(sp, err, sizeof err)) return -1;
+  return 0;
+}
+
+static int emit_fused(kg *K, FILE *f, po_diag *d) {
   const ir_graph *g = K->g;
   const cg_prog *p = K->p;
   fputs("int poc_objective(const poc_objective_args *a) {\n  const int B = a->B;\n", f);
@@ -768,22 +813,28 @@ static void emit_fused(kg *K, FILE *f) {
       group_comment(K, f, &g->fusion.groups[gi], "  ");
       emit_batch(K, f, &g->fusion.groups[gi]);
     }
-  /* first a dry run to learn every slot (scratch vectors, masks, stored arrays) */
-  char *body = NULL;
-  size_t blen = 0;
-  FILE *m = open_memstream(&body, &blen);
-  if (!m) exit(1);
-  for (int s = 0; s < K->nstages; s++) {
-    emit_stage(K, m, s);
-    for (int i = 0; i < g->n; i++) K->mat_slot[i] |= K->mat[i];
-    memset(K->mat, 0, (size_t)g->n);
-    emit_between(K, m, s);
+  fused_dry_run(K);
+  /* scratch vectors: slots of T doubles from the plan */
+  poc_mplan sp;
+  poc_mplan_init(&sp, 1);
+  int *slot = ir_xcalloc((size_t)g->n + 1, sizeof *slot);
+  if (scratch_plan(K, &sp, slot)) {
+    po_error_file(d, g->src ? g->src->path : "?", "internal error: the objective's scratch plan fails its check");
+    poc_mplan_free(&sp);
+    free(slot);
+    return -1;
   }
-  fclose(m);
+  for (int i = 0; i < g->n; i++)
+    if (K->stored[i] && !(g->nodes[i].flags & IR_F_STORE)) {
+      po_error_file(d, g->src ? g->src->path : "?", "internal error: %%%d is read from a "
+                    "per-example array but the recompute pass did not mark it stored", i);
+      poc_mplan_free(&sp);
+      free(slot);
+      return -1;
+    }
   /* slots */
-  int nmat = 0, nmask = 0, nstore = 0, nperm = 0;
+  int nmat = (int)sp.peak, nmask = 0, nstore = 0, nperm = 0;
   for (int i = 0; i < g->n; i++) {
-    nmat += K->mat_slot[i] != 0;
     nmask += g->nodes[i].op == IR_PICK;
     nstore += K->stored[i] != 0;
     nperm += is_perm(K, i);
@@ -816,9 +867,15 @@ static void emit_fused(kg *K, FILE *f) {
     if (nperm) fputs("    free(order);\n", f);
     fputs("    snprintf(a->err, POC_ERR_LEN, \"objective: out of memory\");\n    return -1;\n  }\n", f);
   }
-  int km = 0, kk = 0, ks = 0;
+  int kk = 0, ks = 0;
   for (int i = 0; i < g->n; i++) {
-    if (K->mat_slot[i]) fprintf(f, "  double *m%d = scratch + (size_t)T * %d;\n", i, km++);
+    if (K->mat_slot[i]) {
+      const poc_mbuf *b = &sp.buf[slot[i]];
+      fprintf(f, "  double *m%d = scratch + (size_t)T * %zu; /* stage%s %d", i, b->offset,
+              b->first == b->last ? "" : "s", b->first);
+      if (b->last != b->first) fprintf(f, "-%d", b->last);
+      fputs(" */\n", f);
+    }
     if (g->nodes[i].op == IR_PICK) fprintf(f, "  unsigned char *pk%d = masks + (size_t)T * %d;\n", i, kk++);
     if (K->stored[i]) fprintf(f, "  double *x%d = stored + (size_t)B * %d;\n", i, ks++);
   }
@@ -837,7 +894,8 @@ static void emit_fused(kg *K, FILE *f) {
     emit_stage(K, f, s);
     emit_between(K, f, s);
   }
-  free(body);
+  poc_mplan_free(&sp);
+  free(slot);
   /* batch and constant reports hold for every example */
   for (int r = 0; r < g->nreports; r++) {
     int x = g->reports[r].node;
@@ -851,6 +909,7 @@ static void emit_fused(kg *K, FILE *f) {
   if (nstore) fputs("  free(stored);\n", f);
   if (nperm) fputs("  free(order);\n", f);
   fputs("  return 0;\n}\n", f);
+  return 0;
 }
 
 /* ---- unfused -------------------------------------------------------------------------- */
@@ -1100,11 +1159,9 @@ static void emit_unfused(kg *K, FILE *f) {
 
 /* ---- entry --------------------------------------------------------------------------- */
 
-int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
+static void kg_init(kg *K, const cg_prog *p) {
   const ir_graph *g = p->g;
-  kg K0;
-  memset(&K0, 0, sizeof K0);
-  kg *K = &K0;
+  memset(K, 0, sizeof *K);
   K->p = p;
   K->g = g;
   size_t n = (size_t)g->n + 1;
@@ -1123,28 +1180,14 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   K->de_used = ir_xcalloc((size_t)p->ncalls + 1, 1);
   K->fd_used = ir_xcalloc((size_t)g->nfields + 1, 1);
   K->cls_used = ir_xcalloc(2, 1); /* grows with the classes; an objective may have none */
-  int rc = 0;
   for (int i = 0; i < g->n; i++) K->blk[i] = -1;
   build_classes(K);
   K->nstages = g->fusion.nstages;
   /* the recompute pass's store marks: per-example arrays */
   for (int i = 0; i < g->n; i++) K->stored[i] = (g->nodes[i].flags & IR_F_STORE) != 0;
-  if (g->fusion.ngroups == 0 || g->unfused != p->opt->unfused) {
-    po_error_file(d, g->src ? g->src->path : "?", "internal error: the objective is emitted "
-                  "before the fuse pass ran with fusion %s", p->opt->unfused ? "off" : "on");
-    rc = -1;
-  }
-  header(K, f, p->opt->unfused ? "unfused: one function per IR node" : "fused");
-  if (emit_prelude(f)) {
-    po_error_file(d, g->src ? g->src->path : "?", "cannot read the kernel template objective.c "
-                  "(set POC_TEMPLATE_DIR to the folder kernels/templates)");
-    rc = -1;
-  } else if (rc) {
-  } else if (p->opt->unfused) {
-    emit_unfused(K, f);
-  } else {
-    emit_fused(K, f);
-  }
+}
+
+static void kg_free(kg *K) {
   for (int c = 0; c < K->ncls; c++) free(K->cls[c].atoms);
   free(K->cls);
   free(K->atoms);
@@ -1163,5 +1206,51 @@ int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
   free(K->de_used);
   free(K->fd_used);
   free(K->cls_used);
+}
+
+int cg_objective_memory(const cg_prog *p, cg_objmem *om) {
+  const ir_graph *g = p->g;
+  memset(om, 0, sizeof *om);
+  for (int i = 0; i < g->n; i++) om->masks += g->nodes[i].op == IR_PICK;
+  if (p->opt->unfused) { /* every node its own buffer over the batch */
+    om->unfused = g->n;
+    return 0;
+  }
+  kg K;
+  kg_init(&K, p);
+  fused_dry_run(&K);
+  for (int i = 0; i < g->n; i++) om->stored += K.stored[i] != 0;
+  poc_mplan_init(&om->scratch, 1);
+  om->scratch.unit = "x T doubles";
+  int *slot = ir_xcalloc((size_t)g->n + 1, sizeof *slot);
+  int rc = scratch_plan(&K, &om->scratch, slot);
+  free(slot);
+  kg_free(&K);
+  return rc;
+}
+
+int cg_emit_kernels(FILE *f, const cg_prog *p, po_diag *d) {
+  const ir_graph *g = p->g;
+  kg K0;
+  kg *K = &K0;
+  kg_init(K, p);
+  int rc = 0;
+  if (g->fusion.ngroups == 0 || g->unfused != p->opt->unfused) {
+    po_error_file(d, g->src ? g->src->path : "?", "internal error: the objective is emitted "
+                  "before the fuse pass ran with fusion %s", p->opt->unfused ? "off" : "on");
+    rc = -1;
+  }
+  header(K, f, p->opt->unfused ? "unfused: one function per IR node" : "fused");
+  if (emit_prelude(f)) {
+    po_error_file(d, g->src ? g->src->path : "?", "cannot read the kernel template objective.c "
+                  "(set POC_TEMPLATE_DIR to the folder kernels/templates)");
+    rc = -1;
+  } else if (rc) {
+  } else if (p->opt->unfused) {
+    emit_unfused(K, f);
+  } else {
+    rc = emit_fused(K, f, d);
+  }
+  kg_free(K);
   return rc;
 }

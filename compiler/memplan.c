@@ -156,8 +156,30 @@ void cg_memplan_summary(const cg_memplan *mp, FILE *f) {
           "%.3f GiB)\n", gib(mp->dev[0].total), mp->micro_batch, mp->max_len, gib(mp->dev[1].total));
 }
 
-void cg_memplan_print(const cg_memplan *mp, const ir_graph *g, FILE *f) {
+void cg_memplan_print(const cg_memplan *mp, const cg_prog *p, FILE *f) {
+  const ir_graph *g = p->g;
   cg_memplan_summary(mp, f);
+  /* the objective runs on the host: its vectors per example, its arrays per batch */
+  cg_objmem om;
+  if (cg_objective_memory(p, &om) == 0) {
+    if (om.unfused) {
+      fprintf(f, "objective (host): one buffer per node, %d nodes over the batch\n", om.unfused);
+    } else {
+      fprintf(f, "objective (host): scratch %zu vectors of T doubles (%zu without sharing), "
+              "%d per-example arrays, %d pick masks\n", om.scratch.peak, om.scratch.sum,
+              om.stored, om.masks);
+      char names[64][16];
+      const char *steps[64];
+      for (int s = 0; s < 64; s++) {
+        snprintf(names[s], sizeof names[s], "stage %d", s);
+        steps[s] = names[s];
+      }
+      bool fits = true;
+      for (int i = 0; i < om.scratch.n; i++) fits &= om.scratch.buf[i].last < 64;
+      if (fits) poc_mplan_print(&om.scratch, f, "  ", steps);
+    }
+    poc_mplan_free(&om.scratch);
+  }
   if (!mp->ok) return;
   static const char *const dev[2] = {"cpu fp32", "cuda bf16"};
   for (int k = 0; k < 2; k++) {
@@ -168,7 +190,7 @@ void cg_memplan_print(const cg_memplan *mp, const ir_graph *g, FILE *f) {
       const poc_mplan *a = &mp->arena[k][m];
       fprintf(f, "  %s arena, %d tokens: %zu bytes (%zu without sharing), %d buffers\n",
               g->models[m].name, mp->tokens[m], a->peak, a->sum, a->n);
-      if (k == 0) poc_mplan_print(a, f, "    ");
+      if (k == 0) poc_mplan_print(a, f, "    ", NULL);
     }
   }
 }

@@ -149,15 +149,16 @@ int poc_mplan_check(const poc_mplan *p, char *err, size_t errlen) {
   return 0;
 }
 
-void poc_mplan_print(const poc_mplan *p, FILE *f, const char *indent) {
+void poc_mplan_print(const poc_mplan *p, FILE *f, const char *indent, const char *const *steps) {
+  if (!steps) steps = poc_mp_step_names;
   for (int i = 0; i < p->n; i++) {
     const poc_mbuf *b = &p->buf[i];
     char name[64];
     if (b->layer >= 0) snprintf(name, sizeof name, "layer%d.%s", b->layer, b->name);
     else snprintf(name, sizeof name, "%s", b->name);
-    fprintf(f, "%s%-16s @ %12zu  %12zu bytes  %s", indent, name, b->offset, b->bytes,
-            poc_mp_step_names[b->first]);
-    if (b->last != b->first) fprintf(f, " .. %s", poc_mp_step_names[b->last]);
+    fprintf(f, "%s%-16s @ %12zu  %12zu %s  %s", indent, name, b->offset, b->bytes,
+            p->unit ? p->unit : "bytes", steps[b->first]);
+    if (b->last != b->first) fprintf(f, " .. %s", steps[b->last]);
     fputc('\n', f);
   }
 }

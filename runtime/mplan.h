@@ -37,6 +37,7 @@ typedef struct poc_mplan {
   size_t align;      /* every offset a multiple of it */
   size_t peak;       /* the arena's bytes once solved */
   size_t sum;        /* the bytes without sharing: what one buffer per value would take */
+  const char *unit;  /* what sizes count, for printing: NULL is bytes */
   int oom;
 } poc_mplan;
 
@@ -52,8 +53,9 @@ int poc_mplan_solve(poc_mplan *p, char *err);
 /* The plan's invariants: offsets aligned, within the peak, and no two buffers whose
  * lives overlap sharing a byte. 0, or -1 naming the pair. */
 int poc_mplan_check(const poc_mplan *p, char *err, size_t errlen);
-/* One line per buffer: offset, bytes, lifetime, name. */
-void poc_mplan_print(const poc_mplan *p, FILE *f, const char *indent);
+/* One line per buffer: offset, bytes, lifetime (steps named by steps[], NULL:
+ * poc_mp_step_names), name. */
+void poc_mplan_print(const poc_mplan *p, FILE *f, const char *indent, const char *const *steps);
 
 /* What a model's arena depends on, without a device or weights. */
 typedef struct poc_mplan_model {

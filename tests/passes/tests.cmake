@@ -17,3 +17,12 @@ add_test(NAME passes.graph
          COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/check_graph.py
                  --poc ${POC_EXE} --root ${PROJECT_SOURCE_DIR})
 set_tests_properties(passes.graph PROPERTIES LABELS passes TIMEOUT 300)
+
+# Fused kernels whose scratch vectors share memory across stages, against poc probe (the
+# e2e kernel checker, with e2e's link line)
+add_test(NAME passes.kernels
+         COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/tests/e2e/kernel_check.py
+                 --poc ${POC_EXE} --harness ${PROJECT_SOURCE_DIR}/tests/e2e/kernel_harness.c
+                 --include ${PROJECT_SOURCE_DIR}/runtime --lib "${E2E_LINK}"
+                 "--cflags=${E2E_CFLAGS}" --rounds 3 ${CMAKE_CURRENT_LIST_DIR}/objectives/share.po)
+set_tests_properties(passes.kernels PROPERTIES LABELS passes TIMEOUT 300)
