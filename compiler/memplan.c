@@ -112,6 +112,11 @@ int cg_memplan_run(const cg_prog *p, cg_memplan *mp) {
     bool view = md->of >= 0 && g->models[md->of].lora_r > 0;
     poc_lora_cfg lc = {md->lora_r, md->lora_alpha, md->lora_dropout, md->lora_targets};
     bool lora = md->lora_r > 0;
+    poc_lora_cfg f;
+    if (lora && md->lora_adapter && !poc_lora_read_config(md->lora_adapter, &f, NULL, 0, err)) {
+      lc.r = f.r; /* the run takes the adapter folder's shape (it rejects a clash) */
+      lc.targets = f.targets;
+    }
     if (lora && poc_lora_layout(&lay, &lc, &alay, err)) {
       snprintf(mp->why, sizeof mp->why, "model '%s': %s", md->name, err);
       free(lay.tensors);
