@@ -49,7 +49,9 @@
 #define ATT_DN (ATT_HDP / 8)              /* 8-column tiles over the head dim */
 #define ATT_SROW (ATT_HDP + 8)            /* shared row, in bf16 */
 #define ATT_BM 64                         /* rows per block: 4 warps × 16 */
-#define ATT_BN (ATT_HDP <= 64 ? 64 : 32)  /* rows per streamed tile */
+/* rows per streamed tile: 2 buffers × 2 operands × ATT_BN × ATT_SROW bf16 stay under the
+ * 48 KB of static shared memory up to hd 256 */
+#define ATT_BN (ATT_HDP <= 64 ? 64 : ATT_HDP <= 128 ? 32 : 16)
 #define ATT_FAR (1 << 30)                 /* a kbeg no key reaches: a row past the end */
 
 /* Starts copying rows [r0, r0 + ATT_BN) of one head (columns col .. col + HD) of a bf16
