@@ -195,13 +195,13 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
 }
 __device__ __forceinline__ void cp_async_commit() { poc_cpa_open[poc_cpa_tid()]++; }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
-  /* the groups numbered below open − N are complete; copies not yet committed count as
-     part of the open group, which wait<0> completes too */
+  /* the committed groups numbered below open − N are complete; copies not yet committed
+     (group = open) stay pending, as on the device */
   const int i = poc_cpa_tid(), done = poc_cpa_open[i] - N;
   int keep = 0;
   for (int e = 0; e < poc_cpa_n[i]; e++) {
     poc_cpa_op o = poc_cpa_q[i][e];
-    if (N == 0 || o.group < done) memcpy(o.dst, o.src, 16);
+    if (o.group < done) memcpy(o.dst, o.src, 16);
     else poc_cpa_q[i][keep++] = o;
   }
   poc_cpa_n[i] = keep;
