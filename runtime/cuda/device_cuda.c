@@ -397,26 +397,26 @@ static void k_rope_bwd(poc_kset *k, int T, poc_dptr pos, poc_dptr cosb, poc_dptr
          &p_dk16, &p_dv16);
 }
 
-/* one block per 16 query rows × head (attention.cu's ATT_FQ), 4 warps */
+/* one block per 64 query rows × head (attention.cu's ATT_BM: 4 warps of 16 rows) */
 static void k_attn_fwd(poc_kset *k, int T, int q0, poc_dptr q, poc_dptr kk, poc_dptr v,
                        poc_dptr kbeg, poc_dptr out, poc_dptr lse) {
   dc_kset *s = ks_of(k);
   CUdeviceptr p_q = q, p_k = kk, p_v = v, p_kbeg = kbeg, p_out = out, p_lse = lse;
-  LAUNCH(attn_fwd, (T + 15) / 16, k->dm.nh, 128, &T, &q0, &p_q, &p_k, &p_v, &p_kbeg, &p_out,
+  LAUNCH(attn_fwd, (T + 63) / 64, k->dm.nh, 128, &T, &q0, &p_q, &p_k, &p_v, &p_kbeg, &p_out,
          &p_lse);
 }
 
-/* dq per 8 query rows × head, then dk, dv per 8 key rows × kv head (ATT_BQ) */
+/* dq per 64 query rows × head, then dk, dv per 64 key rows × kv head (ATT_BM) */
 static void k_attn_bwd(poc_kset *k, int T, poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr o,
                        poc_dptr dO, poc_dptr lse, poc_dptr kbeg, poc_dptr send, poc_dptr dq,
                        poc_dptr dk, poc_dptr dv, poc_dptr D) {
   dc_kset *s = ks_of(k);
   CUdeviceptr p_q = q, p_k = kk, p_v = v, p_o = o, p_dO = dO, p_lse = lse, p_kbeg = kbeg,
               p_send = send, p_dq = dq, p_dk = dk, p_dv = dv, p_D = D;
-  LAUNCH(attn_bwd_dq, (T + 7) / 8, k->dm.nh, 128, &T, &p_q, &p_k, &p_v, &p_o, &p_dO, &p_lse,
+  LAUNCH(attn_bwd_dq, (T + 63) / 64, k->dm.nh, 128, &T, &p_q, &p_k, &p_v, &p_o, &p_dO, &p_lse,
          &p_kbeg, &p_dq, &p_D);
-  LAUNCH(attn_bwd_dkv, (T + 7) / 8, k->dm.nkv, 128, &T, &p_q, &p_k, &p_v, &p_dO, &p_lse, &p_D,
-         &p_send, &p_dk, &p_dv);
+  LAUNCH(attn_bwd_dkv, (T + 63) / 64, k->dm.nkv, 128, &T, &p_q, &p_k, &p_v, &p_dO, &p_lse, &p_D,
+         &p_kbeg, &p_send, &p_dk, &p_dv);
 }
 
 static void k_swiglu_fwd(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr a) {

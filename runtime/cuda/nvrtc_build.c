@@ -54,8 +54,9 @@ static void nvb_add(nvb_buf *b, const char *fmt, ...) {
 
 /* ---- instantiation --------------------------------------------------------------- */
 
-/* Shared-memory tiles in attention.cu hold 32 padded rows of a head in bf16 (see there):
- * up to 256 dims they fit the 48 KB a block gets without opting in. */
+/* Shared-memory tiles in attention.cu hold two buffers of K and V (or Q and dO) tiles of
+ * 64, 32 or 16 padded rows as the head dim grows (see there): up to 256 dims they fit the
+ * 48 KB a block gets without opting in. */
 #define NVB_MAX_HD 256
 
 char *poc_cuda_instantiate(const poc_dims *d, const char *const *names, int n_names,
@@ -238,10 +239,19 @@ static int nvb_run(const char *source, const char *name, const char *arch, int p
   return 0;
 }
 
+/* The source names its headers (poc_common.cuh) only by #include, so their text is hashed
+ * after it: a kernel changed in a header alone is a different cache entry too. */
 uint64_t poc_cuda_source_hash(const char *source) {
   uint64_t h = 0xcbf29ce484222325ULL;
   for (const unsigned char *p = (const unsigned char *)source; *p; p++)
     h = (h ^ *p) * 0x100000001b3ULL;
+  for (int i = 0; i < poc_cuda_n_templates; i++) {
+    const poc_cuda_template *t = &poc_cuda_templates[i];
+    size_t nl = strlen(t->name);
+    if (nl < 4 || strcmp(t->name + nl - 4, ".cuh")) continue;
+    for (const unsigned char *p = (const unsigned char *)t->text; *p; p++)
+      h = (h ^ *p) * 0x100000001b3ULL;
+  }
   return h;
 }
 

@@ -47,6 +47,22 @@ if(TARGET pocrt_cuda)
   set_tests_properties(cuda_emul_kernels PROPERTIES LABELS "cuda_emul" TIMEOUT 300
     ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
 
+  # the tensor-core attention and its mma primitive (test_attn_tc.c): against plain
+  # products and the cpu device, hd 64/128/40, GQA 1/4, bit-identical reruns; under two
+  # seeds of the thread order. attn_tc_gpu is the same check on a real GPU (skipped
+  # without one).
+  add_executable(test_attn_tc ${CMAKE_CURRENT_LIST_DIR}/test_attn_tc.c)
+  target_include_directories(test_attn_tc PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_attn_tc PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_attn_tc poc_cuemu)
+  foreach(seed 1 2)
+    add_test(NAME cuda_emul_attn_tc_seed${seed} COMMAND test_attn_tc)
+    set_tests_properties(cuda_emul_attn_tc_seed${seed} PROPERTIES LABELS "cuda_emul" TIMEOUT 600
+      ENVIRONMENT "${POC_CUEMU_ENV};POC_CUDA_EMU_SEED=${seed};OMP_WAIT_POLICY=PASSIVE")
+  endforeach()
+  add_test(NAME attn_tc_gpu COMMAND test_attn_tc)
+  set_tests_properties(attn_tc_gpu PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77)
+
   # poc logp / poc generate with --backend cuda against --backend cpu on the bundled model
   add_test(NAME cuda_emul_cli
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/cli_check.py

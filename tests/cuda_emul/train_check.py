@@ -15,9 +15,9 @@ STEPS/2 steps.
 What may differ: the device computes GEMM and attention operands in bf16 (fp32 sums and
 master weights), the CPU in fp32. On this trained model that is not small: one forward
 moves a per-token log-prob by up to ~1.4 nats (cuda_emul_cli), the gradient norm of the
-first InsPO step by 22%; a CPU build made to round to bf16 at the device's points gives
-the device's step-1 loss to 1e-6 and its gradient norm to 0.2%, so it is the rounding,
-not the kernels. Objectives built on small policy−reference differences (DPO's margins
+first InsPO step by 22%; a CPU build made to round to bf16 at the device's points gave
+the device's step-1 loss to 1e-6 and its gradient norm to 0.2% (before attention's P·V
+took P in bf16), so it is the rounding, not the kernels. Objectives built on small policy−reference differences (DPO's margins
 after a few steps of lr ~1e-5) see it most, and from step 2 on each device follows its
 own trajectory (Adam's early steps are nearly sign(g)·lr, so noise-level gradient
 components move weights by full steps). Hence:
@@ -26,7 +26,9 @@ components move weights by full steps). Hence:
       (DPO, RAO) these are exactly zero at step 1 on both devices, so this checks the
       plumbing (the hoisted reference equals the policy's own forward) more than the
       arithmetic; InsPO conditions the policy on another context than the reference, so
-      its step-1 loss is a real comparison (observed 0.6%);
+      its step-1 loss is a real comparison (observed 1.2%, within STEP1_REL_OF: the
+      tensor-core attention rounds P to bf16 for P·V as FlashAttention-2 does, which
+      alone doubles it — 0.6% with that one product kept in fp32);
   every step: loss finite and within LOSS_REL·max(|loss_cpu|, LOSS_FLOOR) (observed ≤
       28%, RAO's: per-step values of a 4-example batch on diverging trajectories), and
       the mean loss over the run within MEAN_REL (observed ≤ 3.6%, RAO's). The schedule
@@ -62,6 +64,7 @@ import tempfile
 import time
 
 STEP1_REL = 1e-2
+STEP1_REL_OF = {"inspo": 2.5e-2}
 LOSS_REL, LOSS_FLOOR, MEAN_REL = 0.4, 0.1, 0.06
 GRAD_MED = 1.5
 EVAL_PROMPTS = 2
@@ -194,7 +197,8 @@ def main():
                 continue
             worst = compare_losses(f"{name} cuda vs cpu", c, g, range(1, a.steps + 1), fails)
             keys = TIGHT_KEYS.get(name, ["loss"])
-            s1 = max(close(f"{name}: step 1 (same weights) {k}", c[1].get(k), g[1].get(k), STEP1_REL, fails)
+            s1 = max(close(f"{name}: step 1 (same weights) {k}", c[1].get(k), g[1].get(k),
+                           STEP1_REL_OF.get(name, STEP1_REL), fails)
                      for k in keys)
             mc = statistics.mean(c[s]["loss"] for s in c)
             mg = statistics.mean(g[s]["loss"] for s in c)

@@ -48,7 +48,17 @@ static void compare_case(const gt_case *k) {
   CHECK(poc_model_forward_out(mc, &mp.p, fq, &fc, err) == 0);
   CHECK_MSG(poc_model_forward_out(mg, &mp.p, fq | POC_FWD_UNFUSED, &fu, err) == 0, "%s", err);
   CHECK_MSG(poc_model_forward_out(mg, &mp.p, fq, &fg, err) == 0, "%s", err);
-  double r_lp = gt_rel(lg, lc, n), r_en = gt_rel(eg, ec, n), r_fu = gt_rel(lg, lu, n),
+  /* Entropies of near one-hot distributions (the qwen-like case: every tail below e^-30)
+     are ~1e-14 nats, and their relative error is the absolute error of the logit gaps
+     (~0.05 after bf16 activations and tensor-core attention), not a precision measure:
+     entropy differences count relative to at least 1e-3 nats per target. */
+  double en_d = 0, en_s = 0;
+  for (int i = 0; i < n; i++) {
+    en_d += (eg[i] - ec[i]) * (eg[i] - ec[i]);
+    en_s += ec[i] * ec[i];
+  }
+  double r_en = sqrt(en_d) / fmax(sqrt(en_s), 1e-3 * sqrt((double)n)); /* NaN fails below */
+  double r_lp = gt_rel(lg, lc, n), r_fu = gt_rel(lg, lu, n),
          r_feu = gt_rel(eg, eu, n), r_q = gt_rel(qg, qc, n), r_qu = gt_rel(qg, qu, n);
   printf("%s: %d tokens, %d targets: logp rel %.2e, entropy rel %.2e, logsumsq rel %.2e, fused "
          "vs textbook %.2e/%.2e/%.2e\n", k->label, T, n, r_lp, r_en, r_q, r_fu, r_feu, r_qu);

@@ -43,7 +43,7 @@ static const struct { const char *name, *sig; } kernel_sigs[] = {
     {"rmsnorm_bwd", "ipppppp"}, {"rmsnorm_dw_partial", "ippppp"}, {"colsum_partial", "iipp"},
     {"colsum_finish", "iipp"}, {"cast_f32_bf16", "ppp"}, {"qkv_bias_rope", "ippppppppp"},
     {"rope_bwd", "ippppppppp"}, {"swiglu_fwd", "pppp"}, {"swiglu_bwd", "pppppp"},
-    {"attn_fwd", "iipppppp"}, {"attn_bwd_dq", "ippppppppp"}, {"attn_bwd_dkv", "ippppppppp"},
+    {"attn_fwd", "iipppppp"}, {"attn_bwd_dq", "ippppppppp"}, {"attn_bwd_dkv", "ipppppppppp"},
     {"head_chunk_fwd", "iiippppppp"}, {"head_finish", "ipppppppppp"},
     {"head_chunk_bwd", "iiippppppp"}, {"head_text_lse", "iipp"},
     {"head_text_logsoftmax", "iipp"}, {"head_text_gather", "iipppppp"},
