@@ -25,10 +25,23 @@ static double g_timeout = 600;
 static volatile sig_atomic_t g_step = 0;
 static double g_comm_s = 0;
 static uint64_t g_comm_bytes = 0;
+static trn_comm_counters g_ct;
 
 void trn_comm_stats(double *seconds, uint64_t *bytes) {
   *seconds = g_comm_s;
   *bytes = g_comm_bytes;
+}
+
+void trn_comm_counters_get(trn_comm_counters *c) {
+  *c = g_ct;
+  c->seconds = g_comm_s;
+  c->bytes = g_comm_bytes;
+}
+
+void trn_comm_count(double seconds, uint64_t bytes) {
+  g_comm_s += seconds;
+  g_ct.exposed_s += seconds;
+  g_comm_bytes += bytes;
 }
 
 void trn_comm_set_name(const char *name) { snprintf(g_name, sizeof g_name, "%s", name); }
@@ -162,6 +175,7 @@ static int wait_req(MPI_Request *rq, double t0, const char *what, char *err) {
     if (rc != MPI_SUCCESS) return mpi_fail(rc, what, err);
     if (done) {
       g_comm_s += mono_s() - t0;
+      g_ct.exposed_s += mono_s() - t0;
       return 0;
     }
     double dt = mono_s() - t0;
@@ -193,6 +207,8 @@ static int allreduce(void *x, size_t n, MPI_Datatype t, size_t el, MPI_Op op, ch
     int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)x + i * el, (int)k, t, op, MPI_COMM_WORLD, &rq);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce", err);
     g_comm_bytes += k * el;
+    g_ct.reduced += k * el;
+    g_ct.wire += 2 * (uint64_t)(g_size - 1) * k * el / (uint64_t)g_size;
     if (wait_req(&rq, t0, "an all-reduce", err)) return -1;
   }
   return 0;
@@ -241,9 +257,86 @@ int trn_comm_bcast(void *buf, size_t bytes, int root, char *err) {
       int rc = MPI_Ibcast((char *)buf + i, (int)k, MPI_BYTE, root, MPI_COMM_WORLD, &rq);
       if (rc != MPI_SUCCESS) return mpi_fail(rc, "broadcast", err);
       g_comm_bytes += k;
+      g_ct.wire += k;
       if (wait_req(&rq, t0, "a broadcast", err)) return -1;
     }
 #endif
   (void)buf, (void)bytes, (void)root, (void)err;
+  return 0;
+}
+
+/* ---- ZeRO's reduce-scatter and all-gather on host arrays ------------------------------- */
+
+#ifdef POC_HAVE_MPI
+static int mpi_type(poc_dtype t, MPI_Datatype *mt) {
+  switch (t) {
+  case POC_DT_F32: *mt = MPI_FLOAT; return 0;
+  case POC_DT_F64: *mt = MPI_DOUBLE; return 0;
+  case POC_DT_I32: *mt = MPI_INT32_T; return 0;
+  case POC_DT_BF16: *mt = MPI_UINT16_T; return 0; /* moved, never summed */
+  }
+  return -1;
+}
+
+/* MPI counts are int: a shard of more elements is refused (an 8-way shard of a 7B model
+ * is 875M elements, well below) */
+static int count_ok(size_t n, const char *what, char *err) {
+  if (n <= 2147483647u) return 0;
+  trn_errf(err, "%s of %zu elements per rank: MPI counts stop at 2^31 - 1", what, n);
+  return -1;
+}
+#endif
+
+int trn_comm_reduce_scatter(const void *send, void *recv, poc_dtype t, size_t n, char *err) {
+  size_t el = poc_dtype_size(t);
+  if (t == POC_DT_BF16) {
+    trn_errf(err, "reduce-scatter: bf16 sums are made in float (stage through f32)");
+    return -1;
+  }
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) {
+    MPI_Datatype mt;
+    if (mpi_type(t, &mt) || count_ok(n, "a reduce-scatter", err)) return -1;
+    char *self = (char *)recv - (size_t)g_rank * n * el;
+    int inplace = (const char *)send == self;
+    MPI_Request rq;
+    double t0 = mono_s();
+    /* in place, the sum of shard `rank` lands at the start of send: moved to recv after */
+    int rc = MPI_Ireduce_scatter_block(inplace ? MPI_IN_PLACE : send, inplace ? self : recv,
+                                       (int)n, mt, MPI_SUM, MPI_COMM_WORLD, &rq);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "reduce-scatter", err);
+    g_comm_bytes += (uint64_t)g_size * n * el;
+    g_ct.reduced += (uint64_t)g_size * n * el;
+    g_ct.wire += (uint64_t)(g_size - 1) * n * el;
+    if (wait_req(&rq, t0, "a reduce-scatter", err)) return -1;
+    if (inplace && g_rank) memmove(recv, self, n * el);
+    return 0;
+  }
+#endif
+  if (send != recv) memmove(recv, send, n * el);
+  (void)err;
+  return 0;
+}
+
+int trn_comm_all_gather(const void *send, void *recv, poc_dtype t, size_t n, char *err) {
+  size_t el = poc_dtype_size(t);
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) {
+    MPI_Datatype mt;
+    if (mpi_type(t, &mt) || count_ok(n, "an all-gather", err)) return -1;
+    int inplace = (const char *)send == (const char *)recv + (size_t)g_rank * n * el;
+    MPI_Request rq;
+    double t0 = mono_s();
+    int rc = MPI_Iallgather(inplace ? MPI_IN_PLACE : send, (int)n, mt, recv, (int)n, mt,
+                            MPI_COMM_WORLD, &rq);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-gather", err);
+    g_comm_bytes += n * el;
+    g_ct.gathered += (uint64_t)g_size * n * el;
+    g_ct.wire += (uint64_t)(g_size - 1) * n * el;
+    return wait_req(&rq, t0, "an all-gather", err);
+  }
+#endif
+  if (send != recv) memmove(recv, send, n * el);
+  (void)err;
   return 0;
 }

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "device.h"
+
 /* Starts the transport. A process that a launcher started as one of R > 1 ranks but that
  * has no MPI built in is refused (-1 with the reason in err): it would train alone and
  * the R copies would race on one run directory. */
@@ -34,8 +36,20 @@ void trn_comm_set_step(int64_t step);
 void trn_comm_set_timeout(double seconds);
 
 /* Since the start: the bytes this rank handed to collectives and the seconds it spent in
- * them (waiting for the other ranks included; nothing overlaps them yet). */
+ * them (waiting for the other ranks included; nothing overlaps them yet). Collectives on
+ * device buffers (below) count too, their staging copies included. */
 void trn_comm_stats(double *seconds, uint64_t *bytes);
+/* The same split up. bytes: handed to collectives (as above); reduced: the input of sums
+ * (all-reduce, reduce-scatter); gathered: the output of all-gathers; wire: what this
+ * rank sends under a ring algorithm (all-reduce 2(R−1)/R of its buffer, reduce-scatter
+ * and all-gather (R−1)/R of the R-shard buffer, broadcast the buffer). seconds: in
+ * collectives, overlapped time included; exposed_s: the part spent waiting on one (with
+ * nothing overlapped, the same). */
+typedef struct trn_comm_counters {
+  double seconds, exposed_s;
+  uint64_t bytes, reduced, gathered, wire;
+} trn_comm_counters;
+void trn_comm_counters_get(trn_comm_counters *c);
 
 int trn_comm_rank(void);
 int trn_comm_size(void);
@@ -48,5 +62,23 @@ int trn_comm_sum_i64(int64_t *x, size_t n, char *err);
 /* The minimum over ranks (agreement: every rank passes 1 for ok, 0 for failed). */
 int trn_comm_min_i64(int64_t *x, size_t n, char *err);
 int trn_comm_bcast(void *buf, size_t bytes, int root, char *err);
+
+/* ZeRO's two collectives on host arrays of n·R (send) and n (recv) elements of type t
+ * (F32, F64, I32; BF16 only gathered). reduce-scatter: recv = rank's n elements of the
+ * elementwise sum of every rank's send (send may equal recv − rank·n: in place, send is
+ * then clobbered). all-gather: recv[r·n ..] = rank r's send (send may equal
+ * recv + rank·n: in place). One process: copies. */
+int trn_comm_reduce_scatter(const void *send, void *recv, poc_dtype t, size_t n, char *err);
+int trn_comm_all_gather(const void *send, void *recv, poc_dtype t, size_t n, char *err);
+/* Adds seconds and bytes of staging around a collective (comm_dev.c) to the counters. */
+void trn_comm_count(double seconds, uint64_t bytes);
+
+/* Collectives on device buffers of device d (t = element type of the buffer). */
+int trn_comm_dev_sum(poc_device *d, poc_dptr x, poc_dtype t, size_t n, char *err);
+/* send: R*count elements; recv: count elements = this rank's shard of the sum */
+int trn_comm_dev_reduce_scatter(poc_device *d, poc_dptr send, poc_dptr recv, poc_dtype t, size_t count, char *err);
+/* send: count elements (this rank's shard); recv: R*count, rank r's shard at r*count (in place allowed: send == recv + rank*count) */
+int trn_comm_dev_all_gather(poc_device *d, poc_dptr send, poc_dptr recv, poc_dtype t, size_t count, char *err);
+/* (reduce-scatter in place is allowed too: recv == send + rank*count, send clobbered) */
 
 #endif

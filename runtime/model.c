@@ -77,6 +77,11 @@ struct poc_model {
   const poc_layout *tlay;
   size_t PT;
   poc_dptr tw, twc;
+  /* ZeRO-1 (poc_model_shard): AdamW runs on [sh_lo, sh_hi) of the trainable vector, whose
+   * moments alone are allocated (on first use: mdl_moments); the gradient and the weights
+   * are padded to sh_pad = R·(sh_hi − sh_lo) elements for the collectives */
+  int sharded;
+  size_t sh_lo, sh_hi, sh_pad;
 };
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -432,9 +437,8 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   m->tw = alay ? m->aw : m->w;
   m->twc = alay ? m->awc : m->wc;
   if (trainable) {
+    /* the moments on first use (mdl_moments), when a shard may have been chosen */
     m->grad = d->alloc(d, m->PT * m->sc, "the gradients");
-    m->mom = d->alloc(d, m->PT * m->sc, "AdamW's first moments");
-    m->var = d->alloc(d, m->PT * m->sc, "AdamW's second moments");
   }
   if (d->failed) goto dev_fail;
   mdl_carver cv = {0, 0};
@@ -446,8 +450,6 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   mdl_carve(m, &cv);
   if (trainable) {
     d->zero(d, m->grad, m->PT * m->sc);
-    d->zero(d, m->mom, m->PT * m->sc);
-    d->zero(d, m->var, m->PT * m->sc);
   }
   if (alay && !src) {
     d->zero(d, m->aw, m->PA * m->sc);
@@ -1026,6 +1028,105 @@ static int mdl_need_train(const poc_model *m, const char *what, char *err) {
 
 int poc_model_decays(const poc_layout *lay, int i) { return lay->tensors[i].ndim == 2; }
 
+/* The moments' range [lo, hi) of the trainable vector: the shard (clipped to PT: the last
+ * rank's may hold padding, or nothing), else all of it. */
+static void mdl_range(const poc_model *m, size_t *lo, size_t *hi) {
+  *lo = m->sharded ? (m->sh_lo < m->PT ? m->sh_lo : m->PT) : 0;
+  *hi = m->sharded ? (m->sh_hi < m->PT ? m->sh_hi : m->PT) : m->PT;
+}
+
+/* AdamW's moments, allocated and zeroed on first use: sh_hi − sh_lo elements each for a
+ * shard, PT otherwise. */
+static int mdl_moments(poc_model *m) {
+  if (m->mom) return 0;
+  poc_device *d = m->d;
+  size_t n = m->sharded ? m->sh_hi - m->sh_lo : m->PT;
+  m->mom = d->alloc(d, n * m->sc + 1, "AdamW's first moments");
+  m->var = d->alloc(d, n * m->sc + 1, "AdamW's second moments");
+  if (!m->mom || !m->var) return -1;
+  d->zero(d, m->mom, n * m->sc);
+  d->zero(d, m->var, n * m->sc);
+  return d->failed ? -1 : 0;
+}
+
+/* *p (n elements of el bytes) moved into a buffer of n_new, the tail zero */
+static int mdl_grow(poc_model *m, poc_dptr *p, size_t n, size_t n_new, size_t el,
+                    const char *what) {
+  poc_device *d = m->d;
+  poc_dptr b = d->alloc(d, n_new * el, what);
+  if (!b) return -1;
+  d->copy(d, b, *p, n * el);
+  d->zero(d, b + (poc_dptr)(n * el), (n_new - n) * el);
+  d->free(d, *p);
+  *p = b;
+  return d->failed ? -1 : 0;
+}
+
+int poc_model_shard(poc_model *m, int rank, int ranks, char *err) {
+  if (mdl_need_train(m, "sharding the optimizer state", err)) return -1;
+  if (ranks < 1 || rank < 0 || rank >= ranks || m->sharded || m->mom) {
+    snprintf(err, POC_ERR_LEN, "model: shard %d of %d: %s", rank, ranks,
+             m->sharded || m->mom ? "the optimizer state is already in use or sharded"
+                                  : "no such shard");
+    return -1;
+  }
+  STAGE("sharding the optimizer state", -1);
+  size_t c = (m->PT + (size_t)ranks - 1) / (size_t)ranks, pad = c * (size_t)ranks;
+  if (pad > m->PT) {
+    poc_dptr w = m->tw, wc = m->twc;
+    int shared = wc == w;
+    if (mdl_grow(m, &m->grad, m->PT, pad, m->sc, "the gradients (padded to whole shards)") ||
+        mdl_grow(m, &w, m->PT, pad, m->sc, "the trainable weights (padded to whole shards)") ||
+        (!shared && mdl_grow(m, &wc, m->PT, pad, m->sa, "the trainable weights' compute copy")))
+    {
+      poc_dev_sync(m->d, err);
+      return -1;
+    }
+    if (shared) wc = w;
+    if (m->alay) {
+      m->aw = w;
+      m->awc = wc;
+    } else {
+      m->w = w;
+      m->wc = wc;
+    }
+    m->tw = w;
+    m->twc = wc;
+  }
+  m->sharded = 1;
+  m->sh_lo = (size_t)rank * c;
+  m->sh_hi = m->sh_lo + c;
+  m->sh_pad = pad;
+  return poc_dev_sync(m->d, err);
+}
+
+void poc_model_shard_range(const poc_model *m, size_t *lo, size_t *hi, size_t *count) {
+  mdl_range(m, lo, hi);
+  if (count) *count = m->sharded ? m->sh_hi - m->sh_lo : m->PT;
+}
+
+int poc_model_grad_reduce_scatter(poc_model *m, poc_shard_fn f, char *err) {
+  if (!m->sharded) {
+    snprintf(err, POC_ERR_LEN, "model: a reduce-scatter of the gradient needs a shard");
+    return -1;
+  }
+  if (poc_dev_sync(m->d, err)) return -1;
+  return f(m->d, m->grad, ACC(m->grad, m->sh_lo), m->d->acc, m->sh_hi - m->sh_lo, err);
+}
+
+int poc_model_weights_all_gather(poc_model *m, poc_shard_fn f, char *err) {
+  if (!m->sharded) {
+    snprintf(err, POC_ERR_LEN, "model: an all-gather of the weights needs a shard");
+    return -1;
+  }
+  if (poc_dev_sync(m->d, err) ||
+      f(m->d, ACC(m->tw, m->sh_lo), m->tw, m->d->acc, m->sh_hi - m->sh_lo, err))
+    return -1;
+  STAGE("refreshing the compute weights", -1);
+  if (m->twc != m->tw) m->d->k.cast(m->k, m->sh_pad, m->tw, m->twc);
+  return poc_dev_sync(m->d, err);
+}
+
 int poc_model_zero_grad(poc_model *m, char *err) {
   if (mdl_need_train(m, "zero_grad", err)) return -1;
   STAGE("clearing the gradients", -1);
@@ -1036,7 +1137,9 @@ int poc_model_zero_grad(poc_model *m, char *err) {
 int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err) {
   if (mdl_need_train(m, "grad_norm", err)) return -1;
   STAGE("the gradient norm", -1);
-  double s = m->d->k.sumsq(m->k, m->PT, m->grad);
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
+  double s = m->d->k.sumsq(m->k, hi - lo, ACC(m->grad, lo));
   if (poc_dev_sync(m->d, err)) return -1;
   *sumsq = s;
   return 0;
@@ -1066,7 +1169,14 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
     return -1;
   }
   STAGE("AdamW", -1);
+  if (mdl_moments(m)) {
+    poc_dev_sync(m->d, err);
+    return -1;
+  }
   const poc_layout *lay = m->tlay;
+  /* a shard updates its part of each run: [a, b) ∩ [lo, hi); moments index from lo */
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
   float lr = (float)h->lr, b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps,
         gs = (float)h->grad_scale;
   float bc1 = (float)(1 - pow(h->beta1, (double)h->step));
@@ -1077,9 +1187,12 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
     size_t a = lay->tensors[t].offset;
     size_t b = lay->tensors[e - 1].offset + lay->tensors[e - 1].numel;
     float wd = dec ? (float)h->weight_decay : 0.f;
-    m->d->k.adamw(m->k, b - a, ACC(m->tw, a), ACC(m->grad, a), ACC(m->mom, a), ACC(m->var, a),
-                  ACT(m->twc, a), lr, b1, b2, eps, wd, bc1, bc2, gs);
     t = e;
+    if (a < lo) a = lo;
+    if (b > hi) b = hi;
+    if (a >= b) continue;
+    m->d->k.adamw(m->k, b - a, ACC(m->tw, a), ACC(m->grad, a), ACC(m->mom, a - lo),
+                  ACC(m->var, a - lo), ACT(m->twc, a), lr, b1, b2, eps, wd, bc1, bc2, gs);
   }
   return poc_dev_sync(m->d, err);
 }
@@ -1094,6 +1207,12 @@ int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *er
     return -1;
   }
   STAGE("copying the model to the host", -1);
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
+  if ((part == POC_PART_MOM || part == POC_PART_VAR) && mdl_moments(m)) {
+    poc_dev_sync(d, err);
+    return -1;
+  }
   switch (part) {
   case POC_PART_WEIGHTS:
     if (m->w)
@@ -1108,8 +1227,8 @@ int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *er
       d->get(d, dst, dt, m->awc, d->act, m->PA);
     break;
   case POC_PART_GRAD: d->get(d, dst, dt, m->grad, d->acc, m->PT); break;
-  case POC_PART_MOM: d->get(d, dst, dt, m->mom, d->acc, m->PT); break;
-  case POC_PART_VAR: d->get(d, dst, dt, m->var, d->acc, m->PT); break;
+  case POC_PART_MOM: d->get(d, dst, dt, m->mom, d->acc, hi - lo); break;
+  case POC_PART_VAR: d->get(d, dst, dt, m->var, d->acc, hi - lo); break;
   }
   return poc_dev_sync(d, err);
 }
@@ -1125,6 +1244,12 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
     return -1;
   }
   STAGE("copying the model to the device", -1);
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
+  if ((part == POC_PART_MOM || part == POC_PART_VAR) && mdl_moments(m)) {
+    poc_dev_sync(d, err);
+    return -1;
+  }
   switch (part) {
   case POC_PART_WEIGHTS: mdl_upload_weights(m, src, st); break;
   case POC_PART_ADAPTER:
@@ -1132,14 +1257,16 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
     if (m->awc != m->aw) d->k.cast(m->k, m->PA, m->aw, m->awc);
     break;
   case POC_PART_GRAD: d->put(d, m->grad, d->acc, src, st, m->PT); break;
-  case POC_PART_MOM: d->put(d, m->mom, d->acc, src, st, m->PT); break;
-  case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, m->PT); break;
+  case POC_PART_MOM: d->put(d, m->mom, d->acc, src, st, hi - lo); break;
+  case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, hi - lo); break;
   }
   return poc_dev_sync(d, err);
 }
 
 float *poc_model_host_f32(poc_model *m, poc_part part) {
   if (!m->d->host_memory || m->d->acc != POC_DT_F32 || m->view) return NULL;
+  if ((part == POC_PART_MOM || part == POC_PART_VAR) && m->trainable && mdl_moments(m))
+    return NULL;
   poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw
              : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
   return (float *)(uintptr_t)p;

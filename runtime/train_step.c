@@ -197,6 +197,15 @@ typedef struct {
   int dirty;                     /* acc holds sums that gradsum_finish has not taken */
 } gradsum;
 
+/* The accumulator's length: the trainable vector, padded to R whole shards under ZeRO (the
+ * reduce-scatter's send buffer). */
+static size_t acc_len(const trn_ctx *c, models *ms, int m) {
+  size_t lo, hi, cnt;
+  if (!c->zero) return c->n_train[m];
+  poc_model_shard_range(ms->m[m], &lo, &hi, &cnt);
+  return cnt * (size_t)trn_comm_size();
+}
+
 static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char *err) {
   memset(s, 0, sizeof *s);
   if (n_mb <= 1 && trn_comm_size() == 1) return 0; /* one micro-batch: g_0 is the sum */
@@ -210,7 +219,7 @@ static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char
     if (!s->g[m]) continue;
     if ((s->acc[m] = c->gacc[m])) continue; /* the run's, zero since the last step */
     s->owned = 1;
-    if (!(s->acc[m] = calloc(c->n_train[m] + 1, sizeof(double)))) {
+    if (!(s->acc[m] = calloc(acc_len(c, ms, m) + 1, sizeof(double)))) {
       trn_errf(err, "out of memory for the gradient accumulator");
       return -1;
     }
@@ -218,11 +227,11 @@ static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char
   return 0;
 }
 
-static void gradsum_free(gradsum *s, const trn_ctx *c) {
+static void gradsum_free(gradsum *s, const trn_ctx *c, models *ms) {
   for (int m = 0; m < TRN_MAX_MODELS; m++) {
     if (s->owned) free(s->acc[m]);
     else if (s->dirty && s->acc[m]) /* a step that failed midway: zero for the next */
-      memset(s->acc[m], 0, c->n_train[m] * sizeof(double));
+      memset(s->acc[m], 0, acc_len(c, ms, m) * sizeof(double));
   }
   memset(s, 0, sizeof *s);
 }
@@ -245,12 +254,41 @@ static void gradsum_add(gradsum *s, const trn_ctx *c) {
   }
 }
 
-/* the sum over ranks into every rank's gradient */
+/* ZeRO: the sum over ranks of this rank's shard only. The double accumulators (R·cnt,
+ * the tail past n zero) are reduce-scattered in double in place, so shard r of the sum
+ * lands at acc[r·cnt ..], and rounded to float once into the gradient's [lo, hi): the
+ * numbers the all-reduce path gives there. The gradient outside the shard is left as the
+ * last backward left it (zero); nothing reads it before the next step clears it. */
+static int gradsum_finish_shard(gradsum *s, models *ms, int m, char *err) {
+  poc_model *pm = ms->m[m];
+  poc_device *d = poc_model_device(pm);
+  if (!s->on) return poc_model_grad_reduce_scatter(pm, trn_comm_dev_reduce_scatter, err);
+  size_t lo, hi, cnt, R = (size_t)trn_comm_size(), rank = (size_t)trn_comm_rank();
+  poc_model_shard_range(pm, &lo, &hi, &cnt);
+  double *a = s->acc[m], *sh = a + rank * cnt;
+  if (trn_comm_dev_reduce_scatter(d, (poc_dptr)(uintptr_t)a, (poc_dptr)(uintptr_t)sh,
+                                  POC_DT_F64, cnt, err))
+    return -1;
+  float *g = s->g[m];
+  long nl = (long)(hi - lo), total = (long)(R * cnt);
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < nl; i++) g[lo + (size_t)i] = (float)sh[i];
+  /* the accumulator left zero for the next step */
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < total; i++) a[i] = 0;
+  return 0;
+}
+
+/* the sum over ranks into every rank's gradient (under ZeRO: into its shard) */
 static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
   const poc_program *p = c->prog;
   for (int m = 0; m < p->n_models; m++) {
     if (!p->models[m].trainable) continue;
     size_t n = c->n_train[m];
+    if (c->zero) {
+      if (gradsum_finish_shard(s, ms, m, err)) return -1;
+      continue;
+    }
     if (s->on) {
       if (trn_comm_sum_f64(s->acc[m], n, err)) return -1;
       float *g = s->g[m];
@@ -416,7 +454,7 @@ done:
   anchors_free(&anc);
   free(ex);
   free(pos);
-  gradsum_free(&gs, c);
+  gradsum_free(&gs, c, ms);
   return rc;
 }
 
