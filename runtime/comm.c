@@ -340,3 +340,134 @@ int trn_comm_all_gather(const void *send, void *recv, poc_dtype t, size_t n, cha
   (void)err;
   return 0;
 }
+
+/* ---- overlapped reductions ---------------------------------------------------------- */
+
+#ifdef POC_HAVE_MPI
+/* The collectives in flight, with the counts arrays MPI reads until they complete. */
+static MPI_Request *g_rq;
+static int **g_rq_counts;
+static int g_n_rq, g_cap_rq;
+static double g_window0;           /* when the first of them started */
+
+static int push_req(char *err) {
+  if (g_n_rq == g_cap_rq) {
+    int cap = g_cap_rq ? 2 * g_cap_rq : 64;
+    MPI_Request *r = realloc(g_rq, (size_t)cap * sizeof *r);
+    if (r) g_rq = r;
+    int **c = realloc(g_rq_counts, (size_t)cap * sizeof *c);
+    if (c) g_rq_counts = c;
+    if (!r || !c) {
+      trn_errf(err, "out of memory for collectives in flight");
+      return -1;
+    }
+    g_cap_rq = cap;
+  }
+  if (g_n_rq == 0) g_window0 = mono_s();
+  g_rq_counts[g_n_rq] = NULL;
+  return g_n_rq++;
+}
+#endif
+
+int trn_comm_start_sum_f64(double *x, size_t n, char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_size > 1 && n > 0) {
+    if (count_ok(n, "an overlapped all-reduce", err)) return -1;
+    int i = push_req(err);
+    if (i < 0) return -1;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &g_rq[i]);
+    if (rc != MPI_SUCCESS) {
+      g_n_rq--;
+      return mpi_fail(rc, "all-reduce", err);
+    }
+    g_comm_bytes += n * sizeof *x;
+    g_ct.reduced += n * sizeof *x;
+    g_ct.wire += 2 * (uint64_t)(g_size - 1) * n * sizeof *x / (uint64_t)g_size;
+  }
+#endif
+  (void)x, (void)n, (void)err;
+  return 0;
+}
+
+int trn_comm_start_reduce_scatter_f64(const double *send, double *shard, size_t lo, size_t hi,
+                                      size_t count, char *err) {
+  size_t mlo = (size_t)g_rank * count, mhi = mlo + count;
+  size_t a = lo > mlo ? lo : mlo, b = hi < mhi ? hi : mhi;
+#ifdef POC_HAVE_MPI
+  if (g_size > 1 && hi > lo) {
+    if (count_ok(hi - lo, "an overlapped reduce-scatter", err)) return -1;
+    int i = push_req(err);
+    if (i < 0) return -1;
+    int *counts = malloc((size_t)g_size * sizeof *counts);
+    if (!counts) {
+      g_n_rq--;
+      trn_errf(err, "out of memory for a reduce-scatter's counts");
+      return -1;
+    }
+    /* [lo, hi) falls into consecutive ranks' shards in rank order: rank r gets the sum of
+       [lo, hi) ∩ [r·count, (r + 1)·count) */
+    for (int r = 0; r < g_size; r++) {
+      size_t rl = (size_t)r * count, rh = rl + count;
+      size_t x = lo > rl ? lo : rl, y = hi < rh ? hi : rh;
+      counts[r] = y > x ? (int)(y - x) : 0;
+    }
+    g_rq_counts[i] = counts;
+    int rc = MPI_Ireduce_scatter(send + lo, shard + (b > a ? a - mlo : 0), counts, MPI_DOUBLE,
+                                 MPI_SUM, MPI_COMM_WORLD, &g_rq[i]);
+    if (rc != MPI_SUCCESS) {
+      free(counts);
+      g_n_rq--;
+      return mpi_fail(rc, "reduce-scatter", err);
+    }
+    g_comm_bytes += (hi - lo) * sizeof *send;
+    g_ct.reduced += (hi - lo) * sizeof *send;
+    g_ct.wire += (uint64_t)(g_size - 1) * (hi - lo) * sizeof *send / (uint64_t)g_size;
+    return 0;
+  }
+#endif
+  if (b > a) memcpy(shard + (a - mlo), send + a, (b - a) * sizeof *send);
+  (void)err;
+  return 0;
+}
+
+void trn_comm_progress(void) {
+#ifdef POC_HAVE_MPI
+  int done;
+  if (g_n_rq) MPI_Testall(g_n_rq, g_rq, &done, MPI_STATUSES_IGNORE);
+#endif
+}
+
+int trn_comm_wait(char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_n_rq) {
+    double t0 = mono_s();
+    for (;;) {
+      int done = 0;
+      int rc = MPI_Testall(g_n_rq, g_rq, &done, MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) return mpi_fail(rc, "overlapped reduction", err);
+      if (done) break;
+      double dt = mono_s() - t0;
+      if (g_timeout > 0 && dt > g_timeout) {
+        fprintf(stderr, "%s: error: rank %d: step %lld: the gradient's reductions waited %.0f s "
+                "for the other ranks (--collective-timeout %g); one of them is dead or stuck, "
+                "so every rank stops. Checkpoints written so far are intact\n", g_name, g_rank,
+                (long long)g_step, dt, g_timeout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      }
+      if (dt > 1e-3) {
+        struct timespec ts = {0, dt > 0.1 ? 1000000 : 50000};
+        nanosleep(&ts, NULL);
+      }
+    }
+    double t1 = mono_s();
+    /* total: from the first start to the end of the wait; exposed: the wait */
+    g_comm_s += t1 - g_window0;
+    g_ct.exposed_s += t1 - t0;
+    for (int i = 0; i < g_n_rq; i++) free(g_rq_counts[i]);
+    g_n_rq = 0;
+  }
+#endif
+  (void)err;
+  return 0;
+}

@@ -70,6 +70,20 @@ int trn_comm_bcast(void *buf, size_t bytes, int root, char *err);
  * recv + rank·n: in place). One process: copies. */
 int trn_comm_reduce_scatter(const void *send, void *recv, poc_dtype t, size_t n, char *err);
 int trn_comm_all_gather(const void *send, void *recv, poc_dtype t, size_t n, char *err);
+/* Overlapped reductions of double arrays (the CPU's gradient accumulators): each call
+ * starts a non-blocking collective and returns; trn_comm_wait finishes every one started.
+ * Every rank must start the same ones in the same order; a blocking collective may come
+ * between the last start and the wait (every rank makes it after the whole group). sum: x[0..n) summed over ranks in
+ * place. reduce-scatter: of send[lo, hi) (indices into an array of R·count), the part in
+ * this rank's shard [rank·count, (rank + 1)·count) lands in shard[] at its place in the
+ * shard (shard: count elements). The arrays must stay untouched until the wait. Time:
+ * trn_comm_stats counts from the first start to the end of the wait, exposed_s the wait. */
+int trn_comm_start_sum_f64(double *x, size_t n, char *err);
+int trn_comm_start_reduce_scatter_f64(const double *send, double *shard, size_t lo, size_t hi,
+                                      size_t count, char *err);
+/* Lets MPI move the data of the reductions in flight (call it now and then). */
+void trn_comm_progress(void);
+int trn_comm_wait(char *err);
 /* Adds seconds and bytes of staging around a collective (comm_dev.c) to the counters. */
 void trn_comm_count(double seconds, uint64_t bytes);
 

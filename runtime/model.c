@@ -82,6 +82,12 @@ struct poc_model {
    * are padded to sh_pad = R·(sh_hi − sh_lo) elements for the collectives */
   int sharded;
   size_t sh_lo, sh_hi, sh_pad;
+  /* gradient buckets (poc_model_grad_buckets) and the hook backward calls as each is
+   * final; NULL/0 until asked */
+  int n_buckets;
+  size_t (*buckets)[2];
+  poc_grad_hook hook;
+  void *hook_ctx;
 };
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -320,6 +326,7 @@ void poc_model_free(poc_model *m) {
   for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
     if (ps[i]) d->free(d, ps[i]);
   free(m->lo);
+  free(m->buckets);
   free(m->aoff);
   free(m->sv);
   free(m->h_i32);
@@ -834,10 +841,81 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
     k->rmsnorm_bwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->rstdf, m->dh, m->dX);
     if (m->base_grad) k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
   }
-  for (int l = m->L - 1; l >= 0; l--) mdl_layer_bwd(m, l, T, &m->sv[l]);
+  /* with a hook, each layer's bucket is handed over as soon as its gradient is final (the
+     layers own disjoint ranges); the rest (embedding, final norm, head) at the end */
+  int layered = m->hook && m->n_buckets == m->L + 2;
+  for (int l = m->L - 1; l >= 0; l--) {
+    mdl_layer_bwd(m, l, T, &m->sv[l]);
+    if (layered) {
+      if (poc_dev_sync(d, err)) return -1;
+      m->hook(m->hook_ctx, m, m->L - 1 - l);
+    }
+  }
   STAGE("the embedding backward", -1);
   if (m->base_grad) k->embed_bwd(m->k, T, m->tok, m->dX, G(m->off_embed));
-  return poc_dev_sync(d, err);
+  if (poc_dev_sync(d, err)) return -1;
+  for (int i = layered ? m->L : 0; m->hook && i < m->n_buckets; i++) m->hook(m->hook_ctx, m, i);
+  return 0;
+}
+
+/* Layer l's range of the trainable vector: its tensors ("model.layers.l." in the name,
+ * PEFT's keys included) must fill [lo, hi) alone. */
+static int mdl_layer_range(const poc_layout *lay, int l, size_t *lo, size_t *hi) {
+  char pre[48];
+  snprintf(pre, sizeof pre, "model.layers.%d.", l);
+  size_t a = (size_t)-1, b = 0, n = 0;
+  for (int t = 0; t < lay->n_tensors; t++) {
+    const poc_tensor_info *ti = &lay->tensors[t];
+    if (!strstr(ti->name, pre)) continue;
+    if (ti->offset < a) a = ti->offset;
+    if (ti->offset + ti->numel > b) b = ti->offset + ti->numel;
+    n += ti->numel;
+  }
+  if (n == 0 || n != b - a) return -1;
+  *lo = a;
+  *hi = b;
+  return 0;
+}
+
+int poc_model_grad_buckets(poc_model *m, const size_t (**b)[2]) {
+  if (!m->trainable) return 0;
+  if (!m->buckets) {
+    size_t (*k)[2] = calloc((size_t)m->L + 2, sizeof *k);
+    if (!k) return 0;
+    /* layers L−1 … 0 (the order backward finishes them), then [end of the layers, n) and
+       [0, start of the layers); one bucket [0, n) where the layers are not laid out so */
+    size_t first = m->PT, last = 0, sum = 0;
+    int ok = m->L > 0;
+    for (int l = 0; l < m->L && ok; l++) {
+      size_t *r = k[m->L - 1 - l];
+      ok = !mdl_layer_range(m->tlay, l, &r[0], &r[1]);
+      if (!ok) break;
+      if (r[0] < first) first = r[0];
+      if (r[1] > last) last = r[1];
+      sum += r[1] - r[0];
+    }
+    if (ok && sum == last - first) {
+      k[m->L][0] = last;
+      k[m->L][1] = m->PT;
+      k[m->L + 1][0] = 0;
+      k[m->L + 1][1] = first;
+      m->n_buckets = m->L + 2;
+    } else {
+      k[0][0] = 0;
+      k[0][1] = m->PT;
+      m->n_buckets = 1;
+    }
+    m->buckets = k;
+  }
+  *b = (const size_t(*)[2])m->buckets;
+  return m->n_buckets;
+}
+
+void poc_model_grad_hook(poc_model *m, poc_grad_hook fn, void *ctx) {
+  const size_t(*b)[2];
+  if (fn && !poc_model_grad_buckets(m, &b)) fn = NULL;
+  m->hook = fn;
+  m->hook_ctx = ctx;
 }
 
 /* ---- generation: the KV-cache decode step ---------------------------------------------- */

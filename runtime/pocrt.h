@@ -259,6 +259,17 @@ int poc_model_grad_reduce_scatter(poc_model *m, poc_shard_fn f, char *err);
 /* Every rank's updated shard of the master weights gathered into all of them, and the
  * compute copy refreshed from them (where it is another buffer). */
 int poc_model_weights_all_gather(poc_model *m, poc_shard_fn f, char *err);
+/* Gradient buckets, for starting a reduction of each part of the gradient while
+ * backward still runs: b[i] = [lo, hi) of the trainable vector; together they cover it
+ * once. In the order a backward finishes them: the decoder layers last to first, then
+ * [end of the layers, n) (final norm, head) and [0, start of the layers) (embeddings,
+ * tied heads); a bucket may be empty. Their count; 0 for a frozen model. */
+int poc_model_grad_buckets(poc_model *m, const size_t (**b)[2]);
+/* fn(ctx, m, i) from backward once bucket i's gradient is final for that backward (the
+ * device synchronised first), every bucket once per backward with tokens; NULL removes
+ * it. */
+typedef void (*poc_grad_hook)(void *ctx, poc_model *m, int bucket);
+void poc_model_grad_hook(poc_model *m, poc_grad_hook fn, void *ctx);
 
 /* Host copies of n_params elements of type dt (checkpoints, resume, tests). Weights read
  * back from a frozen model on a bf16 device are its bf16 compute copy; setting weights

@@ -48,6 +48,7 @@ typedef struct {
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
   double collective_timeout;     /* seconds a collective waits for the other ranks */
   int zero;                      /* --zero: -1 default (on with several ranks), 0, 1 */
+  int overlap;                   /* --overlap: 1 default, 0 */
 } trn_flags;
 
 static void usage(const poc_program *p, FILE *f) {
@@ -55,7 +56,7 @@ static void usage(const poc_program *p, FILE *f) {
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
-          "       %*s [--collective-timeout SECONDS] [--zero 0|1]\n"
+          "       %*s [--collective-timeout SECONDS] [--zero 0|1] [--overlap 0|1]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -75,7 +76,9 @@ static void usage(const poc_program *p, FILE *f) {
           "  --collective-timeout S  under mpirun: how long a rank waits for the others in\n"
           "                  a collective before every rank stops (default 600; 0: forever)\n"
           "  --zero 0|1      under mpirun: shard the AdamW state over the ranks (ZeRO stage\n"
-          "                  1; default 1 with several ranks)\n",
+          "                  1; default 1 with several ranks)\n"
+          "  --overlap 0|1   under mpirun: start the gradient's reductions layer by layer\n"
+          "                  during the last micro-batch's backward (default 1)\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
           p->name, p->name);
   if (p->n_knobs) {
@@ -119,6 +122,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
   f->steps = -1;
   f->collective_timeout = 600;
   f->zero = -1;
+  f->overlap = 1;
   f->set = calloc((size_t)argc + 1, sizeof *f->set);
   if (!f->set) return 2;
   for (int i = 1; i < argc; i++) {
@@ -127,7 +131,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--out") ||
                 !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed") ||
                 !strcmp(a, "--log") || !strcmp(a, "--collective-timeout") ||
-                !strcmp(a, "--zero");
+                !strcmp(a, "--zero") || !strcmp(a, "--overlap");
     if (needs) {
       if (i + 1 >= argc) {
         fprintf(stderr, "%s: error: %s needs a value\n", p->name, a);
@@ -175,6 +179,12 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
         return 2;
       }
       f->zero = val[0] - '0';
+    } else if (!strcmp(a, "--overlap")) {
+      if (strcmp(val, "0") && strcmp(val, "1")) {
+        fprintf(stderr, "%s: error: --overlap wants 0 or 1, got '%s'\n", p->name, val);
+        return 2;
+      }
+      f->overlap = val[0] - '0';
     } else if (!strcmp(a, "--out")) {
       f->out = val;
     } else if (!strcmp(a, "--resume")) {
@@ -815,7 +825,8 @@ static int run_shapes(trn_run *r) {
                      .micro_batch = T->micro_batch < T->batch ? T->micro_batch : T->batch,
                      .unfused = r->fl.unfused,
                      /* ZeRO stage 1 by default whenever there are several ranks */
-                     .zero = r->ranks > 1 && r->fl.zero != 0};
+                     .zero = r->ranks > 1 && r->fl.zero != 0,
+                     .overlap = r->fl.overlap};
   for (int m = 0; m < p->n_models; m++) {
     r->ctx.lay[m] = &r->lay[m];
     r->ctx.eos[m] = r->lay[m].cfg.eos_token_id;
@@ -1477,16 +1488,23 @@ static int run_loop(trn_run *r) {
   const char *nl = tty ? "\n" : "";
   double t_start = now_s();
   int64_t first = r->st.step, last_ckpt = r->resuming ? r->st.step : -1;
-  double t_ckpt = t_start, comm0, steps_s = 0;
-  uint64_t bytes0;
-  trn_comm_stats(&comm0, &bytes0);
+  double t_ckpt = t_start, steps_s = 0;
+  /* the collectives of the steps alone (not evaluation's or checkpoints') */
+  trn_comm_counters cs = {0}, ca, cb;
   while (r->st.step < stop) {
     int64_t step = r->st.step + 1;
     trn_comm_set_step(step);
     run_step_out o;
     double ts = now_s();
+    trn_comm_counters_get(&ca);
     int sr = run_step(r, step, &o);
+    trn_comm_counters_get(&cb);
     steps_s += now_s() - ts;
+    cs.seconds += cb.seconds - ca.seconds;
+    cs.exposed_s += cb.exposed_s - ca.exposed_s;
+    cs.reduced += cb.reduced - ca.reduced;
+    cs.gathered += cb.gathered - ca.gathered;
+    cs.wire += cb.wire - ca.wire;
     if (sr == STEP_NONFINITE) {
       fprintf(stderr, "%s%s: error: step %lld: %s. Nothing was written; ", nl, p->name,
               (long long)step, r->err);
@@ -1538,12 +1556,13 @@ static int run_loop(trn_run *r) {
   if (r->say && (r->ranks > 1 || getenv("POC_DP_STATS")) && r->st.step > first) {
     /* what data parallelism cost per step (bench/dp reads this line; POC_DP_STATS=1 asks
      * a single process for it too) */
-    double comm1, n = (double)(r->st.step - first);
-    uint64_t bytes1;
-    trn_comm_stats(&comm1, &bytes1);
-    fprintf(stderr, "%s: data parallel: per step %.0f bytes reduced, %.4f s of %.4f s in "
-            "collectives (rank 0, waiting included)\n", p->name, (double)(bytes1 - bytes0) / n,
-            (comm1 - comm0) / n, steps_s / n);
+    double n = (double)(r->st.step - first);
+    fprintf(stderr, "%s: data parallel: per step %.0f bytes reduced, %.0f gathered, %.0f sent "
+            "(ring), %.4f s of %.4f s in collectives, %.4f s of it exposed (rank 0, waiting "
+            "included; ZeRO %s, overlap %s)\n", p->name, (double)cs.reduced / n,
+            (double)cs.gathered / n, (double)cs.wire / n, cs.seconds / n, steps_s / n,
+            cs.exposed_s / n, r->ctx.zero ? "on" : "off",
+            r->ctx.overlap && r->ranks > 1 ? "on" : "off");
   }
   if (r->say) fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
   return 0;

@@ -316,6 +316,9 @@ typedef struct trn_ctx {
   /* ZeRO stage 1 (R > 1, --zero 1): each trainable model holds AdamW state for its shard
    * (poc_model_shard); the step reduce-scatters the gradient (gacc padded to R shards) */
   int zero;
+  /* overlap (--overlap 1, the default): the gradient's reductions start during the last
+   * micro-batch's backward, bucket by bucket (train_step.c) */
+  int overlap;
 } trn_ctx;
 
 /* One model's packed forward. */

@@ -11,7 +11,8 @@ With several ranks ZeRO stage 1 is on by default: each rank holds the AdamW mome
 its shard of the trainable vector, reports their bytes in the run's first lines (about
 1/R of the unsharded bytes, which --zero 0 holds on every rank) and writes them itself
 (optimizer.index.json and optim/shard-*). On the examples named by --zero-off the same runs
-with --zero 0 meet the same criteria against one process.
+with --zero 0, and with --overlap 0 (the gradient's reductions after the backward instead
+of during it), meet the same criteria against one process and each other.
 
 ZeRO checkpoints (first example): a run checkpointed and resumed as 1 → 2 → 3 → 1
 processes (each resume reads the shards another R wrote) ends where an uninterrupted run
@@ -257,6 +258,13 @@ for name in a.examples:
                 tensors(os.path.join(out0, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
         print(f"{name}: {R} ranks, --zero 0: worst relative difference {worst0:.3g}, weights "
               f"{dw0:.3g}")
+        # overlap off (the default starts the gradient's reductions during the backward)
+        outb = os.path.join(a.scratch, f"{name}-{R}-blocking")
+        rb = run(MPI + ["-np", str(R), binary, "--steps", str(a.steps), "--out", outb,
+                        "--overlap", "0"] + SET, f"{name}: {R} ranks, --overlap 0")
+        if rb:
+            compare(name, f"{R} ranks, ZeRO, --overlap 0 vs 1", metrics(outb), mR,
+                    tensors(os.path.join(outb, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
 
 
 
