@@ -119,9 +119,8 @@ def main():
                 runs = [(1, "one process", [])] + [(R, mode, flags) for R in (2, 3)
                                                    for mode, flags in MODES]
                 for rnd in range(a.rounds):
-                    for R, mode, flags in runs:
-                        out = os.path.join(tmp, f"run-{method}-{R}-{rnd}-{len(results)}-"
-                                           f"{len(best)}")
+                    for j, (R, mode, flags) in enumerate(runs):
+                        out = os.path.join(tmp, f"run-{method}-{len(results)}-{rnd}-{j}")
                         m = measure(a.mpirun, binary, R, steps, out, flags)
                         if (R, mode) not in best or m[5] < best[(R, mode)][5]:
                             best[(R, mode)] = m
