@@ -332,10 +332,13 @@ static void ovl_start_rest(gradsum *s) {
 
 static void gradsum_free(gradsum *s, const trn_ctx *c, models *ms) {
   if (s->ovl) {
-    char scratch[POC_ERR_LEN];
+    /* a step that failed with reductions in flight: the run ends (every rank stops), so
+       no wait for ranks that may never start theirs; the arrays MPI may still write stay
+       allocated, and the run's accumulators are not touched */
     ovl_hooks(s, 0);
-    trn_comm_wait(scratch); /* nothing may stay in flight with arrays about to change */
-    s->dirty = 1;
+    free(s->b);
+    memset(s, 0, sizeof *s);
+    return;
   }
   free(s->b);
   for (int m = 0; m < TRN_MAX_MODELS; m++) {

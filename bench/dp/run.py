@@ -177,7 +177,11 @@ def main():
                 "of the float weights (4 bytes per parameter) but sends (R−1)/R of the "
                 "double gradient instead of 2(R−1)/R: a quarter less in all, and the "
                 "AdamW state per rank falls to 1/R. One process reports no AdamW line "
-                "(it holds all of it: 8 bytes per parameter).\n\n")
+                "(it holds all of it: 8 bytes per parameter). Overlap moves collective "
+                "time out of the exposed column; whether the step gets shorter depends on "
+                "free cores: with the ranks oversubscribed, their computation and MPI's "
+                "progress (made in the hook's calls and the final wait) compete for the "
+                "same cores.\n\n")
         f.write("## On paper: 1B and 7B DPO on H100s\n\n"
                 "Assumptions: the global batch is 128 pairs of 512-token sequences (131,072 "
                 "tokens a step); the reference is hoisted, so a step is the policy's forward "
