@@ -417,8 +417,88 @@ def zero_resume(name):
            lambda ck: os.path.join(ck, "optimizer.index.json") + ": the shards hold")
 
 
+def read_lines(out):
+    """metrics.jsonl's whole lines (one cut by a kill is left out); [] before there is one"""
+    lines = []
+    try:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return lines
+
+
+def zero_kills(name, kills=4, seed=7):
+    """kill -9 of a random rank at a random moment of a 2-rank ZeRO run that checkpoints
+    every step, `kills` times, each time resuming the same folder: every ckpt-* left is
+    complete, and the run finished as one process ends where the uninterrupted one did."""
+    import random
+    import signal
+    import time
+    binary = os.path.join(a.scratch, name)
+    one = os.path.join(a.scratch, name + "-1")
+    if not os.path.exists(os.path.join(one, f"ckpt-{a.steps}")):
+        return
+    rnd = random.Random(seed)
+    killed = 0
+    out = os.path.join(a.scratch, name + "-kills")
+    shutil.rmtree(out, ignore_errors=True)
+    for i in range(kills):
+        have = any(d.startswith("ckpt-") for d in os.listdir(out)) if os.path.isdir(out) else False
+        cmd = MPI + ["-np", "2", binary, "--steps", str(a.steps), "--set", "train.ckpt_every=1"] + \
+            (["--resume", out] if have else ["--out", out]) + SET
+        pr = subprocess.Popen(cmd, cwd=a.root, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        # once training runs (a metrics line past those already there), at a random moment
+        # of the next steps and their checkpoints
+        n0 = len(read_lines(out)) + 1
+        t_end = time.time() + 120
+        while time.time() < t_end and pr.poll() is None and len(read_lines(out)) < n0:
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0, 0.25))
+        pid = rank_pid(pr.pid, rnd.randrange(2))
+        if pid and pr.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        try:
+            pr.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pr.kill()
+            pr.wait()
+            check(False, f"{name}: kill {i}: the job hung after a rank was killed")
+        for d in sorted(os.listdir(out)):
+            if not d.startswith("ckpt-"):
+                continue
+            ck = os.path.join(out, d)
+            files = set(os.listdir(ck))
+            ok = {"state.json", "model.safetensors", "config.json"} <= files and (
+                "optimizer.safetensors" in files or ("optimizer.index.json" in files and len(
+                    os.listdir(os.path.join(ck, "optim"))) == 2))
+            check(ok, f"{name}: kill {i} (seed {seed}): {d} is incomplete: {sorted(files)}")
+    left = sorted(int(d[5:]) for d in os.listdir(out) if d.startswith("ckpt-"))
+    check(killed == kills and left and left[-1] < a.steps, f"{name}: {killed} of {kills} kills "
+          f"hit a rank while it trained; checkpoints left {left}")
+    r = run([binary, "--steps", str(a.steps), "--resume", out] + SET,
+            f"{name}: after {kills} kills, one process")
+    if r and os.path.exists(os.path.join(out, f"ckpt-{a.steps}")):
+        w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
+        w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+        upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
+        # a line cut by a kill is left out; a step redone after a resume counts last
+        worst, dw = compare(name, f"after {kills} kills (seed {seed})", metrics(one),
+                            read_lines(out), w1,
+                            out, "model.safetensors", upd, steps={a.steps})
+        print(f"{name}: {kills} kill -9 of a rank during ZeRO runs: resumed to the same "
+              f"weights (difference {dw:.3g})")
+
+
 if a.examples and not a.no_faults:
     zero_resume(a.examples[0])
+    zero_kills(a.examples[0])
 
 # a rank with no examples at all: copo's own micro_batch (8) makes 2 micro-batches of the
 # batch of 16, so with 3 ranks rank 2 only joins the collectives
