@@ -1,8 +1,9 @@
 # Data parallelism over MPI: 2 and 3 ranks against one process on the examples that
 # cover batch reductions (copo), sampled anchors (copo), pick (sgdpo) and the separable
 # path (dpo, stapo, rao), LoRA adapters (lora_dpo) and a reward model (reward), with ZeRO-1
-# (the default) and, on dpo and sgdpo, without it (--zero 0); ZeRO's sharded checkpoints
-# resumed 1 → 2 → 3 → 1 processes and refused when damaged. Needs poc built with MPI and an mpirun; about two minutes of
+# (the default) and, on dpo and sgdpo, without it (--zero 0) and without overlap; ZeRO's
+# sharded checkpoints resumed 1 → 2 → 3 → 1 processes, refused when damaged, and intact
+# after kill -9 of a rank at random moments. Needs poc built with MPI and an mpirun; about two minutes of
 # one core.
 if(POC_HAVE_MPI AND MPIEXEC_EXECUTABLE)
   add_test(NAME dp_mpi
