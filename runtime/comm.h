@@ -35,9 +35,10 @@ void trn_comm_set_name(const char *name);
 void trn_comm_set_step(int64_t step);
 void trn_comm_set_timeout(double seconds);
 
-/* Since the start: the bytes this rank handed to collectives and the seconds it spent in
- * them (waiting for the other ranks included; nothing overlaps them yet). Collectives on
- * device buffers (below) count too, their staging copies included. */
+/* Since the start: the bytes this rank handed to collectives and the seconds they took
+ * (waiting for the other ranks included; overlapped reductions from their first start to
+ * the end of their wait). Collectives on device buffers (below) count too, their staging
+ * copies included. */
 void trn_comm_stats(double *seconds, uint64_t *bytes);
 /* The same split up. bytes: handed to collectives (as above); reduced: the input of sums
  * (all-reduce, reduce-scatter); gathered: the output of all-gathers; wire: what this
@@ -73,11 +74,12 @@ int trn_comm_all_gather(const void *send, void *recv, poc_dtype t, size_t n, cha
 /* Overlapped reductions of double arrays (the CPU's gradient accumulators): each call
  * starts a non-blocking collective and returns; trn_comm_wait finishes every one started.
  * Every rank must start the same ones in the same order; a blocking collective may come
- * between the last start and the wait (every rank makes it after the whole group). sum: x[0..n) summed over ranks in
- * place. reduce-scatter: of send[lo, hi) (indices into an array of R·count), the part in
- * this rank's shard [rank·count, (rank + 1)·count) lands in shard[] at its place in the
- * shard (shard: count elements). The arrays must stay untouched until the wait. Time:
- * trn_comm_stats counts from the first start to the end of the wait, exposed_s the wait. */
+ * between the last start and the wait (every rank makes it after the whole group).
+ * sum: x[0..n) summed over ranks in place. reduce-scatter: of send[lo, hi) (indices into
+ * an array of R·count), the part in this rank's shard [rank·count, (rank + 1)·count)
+ * lands in shard[] at its place in the shard (shard: count elements). The arrays must stay
+ * untouched until the wait. Time: trn_comm_stats counts from the first start to the end of
+ * the wait, exposed_s the wait. */
 int trn_comm_start_sum_f64(double *x, size_t n, char *err);
 int trn_comm_start_reduce_scatter_f64(const double *send, double *shard, size_t lo, size_t hi,
                                       size_t count, char *err);

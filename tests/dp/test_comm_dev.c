@@ -49,7 +49,8 @@ static void run_type(poc_device *d, poc_dtype t, const char *dev) {
   int R = trn_comm_size(), r = trn_comm_rank();
   size_t count = 1003, n = count * (size_t)R; /* odd: no alignment hides a bug */
   char err[POC_ERR_LEN];
-  double *h = malloc(n * sizeof *h), *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+  double *h = malloc(n * sizeof *h), *want = malloc(n * sizeof *want);
+  double *got = malloc(n * sizeof *got);
   for (size_t i = 0; i < n; i++) h[i] = val(r, i);
 
   /* sum in place */
