@@ -25,10 +25,23 @@ static double g_timeout = 600;
 static volatile sig_atomic_t g_step = 0;
 static double g_comm_s = 0;
 static uint64_t g_comm_bytes = 0;
+static trn_comm_counters g_ct;
 
 void trn_comm_stats(double *seconds, uint64_t *bytes) {
   *seconds = g_comm_s;
   *bytes = g_comm_bytes;
+}
+
+void trn_comm_counters_get(trn_comm_counters *c) {
+  *c = g_ct;
+  c->seconds = g_comm_s;
+  c->bytes = g_comm_bytes;
+}
+
+void trn_comm_count(double seconds, uint64_t bytes) {
+  g_comm_s += seconds;
+  g_ct.exposed_s += seconds;
+  g_comm_bytes += bytes;
 }
 
 void trn_comm_set_name(const char *name) { snprintf(g_name, sizeof g_name, "%s", name); }
@@ -162,6 +175,7 @@ static int wait_req(MPI_Request *rq, double t0, const char *what, char *err) {
     if (rc != MPI_SUCCESS) return mpi_fail(rc, what, err);
     if (done) {
       g_comm_s += mono_s() - t0;
+      g_ct.exposed_s += mono_s() - t0;
       return 0;
     }
     double dt = mono_s() - t0;
@@ -193,6 +207,8 @@ static int allreduce(void *x, size_t n, MPI_Datatype t, size_t el, MPI_Op op, ch
     int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)x + i * el, (int)k, t, op, MPI_COMM_WORLD, &rq);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce", err);
     g_comm_bytes += k * el;
+    g_ct.reduced += k * el;
+    g_ct.wire += 2 * (uint64_t)(g_size - 1) * k * el / (uint64_t)g_size;
     if (wait_req(&rq, t0, "an all-reduce", err)) return -1;
   }
   return 0;
@@ -241,9 +257,217 @@ int trn_comm_bcast(void *buf, size_t bytes, int root, char *err) {
       int rc = MPI_Ibcast((char *)buf + i, (int)k, MPI_BYTE, root, MPI_COMM_WORLD, &rq);
       if (rc != MPI_SUCCESS) return mpi_fail(rc, "broadcast", err);
       g_comm_bytes += k;
+      g_ct.wire += k;
       if (wait_req(&rq, t0, "a broadcast", err)) return -1;
     }
 #endif
   (void)buf, (void)bytes, (void)root, (void)err;
+  return 0;
+}
+
+/* ---- ZeRO's reduce-scatter and all-gather on host arrays ------------------------------- */
+
+#ifdef POC_HAVE_MPI
+static int mpi_type(poc_dtype t, MPI_Datatype *mt) {
+  switch (t) {
+  case POC_DT_F32: *mt = MPI_FLOAT; return 0;
+  case POC_DT_F64: *mt = MPI_DOUBLE; return 0;
+  case POC_DT_I32: *mt = MPI_INT32_T; return 0;
+  case POC_DT_BF16: *mt = MPI_UINT16_T; return 0; /* moved, never summed */
+  }
+  return -1;
+}
+
+/* MPI counts are int: a shard of more elements is refused (an 8-way shard of a 7B model
+ * is 875M elements, well below) */
+static int count_ok(size_t n, const char *what, char *err) {
+  if (n <= 2147483647u) return 0;
+  trn_errf(err, "%s of %zu elements per rank: MPI counts stop at 2^31 - 1", what, n);
+  return -1;
+}
+#endif
+
+int trn_comm_reduce_scatter(const void *send, void *recv, poc_dtype t, size_t n, char *err) {
+  size_t el = poc_dtype_size(t);
+  if (t == POC_DT_BF16) {
+    trn_errf(err, "reduce-scatter: bf16 sums are made in float (stage through f32)");
+    return -1;
+  }
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) {
+    MPI_Datatype mt;
+    if (mpi_type(t, &mt) || count_ok(n, "a reduce-scatter", err)) return -1;
+    char *self = (char *)recv - (size_t)g_rank * n * el;
+    int inplace = (const char *)send == self;
+    MPI_Request rq;
+    double t0 = mono_s();
+    /* in place, the sum of shard `rank` lands at the start of send: moved to recv after */
+    int rc = MPI_Ireduce_scatter_block(inplace ? MPI_IN_PLACE : send, inplace ? self : recv,
+                                       (int)n, mt, MPI_SUM, MPI_COMM_WORLD, &rq);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "reduce-scatter", err);
+    g_comm_bytes += (uint64_t)g_size * n * el;
+    g_ct.reduced += (uint64_t)g_size * n * el;
+    g_ct.wire += (uint64_t)(g_size - 1) * n * el;
+    if (wait_req(&rq, t0, "a reduce-scatter", err)) return -1;
+    if (inplace && g_rank) memmove(recv, self, n * el);
+    return 0;
+  }
+#endif
+  if (send != recv) memmove(recv, send, n * el);
+  (void)err;
+  return 0;
+}
+
+int trn_comm_all_gather(const void *send, void *recv, poc_dtype t, size_t n, char *err) {
+  size_t el = poc_dtype_size(t);
+#ifdef POC_HAVE_MPI
+  if (g_size > 1) {
+    MPI_Datatype mt;
+    if (mpi_type(t, &mt) || count_ok(n, "an all-gather", err)) return -1;
+    int inplace = (const char *)send == (const char *)recv + (size_t)g_rank * n * el;
+    MPI_Request rq;
+    double t0 = mono_s();
+    int rc = MPI_Iallgather(inplace ? MPI_IN_PLACE : send, (int)n, mt, recv, (int)n, mt,
+                            MPI_COMM_WORLD, &rq);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-gather", err);
+    g_comm_bytes += n * el;
+    g_ct.gathered += (uint64_t)g_size * n * el;
+    g_ct.wire += (uint64_t)(g_size - 1) * n * el;
+    return wait_req(&rq, t0, "an all-gather", err);
+  }
+#endif
+  if (send != recv) memmove(recv, send, n * el);
+  (void)err;
+  return 0;
+}
+
+/* ---- overlapped reductions ---------------------------------------------------------- */
+
+#ifdef POC_HAVE_MPI
+/* The collectives in flight, with the counts arrays MPI reads until they complete. */
+static MPI_Request *g_rq;
+static int **g_rq_counts;
+static int g_n_rq, g_cap_rq;
+static double g_window0;           /* when the first of them started */
+
+static int push_req(char *err) {
+  if (g_n_rq == g_cap_rq) {
+    int cap = g_cap_rq ? 2 * g_cap_rq : 64;
+    MPI_Request *r = realloc(g_rq, (size_t)cap * sizeof *r);
+    if (r) g_rq = r;
+    int **c = realloc(g_rq_counts, (size_t)cap * sizeof *c);
+    if (c) g_rq_counts = c;
+    if (!r || !c) {
+      trn_errf(err, "out of memory for collectives in flight");
+      return -1;
+    }
+    g_cap_rq = cap;
+  }
+  if (g_n_rq == 0) g_window0 = mono_s();
+  g_rq_counts[g_n_rq] = NULL;
+  return g_n_rq++;
+}
+#endif
+
+int trn_comm_start_sum_f64(double *x, size_t n, char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_size > 1 && n > 0) {
+    if (count_ok(n, "an overlapped all-reduce", err)) return -1;
+    int i = push_req(err);
+    if (i < 0) return -1;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &g_rq[i]);
+    if (rc != MPI_SUCCESS) {
+      g_n_rq--;
+      return mpi_fail(rc, "all-reduce", err);
+    }
+    g_comm_bytes += n * sizeof *x;
+    g_ct.reduced += n * sizeof *x;
+    g_ct.wire += 2 * (uint64_t)(g_size - 1) * n * sizeof *x / (uint64_t)g_size;
+  }
+#endif
+  (void)x, (void)n, (void)err;
+  return 0;
+}
+
+int trn_comm_start_reduce_scatter_f64(const double *send, double *shard, size_t lo, size_t hi,
+                                      size_t count, char *err) {
+  size_t mlo = (size_t)g_rank * count, mhi = mlo + count;
+  size_t a = lo > mlo ? lo : mlo, b = hi < mhi ? hi : mhi;
+#ifdef POC_HAVE_MPI
+  if (g_size > 1 && hi > lo) {
+    if (count_ok(hi - lo, "an overlapped reduce-scatter", err)) return -1;
+    int i = push_req(err);
+    if (i < 0) return -1;
+    int *counts = malloc((size_t)g_size * sizeof *counts);
+    if (!counts) {
+      g_n_rq--;
+      trn_errf(err, "out of memory for a reduce-scatter's counts");
+      return -1;
+    }
+    /* [lo, hi) falls into consecutive ranks' shards in rank order: rank r gets the sum of
+       [lo, hi) ∩ [r·count, (r + 1)·count) */
+    for (int r = 0; r < g_size; r++) {
+      size_t rl = (size_t)r * count, rh = rl + count;
+      size_t x = lo > rl ? lo : rl, y = hi < rh ? hi : rh;
+      counts[r] = y > x ? (int)(y - x) : 0;
+    }
+    g_rq_counts[i] = counts;
+    int rc = MPI_Ireduce_scatter(send + lo, shard + (b > a ? a - mlo : 0), counts, MPI_DOUBLE,
+                                 MPI_SUM, MPI_COMM_WORLD, &g_rq[i]);
+    if (rc != MPI_SUCCESS) {
+      free(counts);
+      g_n_rq--;
+      return mpi_fail(rc, "reduce-scatter", err);
+    }
+    g_comm_bytes += (hi - lo) * sizeof *send;
+    g_ct.reduced += (hi - lo) * sizeof *send;
+    g_ct.wire += (uint64_t)(g_size - 1) * (hi - lo) * sizeof *send / (uint64_t)g_size;
+    return 0;
+  }
+#endif
+  if (b > a) memcpy(shard + (a - mlo), send + a, (b - a) * sizeof *send);
+  (void)err;
+  return 0;
+}
+
+void trn_comm_progress(void) {
+#ifdef POC_HAVE_MPI
+  int done;
+  if (g_n_rq) MPI_Testall(g_n_rq, g_rq, &done, MPI_STATUSES_IGNORE);
+#endif
+}
+
+int trn_comm_wait(char *err) {
+#ifdef POC_HAVE_MPI
+  if (g_n_rq) {
+    double t0 = mono_s();
+    for (;;) {
+      int done = 0;
+      int rc = MPI_Testall(g_n_rq, g_rq, &done, MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) return mpi_fail(rc, "overlapped reduction", err);
+      if (done) break;
+      double dt = mono_s() - t0;
+      if (g_timeout > 0 && dt > g_timeout) {
+        fprintf(stderr, "%s: error: rank %d: step %lld: the gradient's reductions waited %.0f s "
+                "for the other ranks (--collective-timeout %g); one of them is dead or stuck, "
+                "so every rank stops. Checkpoints written so far are intact\n", g_name, g_rank,
+                (long long)g_step, dt, g_timeout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      }
+      if (dt > 1e-3) {
+        struct timespec ts = {0, dt > 0.1 ? 1000000 : 50000};
+        nanosleep(&ts, NULL);
+      }
+    }
+    double t1 = mono_s();
+    /* total: from the first start to the end of the wait; exposed: the wait */
+    g_comm_s += t1 - g_window0;
+    g_ct.exposed_s += t1 - t0;
+    for (int i = 0; i < g_n_rq; i++) free(g_rq_counts[i]);
+    g_n_rq = 0;
+  }
+#endif
+  (void)err;
   return 0;
 }

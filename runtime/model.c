@@ -78,6 +78,17 @@ struct poc_model {
   const poc_layout *tlay;
   size_t PT;
   poc_dptr tw, twc;
+  /* ZeRO-1 (poc_model_shard): AdamW runs on [sh_lo, sh_hi) of the trainable vector, whose
+   * moments alone are allocated (on first use: mdl_moments); the gradient and the weights
+   * are padded to sh_pad = R·(sh_hi − sh_lo) elements for the collectives */
+  int sharded;
+  size_t sh_lo, sh_hi, sh_pad;
+  /* gradient buckets (poc_model_grad_buckets) and the hook backward calls as each is
+   * final; NULL/0 until asked */
+  int n_buckets;
+  size_t (*buckets)[2];
+  poc_grad_hook hook;
+  void *hook_ctx;
 };
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -381,6 +392,7 @@ void poc_model_free(poc_model *m) {
   for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
     if (ps[i]) d->free(d, ps[i]);
   free(m->lo);
+  free(m->buckets);
   free(m->aoff);
   free(m->sv);
   free(m->h_i32);
@@ -498,9 +510,8 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   m->tw = alay ? m->aw : m->w;
   m->twc = alay ? m->awc : m->wc;
   if (trainable) {
+    /* the moments on first use (mdl_moments), when a shard may have been chosen */
     m->grad = d->alloc(d, m->PT * m->sc, "the gradients");
-    m->mom = d->alloc(d, m->PT * m->sc, "AdamW's first moments");
-    m->var = d->alloc(d, m->PT * m->sc, "AdamW's second moments");
   }
   if (d->failed) goto dev_fail;
   poc_mplan plan;
@@ -522,8 +533,6 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   poc_mplan_free(&plan);
   if (trainable) {
     d->zero(d, m->grad, m->PT * m->sc);
-    d->zero(d, m->mom, m->PT * m->sc);
-    d->zero(d, m->var, m->PT * m->sc);
   }
   if (alay && !src) {
     d->zero(d, m->aw, m->PA * m->sc);
@@ -908,10 +917,81 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
     k->rmsnorm_bwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->rstdf, m->dh, m->dX);
     if (m->base_grad) k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
   }
-  for (int l = m->L - 1; l >= 0; l--) mdl_layer_bwd(m, l, T, &m->sv[l]);
+  /* with a hook, each layer's bucket is handed over as soon as its gradient is final (the
+     layers own disjoint ranges); the rest (embedding, final norm, head) at the end */
+  int layered = m->hook && m->n_buckets == m->L + 2;
+  for (int l = m->L - 1; l >= 0; l--) {
+    mdl_layer_bwd(m, l, T, &m->sv[l]);
+    if (layered) {
+      if (poc_dev_sync(d, err)) return -1;
+      m->hook(m->hook_ctx, m, m->L - 1 - l);
+    }
+  }
   STAGE("the embedding backward", -1);
   if (m->base_grad) k->embed_bwd(m->k, T, m->tok, m->dX, G(m->off_embed));
-  return poc_dev_sync(d, err);
+  if (poc_dev_sync(d, err)) return -1;
+  for (int i = layered ? m->L : 0; m->hook && i < m->n_buckets; i++) m->hook(m->hook_ctx, m, i);
+  return 0;
+}
+
+/* Layer l's range of the trainable vector: its tensors ("model.layers.l." in the name,
+ * PEFT's keys included) must fill [lo, hi) alone. */
+static int mdl_layer_range(const poc_layout *lay, int l, size_t *lo, size_t *hi) {
+  char pre[48];
+  snprintf(pre, sizeof pre, "model.layers.%d.", l);
+  size_t a = (size_t)-1, b = 0, n = 0;
+  for (int t = 0; t < lay->n_tensors; t++) {
+    const poc_tensor_info *ti = &lay->tensors[t];
+    if (!strstr(ti->name, pre)) continue;
+    if (ti->offset < a) a = ti->offset;
+    if (ti->offset + ti->numel > b) b = ti->offset + ti->numel;
+    n += ti->numel;
+  }
+  if (n == 0 || n != b - a) return -1;
+  *lo = a;
+  *hi = b;
+  return 0;
+}
+
+int poc_model_grad_buckets(poc_model *m, const size_t (**b)[2]) {
+  if (!m->trainable) return 0;
+  if (!m->buckets) {
+    size_t (*k)[2] = calloc((size_t)m->L + 2, sizeof *k);
+    if (!k) return 0;
+    /* layers L−1 … 0 (the order backward finishes them), then [end of the layers, n) and
+       [0, start of the layers); one bucket [0, n) where the layers are not laid out so */
+    size_t first = m->PT, last = 0, sum = 0;
+    int ok = m->L > 0;
+    for (int l = 0; l < m->L && ok; l++) {
+      size_t *r = k[m->L - 1 - l];
+      ok = !mdl_layer_range(m->tlay, l, &r[0], &r[1]);
+      if (!ok) break;
+      if (r[0] < first) first = r[0];
+      if (r[1] > last) last = r[1];
+      sum += r[1] - r[0];
+    }
+    if (ok && sum == last - first) {
+      k[m->L][0] = last;
+      k[m->L][1] = m->PT;
+      k[m->L + 1][0] = 0;
+      k[m->L + 1][1] = first;
+      m->n_buckets = m->L + 2;
+    } else {
+      k[0][0] = 0;
+      k[0][1] = m->PT;
+      m->n_buckets = 1;
+    }
+    m->buckets = k;
+  }
+  *b = (const size_t(*)[2])m->buckets;
+  return m->n_buckets;
+}
+
+void poc_model_grad_hook(poc_model *m, poc_grad_hook fn, void *ctx) {
+  const size_t(*b)[2];
+  if (fn && !poc_model_grad_buckets(m, &b)) fn = NULL;
+  m->hook = fn;
+  m->hook_ctx = ctx;
 }
 
 /* ---- generation: the KV-cache decode step ---------------------------------------------- */
@@ -1113,6 +1193,105 @@ static int mdl_need_train(const poc_model *m, const char *what, char *err) {
 
 int poc_model_decays(const poc_layout *lay, int i) { return lay->tensors[i].ndim == 2; }
 
+/* The moments' range [lo, hi) of the trainable vector: the shard (clipped to PT: the last
+ * rank's may hold padding, or nothing), else all of it. */
+static void mdl_range(const poc_model *m, size_t *lo, size_t *hi) {
+  *lo = m->sharded ? (m->sh_lo < m->PT ? m->sh_lo : m->PT) : 0;
+  *hi = m->sharded ? (m->sh_hi < m->PT ? m->sh_hi : m->PT) : m->PT;
+}
+
+/* AdamW's moments, allocated and zeroed on first use: sh_hi − sh_lo elements each for a
+ * shard, PT otherwise. */
+static int mdl_moments(poc_model *m) {
+  if (m->mom) return 0;
+  poc_device *d = m->d;
+  size_t n = m->sharded ? m->sh_hi - m->sh_lo : m->PT;
+  m->mom = d->alloc(d, n * m->sc + 1, "AdamW's first moments");
+  m->var = d->alloc(d, n * m->sc + 1, "AdamW's second moments");
+  if (!m->mom || !m->var) return -1;
+  d->zero(d, m->mom, n * m->sc);
+  d->zero(d, m->var, n * m->sc);
+  return d->failed ? -1 : 0;
+}
+
+/* *p (n elements of el bytes) moved into a buffer of n_new, the tail zero */
+static int mdl_grow(poc_model *m, poc_dptr *p, size_t n, size_t n_new, size_t el,
+                    const char *what) {
+  poc_device *d = m->d;
+  poc_dptr b = d->alloc(d, n_new * el, what);
+  if (!b) return -1;
+  d->copy(d, b, *p, n * el);
+  d->zero(d, b + (poc_dptr)(n * el), (n_new - n) * el);
+  d->free(d, *p);
+  *p = b;
+  return d->failed ? -1 : 0;
+}
+
+int poc_model_shard(poc_model *m, int rank, int ranks, char *err) {
+  if (mdl_need_train(m, "sharding the optimizer state", err)) return -1;
+  if (ranks < 1 || rank < 0 || rank >= ranks || m->sharded || m->mom) {
+    snprintf(err, POC_ERR_LEN, "model: shard %d of %d: %s", rank, ranks,
+             m->sharded || m->mom ? "the optimizer state is already in use or sharded"
+                                  : "no such shard");
+    return -1;
+  }
+  STAGE("sharding the optimizer state", -1);
+  size_t c = (m->PT + (size_t)ranks - 1) / (size_t)ranks, pad = c * (size_t)ranks;
+  if (pad > m->PT) {
+    poc_dptr w = m->tw, wc = m->twc;
+    int shared = wc == w;
+    if (mdl_grow(m, &m->grad, m->PT, pad, m->sc, "the gradients (padded to whole shards)") ||
+        mdl_grow(m, &w, m->PT, pad, m->sc, "the trainable weights (padded to whole shards)") ||
+        (!shared && mdl_grow(m, &wc, m->PT, pad, m->sa, "the trainable weights' compute copy")))
+    {
+      poc_dev_sync(m->d, err);
+      return -1;
+    }
+    if (shared) wc = w;
+    if (m->alay) {
+      m->aw = w;
+      m->awc = wc;
+    } else {
+      m->w = w;
+      m->wc = wc;
+    }
+    m->tw = w;
+    m->twc = wc;
+  }
+  m->sharded = 1;
+  m->sh_lo = (size_t)rank * c;
+  m->sh_hi = m->sh_lo + c;
+  m->sh_pad = pad;
+  return poc_dev_sync(m->d, err);
+}
+
+void poc_model_shard_range(const poc_model *m, size_t *lo, size_t *hi, size_t *count) {
+  mdl_range(m, lo, hi);
+  if (count) *count = m->sharded ? m->sh_hi - m->sh_lo : m->PT;
+}
+
+int poc_model_grad_reduce_scatter(poc_model *m, poc_shard_fn f, char *err) {
+  if (!m->sharded) {
+    snprintf(err, POC_ERR_LEN, "model: a reduce-scatter of the gradient needs a shard");
+    return -1;
+  }
+  if (poc_dev_sync(m->d, err)) return -1;
+  return f(m->d, m->grad, ACC(m->grad, m->sh_lo), m->d->acc, m->sh_hi - m->sh_lo, err);
+}
+
+int poc_model_weights_all_gather(poc_model *m, poc_shard_fn f, char *err) {
+  if (!m->sharded) {
+    snprintf(err, POC_ERR_LEN, "model: an all-gather of the weights needs a shard");
+    return -1;
+  }
+  if (poc_dev_sync(m->d, err) ||
+      f(m->d, ACC(m->tw, m->sh_lo), m->tw, m->d->acc, m->sh_hi - m->sh_lo, err))
+    return -1;
+  STAGE("refreshing the compute weights", -1);
+  if (m->twc != m->tw) m->d->k.cast(m->k, m->sh_pad, m->tw, m->twc);
+  return poc_dev_sync(m->d, err);
+}
+
 int poc_model_zero_grad(poc_model *m, char *err) {
   if (mdl_need_train(m, "zero_grad", err)) return -1;
   STAGE("clearing the gradients", -1);
@@ -1123,7 +1302,9 @@ int poc_model_zero_grad(poc_model *m, char *err) {
 int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err) {
   if (mdl_need_train(m, "grad_norm", err)) return -1;
   STAGE("the gradient norm", -1);
-  double s = m->d->k.sumsq(m->k, m->PT, m->grad);
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
+  double s = m->d->k.sumsq(m->k, hi - lo, ACC(m->grad, lo));
   if (poc_dev_sync(m->d, err)) return -1;
   *sumsq = s;
   return 0;
@@ -1153,7 +1334,14 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
     return -1;
   }
   STAGE("AdamW", -1);
+  if (mdl_moments(m)) {
+    poc_dev_sync(m->d, err);
+    return -1;
+  }
   const poc_layout *lay = m->tlay;
+  /* a shard updates its part of each run: [a, b) ∩ [lo, hi); moments index from lo */
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
   float lr = (float)h->lr, b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps,
         gs = (float)h->grad_scale;
   float bc1 = (float)(1 - pow(h->beta1, (double)h->step));
@@ -1164,9 +1352,12 @@ int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err) {
     size_t a = lay->tensors[t].offset;
     size_t b = lay->tensors[e - 1].offset + lay->tensors[e - 1].numel;
     float wd = dec ? (float)h->weight_decay : 0.f;
-    m->d->k.adamw(m->k, b - a, ACC(m->tw, a), ACC(m->grad, a), ACC(m->mom, a), ACC(m->var, a),
-                  ACT(m->twc, a), lr, b1, b2, eps, wd, bc1, bc2, gs);
     t = e;
+    if (a < lo) a = lo;
+    if (b > hi) b = hi;
+    if (a >= b) continue;
+    m->d->k.adamw(m->k, b - a, ACC(m->tw, a), ACC(m->grad, a), ACC(m->mom, a - lo),
+                  ACC(m->var, a - lo), ACT(m->twc, a), lr, b1, b2, eps, wd, bc1, bc2, gs);
   }
   return poc_dev_sync(m->d, err);
 }
@@ -1181,6 +1372,12 @@ int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *er
     return -1;
   }
   STAGE("copying the model to the host", -1);
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
+  if ((part == POC_PART_MOM || part == POC_PART_VAR) && mdl_moments(m)) {
+    poc_dev_sync(d, err);
+    return -1;
+  }
   switch (part) {
   case POC_PART_WEIGHTS:
     if (m->w)
@@ -1195,8 +1392,8 @@ int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *er
       d->get(d, dst, dt, m->awc, d->act, m->PA);
     break;
   case POC_PART_GRAD: d->get(d, dst, dt, m->grad, d->acc, m->PT); break;
-  case POC_PART_MOM: d->get(d, dst, dt, m->mom, d->acc, m->PT); break;
-  case POC_PART_VAR: d->get(d, dst, dt, m->var, d->acc, m->PT); break;
+  case POC_PART_MOM: d->get(d, dst, dt, m->mom, d->acc, hi - lo); break;
+  case POC_PART_VAR: d->get(d, dst, dt, m->var, d->acc, hi - lo); break;
   }
   return poc_dev_sync(d, err);
 }
@@ -1212,6 +1409,12 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
     return -1;
   }
   STAGE("copying the model to the device", -1);
+  size_t lo, hi;
+  mdl_range(m, &lo, &hi);
+  if ((part == POC_PART_MOM || part == POC_PART_VAR) && mdl_moments(m)) {
+    poc_dev_sync(d, err);
+    return -1;
+  }
   switch (part) {
   case POC_PART_WEIGHTS: mdl_upload_weights(m, src, st); break;
   case POC_PART_ADAPTER:
@@ -1219,14 +1422,16 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
     if (m->awc != m->aw) d->k.cast(m->k, m->PA, m->aw, m->awc);
     break;
   case POC_PART_GRAD: d->put(d, m->grad, d->acc, src, st, m->PT); break;
-  case POC_PART_MOM: d->put(d, m->mom, d->acc, src, st, m->PT); break;
-  case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, m->PT); break;
+  case POC_PART_MOM: d->put(d, m->mom, d->acc, src, st, hi - lo); break;
+  case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, hi - lo); break;
   }
   return poc_dev_sync(d, err);
 }
 
 float *poc_model_host_f32(poc_model *m, poc_part part) {
   if (!m->d->host_memory || m->d->acc != POC_DT_F32 || m->view) return NULL;
+  if ((part == POC_PART_MOM || part == POC_PART_VAR) && m->trainable && mdl_moments(m))
+    return NULL;
   poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw
              : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
   return (float *)(uintptr_t)p;

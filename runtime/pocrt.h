@@ -227,7 +227,8 @@ typedef struct poc_adamw {
   double grad_scale;
 } poc_adamw;
 int poc_model_zero_grad(poc_model *m, char *err);
-/* ‖grad‖₂ over all parameters, summed in double in a fixed order. */
+/* ‖grad‖₂ over all parameters (over the shard's, when sharded), summed in double in a
+ * fixed order. */
 int poc_model_grad_norm(poc_model *m, double *norm, char *err);
 /* Σ grad², the square of the above (several models' norms add up exactly). */
 int poc_model_grad_sumsq(poc_model *m, double *sumsq, char *err);
@@ -237,6 +238,38 @@ int poc_model_weights_sumsq(poc_model *m, double *sumsq, char *err);
 int poc_model_adamw(poc_model *m, const poc_adamw *h, char *err);
 /* Whether AdamW decays tensor i of the layout (2-D tensors). */
 int poc_model_decays(const poc_layout *lay, int i);
+
+/* ZeRO stage 1: shard `rank` of `ranks` of the trainable vector (n elements) is
+ * [rank·c, (rank + 1)·c), c = ⌈n/ranks⌉. After this, AdamW updates the shard only, its
+ * moments are the only ones allocated (c elements each; POC_PART_MOM/VAR and
+ * poc_model_host_f32 are the shard's [lo, hi) of poc_model_shard_range), the gradient
+ * norm is the shard's (callers sum the squares over ranks), and the gradient and weights
+ * buffers are padded with zeros to ranks·c elements, as equal-count collectives need.
+ * Call it right after creating the model, before its weights or moments are read. */
+int poc_model_shard(poc_model *m, int rank, int ranks, char *err);
+/* The moments' range [lo, hi) of the trainable vector (clipped to n: the last shard may
+ * hold fewer, or none) and the elements each moment has (c; n when not sharded). */
+void poc_model_shard_range(const poc_model *m, size_t *lo, size_t *hi, size_t *count);
+/* A collective on device buffers of d, shaped as comm.h's trn_comm_dev_reduce_scatter
+ * and trn_comm_dev_all_gather (device addresses as uint64_t). */
+typedef int (*poc_shard_fn)(poc_device *d, uint64_t send, uint64_t recv, poc_dtype t,
+                            size_t count, char *err);
+/* The gradient (ranks·c elements) reduced over ranks into this rank's shard of it. */
+int poc_model_grad_reduce_scatter(poc_model *m, poc_shard_fn f, char *err);
+/* Every rank's updated shard of the master weights gathered into all of them, and the
+ * compute copy refreshed from them (where it is another buffer). */
+int poc_model_weights_all_gather(poc_model *m, poc_shard_fn f, char *err);
+/* Gradient buckets, for starting a reduction of each part of the gradient while
+ * backward still runs: b[i] = [lo, hi) of the trainable vector; together they cover it
+ * once. In the order a backward finishes them: the decoder layers last to first, then
+ * [end of the layers, n) (final norm, head) and [0, start of the layers) (embeddings,
+ * tied heads); a bucket may be empty. Their count; 0 for a frozen model. */
+int poc_model_grad_buckets(poc_model *m, const size_t (**b)[2]);
+/* fn(ctx, m, i) from backward once bucket i's gradient is final for that backward (the
+ * device synchronised first), every bucket once per backward with tokens; NULL removes
+ * it. */
+typedef void (*poc_grad_hook)(void *ctx, poc_model *m, int bucket);
+void poc_model_grad_hook(poc_model *m, poc_grad_hook fn, void *ctx);
 
 /* Host copies of n_params elements of type dt (checkpoints, resume, tests). Weights read
  * back from a frozen model on a bf16 device are its bf16 compute copy; setting weights

@@ -47,6 +47,8 @@ typedef struct {
   char **set;
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
   double collective_timeout;     /* seconds a collective waits for the other ranks */
+  int zero;                      /* --zero: -1 default (on with several ranks), 0, 1 */
+  int overlap;                   /* --overlap: 1 default, 0 */
 } trn_flags;
 
 static void usage(const poc_program *p, FILE *f) {
@@ -54,7 +56,7 @@ static void usage(const poc_program *p, FILE *f) {
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
-          "       %*s [--collective-timeout SECONDS]\n"
+          "       %*s [--collective-timeout SECONDS] [--zero 0|1] [--overlap 0|1]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -72,7 +74,11 @@ static void usage(const poc_program *p, FILE *f) {
           "                  Weights & Biases (offline, OUT/wandb/; upload with wandb sync);\n"
           "                  repeatable\n"
           "  --collective-timeout S  under mpirun: how long a rank waits for the others in\n"
-          "                  a collective before every rank stops (default 600; 0: forever)\n",
+          "                  a collective before every rank stops (default 600; 0: forever)\n"
+          "  --zero 0|1      under mpirun: shard the AdamW state over the ranks (ZeRO stage\n"
+          "                  1; default 1 with several ranks)\n"
+          "  --overlap 0|1   under mpirun: start the gradient's reductions layer by layer\n"
+          "                  during the last micro-batch's backward (default 1)\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
           p->name, p->name);
   if (p->n_knobs) {
@@ -115,6 +121,8 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
   f->backend = "auto";
   f->steps = -1;
   f->collective_timeout = 600;
+  f->zero = -1;
+  f->overlap = 1;
   f->set = calloc((size_t)argc + 1, sizeof *f->set);
   if (!f->set) return 2;
   for (int i = 1; i < argc; i++) {
@@ -122,7 +130,8 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     const char *val = NULL;
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--out") ||
                 !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed") ||
-                !strcmp(a, "--log") || !strcmp(a, "--collective-timeout");
+                !strcmp(a, "--log") || !strcmp(a, "--collective-timeout") ||
+                !strcmp(a, "--zero") || !strcmp(a, "--overlap");
     if (needs) {
       if (i + 1 >= argc) {
         fprintf(stderr, "%s: error: %s needs a value\n", p->name, a);
@@ -164,6 +173,18 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
         return 2;
       }
       f->collective_timeout = t;
+    } else if (!strcmp(a, "--zero")) {
+      if (strcmp(val, "0") && strcmp(val, "1")) {
+        fprintf(stderr, "%s: error: --zero wants 0 or 1, got '%s'\n", p->name, val);
+        return 2;
+      }
+      f->zero = val[0] - '0';
+    } else if (!strcmp(a, "--overlap")) {
+      if (strcmp(val, "0") && strcmp(val, "1")) {
+        fprintf(stderr, "%s: error: --overlap wants 0 or 1, got '%s'\n", p->name, val);
+        return 2;
+      }
+      f->overlap = val[0] - '0';
     } else if (!strcmp(a, "--out")) {
       f->out = val;
     } else if (!strcmp(a, "--resume")) {
@@ -499,6 +520,7 @@ typedef struct {
    * run directory, metrics, logs and checkpoints and says what the run does (say), the
    * others' messages carry their rank in the program's name */
   int rank, ranks, say;
+  size_t state_bytes, state_full; /* AdamW state on this rank; unsharded */
   int agreed;                    /* every rank fails together: no abort needed */
   poc_program named;
   char rank_name[256];
@@ -801,7 +823,10 @@ static int run_shapes(trn_run *r) {
   const poc_train *T = r->T;
   r->ctx = (trn_ctx){.prog = p, .data = &r->data, .knobs = r->knobs,
                      .micro_batch = T->micro_batch < T->batch ? T->micro_batch : T->batch,
-                     .unfused = r->fl.unfused};
+                     .unfused = r->fl.unfused,
+                     /* ZeRO stage 1 by default whenever there are several ranks */
+                     .zero = r->ranks > 1 && r->fl.zero != 0,
+                     .overlap = r->fl.overlap};
   for (int m = 0; m < p->n_models; m++) {
     r->ctx.lay[m] = &r->lay[m];
     r->ctx.eos[m] = r->lay[m].cfg.eos_token_id;
@@ -958,6 +983,12 @@ static int run_model(trn_run *r, int m) {
     fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
     return 1;
   }
+  /* ZeRO: this rank's shard of the AdamW state, chosen before any of it is allocated */
+  if (d->trainable && r->ctx.zero &&
+      poc_model_shard(r->ms.m[m], r->rank, r->ranks, r->err)) {
+    fprintf(stderr, "%s: error: model '%s': %s\n", p->name, d->name, r->err);
+    return 1;
+  }
   /* the weights go straight into the device's own buffer where that is host memory
      (the CPU), so the model is never held twice; elsewhere through a host copy */
   float *dev_w = poc_model_host_f32(r->ms.m[m], POC_PART_WEIGHTS);
@@ -987,14 +1018,16 @@ static int run_model(trn_run *r, int m) {
   const poc_layout *tl = lora ? &r->alay[m] : &r->lay[m];
   size_t nt = tl->n_params;
   r->part[m] = part;
+  size_t lo, hi, cnt;
+  poc_model_shard_range(r->ms.m[m], &lo, &hi, &cnt);
   r->hw[m] = poc_model_host_f32(r->ms.m[m], part);
   r->hm[m] = poc_model_host_f32(r->ms.m[m], POC_PART_MOM);
   r->hv[m] = poc_model_host_f32(r->ms.m[m], POC_PART_VAR);
   if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
     r->staged[m] = 1;
     r->hw[m] = malloc(nt * sizeof(float) + 1);
-    r->hm[m] = calloc(nt + 1, sizeof(float));
-    r->hv[m] = calloc(nt + 1, sizeof(float));
+    r->hm[m] = calloc(hi - lo + 1, sizeof(float));
+    r->hv[m] = calloc(hi - lo + 1, sizeof(float));
     if (!r->hw[m] || !r->hm[m] || !r->hv[m]) {
       fprintf(stderr, "%s: error: out of memory staging model '%s'\n", p->name, d->name);
       return 1;
@@ -1014,13 +1047,17 @@ static int run_model(trn_run *r, int m) {
      (train_step.c): the accumulator is made once for the run */
   if ((r->T->micro_batch < r->T->batch || trn_comm_size() > 1) &&
       poc_model_host_f32(r->ms.m[m], POC_PART_GRAD) &&
-      !(r->ctx.gacc[m] = calloc(nt + 1, sizeof(double)))) {
+      !(r->ctx.gacc[m] = calloc((r->ctx.zero ? cnt * (size_t)r->ranks : nt) + 1,
+                                sizeof(double)))) {
     fprintf(stderr, "%s: error: out of memory for the gradient accumulator of model '%s' "
             "(%zu parameters)\n", p->name, d->name, nt);
     return 1;
   }
   r->cm[r->n_cm++] = (trn_ckmodel){d->name, tl, r->hw[m], r->hm[m], r->hv[m],
-                                   lora ? &r->lc[m] : NULL, d->path};
+                                   lora ? &r->lc[m] : NULL, d->path, lo, hi,
+                                   r->ctx.zero ? r->ranks : 0, r->rank};
+  r->state_bytes += 2 * cnt * poc_dtype_size(r->dev->acc);
+  r->state_full += 2 * nt * poc_dtype_size(r->dev->acc);
   return 0;
 }
 
@@ -1078,8 +1115,16 @@ static int run_resume(trn_run *r, uint64_t prog_hash) {
   int n = trn_ckpt_list(r->out, steps, 256), k;
   for (k = 0; k < n; k++) {
     trn_path(r->ckdir, sizeof r->ckdir, "%s/ckpt-%lld", r->out, (long long)steps[k]);
-    if (!trn_ckpt_load(r->ckdir, steps[k], &r->st, p, r->cm, r->n_cm, r->err)) break;
-    fprintf(stderr, "%s: note: skipping %s, which is damaged: %s\n", p->name, r->ckdir, r->err);
+    int64_t ok = !trn_ckpt_load(r->ckdir, steps[k], &r->st, p, r->cm, r->n_cm, r->err);
+    if (!ok)
+      fprintf(stderr, "%s: note: skipping %s, which is damaged: %s\n", p->name, r->ckdir, r->err);
+    /* every rank resumes from the same one (under ZeRO each reads other shards of it) */
+    char e2[POC_ERR_LEN];
+    if (r->ranks > 1 && trn_comm_min_i64(&ok, 1, e2)) {
+      fprintf(stderr, "%s: error: %s\n", p->name, e2);
+      return 1;
+    }
+    if (ok) break;
   }
   if (k == n) {
     fprintf(stderr, "%s: error: --resume %s: no usable checkpoint (every complete one is "
@@ -1318,13 +1363,14 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
     if (p->models[m].trainable && poc_model_zero_grad(r->ms.m[m], r->err)) return STEP_ERROR;
   if (trn_step_grad(&r->ctx, &r->ms, r->ex, T->batch, step, &o->so, r->err)) return STEP_ERROR;
   o->loss = o->so.loss_sum / T->batch;
-  double sq = 0;
-  for (int m = 0; m < p->n_models; m++) {
-    double s;
-    if (!p->models[m].trainable) continue;
-    if (poc_model_grad_sumsq(r->ms.m[m], &s, r->err)) return STEP_ERROR;
-    sq += s;
-  }
+  /* ‖g‖² per model (under ZeRO each rank has its shard's: summed over ranks), then added
+   * model by model in a fixed order */
+  double sq = 0, msq[TRN_MAX_MODELS] = {0};
+  for (int m = 0; m < p->n_models; m++)
+    if (p->models[m].trainable && poc_model_grad_sumsq(r->ms.m[m], &msq[m], r->err))
+      return STEP_ERROR;
+  if (r->ctx.zero && trn_comm_sum_f64(msq, (size_t)p->n_models, r->err)) return STEP_ERROR;
+  for (int m = 0; m < p->n_models; m++) sq += msq[m];
   o->gnorm = sqrt(sq);
   o->lr = trn_lr(T, step, r->st.total);
   const char *bad = !isfinite(o->loss) ? "loss" : !isfinite(o->gnorm) ? "gradient norm"
@@ -1348,6 +1394,11 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
                    (long)(step - r->st.skipped), gscale};
     for (int m = 0; m < p->n_models; m++)
       if (p->models[m].trainable && poc_model_adamw(r->ms.m[m], &h, r->err)) return STEP_ERROR;
+    /* ZeRO: each rank updated its shard; every rank gets all of them */
+    for (int m = 0; m < p->n_models && r->ctx.zero; m++)
+      if (p->models[m].trainable &&
+          poc_model_weights_all_gather(r->ms.m[m], trn_comm_dev_all_gather, r->err))
+        return STEP_ERROR;
     for (int m = 0; m < p->n_models; m++) {
       double s;
       if (!p->models[m].trainable) continue;
@@ -1412,7 +1463,8 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
 }
 
 static int run_checkpoint(trn_run *r) {
-  if (r->rank) return 0; /* the replicas are equal: rank 0 writes */
+  /* the replicas are equal: rank 0 writes, but for ZeRO's moments, each rank its shard */
+  if (r->rank && !r->ctx.zero) return 0;
   if (run_stage_state(r, 0)) return -1;
   if (trn_ckpt_write(r->out, &r->st, r->p, r->cm, r->n_cm, r->err)) return -1;
   trn_path(r->good_ckpt, sizeof r->good_ckpt, "%s/ckpt-%lld", r->out, (long long)r->st.step);
@@ -1436,16 +1488,23 @@ static int run_loop(trn_run *r) {
   const char *nl = tty ? "\n" : "";
   double t_start = now_s();
   int64_t first = r->st.step, last_ckpt = r->resuming ? r->st.step : -1;
-  double t_ckpt = t_start, comm0, steps_s = 0;
-  uint64_t bytes0;
-  trn_comm_stats(&comm0, &bytes0);
+  double t_ckpt = t_start, steps_s = 0;
+  /* the collectives of the steps alone (not evaluation's or checkpoints') */
+  trn_comm_counters cs = {0}, ca, cb;
   while (r->st.step < stop) {
     int64_t step = r->st.step + 1;
     trn_comm_set_step(step);
     run_step_out o;
     double ts = now_s();
+    trn_comm_counters_get(&ca);
     int sr = run_step(r, step, &o);
+    trn_comm_counters_get(&cb);
     steps_s += now_s() - ts;
+    cs.seconds += cb.seconds - ca.seconds;
+    cs.exposed_s += cb.exposed_s - ca.exposed_s;
+    cs.reduced += cb.reduced - ca.reduced;
+    cs.gathered += cb.gathered - ca.gathered;
+    cs.wire += cb.wire - ca.wire;
     if (sr == STEP_NONFINITE) {
       fprintf(stderr, "%s%s: error: step %lld: %s. Nothing was written; ", nl, p->name,
               (long long)step, r->err);
@@ -1497,12 +1556,13 @@ static int run_loop(trn_run *r) {
   if (r->say && (r->ranks > 1 || getenv("POC_DP_STATS")) && r->st.step > first) {
     /* what data parallelism cost per step (bench/dp reads this line; POC_DP_STATS=1 asks
      * a single process for it too) */
-    double comm1, n = (double)(r->st.step - first);
-    uint64_t bytes1;
-    trn_comm_stats(&comm1, &bytes1);
-    fprintf(stderr, "%s: data parallel: per step %.0f bytes reduced, %.4f s of %.4f s in "
-            "collectives (rank 0, waiting included)\n", p->name, (double)(bytes1 - bytes0) / n,
-            (comm1 - comm0) / n, steps_s / n);
+    double n = (double)(r->st.step - first);
+    fprintf(stderr, "%s: data parallel: per step %.0f bytes reduced, %.0f gathered, %.0f sent "
+            "(ring), %.4f s of %.4f s in collectives, %.4f s of it exposed (rank 0, waiting "
+            "included; ZeRO %s, overlap %s)\n", p->name, (double)cs.reduced / n,
+            (double)cs.gathered / n, (double)cs.wire / n, cs.seconds / n, steps_s / n,
+            cs.exposed_s / n, r->ctx.zero ? "on" : "off",
+            r->ctx.overlap && r->ranks > 1 ? "on" : "off");
   }
   if (r->say) fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
   return 0;
@@ -1621,6 +1681,11 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   r->st.n_files = 0;
   r->ctx.seed = r->st.seed;
   if ((rc = run_models(r)) || (r->resuming && (rc = run_resume(r, prog_hash)))) goto done;
+  if (r->say && r->ranks > 1)
+    fprintf(stderr, "%s: optimizer state (AdamW moments): %zu bytes per rank (%s; %zu "
+            "unsharded)\n", p->name, r->state_bytes,
+            r->ctx.zero ? "ZeRO-1, --zero 1: sharded over the ranks"
+                        : "--zero 0: every rank holds all of it", r->state_full);
   /* what a checkpoint records of the inputs (a resume keeps comparing with these) */
   r->st.n_files = 0;
   const char *files[2] = {p->data_path, p->eval_path};

@@ -244,6 +244,11 @@ typedef struct trn_ckmodel {
   float *w, *m, *v;
   const poc_lora_cfg *lora;
   const char *base;
+  /* m and v hold [lo, hi) of the trainable vector (ZeRO: this rank's shard; else [0, n));
+   * shards: the R of a ZeRO run, whose checkpoints hold the moments as one file per
+   * rank (each writing its own), 0 for one optimizer.safetensors written by rank 0 */
+  size_t lo, hi;
+  int shards, rank;
 } trn_ckmodel;
 
 /* Writes OUT/ckpt-<step>/ through OUT/.tmp-ckpt-<step>/ (fsync, rename). The only
@@ -308,6 +313,12 @@ typedef struct trn_ctx {
   /* the run's double gradient accumulators (train_step.c, gradsum), n_train[m] each, zero
    * between steps; NULL where the step makes its own (one micro-batch, device memory) */
   double *gacc[TRN_MAX_MODELS];
+  /* ZeRO stage 1 (R > 1, --zero 1): each trainable model holds AdamW state for its shard
+   * (poc_model_shard); the step reduce-scatters the gradient (gacc padded to R shards) */
+  int zero;
+  /* overlap (--overlap 1, the default): the gradient's reductions start during the last
+   * micro-batch's backward, bucket by bucket (train_step.c) */
+  int overlap;
 } trn_ctx;
 
 /* One model's packed forward. */

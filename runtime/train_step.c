@@ -189,13 +189,47 @@ static void lora_dropout(const trn_ctx *c, models *ms, int on, int64_t step, int
  * float gradient, and the weights after AdamW, are those of one process but for an
  * element whose sum lies within that of a rounding boundary. Elsewhere (device memory)
  * the backwards accumulate in place and the ranks' float gradients are summed. */
+/* Overlap (c->overlap, host accumulators, R > 1): during this rank's last micro-batch's
+ * backward each gradient bucket (poc_model_grad_buckets: a decoder layer, or the rest) is
+ * added to its accumulator as soon as the model's hook says it is final, and its
+ * reduction starts (MPI_Iallreduce, or under ZeRO MPI_Ireduce_scatter into the shard).
+ * Buckets start in one order on every rank — model by model, each in its backward order —
+ * a bucket waiting for the ones before it; whatever a rank did not start during its
+ * backward (no last micro-batch, a model with nothing in it) starts right after its
+ * micro-batches, before any other collective. gradsum_finish waits for them all. The sums
+ * are elementwise, as without overlap: the same numbers. */
+typedef struct {
+  int model, ready;
+  size_t lo, hi;
+} bucket;
+
 typedef struct {
   double *acc[TRN_MAX_MODELS];   /* the run's (c->gacc) or, without one, this step's */
   float *g[TRN_MAX_MODELS];
   int on;                        /* accumulating in double */
   int owned;                     /* acc was allocated for this step */
   int dirty;                     /* acc holds sums that gradsum_finish has not taken */
+  /* overlap */
+  const trn_ctx *c;
+  models *ms;
+  int ovl;                       /* overlapping this step */
+  int hooked;                    /* the hooks are on: this is the last micro-batch */
+  int n_b, next;                 /* buckets, and the first not started */
+  bucket *b;
+  int first_b[TRN_MAX_MODELS];   /* model m's buckets start at b[first_b[m]] */
+  double *shard[TRN_MAX_MODELS]; /* ZeRO: the reduce-scatter's result, cnt each */
+  int failed;                    /* a start failed inside a hook: reported at the finish */
+  char err[POC_ERR_LEN];
 } gradsum;
+
+/* The accumulator's length: the trainable vector, padded to R whole shards under ZeRO (the
+ * reduce-scatter's send buffer). */
+static size_t acc_len(const trn_ctx *c, models *ms, int m) {
+  size_t lo, hi, cnt;
+  if (!c->zero) return c->n_train[m];
+  poc_model_shard_range(ms->m[m], &lo, &hi, &cnt);
+  return cnt * (size_t)trn_comm_size();
+}
 
 static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char *err) {
   memset(s, 0, sizeof *s);
@@ -210,19 +244,108 @@ static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char
     if (!s->g[m]) continue;
     if ((s->acc[m] = c->gacc[m])) continue; /* the run's, zero since the last step */
     s->owned = 1;
-    if (!(s->acc[m] = calloc(c->n_train[m] + 1, sizeof(double)))) {
+    if (!(s->acc[m] = calloc(acc_len(c, ms, m) + 1, sizeof(double)))) {
       trn_errf(err, "out of memory for the gradient accumulator");
       return -1;
     }
   }
+  s->c = c;
+  s->ms = ms;
+  if (!s->on || !c->overlap || trn_comm_size() == 1) return 0;
+  /* the buckets of every trainable model, in the order they start */
+  int n = 0;
+  for (int m = 0; m < c->prog->n_models; m++) {
+    const size_t(*b)[2];
+    if (s->acc[m]) n += poc_model_grad_buckets(ms->m[m], &b);
+  }
+  if (!(s->b = calloc((size_t)n + 1, sizeof *s->b))) {
+    trn_errf(err, "out of memory for the gradient buckets");
+    return -1;
+  }
+  for (int m = 0; m < c->prog->n_models; m++) {
+    const size_t(*b)[2];
+    if (!s->acc[m]) continue;
+    int k = poc_model_grad_buckets(ms->m[m], &b);
+    s->first_b[m] = s->n_b;
+    for (int i = 0; i < k; i++) s->b[s->n_b++] = (bucket){m, 0, b[i][0], b[i][1]};
+    if (c->zero) {
+      size_t lo, hi, cnt;
+      poc_model_shard_range(ms->m[m], &lo, &hi, &cnt);
+      if (!(s->shard[m] = calloc(cnt + 1, sizeof(double)))) {
+        trn_errf(err, "out of memory for the gradient's shard");
+        return -1;
+      }
+    }
+  }
+  s->ovl = 1;
   return 0;
 }
 
-static void gradsum_free(gradsum *s, const trn_ctx *c) {
+/* g of bucket i into its accumulator (and g back to zero), then every bucket that is
+ * ready and next in line starts its reduction */
+static void ovl_ready(gradsum *s, int i) {
+  bucket *k = &s->b[i];
+  if (k->ready) return;
+  k->ready = 1;
+  double *a = s->acc[k->model];
+  float *g = s->g[k->model];
+  long lo = (long)k->lo, hi = (long)k->hi;
+#pragma omp parallel for schedule(static)
+  for (long j = lo; j < hi; j++) {
+    a[j] += (double)g[j];
+    g[j] = 0;
+  }
+  while (!s->failed && s->next < s->n_b && s->b[s->next].ready) {
+    bucket *q = &s->b[s->next++];
+    size_t lo2, hi2, cnt;
+    int rc;
+    if (s->c->zero) {
+      poc_model_shard_range(s->ms->m[q->model], &lo2, &hi2, &cnt);
+      rc = trn_comm_start_reduce_scatter_f64(s->acc[q->model], s->shard[q->model], q->lo, q->hi,
+                                             cnt, s->err);
+    } else {
+      rc = trn_comm_start_sum_f64(s->acc[q->model] + q->lo, q->hi - q->lo, s->err);
+    }
+    if (rc) s->failed = 1;
+  }
+  trn_comm_progress();
+}
+
+static void ovl_hook(void *ctx, poc_model *pm, int i) {
+  gradsum *s = ctx;
+  for (int m = 0; m < s->c->prog->n_models; m++)
+    if (s->ms->m[m] == pm && s->acc[m]) ovl_ready(s, s->first_b[m] + i);
+}
+
+/* the last micro-batch: hooks on for its backward */
+static void ovl_hooks(gradsum *s, int on) {
+  if (!s->ovl) return;
+  s->hooked = on;
+  for (int m = 0; m < s->c->prog->n_models; m++)
+    if (s->acc[m]) poc_model_grad_hook(s->ms->m[m], on ? ovl_hook : NULL, s);
+}
+
+/* after the micro-batches: whatever has not started starts, in order */
+static void ovl_start_rest(gradsum *s) {
+  for (int i = 0; s->ovl && i < s->n_b; i++) ovl_ready(s, i);
+}
+
+static void gradsum_free(gradsum *s, const trn_ctx *c, models *ms) {
+  if (s->ovl) {
+    /* a step that failed with reductions in flight: the run ends (every rank stops), so
+       no wait for ranks that may never start theirs; the arrays MPI may still write stay
+       allocated, and the run's accumulators are not touched */
+    ovl_hooks(s, 0);
+    free(s->b);
+    memset(s, 0, sizeof *s);
+    return;
+  }
+  free(s->b);
   for (int m = 0; m < TRN_MAX_MODELS; m++) {
+    free(s->shard[m]);
     if (s->owned) free(s->acc[m]);
     else if (s->dirty && s->acc[m]) /* a step that failed midway: zero for the next */
-      memset(s->acc[m], 0, c->n_train[m] * sizeof(double));
+      memset(s->acc[m], 0, acc_len(c, ms, m) * sizeof(double));
   }
   memset(s, 0, sizeof *s);
 }
@@ -230,6 +353,12 @@ static void gradsum_free(gradsum *s, const trn_ctx *c) {
 /* after a micro-batch's backward: g_j into the accumulator, the gradient back to zero */
 static void gradsum_add(gradsum *s, const trn_ctx *c) {
   if (!s->on) return;
+  if (s->hooked) {
+    /* the last micro-batch: its buckets went into the accumulators as they were final */
+    ovl_hooks(s, 0);
+    ovl_start_rest(s);
+    return;
+  }
   s->dirty = 1;
   for (int m = 0; m < c->prog->n_models; m++) {
     if (!s->acc[m]) continue;
@@ -245,12 +374,66 @@ static void gradsum_add(gradsum *s, const trn_ctx *c) {
   }
 }
 
-/* the sum over ranks into every rank's gradient */
+/* ZeRO: the sum over ranks of this rank's shard only. The double accumulators (R·cnt,
+ * the tail past n zero) are reduce-scattered in double in place, so shard r of the sum
+ * lands at acc[r·cnt ..], and rounded to float once into the gradient's [lo, hi): the
+ * numbers the all-reduce path gives there. The gradient outside the shard is left as the
+ * last backward left it (zero); nothing reads it before the next step clears it. */
+static int gradsum_finish_shard(gradsum *s, models *ms, int m, char *err) {
+  poc_model *pm = ms->m[m];
+  poc_device *d = poc_model_device(pm);
+  if (!s->on) return poc_model_grad_reduce_scatter(pm, trn_comm_dev_reduce_scatter, err);
+  size_t lo, hi, cnt, R = (size_t)trn_comm_size(), rank = (size_t)trn_comm_rank();
+  poc_model_shard_range(pm, &lo, &hi, &cnt);
+  double *a = s->acc[m], *sh = a + rank * cnt;
+  if (trn_comm_dev_reduce_scatter(d, (poc_dptr)(uintptr_t)a, (poc_dptr)(uintptr_t)sh,
+                                  POC_DT_F64, cnt, err))
+    return -1;
+  float *g = s->g[m];
+  long nl = (long)(hi - lo), total = (long)(R * cnt);
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < nl; i++) g[lo + (size_t)i] = (float)sh[i];
+  /* the accumulator left zero for the next step */
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < total; i++) a[i] = 0;
+  return 0;
+}
+
+/* the sum over ranks into every rank's gradient (under ZeRO: into its shard) */
 static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
   const poc_program *p = c->prog;
+  if (s->ovl) {
+    ovl_start_rest(s);
+    if (s->failed) {
+      trn_errf(err, "%s", s->err);
+      return -1;
+    }
+    if (trn_comm_wait(err)) return -1;
+    for (int m = 0; m < p->n_models; m++) {
+      if (!s->acc[m]) continue;
+      float *g = s->g[m];
+      double *a = s->acc[m];
+      size_t lo = 0, hi = c->n_train[m], cnt, len = acc_len(c, ms, m);
+      if (c->zero) poc_model_shard_range(ms->m[m], &lo, &hi, &cnt);
+      const double *src = c->zero ? s->shard[m] : a + lo;
+      long nl = (long)(hi - lo), total = (long)len;
+      /* rounded once into the gradient (under ZeRO its shard); the accumulator zero */
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < nl; i++) g[lo + (size_t)i] = (float)src[i];
+#pragma omp parallel for schedule(static)
+      for (long i = 0; i < total; i++) a[i] = 0;
+    }
+    s->ovl = 0;
+    s->dirty = 0;
+    return 0;
+  }
   for (int m = 0; m < p->n_models; m++) {
     if (!p->models[m].trainable) continue;
     size_t n = c->n_train[m];
+    if (c->zero) {
+      if (gradsum_finish_shard(s, ms, m, err)) return -1;
+      continue;
+    }
     if (s->on) {
       if (trn_comm_sum_f64(s->acc[m], n, err)) return -1;
       float *g = s->g[m];
@@ -350,9 +533,11 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       }
       if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
       sum_outputs(&o, p->n_reports, out);
+      if (b0 + mbs >= Bl) ovl_hooks(&gs, 1);
       if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
       gradsum_add(&gs, c);
     }
+    ovl_start_rest(&gs); /* before the sums below, in the same order on every rank */
     if (R > 1) {
       double v[66];
       int nr = p->n_reports < 64 ? p->n_reports : 64;
@@ -401,6 +586,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
+      if (b0 + mbs >= Bl) ovl_hooks(&gs, 1);
       if (backwards(c, ms, &mb, all, R > 1 ? pos[b0] : b0, ob, err)) goto done;
       gradsum_add(&gs, c);
     }
@@ -416,7 +602,7 @@ done:
   anchors_free(&anc);
   free(ex);
   free(pos);
-  gradsum_free(&gs, c);
+  gradsum_free(&gs, c, ms);
   return rc;
 }
 

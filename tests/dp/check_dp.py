@@ -7,6 +7,18 @@ agree to 1e-5 relative; the final weights lie within 1e-4 of the update's size (
 w_1| <= 1e-4 · max |w_1 - w_0|); the evaluation accuracy is identical; and rank 0 alone
 wrote the run (one metrics line per step, one checkpoint).
 
+With several ranks ZeRO stage 1 is on by default: each rank holds the AdamW moments of
+its shard of the trainable vector, reports their bytes in the run's first lines (about
+1/R of the unsharded bytes, which --zero 0 holds on every rank) and writes them itself
+(optimizer.index.json and optim/shard-*). On the examples named by --zero-off the same runs
+with --zero 0, and with --overlap 0 (the gradient's reductions after the backward instead
+of during it), meet the same criteria against one process and each other.
+
+ZeRO checkpoints (first example): a run checkpointed and resumed as 1 → 2 → 3 → 1
+processes (each resume reads the shards another R wrote) ends where an uninterrupted run
+ends, by the same criteria; a missing or truncated shard and an index that does not match
+the model are refused, naming the file.
+
 Then, on the first example: ranks that differ in program or flags stop naming the rank;
 a rank stopped with SIGSTOP makes the others give up after --collective-timeout, naming
 rank and step; a rank killed makes the launcher end the others, which say where they
@@ -43,6 +55,8 @@ ap.add_argument("--no-faults", action="store_true", help="skip the failure cases
 ap.add_argument("--weight-ulps", type=float, default=0,
                 help="also allow this many float32 spacings of each weight (a device that "
                      "sums the ranks' float gradients in another order than one process)")
+ap.add_argument("--zero-off", default="",
+                help="examples also run with --zero 0 (comma list)")
 ap.add_argument("examples", nargs="+")
 a = ap.parse_args()
 
@@ -73,6 +87,43 @@ def tensors(path):
 def metrics(out):
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def state_bytes(err):
+    """The run's first lines' AdamW state: (bytes per rank, unsharded bytes, sharded)."""
+    m = re.search(r"optimizer state \(AdamW moments\): (\d+) bytes per rank \((ZeRO-1|--zero 0)"
+                  r"[^;]*; (\d+) unsharded\)", err)
+    return (int(m.group(1)), int(m.group(3)), m.group(2) == "ZeRO-1") if m else None
+
+
+def compare(name, what, m1, mR, w1, out, wfile, upd, steps=None):
+    """Per-step losses and reports within 1e-5 relative, final weights within 1e-4 of the
+    update's size (plus --weight-ulps). Steps: only those lines (a resumed run's)."""
+    by_step = {l["step"]: l for l in mR}
+    worst, where = 0.0, ""
+    for l1 in m1:
+        if steps is not None and l1["step"] not in steps:
+            continue
+        lR = by_step.get(l1["step"])
+        if not check(lR is not None, f"{name}: {what}: no metrics line for step {l1['step']}"):
+            continue
+        for k, v in l1.items():
+            if k in ("tokens_per_s", "eval/accuracy") or not isinstance(v, (int, float)):
+                continue
+            w = lR.get(k)
+            if not check(isinstance(w, (int, float)), f"{name}: {what}: step {l1['step']}: no {k}"):
+                continue
+            d = abs(w - v) / max(abs(v), abs(w), 1e-30)
+            if abs(w - v) > 1e-12 and d > worst:
+                worst, where = d, f"step {l1['step']} {k}: {w} vs {v}"
+    check(worst <= 1e-5, f"{name}: {what}: relative difference {worst:.3g} > 1e-5 at {where}")
+    wR = tensors(os.path.join(out, f"ckpt-{a.steps}", wfile))
+    dw = max(abs(x - y) for k in w1 for x, y in zip(w1[k], wR[k]))
+    over = [(k, x, y) for k in w1 for x, y in zip(w1[k], wR[k])
+            if abs(x - y) > 1e-4 * upd + a.weight_ulps * 2.0 ** (math.frexp(abs(x))[1] - 24)]
+    check(not over, f"{name}: {what}: final weights differ by up to {dw:.3g} (update size "
+          f"{upd:.3g}); {len(over)} beyond the tolerance, first {over[:1]}")
+    return worst, dw
 
 
 def run(cmd, what):
@@ -173,6 +224,47 @@ for name in a.examples:
               f"size {upd:.3g}); {len(over)} beyond the tolerance, first {over[:1]}")
         print(f"{name}: {R} ranks: worst relative difference {worst:.3g}, weights {dw:.3g} "
               f"(update {upd:.3g})")
+        # ZeRO-1 (the default): ~1/R of the moments per rank, written as R shards
+        sb = state_bytes(r.stderr)
+        if check(sb is not None and sb[2], f"{name}: {R} ranks: no ZeRO-1 optimizer state "
+                 f"line:\n{r.stderr[-2000:]}"):
+            per, full, _ = sb
+            # ⌈n/R⌉ elements per moment: at most R − 1 elements of padding over full/R
+            check(per * R >= full and per * R - full < 2 * 4 * R and per < full,
+                  f"{name}: {R} ranks: {per} bytes of optimizer state per rank, {full} unsharded")
+            print(f"{name}: {R} ranks: optimizer state {per} bytes per rank of {full}")
+        ckd = os.path.join(out, f"ckpt-{a.steps}")
+        shards = sorted(os.listdir(os.path.join(ckd, "optim"))) if os.path.isdir(
+            os.path.join(ckd, "optim")) else []
+        check(os.path.exists(os.path.join(ckd, "optimizer.index.json")) and
+              not os.path.exists(os.path.join(ckd, "optimizer.safetensors")) and
+              shards == [f"shard-{i:05d}-of-{R:05d}.safetensors" for i in range(R)],
+              f"{name}: {R} ranks: ZeRO checkpoint layout: {sorted(os.listdir(ckd))} {shards}")
+        if name not in a.zero_off.split(","):
+            continue
+        out0 = os.path.join(a.scratch, f"{name}-{R}-zero0")
+        r0 = run(MPI + ["-np", str(R), binary, "--steps", str(a.steps), "--out", out0, "--zero",
+                        "0"] + SET, f"{name}: {R} ranks, --zero 0")
+        if not r0:
+            continue
+        sb0 = state_bytes(r0.stderr)
+        check(sb0 is not None and not sb0[2] and sb is not None and sb0[0] == sb0[1] == sb[1],
+              f"{name}: {R} ranks, --zero 0: every rank holds all the moments: {sb0} vs {sb}")
+        check(os.path.exists(os.path.join(out0, f"ckpt-{a.steps}", "optimizer.safetensors")),
+              f"{name}: {R} ranks, --zero 0: one optimizer.safetensors")
+        worst0, dw0 = compare(name, f"{R} ranks, --zero 0", m1, metrics(out0), w1, out0, wfile, upd)
+        # ZeRO and the all-reduce path give the same numbers
+        compare(name, f"{R} ranks, ZeRO vs --zero 0", metrics(out0), mR,
+                tensors(os.path.join(out0, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
+        print(f"{name}: {R} ranks, --zero 0: worst relative difference {worst0:.3g}, weights "
+              f"{dw0:.3g}")
+        # overlap off (the default starts the gradient's reductions during the backward)
+        outb = os.path.join(a.scratch, f"{name}-{R}-blocking")
+        rb = run(MPI + ["-np", str(R), binary, "--steps", str(a.steps), "--out", outb,
+                        "--overlap", "0"] + SET, f"{name}: {R} ranks, --overlap 0")
+        if rb:
+            compare(name, f"{R} ranks, ZeRO, --overlap 0 vs 1", metrics(outb), mR,
+                    tensors(os.path.join(outb, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
 
 
 
@@ -241,6 +333,172 @@ def resumes(binary, out):
     check(r.returncode == 0, f"{out}: the newest checkpoint (step {steps[-1]}) does not resume:"
           f"\n{r.stderr[-2000:]}")
 
+
+def zero_resume(name):
+    """1 → 2 → 3 → 1 processes, resuming every 2 steps, against the uninterrupted run;
+    then damaged shards and indexes are refused naming the file."""
+    binary = os.path.join(a.scratch, name)
+    one = os.path.join(a.scratch, name + "-1")
+    if not (os.path.exists(binary) and os.path.exists(os.path.join(one, f"ckpt-{a.steps}"))):
+        return
+    out = os.path.join(a.scratch, name + "-chain")
+    shutil.rmtree(out, ignore_errors=True)
+    chain = [1, 2, 3, 1]
+    per = max(1, a.steps // len(chain))
+    for i, R in enumerate(chain):
+        stop = a.steps if i == len(chain) - 1 else per * (i + 1)
+        cmd = ([binary] if R == 1 else MPI + ["-np", str(R), binary]) + \
+            ["--steps", str(stop)] + (["--out", out] if i == 0 else ["--resume", out]) + SET
+        if not run(cmd, f"{name}: resume chain, {R} process(es) to step {stop}"):
+            return
+        if R > 1:
+            check(os.path.exists(os.path.join(out, f"ckpt-{stop}", "optim",
+                                              f"shard-{R - 1:05d}-of-{R:05d}.safetensors")),
+                  f"{name}: resume chain: ckpt-{stop} holds {R} shards")
+    wfile = "model.safetensors"
+    if os.path.exists(os.path.join(one, f"ckpt-{a.steps}", "adapter_model.safetensors")):
+        wfile = "adapter_model.safetensors"
+    w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", wfile))
+    w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+    upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k])) \
+        if wfile == "model.safetensors" else max(abs(x) for k in w1 if "lora_B" in k for x in w1[k])
+    worst, dw = compare(name, "resume chain 1→2→3→1", metrics(one), metrics(out), w1, out,
+                        wfile, upd, steps=set(range(per + 1, a.steps + 1)))
+    # the moments too (one file at the end of both)
+    o1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "optimizer.safetensors"))
+    oc = tensors(os.path.join(out, f"ckpt-{a.steps}", "optimizer.safetensors"))
+    for kind in ("exp_avg.", "exp_avg_sq."):
+        big = max(abs(x) for k in o1 if k.startswith(kind) for x in o1[k])
+        dm = max(abs(x - y) for k in o1 if k.startswith(kind) for x, y in zip(o1[k], oc[k]))
+        check(dm <= 1e-4 * big, f"{name}: resume chain: {kind[:-1]} differs by {dm:.3g} "
+              f"(largest {big:.3g})")
+    print(f"{name}: resume chain 1→2→3→1: worst relative difference {worst:.3g}, weights {dw:.3g}")
+
+    # damage: a sharded checkpoint (the 2-rank run's) copied, then broken one way each
+    src = os.path.join(a.scratch, f"{name}-2")
+    if not os.path.isdir(os.path.join(src, f"ckpt-{a.steps}", "optim")):
+        return
+    shard1 = os.path.join("optim", "shard-00001-of-00002.safetensors")
+
+    def broken(what, damage, expect):
+        dst = os.path.join(a.scratch, f"{name}-broken")
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+        ck = os.path.join(dst, f"ckpt-{a.steps}")
+        damage(ck)
+        for R in (1, 2):
+            cmd = ([binary] if R == 1 else MPI + ["-np", str(R), binary]) + \
+                ["--resume", dst, "--steps", str(a.steps + 1)] + SET
+            r = subprocess.run(cmd, cwd=a.root, env=ENV, capture_output=True, text=True,
+                               timeout=300)
+            check(r.returncode != 0 and expect(ck) in r.stderr,
+                  f"{name}: {what}: {R} process(es) refuse it naming {expect(ck)} (exit "
+                  f"{r.returncode}):\n{r.stderr[-2000:]}")
+
+    def truncate(ck):
+        p = os.path.join(ck, shard1)
+        with open(p, "rb") as f:
+            b = f.read()
+        with open(p, "wb") as f:
+            f.write(b[:len(b) // 2])
+
+    def bad_index(ck):
+        p = os.path.join(ck, "optimizer.index.json")
+        with open(p) as f:
+            j = json.load(f)
+        j["n"] += 1
+        with open(p, "w") as f:
+            json.dump(j, f)
+
+    broken("a missing shard", lambda ck: os.remove(os.path.join(ck, shard1)),
+           lambda ck: os.path.join(ck, shard1))
+    broken("a truncated shard", truncate, lambda ck: os.path.join(ck, shard1))
+    broken("an index for another model", bad_index,
+           lambda ck: os.path.join(ck, "optimizer.index.json") + ": the shards hold")
+
+
+def read_lines(out):
+    """metrics.jsonl's whole lines (one cut by a kill is left out); [] before there is one"""
+    lines = []
+    try:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return lines
+
+
+def zero_kills(name, kills=4, seed=7):
+    """kill -9 of a random rank at a random moment of a 2-rank ZeRO run that checkpoints
+    every step, `kills` times, each time resuming the same folder: every ckpt-* left is
+    complete, and the run finished as one process ends where the uninterrupted one did."""
+    import random
+    import signal
+    import time
+    binary = os.path.join(a.scratch, name)
+    one = os.path.join(a.scratch, name + "-1")
+    if not os.path.exists(os.path.join(one, f"ckpt-{a.steps}")):
+        return
+    rnd = random.Random(seed)
+    killed = 0
+    out = os.path.join(a.scratch, name + "-kills")
+    shutil.rmtree(out, ignore_errors=True)
+    for i in range(kills):
+        have = any(d.startswith("ckpt-") for d in os.listdir(out)) if os.path.isdir(out) else False
+        cmd = MPI + ["-np", "2", binary, "--steps", str(a.steps), "--set", "train.ckpt_every=1"] + \
+            (["--resume", out] if have else ["--out", out]) + SET
+        pr = subprocess.Popen(cmd, cwd=a.root, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        # once training runs (a metrics line past those already there), at a random moment
+        # of the next steps and their checkpoints
+        n0 = len(read_lines(out)) + 1
+        t_end = time.time() + 120
+        while time.time() < t_end and pr.poll() is None and len(read_lines(out)) < n0:
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0, 0.25))
+        pid = rank_pid(pr.pid, rnd.randrange(2))
+        if pid and pr.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        try:
+            pr.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pr.kill()
+            pr.wait()
+            check(False, f"{name}: kill {i}: the job hung after a rank was killed")
+        for d in sorted(os.listdir(out)):
+            if not d.startswith("ckpt-"):
+                continue
+            ck = os.path.join(out, d)
+            files = set(os.listdir(ck))
+            ok = {"state.json", "model.safetensors", "config.json"} <= files and (
+                "optimizer.safetensors" in files or ("optimizer.index.json" in files and len(
+                    os.listdir(os.path.join(ck, "optim"))) == 2))
+            check(ok, f"{name}: kill {i} (seed {seed}): {d} is incomplete: {sorted(files)}")
+    left = sorted(int(d[5:]) for d in os.listdir(out) if d.startswith("ckpt-"))
+    check(killed == kills and left and left[-1] < a.steps, f"{name}: {killed} of {kills} kills "
+          f"hit a rank while it trained; checkpoints left {left}")
+    r = run([binary, "--steps", str(a.steps), "--resume", out] + SET,
+            f"{name}: after {kills} kills, one process")
+    if r and os.path.exists(os.path.join(out, f"ckpt-{a.steps}")):
+        w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
+        w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+        upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
+        # a line cut by a kill is left out; a step redone after a resume counts last
+        worst, dw = compare(name, f"after {kills} kills (seed {seed})", metrics(one),
+                            read_lines(out), w1,
+                            out, "model.safetensors", upd, steps={a.steps})
+        print(f"{name}: {kills} kill -9 of a rank during ZeRO runs: resumed to the same "
+              f"weights (difference {dw:.3g})")
+
+
+if a.examples and not a.no_faults:
+    zero_resume(a.examples[0])
+    zero_kills(a.examples[0])
 
 # a rank with no examples at all: copo's own micro_batch (8) makes 2 micro-batches of the
 # batch of 16, so with 3 ranks rank 2 only joins the collectives

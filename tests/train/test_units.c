@@ -347,7 +347,7 @@ static void test_ckpt(void) {
   snprintf(out, sizeof out, "%s/run", dir);
   mkdir(out, 0777);
   poc_program *prog = tt_program("m", "d", NULL, 1, 0, 1);
-  trn_ckmodel cm = {"policy", &lay, w, m, v, NULL, NULL};
+  trn_ckmodel cm = {"policy", &lay, w, m, v, NULL, NULL, 0, n, 0, 0};
   trn_state st = {.step = 7, .total = 20, .pos = 56, .epoch = 3.5, .seed = 12345678901234567ULL,
                   .program_hash = 0xfeedbeefcafe1234ULL, .n_knobs = 1, .knobs = {0.25}};
   CHECK(trn_ckpt_latest(out, got, sizeof got) == -1);
@@ -371,7 +371,7 @@ static void test_ckpt(void) {
   snprintf(p, sizeof p, "%s/ckpt-7", out);
   CHECK(!strcmp(got, p));
   float *w2 = calloc(n, 4), *m2 = calloc(n, 4), *v2 = calloc(n, 4);
-  trn_ckmodel cm2 = {"policy", &lay, w2, m2, v2, NULL, NULL};
+  trn_ckmodel cm2 = {"policy", &lay, w2, m2, v2, NULL, NULL, 0, n, 0, 0};
   trn_state s2;
   CHECK(trn_ckpt_load(got, 7, &s2, prog, &cm2, 1, err) == 0);
   CHECK(s2.step == 7 && s2.total == 20 && s2.pos == 56 && s2.seed == 12345678901234567ULL);
