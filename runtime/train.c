@@ -43,6 +43,7 @@ typedef struct {
   uint64_t seed;
   int unfused;
   int allow_data_change;
+  int profile;                   /* --profile: the step's time per stage, device memory */
   int n_set;
   char **set;
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
@@ -54,7 +55,7 @@ static void usage(const poc_program *p, FILE *f) {
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
-          "       %*s [--collective-timeout SECONDS]\n"
+          "       %*s [--collective-timeout SECONDS] [--profile]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -72,7 +73,10 @@ static void usage(const poc_program *p, FILE *f) {
           "                  Weights & Biases (offline, OUT/wandb/; upload with wandb sync);\n"
           "                  repeatable\n"
           "  --collective-timeout S  under mpirun: how long a rank waits for the others in\n"
-          "                  a collective before every rank stops (default 600; 0: forever)\n",
+          "                  a collective before every rank stops (default 600; 0: forever)\n"
+          "  --profile       add each step's time per stage (time/forward, ...) and the\n"
+          "                  device memory's peak to metrics.jsonl (synchronises a GPU at\n"
+          "                  each stage's end)\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
           p->name, p->name);
   if (p->n_knobs) {
@@ -191,6 +195,8 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       return 1;
     } else if (!strcmp(a, "--allow-data-change")) {
       f->allow_data_change = 1;
+    } else if (!strcmp(a, "--profile")) {
+      f->profile = 1;
     } else {
       fprintf(stderr, "%s: error: unknown argument '%s'\n", p->name, a);
       usage(p, stderr);
@@ -502,6 +508,7 @@ typedef struct {
   int agreed;                    /* every rank fails together: no abort needed */
   poc_program named;
   char rank_name[256];
+  trn_prof prof;                 /* --profile: the last step's stages */
 } trn_run;
 
 static void run_free(trn_run *r) {
@@ -1291,7 +1298,7 @@ static int run_eval0(trn_run *r) {
 }
 
 typedef struct {
-  double loss, lr, gnorm, tok_s;
+  double loss, lr, gnorm, tok_s, dt;
   int skipped;                   /* the step was not applied (non-finite, skip policy) */
   trn_stepout so;
 } run_step_out;
@@ -1312,6 +1319,8 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
   const poc_program *p = r->p;
   const poc_train *T = r->T;
   double t0 = now_s();
+  trn_prof *pf = r->ctx.prof;
+  trn_prof_begin(pf);
   o->skipped = 0;
   for (int b = 0; b < T->batch; b++) r->ex[b] = trn_order_at(&r->order, r->st.pos + b);
   for (int m = 0; m < p->n_models; m++)
@@ -1361,10 +1370,12 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
       }
     }
   }
+  trn_prof_mark(pf, TRN_PROF_OPTIMIZER);
   r->st.step = step;
   r->st.pos += T->batch;
   r->st.epoch = (double)r->st.pos / (double)r->data.n;
   double dt = now_s() - t0;
+  o->dt = dt;
   o->tok_s = dt > 0 ? (double)o->so.tokens / dt : 0;
   return o->skipped ? STEP_SKIPPED : STEP_OK;
 }
@@ -1393,6 +1404,14 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
     if (o->skipped) cJSON_AddTrueToObject(j, "skipped");
     if (r->T->on_nonfinite == POC_NONFINITE_SKIP)
       cJSON_AddNumberToObject(j, "skipped_steps", (double)r->st.skipped);
+    if (r->ctx.prof) {
+      /* this step's split (train_prof.c); the stages add up to time/step */
+      cJSON_AddNumberToObject(j, "time/step", o->dt);
+      for (int s = 0; s < TRN_PROF_N; s++)
+        cJSON_AddNumberToObject(j, trn_prof_names[s], r->prof.s[s]);
+      cJSON_AddNumberToObject(j, "memory/device_peak_mib",
+                              (double)trn_prof_device_peak() / (1024.0 * 1024.0));
+    }
   }
   if (do_eval) {
     double acc;
@@ -1590,6 +1609,11 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     fprintf(stderr, "%s: error: --backend %s: %s\n", p->name, r->fl.backend, r->err);
     goto done;
   }
+  if (r->fl.profile) {
+    /* before any model allocates, so the peak counts everything */
+    r->prof.dev = r->dev;
+    trn_prof_watch(r->dev);
+  }
   if (r->say) {
     fprintf(stderr, "%s\n", r->dev->desc);
     if (r->ranks > 1)
@@ -1640,6 +1664,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     goto done;
   }
   if (run_eval0(r)) goto done;
+  if (r->fl.profile) r->ctx.prof = &r->prof; /* the steps' stages from here on */
   /* a run that diverges stops as bad input does: its settings (lr, knobs) are the cause */
   int loop_rc = run_loop(r);
   if (loop_rc) {

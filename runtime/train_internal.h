@@ -13,6 +13,7 @@
  *   train_step.c    one optimizer step's gradient (anchors, forward, objective, backward)
  *                   and the hoisted reference values, on whatever device the models use
  *   train_cache.c   OUT/ref_cache.bin, the hoisted values on disk
+ *   train_prof.c    --profile: the step's time per stage, the device memory's peak
  *   train.c         poc_train_run: flags, setup, the loop, evaluation
  *
  * Not a public header: generated code sees program.h only.
@@ -291,6 +292,32 @@ typedef struct trn_anchors {
   int *len[8];
 } trn_anchors;
 
+/* ---- train_prof.c ----------------------------------------------------------------- */
+
+/* The stages a profiled step's time is split into (metrics keys in trn_prof_names):
+ * forward (policy and reference forwards with their loss heads, and sampled anchors),
+ * objective (the objective over the forwards' log-probs and its seeds), backward (the
+ * trainable models' backwards and the gradient sum), optimizer (gradient norm, AdamW,
+ * the weights' check), comm (seconds inside collectives, whichever stage waited), other
+ * (the rest: packing micro-batches, zeroing gradients). */
+enum { TRN_PROF_FORWARD, TRN_PROF_OBJECTIVE, TRN_PROF_BACKWARD, TRN_PROF_OPTIMIZER,
+       TRN_PROF_COMM, TRN_PROF_OTHER, TRN_PROF_N };
+extern const char *const trn_prof_names[TRN_PROF_N];
+
+typedef struct trn_prof {
+  poc_device *dev;               /* synchronised at each mark */
+  double t, comm;                /* the last mark: wall clock, collectives' seconds */
+  double s[TRN_PROF_N];          /* this step's seconds per stage */
+} trn_prof;
+
+/* Both do nothing on NULL (profiling off). begin zeroes the stages and starts the clock;
+ * mark books the time since the previous mark to `stage` (its collectives' share to comm). */
+void trn_prof_begin(trn_prof *p);
+void trn_prof_mark(trn_prof *p, int stage);
+/* Counts the bytes held through d's allocator from now on; the peak in bytes. */
+void trn_prof_watch(poc_device *d);
+size_t trn_prof_device_peak(void);
+
 /* Everything fixed for a run that the step needs. */
 typedef struct trn_ctx {
   const poc_program *prog;
@@ -308,6 +335,7 @@ typedef struct trn_ctx {
   /* the run's double gradient accumulators (train_step.c, gradsum), n_train[m] each, zero
    * between steps; NULL where the step makes its own (one micro-batch, device memory) */
   double *gacc[TRN_MAX_MODELS];
+  trn_prof *prof;                /* --profile's stage clock; NULL when off */
 } trn_ctx;
 
 /* One model's packed forward. */

@@ -321,8 +321,11 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
     trn_errf(err, "out of memory");
     goto done;
   }
+  trn_prof *pf = c->prof;
   if (gradsum_init(&gs, c, ms, (B + mbs - 1) / mbs, err)) goto done;
+  trn_prof_mark(pf, TRN_PROF_OTHER);
   if (anchors_draw(c, ms, ex, Bl, step, &anc, err)) goto done;
+  trn_prof_mark(pf, TRN_PROF_FORWARD); /* sampling is forwards of the policy */
   int cap = p->separable ? (mbs < Bl ? mbs : Bl) : Bl;
   if (trn_objbuf_init(&o, p, cap > 0 ? cap : 1)) {
     trn_errf(err, "out of memory for the objective's buffers");
@@ -337,7 +340,9 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
+      trn_prof_mark(pf, TRN_PROF_OTHER);
       if (forwards(c, ms, &mb, 1, 0, ob, &out->tokens, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_FORWARD);
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
         en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
@@ -350,8 +355,10 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       }
       if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
       sum_outputs(&o, p->n_reports, out);
+      trn_prof_mark(pf, TRN_PROF_OBJECTIVE);
       if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
       gradsum_add(&gs, c);
+      trn_prof_mark(pf, TRN_PROF_BACKWARD);
     }
     if (R > 1) {
       double v[66];
@@ -363,6 +370,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       out->loss_sum = v[0];
       out->tokens = (int64_t)v[1];
       memcpy(out->report_sum, v + 2, (size_t)nr * sizeof(double));
+      trn_prof_mark(pf, TRN_PROF_OBJECTIVE);
     }
   } else {
     trn_objbuf_reset(&o);
@@ -370,7 +378,9 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
+      trn_prof_mark(pf, TRN_PROF_OTHER);
       if (forwards(c, ms, &mb, 0, 0, ob, &out->tokens, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_FORWARD);
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
         en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
@@ -396,16 +406,21 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
     }
     if (trn_objbuf_eval(all, c, B, ps, err)) goto done;
     sum_outputs(all, p->n_reports, out);
+    trn_prof_mark(pf, TRN_PROF_OBJECTIVE);
     for (int b0 = 0; b0 < Bl; b0 += mbs) {
       int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
+      trn_prof_mark(pf, TRN_PROF_OTHER);
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_FORWARD); /* the recomputing forward is forward time too */
       if (backwards(c, ms, &mb, all, R > 1 ? pos[b0] : b0, ob, err)) goto done;
       gradsum_add(&gs, c);
+      trn_prof_mark(pf, TRN_PROF_BACKWARD);
     }
   }
   if (gradsum_finish(&gs, c, ms, err)) goto done;
+  trn_prof_mark(pf, TRN_PROF_BACKWARD); /* the gradients' reduction (its waits: comm) */
   rc = 0;
 done:
   lora_dropout(c, ms, 0, 0, 0);
