@@ -1407,6 +1407,11 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
     if (r->ctx.prof) {
       /* this step's split (train_prof.c); the stages add up to time/step */
       cJSON_AddNumberToObject(j, "time/step", o->dt);
+      /* per trained token: rows through the loss head and causal attention's (query,
+       * key) pairs, what `poc bench`'s FLOP count needs besides the model's shape */
+      double n = o->so.tokens_here > 0 ? (double)o->so.tokens_here : 1;
+      cJSON_AddNumberToObject(j, "count/head_rows_per_token", (double)o->so.head_rows / n);
+      cJSON_AddNumberToObject(j, "count/attn_pairs_per_token", o->so.attn_pairs / n);
       for (int s = 0; s < TRN_PROF_N; s++)
         cJSON_AddNumberToObject(j, trn_prof_names[s], r->prof.s[s]);
       cJSON_AddNumberToObject(j, "memory/device_peak_mib",

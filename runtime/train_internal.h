@@ -413,6 +413,10 @@ typedef struct trn_stepout {
   int64_t tokens;                /* packed tokens through the trainable models' forwards:
                                     what tokens/s counts, so a frozen model's forward (or
                                     its absence, hoisted) shows as time, not as tokens */
+  /* this rank's share (tokens is summed over ranks): its tokens, of which the rows
+   * through the loss head (targets), and Σ over its sequences of L(L+1)/2 */
+  int64_t tokens_here, head_rows;
+  double attn_pairs;
 } trn_stepout;
 
 typedef struct trn_models { poc_model *m[TRN_MAX_MODELS]; } trn_models;

@@ -63,7 +63,7 @@ static poc_pack as_pack(const trn_pack *pk) {
 /* Forward of every model with something in the pack (only_save: just the models that will
  * run backward, with activations saved). */
 static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, int only_save,
-                    outbuf *ob, int64_t *tokens, char *err) {
+                    outbuf *ob, trn_stepout *count, char *err) {
   for (int m = 0; m < c->prog->n_models; m++) {
     const trn_pack *pk = &mb->pk[m];
     int bwd = pk->save && c->prog->models[m].trainable;
@@ -77,7 +77,17 @@ static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, in
     poc_pack p = as_pack(pk);
     poc_fwd_out fo = {ob[m].lp, pk->entropy ? ob[m].en : NULL, pk->logsumsq ? ob[m].ls : NULL};
     if (poc_model_forward_out(ms->m[m], &p, flags, &fo, err)) return -1;
-    if (tokens && c->prog->models[m].trainable) *tokens += pk->n_tok;
+    if (count && c->prog->models[m].trainable) {
+      count->tokens += pk->n_tok;
+      count->tokens_here += pk->n_tok;
+      /* what the FLOP count of `poc bench` needs: rows through the head, and the
+       * (query, key) pairs of causal attention, L(L+1)/2 for a sequence of L */
+      count->head_rows += pk->n_tgt;
+      for (int s = 0; s < pk->n_seq; s++) {
+        double L = pk->seq_start[s + 1] - pk->seq_start[s];
+        count->attn_pairs += L * (L + 1) / 2;
+      }
+    }
   }
   return 0;
 }
@@ -341,7 +351,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
       trn_prof_mark(pf, TRN_PROF_OTHER);
-      if (forwards(c, ms, &mb, 1, 0, ob, &out->tokens, err)) goto done;
+      if (forwards(c, ms, &mb, 1, 0, ob, out, err)) goto done;
       trn_prof_mark(pf, TRN_PROF_FORWARD);
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
@@ -379,7 +389,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
       trn_prof_mark(pf, TRN_PROF_OTHER);
-      if (forwards(c, ms, &mb, 0, 0, ob, &out->tokens, err)) goto done;
+      if (forwards(c, ms, &mb, 0, 0, ob, out, err)) goto done;
       trn_prof_mark(pf, TRN_PROF_FORWARD);
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
