@@ -44,6 +44,7 @@ typedef struct {
   int unfused;
   int allow_data_change;
   int profile;                   /* --profile: the step's time per stage, device memory */
+  int no_checkpoint;             /* --no-checkpoint: a measurement, nothing to keep */
   int n_set;
   char **set;
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
@@ -55,7 +56,7 @@ static void usage(const poc_program *p, FILE *f) {
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
-          "       %*s [--collective-timeout SECONDS] [--profile]\n"
+          "       %*s [--collective-timeout SECONDS] [--profile] [--no-checkpoint]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -76,7 +77,8 @@ static void usage(const poc_program *p, FILE *f) {
           "                  a collective before every rank stops (default 600; 0: forever)\n"
           "  --profile       add each step's time per stage (time/forward, ...) and the\n"
           "                  device memory's peak to metrics.jsonl (synchronises a GPU at\n"
-          "                  each stage's end)\n",
+          "                  each stage's end)\n"
+          "  --no-checkpoint write no checkpoint, not even the last (a measurement run)\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
           p->name, p->name);
   if (p->n_knobs) {
@@ -197,6 +199,8 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       f->allow_data_change = 1;
     } else if (!strcmp(a, "--profile")) {
       f->profile = 1;
+    } else if (!strcmp(a, "--no-checkpoint")) {
+      f->no_checkpoint = 1;
     } else {
       fprintf(stderr, "%s: error: unknown argument '%s'\n", p->name, a);
       usage(p, stderr);
@@ -1436,7 +1440,7 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
 }
 
 static int run_checkpoint(trn_run *r) {
-  if (r->rank) return 0; /* the replicas are equal: rank 0 writes */
+  if (r->rank || r->fl.no_checkpoint) return 0; /* the replicas are equal: rank 0 writes */
   if (run_stage_state(r, 0)) return -1;
   if (trn_ckpt_write(r->out, &r->st, r->p, r->cm, r->n_cm, r->err)) return -1;
   trn_path(r->good_ckpt, sizeof r->good_ckpt, "%s/ckpt-%lld", r->out, (long long)r->st.step);
@@ -1528,7 +1532,11 @@ static int run_loop(trn_run *r) {
             "collectives (rank 0, waiting included)\n", p->name, (double)(bytes1 - bytes0) / n,
             (comm1 - comm0) / n, steps_s / n);
   }
-  if (r->say) fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
+  if (r->say && r->fl.no_checkpoint)
+    fprintf(stderr, "%s: done: step %lld in %s (--no-checkpoint: no checkpoint written)\n",
+            p->name, (long long)r->st.step, r->out);
+  else if (r->say)
+    fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
   return 0;
 }
 
