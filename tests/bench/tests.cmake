@@ -7,3 +7,12 @@ add_test(NAME bench_poc
          WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
 set_tests_properties(bench_poc PROPERTIES LABELS bench TIMEOUT 180
                      ENVIRONMENT "OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
+
+# bench/gpu's pipeline on the CPU: a tiny model through poc bench, the hand-written PyTorch
+# DPO step and TRL's DPOTrainer, which must all report the same losses step for step.
+add_test(NAME bench_gpu_pieces
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/test_gpu_pieces.py
+                 $<TARGET_FILE:poc> ${CMAKE_CURRENT_BINARY_DIR}/gpu_pieces_scratch
+         WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+set_tests_properties(bench_gpu_pieces PROPERTIES LABELS bench TIMEOUT 300 SKIP_RETURN_CODE 77
+                     ENVIRONMENT "OMP_NUM_THREADS=1;OMP_WAIT_POLICY=PASSIVE")
