@@ -64,7 +64,7 @@ static const char *const bn_stage[BN_STAGES] = {"forward", "objective", "backwar
 
 typedef struct {
   const char *file, *backend, *out, *arch;
-  int steps, rounds;
+  int steps, rounds, gemm_n;       /* gemm_n: the peak's product size, 0 the device's default */
   const char *sets[BN_MAX_SETS];
   int n_sets;
 } bn_opts;
@@ -163,7 +163,7 @@ static void bn_tail(const char *path, size_t max) {
 
 static void bn_usage(FILE *f) {
   fprintf(f, "usage: poc bench FILE.po [--backend cpu|cuda] [--steps N] [--rounds R] [--out DIR]\n"
-             "                 [--set k=v ...] [--arch sm_90,...]\n"
+             "                 [--set k=v ...] [--arch sm_90,...] [--gemm-n N]\n"
              "Builds FILE.po fused and --unfused, runs the two binaries in alternating rounds\n"
              "and prints tokens/s, the step's time per stage, peak memory and MFU against the\n"
              "device's measured GEMM peak; writes OUT/bench.json and OUT/bench.md.\n"
@@ -172,7 +172,9 @@ static void bn_usage(FILE *f) {
              "  --rounds R   runs of each binary, alternating (default 2); the best is kept\n"
              "  --out DIR    where binaries, runs and results go (default runs/bench-NAME)\n"
              "  --set k=v    passed to both binaries (knobs, train.NAME=value)\n"
-             "  --arch A     passed to poc build (GPU kernels built in)\n");
+             "  --arch A     passed to poc build (GPU kernels built in)\n"
+             "  --gemm-n N   the GEMM peak's N×N×N product (default 2048 on the CPU, 8192 on\n"
+             "               a GPU; smaller is quicker and lower)\n");
 }
 
 static int bn_int(const char *flag, const char *v, int lo, int *out) {
@@ -198,7 +200,8 @@ static int bn_parse(bn_opts *o, int argc, char **argv) {
       return 1;
     }
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--rounds") ||
-                !strcmp(a, "--out") || !strcmp(a, "--set") || !strcmp(a, "--arch");
+                !strcmp(a, "--out") || !strcmp(a, "--set") || !strcmp(a, "--arch") ||
+                !strcmp(a, "--gemm-n");
     if (needs && i + 1 >= argc) {
       fprintf(stderr, "poc bench: %s needs a value\n", a);
       return -1;
@@ -213,6 +216,8 @@ static int bn_parse(bn_opts *o, int argc, char **argv) {
       if (bn_int(a, argv[++i], 2, &o->steps)) return -1;
     } else if (!strcmp(a, "--rounds")) {
       if (bn_int(a, argv[++i], 1, &o->rounds)) return -1;
+    } else if (!strcmp(a, "--gemm-n")) {
+      if (bn_int(a, argv[++i], 64, &o->gemm_n)) return -1;
     } else if (!strcmp(a, "--out")) {
       o->out = argv[++i];
     } else if (!strcmp(a, "--arch")) {
@@ -296,12 +301,13 @@ typedef struct {
   int cached;
 } bn_peak;
 
-/* What makes a cached peak this machine's: the host, the device line, the thread count. */
-static void bn_machine(char *buf, size_t n, const char *backend) {
+/* What makes a cached peak this machine's: the host, the backend, the thread count, the
+ * product's size. */
+static void bn_machine(char *buf, size_t n, const bn_opts *o) {
   char host[256] = "";
   gethostname(host, sizeof host - 1);
   const char *th = getenv("OMP_NUM_THREADS");
-  snprintf(buf, n, "%s/%s/threads=%s", host, backend, th ? th : "all");
+  snprintf(buf, n, "%s/%s/threads=%s/n=%d", host, o->backend, th ? th : "all", o->gemm_n);
 }
 
 /* The device's own GEMM kernel (OpenBLAS sgemm on the CPU; cuBLAS with bf16 operands and
@@ -315,7 +321,7 @@ static int bn_measure_peak(const bn_opts *o, const bn_model *m, bn_peak *pk) {
     return -1;
   }
   int cuda = !d->host_memory;
-  int n = cuda ? 8192 : 2048, reps = cuda ? 10 : 5;
+  int n = o->gemm_n ? o->gemm_n : cuda ? 8192 : 2048, reps = cuda ? 10 : 5;
   poc_dims dm;
   poc_dims_from_config(&m->cfg, &dm);
   poc_kset *k = d->kernels(d, &dm);
@@ -364,7 +370,7 @@ out:
 static int bn_peak_get(const bn_opts *o, const bn_model *m, const char *out, bn_peak *pk) {
   char path[4200], machine[512];
   bn_path(path, sizeof path, "%s/peak.json", out);
-  bn_machine(machine, sizeof machine, o->backend);
+  bn_machine(machine, sizeof machine, o);
   char *s = bn_slurp(path, NULL);
   cJSON *j = s ? cJSON_Parse(s) : NULL;
   free(s);
