@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -106,17 +107,22 @@ def last_json(text):
 
 
 def run_capped(cmd, cap, log):
-    """(returncode or 'timeout', stdout) of cmd with a wall-clock cap; output kept in log."""
+    """(returncode or 'timeout', stdout, seconds) of cmd with a wall-clock cap; its output
+    is kept in log. The command runs in a session of its own, so a cap ends its children
+    too (poc bench's training binaries), not just the command."""
     t0 = time.time()
     with open(log, "w") as f:
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True,
+                             start_new_session=True)
         try:
-            p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True, timeout=cap)
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            f.write(out)
-            return "timeout", out, time.time() - t0
-        f.write(p.stdout)
-    return p.returncode, p.stdout, time.time() - t0
+            out, _ = p.communicate(timeout=cap)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+            f.write(out or "")
+            return "timeout", out or "", time.time() - t0
+        f.write(out)
+    return p.returncode, out, time.time() - t0
 
 
 def device_line(backend):
