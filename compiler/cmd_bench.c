@@ -57,8 +57,8 @@
 #include "driver.h"
 #include "ir.h"
 
-#define BN_STAGES 6
-static const char *const bn_stage[BN_STAGES] = {"forward", "objective", "backward",
+#define BN_STAGES 7
+static const char *const bn_stage[BN_STAGES] = {"forward", "head", "objective", "backward",
                                                 "optimizer", "comm", "other"};
 #define BN_MAX_SETS 64
 
@@ -590,9 +590,9 @@ static void bn_table(FILE *f, const bn_opts *o, const bn_model *m, const bn_peak
           m->path, bn_layer_params(&m->cfg) / 1e6, m->cfg.hidden_size,
           m->cfg.num_hidden_layers, m->cfg.vocab_size, m->lora ? ", LoRA" : "",
           v[0].best.head_rows, v[0].best.attn_pairs, v[0].flops / 1e6);
-  fprintf(f, "| variant | tokens/s | step ms | forward | objective | backward | optimizer | "
-             "comm | other | peak RSS MiB | device MiB | MFU |\n");
-  fprintf(f, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fprintf(f, "| variant | tokens/s | step ms | forward | head | objective | backward | "
+             "optimizer | comm | other | peak RSS MiB | device MiB | MFU |\n");
+  fprintf(f, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int i = 0; i < nv; i++) {
     const bn_run *r = &v[i].best;
     fprintf(f, "| %s | %.0f | %.2f |", v[i].name, r->tok_s, 1e3 * r->step_s);

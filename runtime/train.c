@@ -1375,6 +1375,7 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
     }
   }
   trn_prof_mark(pf, TRN_PROF_OPTIMIZER);
+  trn_prof_end(pf);
   r->st.step = step;
   r->st.pos += T->batch;
   r->st.epoch = (double)r->st.pos / (double)r->data.n;
@@ -1625,7 +1626,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   if (r->fl.profile) {
     /* before any model allocates, so the peak counts everything */
     r->prof.dev = r->dev;
-    trn_prof_watch(r->dev);
+    trn_prof_watch(r->dev, &r->prof);
   }
   if (r->say) {
     fprintf(stderr, "%s\n", r->dev->desc);

@@ -295,27 +295,34 @@ typedef struct trn_anchors {
 /* ---- train_prof.c ----------------------------------------------------------------- */
 
 /* The stages a profiled step's time is split into (metrics keys in trn_prof_names):
- * forward (policy and reference forwards with their loss heads, and sampled anchors),
- * objective (the objective over the forwards' log-probs and its seeds), backward (the
- * trainable models' backwards and the gradient sum), optimizer (gradient norm, AdamW,
- * the weights' check), comm (seconds inside collectives, whichever stage waited), other
- * (the rest: packing micro-batches, zeroing gradients). */
-enum { TRN_PROF_FORWARD, TRN_PROF_OBJECTIVE, TRN_PROF_BACKWARD, TRN_PROF_OPTIMIZER,
-       TRN_PROF_COMM, TRN_PROF_OTHER, TRN_PROF_N };
+ * forward (the decoder layers of the policy's and reference's forwards, and sampled
+ * anchors), head (the loss head, forward and backward: the final norm, the logits, the
+ * log-softmax and their gradients), objective (the objective over the log-probs and its
+ * seeds), backward (the layers' backward and the gradient sum), optimizer (gradient norm,
+ * AdamW, the weights' check), comm (seconds inside collectives, whichever stage waited),
+ * other (the rest: packing micro-batches, zeroing gradients). */
+enum { TRN_PROF_FORWARD, TRN_PROF_HEAD, TRN_PROF_OBJECTIVE, TRN_PROF_BACKWARD,
+       TRN_PROF_OPTIMIZER, TRN_PROF_COMM, TRN_PROF_OTHER, TRN_PROF_N };
 extern const char *const trn_prof_names[TRN_PROF_N];
 
 typedef struct trn_prof {
-  poc_device *dev;               /* synchronised at each mark */
-  double t, comm;                /* the last mark: wall clock, collectives' seconds */
+  poc_device *dev;               /* synchronised at each boundary */
+  double t, comm;                /* the last boundary: wall clock, collectives' seconds */
+  double pend;                   /* seconds outside the head since the last mark */
+  int in_head;                   /* the model is in its loss head (device's stage marker) */
+  int active;                    /* between trn_prof_begin and trn_prof_end */
   double s[TRN_PROF_N];          /* this step's seconds per stage */
 } trn_prof;
 
-/* Both do nothing on NULL (profiling off). begin zeroes the stages and starts the clock;
- * mark books the time since the previous mark to `stage` (its collectives' share to comm). */
+/* All do nothing on NULL (profiling off). begin zeroes the stages and starts the clock;
+ * mark books the time since the previous mark to `stage` (its loss-head part to head, its
+ * collectives' share to comm); end stops watching the head until the next begin. */
 void trn_prof_begin(trn_prof *p);
 void trn_prof_mark(trn_prof *p, int stage);
-/* Counts the bytes held through d's allocator from now on; the peak in bytes. */
-void trn_prof_watch(poc_device *d);
+void trn_prof_end(trn_prof *p);
+/* Counts the bytes held through d's allocator from now on (the peak in bytes), and tells
+ * the loss head's kernels from the rest for p's head stage. */
+void trn_prof_watch(poc_device *d, trn_prof *p);
 size_t trn_prof_device_peak(void);
 
 /* Everything fixed for a run that the step needs. */

@@ -15,7 +15,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, finish  # noqa: E402
 
-STAGES = ["forward", "objective", "backward", "optimizer", "comm", "other"]
+STAGES = ["forward", "head", "objective", "backward", "optimizer", "comm", "other"]
 
 
 def flops_per_token(cfg, head_rows, attn_pairs):
@@ -57,8 +57,8 @@ def main():
         check(abs(named - v["step_s"]) <= 0.15 * v["step_s"],
               f"{name}: forward+objective+backward+optimizer+comm = {named:.5f} s against a "
               f"step of {v['step_s']:.5f} s (more than 15% apart)")
-        check(split["forward"] > 0 and split["backward"] > 0 and split["optimizer"] > 0,
-              f"{name}: forward, backward and optimizer take time: {split}")
+        check(all(split[s] > 0 for s in ("forward", "head", "backward", "optimizer")),
+              f"{name}: forward, head, backward and optimizer take time: {split}")
         check(split["comm"] == 0, f"{name}: a single process has no communication ({split['comm']})")
         # the runs' own metrics: the medians bench.json reports come from them
         run = os.path.join(out, f"run-{name}-0", "metrics.jsonl")

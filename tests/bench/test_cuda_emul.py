@@ -16,7 +16,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pycheck import check, finish  # noqa: E402
 
-STAGES = ["forward", "objective", "backward", "optimizer", "comm", "other"]
+STAGES = ["forward", "head", "objective", "backward", "optimizer", "comm", "other"]
 
 
 def main():
