@@ -9,6 +9,7 @@ int poc_cmd_graph(int argc, char **argv);     /* cmd_graph.c    */
 int poc_cmd_probe(int argc, char **argv);     /* cmd_probe.c    */
 int poc_cmd_build(int argc, char **argv);     /* cmd_build.c    */
 int poc_cmd_run(int argc, char **argv);       /* cmd_build.c    */
+int poc_cmd_bench(int argc, char **argv);     /* cmd_bench.c    */
 int poc_cmd_logp(int argc, char **argv);      /* cmd_model.c    */
 int poc_cmd_merge(int argc, char **argv);     /* cmd_model.c    */
 int poc_cmd_generate(int argc, char **argv);  /* cmd_model.c    */

@@ -15,6 +15,8 @@ static const struct {
     {"graph", poc_cmd_graph, "graph FILE.po [--dot] [--unfused]   the IR before and after the passes, fuse groups, memory plan"},
     {"build", poc_cmd_build, "build FILE.po -o BIN [--unfused] [--arch sm_90,...]"},
     {"run", poc_cmd_run, "run FILE.po [BIN flags]       build into a cache keyed by content hash, then run"},
+    {"bench", poc_cmd_bench,
+     "bench FILE.po [--backend cpu|cuda] [--steps N] [--rounds R] [--out DIR] [--set k=v]   fused vs unfused: tokens/s, time split, memory, MFU"},
     {"probe", poc_cmd_probe, "probe FILE.po --inputs IN.json [--set k=v ...] | --template"},
     {"logp", poc_cmd_logp,
      "logp MODEL_DIR DATA.jsonl [--field NAME] [--adapter DIR] [--backend cpu|cuda]"},

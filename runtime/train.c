@@ -43,6 +43,8 @@ typedef struct {
   uint64_t seed;
   int unfused;
   int allow_data_change;
+  int profile;                   /* --profile: the step's time per stage, device memory */
+  int no_checkpoint;             /* --no-checkpoint: a measurement, nothing to keep */
   int n_set;
   char **set;
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
@@ -57,6 +59,7 @@ static void usage(const poc_program *p, FILE *f) {
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
           "       %*s [--collective-timeout SECONDS] [--zero 0|1] [--overlap 0|1]\n"
+          "       %*s [--profile] [--no-checkpoint]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -78,9 +81,13 @@ static void usage(const poc_program *p, FILE *f) {
           "  --zero 0|1      under mpirun: shard the AdamW state over the ranks (ZeRO stage\n"
           "                  1; default 1 with several ranks)\n"
           "  --overlap 0|1   under mpirun: start the gradient's reductions layer by layer\n"
-          "                  during the last micro-batch's backward (default 1)\n",
+          "                  during the last micro-batch's backward (default 1)\n"
+          "  --profile       add each step's time per stage (time/forward, ...) and the\n"
+          "                  device memory's peak to metrics.jsonl (synchronises a GPU at\n"
+          "                  each stage's end)\n"
+          "  --no-checkpoint write no checkpoint, not even the last (a measurement run)\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
-          p->name, p->name);
+          (int)strlen(p->name), "", p->name, p->name);
   if (p->n_knobs) {
     fprintf(f, "knobs:");
     for (int i = 0; i < p->n_knobs; i++) fprintf(f, " %s=%g", p->knobs[i].name, p->knobs[i].value);
@@ -212,6 +219,10 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       return 1;
     } else if (!strcmp(a, "--allow-data-change")) {
       f->allow_data_change = 1;
+    } else if (!strcmp(a, "--profile")) {
+      f->profile = 1;
+    } else if (!strcmp(a, "--no-checkpoint")) {
+      f->no_checkpoint = 1;
     } else {
       fprintf(stderr, "%s: error: unknown argument '%s'\n", p->name, a);
       usage(p, stderr);
@@ -524,6 +535,7 @@ typedef struct {
   int agreed;                    /* every rank fails together: no abort needed */
   poc_program named;
   char rank_name[256];
+  trn_prof prof;                 /* --profile: the last step's stages */
 } trn_run;
 
 static void run_free(trn_run *r) {
@@ -1336,7 +1348,7 @@ static int run_eval0(trn_run *r) {
 }
 
 typedef struct {
-  double loss, lr, gnorm, tok_s;
+  double loss, lr, gnorm, tok_s, dt;
   int skipped;                   /* the step was not applied (non-finite, skip policy) */
   trn_stepout so;
 } run_step_out;
@@ -1357,6 +1369,8 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
   const poc_program *p = r->p;
   const poc_train *T = r->T;
   double t0 = now_s();
+  trn_prof *pf = r->ctx.prof;
+  trn_prof_begin(pf);
   o->skipped = 0;
   for (int b = 0; b < T->batch; b++) r->ex[b] = trn_order_at(&r->order, r->st.pos + b);
   for (int m = 0; m < p->n_models; m++)
@@ -1412,10 +1426,13 @@ static int run_step(trn_run *r, int64_t step, run_step_out *o) {
       }
     }
   }
+  trn_prof_mark(pf, TRN_PROF_OPTIMIZER);
+  trn_prof_end(pf);
   r->st.step = step;
   r->st.pos += T->batch;
   r->st.epoch = (double)r->st.pos / (double)r->data.n;
   double dt = now_s() - t0;
+  o->dt = dt;
   o->tok_s = dt > 0 ? (double)o->so.tokens / dt : 0;
   return o->skipped ? STEP_SKIPPED : STEP_OK;
 }
@@ -1444,6 +1461,19 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
     if (o->skipped) cJSON_AddTrueToObject(j, "skipped");
     if (r->T->on_nonfinite == POC_NONFINITE_SKIP)
       cJSON_AddNumberToObject(j, "skipped_steps", (double)r->st.skipped);
+    if (r->ctx.prof) {
+      /* this step's split (train_prof.c); the stages add up to time/step */
+      cJSON_AddNumberToObject(j, "time/step", o->dt);
+      /* per trained token: rows through the loss head and causal attention's (query,
+       * key) pairs, what `poc bench`'s FLOP count needs besides the model's shape */
+      double n = o->so.tokens_here > 0 ? (double)o->so.tokens_here : 1;
+      cJSON_AddNumberToObject(j, "count/head_rows_per_token", (double)o->so.head_rows / n);
+      cJSON_AddNumberToObject(j, "count/attn_pairs_per_token", o->so.attn_pairs / n);
+      for (int s = 0; s < TRN_PROF_N; s++)
+        cJSON_AddNumberToObject(j, trn_prof_names[s], r->prof.s[s]);
+      cJSON_AddNumberToObject(j, "memory/device_peak_mib",
+                              (double)trn_prof_device_peak() / (1024.0 * 1024.0));
+    }
   }
   if (do_eval) {
     double acc;
@@ -1463,6 +1493,7 @@ static int run_log(trn_run *r, int64_t step, int logged, int do_eval, const run_
 }
 
 static int run_checkpoint(trn_run *r) {
+  if (r->fl.no_checkpoint) return 0; /* a measurement run */
   /* the replicas are equal: rank 0 writes, but for ZeRO's moments, each rank its shard */
   if (r->rank && !r->ctx.zero) return 0;
   if (run_stage_state(r, 0)) return -1;
@@ -1564,7 +1595,11 @@ static int run_loop(trn_run *r) {
             cs.exposed_s / n, r->ctx.zero ? "on" : "off",
             r->ctx.overlap && r->ranks > 1 ? "on" : "off");
   }
-  if (r->say) fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
+  if (r->say && r->fl.no_checkpoint)
+    fprintf(stderr, "%s: done: step %lld in %s (--no-checkpoint: no checkpoint written)\n",
+            p->name, (long long)r->st.step, r->out);
+  else if (r->say)
+    fprintf(stderr, "%s: done: %s/ckpt-%lld\n", p->name, r->out, (long long)r->st.step);
   return 0;
 }
 
@@ -1650,6 +1685,11 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     fprintf(stderr, "%s: error: --backend %s: %s\n", p->name, r->fl.backend, r->err);
     goto done;
   }
+  if (r->fl.profile) {
+    /* before any model allocates, so the peak counts everything */
+    r->prof.dev = r->dev;
+    trn_prof_watch(r->dev, &r->prof);
+  }
   if (r->say) {
     fprintf(stderr, "%s\n", r->dev->desc);
     if (r->ranks > 1)
@@ -1705,6 +1745,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     goto done;
   }
   if (run_eval0(r)) goto done;
+  if (r->fl.profile) r->ctx.prof = &r->prof; /* the steps' stages from here on */
   /* a run that diverges stops as bad input does: its settings (lr, knobs) are the cause */
   int loop_rc = run_loop(r);
   if (loop_rc) {

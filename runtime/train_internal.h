@@ -13,6 +13,7 @@
  *   train_step.c    one optimizer step's gradient (anchors, forward, objective, backward)
  *                   and the hoisted reference values, on whatever device the models use
  *   train_cache.c   OUT/ref_cache.bin, the hoisted values on disk
+ *   train_prof.c    --profile: the step's time per stage, the device memory's peak
  *   train.c         poc_train_run: flags, setup, the loop, evaluation
  *
  * Not a public header: generated code sees program.h only.
@@ -296,6 +297,39 @@ typedef struct trn_anchors {
   int *len[8];
 } trn_anchors;
 
+/* ---- train_prof.c ----------------------------------------------------------------- */
+
+/* The stages a profiled step's time is split into (metrics keys in trn_prof_names):
+ * forward (the decoder layers of the policy's and reference's forwards, and sampled
+ * anchors), head (the loss head, forward and backward: the final norm, the logits, the
+ * log-softmax and their gradients), objective (the objective over the log-probs and its
+ * seeds), backward (the layers' backward and the gradient sum), optimizer (gradient norm,
+ * AdamW, the weights' check), comm (seconds inside collectives, whichever stage waited),
+ * other (the rest: packing micro-batches, zeroing gradients). */
+enum { TRN_PROF_FORWARD, TRN_PROF_HEAD, TRN_PROF_OBJECTIVE, TRN_PROF_BACKWARD,
+       TRN_PROF_OPTIMIZER, TRN_PROF_COMM, TRN_PROF_OTHER, TRN_PROF_N };
+extern const char *const trn_prof_names[TRN_PROF_N];
+
+typedef struct trn_prof {
+  poc_device *dev;               /* synchronised at each boundary */
+  double t, comm;                /* the last boundary: wall clock, collectives' seconds */
+  double pend;                   /* seconds outside the head since the last mark */
+  int in_head;                   /* the model is in its loss head (device's stage marker) */
+  int active;                    /* between trn_prof_begin and trn_prof_end */
+  double s[TRN_PROF_N];          /* this step's seconds per stage */
+} trn_prof;
+
+/* All do nothing on NULL (profiling off). begin zeroes the stages and starts the clock;
+ * mark books the time since the previous mark to `stage` (its loss-head part to head, its
+ * collectives' share to comm); end stops watching the head until the next begin. */
+void trn_prof_begin(trn_prof *p);
+void trn_prof_mark(trn_prof *p, int stage);
+void trn_prof_end(trn_prof *p);
+/* Counts the bytes held through d's allocator from now on (the peak in bytes), and tells
+ * the loss head's kernels from the rest for p's head stage. */
+void trn_prof_watch(poc_device *d, trn_prof *p);
+size_t trn_prof_device_peak(void);
+
 /* Everything fixed for a run that the step needs. */
 typedef struct trn_ctx {
   const poc_program *prog;
@@ -319,6 +353,7 @@ typedef struct trn_ctx {
   /* overlap (--overlap 1, the default): the gradient's reductions start during the last
    * micro-batch's backward, bucket by bucket (train_step.c) */
   int overlap;
+  trn_prof *prof;                /* --profile's stage clock; NULL when off */
 } trn_ctx;
 
 /* One model's packed forward. */
@@ -396,6 +431,10 @@ typedef struct trn_stepout {
   int64_t tokens;                /* packed tokens through the trainable models' forwards:
                                     what tokens/s counts, so a frozen model's forward (or
                                     its absence, hoisted) shows as time, not as tokens */
+  /* this rank's share (tokens is summed over ranks): its tokens, of which the rows
+   * through the loss head (targets), and Σ over its sequences of L(L+1)/2 */
+  int64_t tokens_here, head_rows;
+  double attn_pairs;
 } trn_stepout;
 
 typedef struct trn_models { poc_model *m[TRN_MAX_MODELS]; } trn_models;

@@ -63,7 +63,7 @@ static poc_pack as_pack(const trn_pack *pk) {
 /* Forward of every model with something in the pack (only_save: just the models that will
  * run backward, with activations saved). */
 static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, int only_save,
-                    outbuf *ob, int64_t *tokens, char *err) {
+                    outbuf *ob, trn_stepout *count, char *err) {
   for (int m = 0; m < c->prog->n_models; m++) {
     const trn_pack *pk = &mb->pk[m];
     int bwd = pk->save && c->prog->models[m].trainable;
@@ -77,7 +77,17 @@ static int forwards(const trn_ctx *c, models *ms, const trn_mb *mb, int save, in
     poc_pack p = as_pack(pk);
     poc_fwd_out fo = {ob[m].lp, pk->entropy ? ob[m].en : NULL, pk->logsumsq ? ob[m].ls : NULL};
     if (poc_model_forward_out(ms->m[m], &p, flags, &fo, err)) return -1;
-    if (tokens && c->prog->models[m].trainable) *tokens += pk->n_tok;
+    if (count && c->prog->models[m].trainable) {
+      count->tokens += pk->n_tok;
+      count->tokens_here += pk->n_tok;
+      /* what the FLOP count of `poc bench` needs: rows through the head, and the
+       * (query, key) pairs of causal attention, L(L+1)/2 for a sequence of L */
+      count->head_rows += pk->n_tgt;
+      for (int s = 0; s < pk->n_seq; s++) {
+        double L = pk->seq_start[s + 1] - pk->seq_start[s];
+        count->attn_pairs += L * (L + 1) / 2;
+      }
+    }
   }
   return 0;
 }
@@ -504,8 +514,11 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
     trn_errf(err, "out of memory");
     goto done;
   }
+  trn_prof *pf = c->prof;
   if (gradsum_init(&gs, c, ms, (B + mbs - 1) / mbs, err)) goto done;
+  trn_prof_mark(pf, TRN_PROF_OTHER);
   if (anchors_draw(c, ms, ex, Bl, step, &anc, err)) goto done;
+  trn_prof_mark(pf, TRN_PROF_FORWARD); /* sampling is forwards of the policy */
   int cap = p->separable ? (mbs < Bl ? mbs : Bl) : Bl;
   if (trn_objbuf_init(&o, p, cap > 0 ? cap : 1)) {
     trn_errf(err, "out of memory for the objective's buffers");
@@ -520,7 +533,9 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
-      if (forwards(c, ms, &mb, 1, 0, ob, &out->tokens, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_OTHER);
+      if (forwards(c, ms, &mb, 1, 0, ob, out, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_FORWARD);
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
         en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
@@ -533,9 +548,11 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       }
       if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
       sum_outputs(&o, p->n_reports, out);
+      trn_prof_mark(pf, TRN_PROF_OBJECTIVE);
       if (b0 + mbs >= Bl) ovl_hooks(&gs, 1);
       if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
       gradsum_add(&gs, c);
+      trn_prof_mark(pf, TRN_PROF_BACKWARD);
     }
     ovl_start_rest(&gs); /* before the sums below, in the same order on every rank */
     if (R > 1) {
@@ -548,6 +565,7 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       out->loss_sum = v[0];
       out->tokens = (int64_t)v[1];
       memcpy(out->report_sum, v + 2, (size_t)nr * sizeof(double));
+      trn_prof_mark(pf, TRN_PROF_OBJECTIVE);
     }
   } else {
     trn_objbuf_reset(&o);
@@ -555,7 +573,9 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
-      if (forwards(c, ms, &mb, 0, 0, ob, &out->tokens, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_OTHER);
+      if (forwards(c, ms, &mb, 0, 0, ob, out, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_FORWARD);
       for (int m = 0; m < p->n_models; m++) {
         lp[m] = ob[m].lp;
         en[m] = mb.pk[m].entropy ? ob[m].en : NULL;
@@ -581,17 +601,22 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
     }
     if (trn_objbuf_eval(all, c, B, ps, err)) goto done;
     sum_outputs(all, p->n_reports, out);
+    trn_prof_mark(pf, TRN_PROF_OBJECTIVE);
     for (int b0 = 0; b0 < Bl; b0 += mbs) {
       int n = Bl - b0 < mbs ? Bl - b0 : mbs;
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
+      trn_prof_mark(pf, TRN_PROF_OTHER);
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
+      trn_prof_mark(pf, TRN_PROF_FORWARD); /* the recomputing forward is forward time too */
       if (b0 + mbs >= Bl) ovl_hooks(&gs, 1);
       if (backwards(c, ms, &mb, all, R > 1 ? pos[b0] : b0, ob, err)) goto done;
       gradsum_add(&gs, c);
+      trn_prof_mark(pf, TRN_PROF_BACKWARD);
     }
   }
   if (gradsum_finish(&gs, c, ms, err)) goto done;
+  trn_prof_mark(pf, TRN_PROF_BACKWARD); /* the gradients' reduction (its waits: comm) */
   rc = 0;
 done:
   lora_dropout(c, ms, 0, 0, 0);

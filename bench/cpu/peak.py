@@ -19,13 +19,3 @@ def gemm_peak(bench_model, n=2048, env=None):
     device = next((l for l in p.stderr.splitlines() if l.startswith("cpu: ")), "")
     return float(m.group(2)), m.group(1), device
 
-
-def model_flops_per_token(cfg, target_fraction):
-    """Training FLOPs per pack token of a Llama config.json (forward + backward = 3 ×
-    forward): 2 per matmul weight in the layers, the head's 2·H·V on target rows only,
-    attention ignored (under 5% at these lengths)."""
-    h, layers, inter, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
-    qd, kvd = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    per_layer = 2 * h * qd + 2 * h * kvd + 3 * h * inter
-    return 3 * (2 * per_layer * layers + 2 * h * v * target_fraction)

@@ -26,28 +26,14 @@ import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peak  # noqa: E402
+from benchlib import cpu_flags, cpu_name, model_flops_per_token, target_fraction  # noqa: E402
 
 # make_model.py arguments: ~20M (the training benchmark's) and ~60M parameters
 MODELS = {"20M": [], "60M": ["--hidden", "640", "--intermediate", "1728", "--layers", "10",
                              "--heads", "10", "--kv-heads", "2"]}
 CHOICES = [("BLAS's own", {"POC_CPU_KERNELS": "blas"}), ("poc's", {})]
-
-
-def cpu_name():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_flags():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-                            if f in have)
-    return ""
 
 
 def run(binary, steps, out, env):
@@ -59,17 +45,6 @@ def run(binary, steps, out, env):
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
     tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     return statistics.median(tps[1:] or tps), device
-
-
-def target_fraction(pairs):
-    """Target tokens over pack tokens of DPO's policy packs (prompt ++ chosen, prompt ++
-    rejected): the head runs on target rows only."""
-    tgt = tok = 0
-    for line in open(pairs):
-        r = json.loads(line)
-        tgt += len(r["chosen"]) + len(r["rejected"])
-        tok += 2 * len(r["prompt"]) + len(r["chosen"]) + len(r["rejected"])
-    return tgt / tok
 
 
 def main():
@@ -101,7 +76,7 @@ def main():
             subprocess.run([sys.executable, os.path.join(ROOT, "bench", "train", "make_model.py"), mdir,
                             *MODELS[mname]], check=True, stdout=subprocess.DEVNULL)
             cfg = json.load(open(os.path.join(mdir, "config.json")))
-            flops = peak.model_flops_per_token(cfg, frac)
+            flops = model_flops_per_token(cfg, frac)
             for prec in ("fp32", "bf16"):
                 text = open(os.path.join(ROOT, "examples", "dpo.po")).read()
                 text = re.sub(r'model\("examples/tiny"\)', f'model("{mdir}")', text)
@@ -160,7 +135,7 @@ def main():
         f.write("| model | params | precision | BLAS's own tokens/s | MFU | poc's tokens/s | MFU | poc / BLAS |\n")
         f.write("|---|---:|---|---:|---:|---:|---:|---:|\n")
         for mname, cfg, prec, res in rows:
-            flops = peak.model_flops_per_token(cfg, frac)
+            flops = model_flops_per_token(cfg, frac)
             b, p = res["BLAS's own"][0], res["poc's"][0]
             h, L, i, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
             kvd = cfg["num_key_value_heads"] * (cfg.get("head_dim") or h // cfg["num_attention_heads"])

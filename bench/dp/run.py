@@ -27,8 +27,8 @@ import sys
 import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "bench", "train"))
-from run import cpu_name  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from benchlib import cpu_name  # noqa: E402
 
 LINE = re.compile(r"data parallel: per step (\d+) bytes reduced, (\d+) gathered, (\d+) sent "
                   r"\(ring\), ([0-9.]+) s of ([0-9.]+) s in collectives, ([0-9.]+) s of it exposed")

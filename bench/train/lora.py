@@ -21,8 +21,8 @@ import sys
 import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "bench", "train"))
-from run import cpu_name, measure  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from benchlib import cpu_name, measure  # noqa: E402
 
 
 def measure_trl(model, pairs, steps):

@@ -20,50 +20,18 @@ knobs: OMP_NUM_THREADS (all cores unless set), NOTE (a sentence added to the res
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench", "cpu"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import peak  # noqa: E402  (the sgemm peak of the kernels in use, and the device line)
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def measure(binary, steps, out):
-    # wait4 on our own child gives that process's peak resident set
-    t0 = time.time()
-    pid = os.fork()
-    if pid == 0:
-        os.chdir(ROOT)
-        fd = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(fd, 1)
-        err = os.open(out + ".stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(err, 2)
-        os.execv(binary, [binary, "--steps", str(steps), "--out", out])
-    _, status, ru = os.wait4(pid, 0)
-    wall = time.time() - t0
-    if status:
-        raise RuntimeError(f"{binary} failed ({status}):\n" + open(out + ".stderr").read()[-2000:])
-    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
-    rows = [r for r in rows if "tokens_per_s" in r]
-    tps = [r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows]
-    return statistics.median(tps), wall, ru.ru_maxrss / 1024.0
+from benchlib import cpu_name, measure  # noqa: E402
 
 
 def main():

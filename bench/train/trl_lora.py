@@ -8,8 +8,8 @@ Peak memory is the caller's to measure (this is one process).
 usage: trl_lora.py MODEL_DIR PAIRS.jsonl --steps N [--r 16 --alpha 32 --dropout 0.05]
                    [--full]   (no adapter: full DPO, TRL's reference a second model copy)
 
-The token ids become text through a word-level tokenizer whose words are "t<ID>", so TRL's
-own tokenisation gives back exactly the ids of the data.
+The token ids become text with one character per id (bench/benchlib.py), so TRL's own
+tokenisation gives back exactly the ids of the data.
 """
 import argparse
 import json
@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchlib import id_tokenizer, trl_rows  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
@@ -33,23 +35,14 @@ def main():
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     cfg = json.load(open(os.path.join(a.model, "config.json")))
-    V = cfg["vocab_size"]
-    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(V)}, unk_token="t0"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=f"t{cfg['eos_token_id']}",
-                                  pad_token="t0", unk_token="t0")
+    tok = id_tokenizer(cfg["vocab_size"], cfg["eos_token_id"])
     rows = [json.loads(l) for l in open(a.pairs) if l.strip()]
 
-    def text(ids):
-        return " ".join(f"t{i}" for i in ids)
-
-    ds = Dataset.from_list([{"prompt": text(r["prompt"]), "chosen": " " + text(r["chosen"]),
-                             "rejected": " " + text(r["rejected"])} for r in rows])
+    ds = Dataset.from_list(trl_rows(rows))
     batch, micro = 16, 8
     tokens = [sum(2 * len(r["prompt"]) + len(r["chosen"]) + len(r["rejected"])
                   for r in rows[s * batch:(s + 1) * batch]) for s in range(a.steps)]
