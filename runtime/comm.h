@@ -36,6 +36,12 @@ void trn_comm_set_timeout(double seconds);
 /* Since the start: the bytes this rank handed to collectives and the seconds it spent in
  * them (waiting for the other ranks included; nothing overlaps them yet). */
 void trn_comm_stats(double *seconds, uint64_t *bytes);
+/* For collectives on the device (comm_nccl.h): the settings above, and their seconds and
+ * bytes added to trn_comm_stats. */
+const char *trn_comm_name(void);
+int64_t trn_comm_step(void);
+double trn_comm_timeout(void);
+void trn_comm_account(double seconds, uint64_t bytes);
 
 int trn_comm_rank(void);
 int trn_comm_size(void);

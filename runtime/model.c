@@ -1138,6 +1138,11 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
   return poc_dev_sync(d, err);
 }
 
+uint64_t poc_model_part_addr(poc_model *m, poc_part part) {
+  return part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw
+       : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
+}
+
 float *poc_model_host_f32(poc_model *m, poc_part part) {
   if (!m->d->host_memory || m->d->acc != POC_DT_F32 || m->view) return NULL;
   poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw

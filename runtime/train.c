@@ -30,6 +30,7 @@
 #include <cjson/cJSON.h>
 
 #include "comm.h"
+#include "comm_nccl.h"
 #include "device.h"
 #include "st.h"
 #include "train_internal.h"
@@ -47,6 +48,7 @@ typedef struct {
   char **set;
   unsigned log;                  /* TRN_LOG_* sinks besides metrics.jsonl (--log) */
   double collective_timeout;     /* seconds a collective waits for the other ranks */
+  const char *comm;              /* --comm: how ranks sum the gradient on a GPU */
 } trn_flags;
 
 static void usage(const poc_program *p, FILE *f) {
@@ -54,7 +56,7 @@ static void usage(const poc_program *p, FILE *f) {
           "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
-          "       %*s [--collective-timeout SECONDS]\n"
+          "       %*s [--collective-timeout SECONDS] [--comm nccl|mpi|auto]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks)\n"
@@ -72,7 +74,10 @@ static void usage(const poc_program *p, FILE *f) {
           "                  Weights & Biases (offline, OUT/wandb/; upload with wandb sync);\n"
           "                  repeatable\n"
           "  --collective-timeout S  under mpirun: how long a rank waits for the others in\n"
-          "                  a collective before every rank stops (default 600; 0: forever)\n",
+          "                  a collective before every rank stops (default 600; 0: forever)\n"
+          "  --comm C        under mpirun on cuda: sum the gradient on the GPUs with NCCL\n"
+          "                  (nccl), through host memory with MPI (mpi), or NCCL where it\n"
+          "                  loads, else MPI (auto, the default)\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
           p->name, p->name);
   if (p->n_knobs) {
@@ -115,6 +120,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
   f->backend = "auto";
   f->steps = -1;
   f->collective_timeout = 600;
+  f->comm = "auto";
   f->set = calloc((size_t)argc + 1, sizeof *f->set);
   if (!f->set) return 2;
   for (int i = 1; i < argc; i++) {
@@ -122,7 +128,8 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     const char *val = NULL;
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--out") ||
                 !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed") ||
-                !strcmp(a, "--log") || !strcmp(a, "--collective-timeout");
+                !strcmp(a, "--log") || !strcmp(a, "--collective-timeout") ||
+                !strcmp(a, "--comm");
     if (needs) {
       if (i + 1 >= argc) {
         fprintf(stderr, "%s: error: %s needs a value\n", p->name, a);
@@ -164,6 +171,12 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
         return 2;
       }
       f->collective_timeout = t;
+    } else if (!strcmp(a, "--comm")) {
+      if (strcmp(val, "nccl") && strcmp(val, "mpi") && strcmp(val, "auto")) {
+        fprintf(stderr, "%s: error: --comm wants nccl, mpi or auto, got '%s'\n", p->name, val);
+        return 2;
+      }
+      f->comm = val;
     } else if (!strcmp(a, "--out")) {
       f->out = val;
     } else if (!strcmp(a, "--resume")) {
@@ -517,6 +530,7 @@ static void run_free(trn_run *r) {
     free(r->ainit[i]);
     free(r->ctx.gacc[i]);
   }
+  if (r->dev) trn_nccl_close(r->dev);
   poc_device_close(r->dev);
   free(r->ex);
   trn_order_free(&r->order);
@@ -1551,6 +1565,31 @@ static int run_agree(trn_run *r, const char *name0, int argc, char **argv) {
   return bad ? -1 : 0;
 }
 
+/* How the ranks sum the gradient of a device whose memory is not the host's (--comm):
+ * NCCL on the device, or MPI through host memory; said once by rank 0. The ranks agree on
+ * the outcome (trn_nccl_open is collective), so a refusal stops them all alike. */
+static int run_comm(trn_run *r) {
+  if (r->dev->host_memory || !strcmp(r->fl.comm, "mpi")) return 0;
+  char why[POC_ERR_LEN];
+  int rc = trn_nccl_open(r->dev, why);
+  if (rc == 0) {
+    if (r->say)
+      fprintf(stderr, "%s: data parallel: gradients summed on the device by %s\n", r->p->name,
+              trn_nccl_desc());
+    return 0;
+  }
+  if (rc == 1 && !strcmp(r->fl.comm, "auto")) {
+    if (r->say)
+      fprintf(stderr, "%s: data parallel: gradients summed by MPI through host memory, not "
+              "NCCL: %s\n", r->p->name, why);
+    return 0;
+  }
+  r->agreed = rc == 1;
+  if (rc == -1 || r->say)
+    fprintf(stderr, "%s: error: --comm %s: %s\n", r->p->name, r->fl.comm, why);
+  return -1;
+}
+
 /*   flags → device → program check → inputs → run directory → models (resume) → hoist →
  *   eval@0 → loop → final checkpoint */
 int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc, char **argv) {
@@ -1605,6 +1644,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   if (run_inputs(r)) goto done;
   trn_comm_set_timeout(r->fl.collective_timeout);
   if (r->ranks > 1 && run_agree(r, name0, argc, argv)) goto done;
+  if (r->ranks > 1 && run_comm(r)) goto done;
   /* rank 0 makes (or finds) the run directory and tells the others where it is */
   r->resuming = r->fl.resume != NULL;
   if (r->rank == 0 && run_directory(r)) goto done;

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "comm.h"
+#include "comm_nccl.h"
 #include "train_internal.h"
 
 typedef trn_models models;
@@ -188,7 +189,8 @@ static void lora_dropout(const trn_ctx *c, models *ms, int on, int64_t step, int
  * once. Σ_j g_j in double is exact to ~1e-16 relative whatever the grouping, so the
  * float gradient, and the weights after AdamW, are those of one process but for an
  * element whose sum lies within that of a rounding boundary. Elsewhere (device memory)
- * the backwards accumulate in place and the ranks' float gradients are summed. */
+ * the backwards accumulate in place and the ranks' float gradients are summed: on the
+ * device by NCCL when the run has it (comm_nccl.h), else through host memory and MPI. */
 typedef struct {
   double *acc[TRN_MAX_MODELS];   /* the run's (c->gacc) or, without one, this step's */
   float *g[TRN_MAX_MODELS];
@@ -265,6 +267,12 @@ static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
       continue;
     }
     if (trn_comm_size() == 1) continue;
+    poc_device *d = poc_model_device(ms->m[m]);
+    if (trn_nccl_active(d)) { /* summed where it lives (NCCL, --comm) */
+      if (trn_nccl_sum(d, poc_model_part_addr(ms->m[m], POC_PART_GRAD), d->acc, n, err))
+        return -1;
+      continue;
+    }
     float *h = malloc(n * sizeof *h + 1);
     int bad = !h || poc_model_get(ms->m[m], POC_PART_GRAD, h, POC_DT_F32, err) ||
               trn_comm_sum_f32(h, n, err) ||

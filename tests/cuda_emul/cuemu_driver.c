@@ -5,7 +5,9 @@
  * with 0xff bytes (fp32 and bf16 NaN: reading what was never written shows), its end
  * against an inaccessible page so a kernel running past it faults at once; copies and
  * memsets must lie inside one live allocation, and so must every pointer argument of a
- * launch (or be null).
+ * launch (or be null). poc_cuemu_mem_range answers the same question for a library that
+ * reads device memory itself (the NCCL stand-in). There is one stream, the legacy default
+ * one (NULL), and work runs at its call, so cuStreamQuery always finds it done.
  *
  * Launches: blocks run one after another in an order shuffled per launch. Within a block
  * every CUDA thread is a fibre (makecontext once per pooled stack, then _setjmp/_longjmp
@@ -213,6 +215,24 @@ CUresult cuCtxSynchronize(void) {
   return CUDA_SUCCESS;
 }
 
+CUresult cuCtxGetCurrent(CUcontext *c) {
+  EMU_INIT();
+  if (!c) return CUDA_ERROR_INVALID_VALUE;
+  *c = emu_current;
+  return CUDA_SUCCESS;
+}
+
+/* The emulation has the legacy default stream alone (NULL): work on it ran at its call, so
+ * it is always complete; a sticky kernel error is reported as the driver does. */
+CUresult cuStreamQuery(CUstream s) {
+  EMU_CTX();
+  if (s != NULL) {
+    emu_report("cuStreamQuery(%p): the emulation has no streams but the default one", (void *)s);
+    return CUDA_ERROR_INVALID_HANDLE;
+  }
+  return CUDA_SUCCESS;
+}
+
 /* ---- memory ------------------------------------------------------------------------ */
 
 typedef struct { uintptr_t p; size_t n; char *map; size_t maplen; } emu_alloc;
@@ -237,6 +257,12 @@ int emu_mem_check(uintptr_t p, size_t n, const char **why) {
     return -1;
   }
   return 0;
+}
+
+/* For a stand-in of a library that reads device memory on the host (tests/nccl_standin):
+ * 0 when [p, p + n) lies inside one live allocation, else -1 with *why. */
+int poc_cuemu_mem_range(const void *p, size_t n, const char **why) {
+  return emu_mem_check((uintptr_t)p, n, why);
 }
 
 CUresult cuMemAlloc(CUdeviceptr *dp, size_t n) {
