@@ -52,6 +52,29 @@ int trn_nccl_bcast(poc_device *d, poc_dptr x, poc_dtype t, size_t n, int root, c
  * launch for them all); end issues them and waits as a single call would. Not nested. */
 void trn_nccl_group_begin(poc_device *d);
 int trn_nccl_group_end(poc_device *d, char *err);
+/* Overlap. sum_async queues the sum of x on NCCL's own stream after everything queued on
+ * the device's stream so far, and returns at once; the device goes on (the backward of
+ * other layers) while it runs. join makes the device's stream wait for every sum queued
+ * since the last join (and waits on the host as trn_nccl_sum does, with a timeout).
+ * Collective, in call order, like the others. */
+int trn_nccl_sum_async(poc_device *d, poc_dptr x, poc_dtype t, size_t n, char *err);
+int trn_nccl_join(poc_device *d, char *err);
+/* Gradient buckets per decoder layer for a model that trains its base weights in f32:
+ *   init    at each step's start: 1 when m's layout allows it and POC_NCCL_OVERLAP is
+ *           not 0 (the buckets are kept per model)
+ *   arm     before the step's last backward of m on this rank: each layer's gradient is
+ *           summed (sum_async) as soon as that layer's backward is queued, in backward order
+ *   layers  right after the step's backwards, before any other collective: the layers not
+ *           summed yet (a rank whose last micro-batch had none of m's examples, or that had
+ *           no examples). A rank that went on to a host collective first would deadlock the
+ *           others: their backward ends by synchronising the device, which waits for sums
+ *           that need this rank.
+ *   finish  then the rest of the gradient (embeddings, final norm, head), and join.
+ * Every rank thus makes the same sums in the same order. */
+int trn_nccl_overlap_init(poc_device *d, poc_model *m, const poc_layout *lay);
+void trn_nccl_overlap_arm(poc_model *m, int on);
+int trn_nccl_overlap_layers(poc_model *m, char *err);
+int trn_nccl_overlap_finish(poc_model *m, char *err);
 /* Destroys the communicator (aborts it when the device or a collective failed, so no
  * rank waits on it). Before the device is closed. */
 void trn_nccl_close(poc_device *d);
@@ -83,6 +106,21 @@ static inline int trn_nccl_all_gather(poc_device *d, poc_dptr send, poc_dptr rec
 static inline int trn_nccl_bcast(poc_device *d, poc_dptr x, poc_dtype t, size_t n, int root,
                                  char *err) {
   return (void)d, (void)x, (void)t, (void)n, (void)root, trn_nccl_unavailable(err);
+}
+static inline int trn_nccl_sum_async(poc_device *d, poc_dptr x, poc_dtype t, size_t n,
+                                     char *err) {
+  return (void)d, (void)x, (void)t, (void)n, trn_nccl_unavailable(err);
+}
+static inline int trn_nccl_join(poc_device *d, char *err) { return (void)d, (void)err, 0; }
+static inline int trn_nccl_overlap_init(poc_device *d, poc_model *m, const poc_layout *lay) {
+  return (void)d, (void)m, (void)lay, 0;
+}
+static inline void trn_nccl_overlap_arm(poc_model *m, int on) { (void)m, (void)on; }
+static inline int trn_nccl_overlap_layers(poc_model *m, char *err) {
+  return (void)m, trn_nccl_unavailable(err);
+}
+static inline int trn_nccl_overlap_finish(poc_model *m, char *err) {
+  return (void)m, trn_nccl_unavailable(err);
 }
 static inline void trn_nccl_group_begin(poc_device *d) { (void)d; }
 static inline int trn_nccl_group_end(poc_device *d, char *err) { return (void)d, (void)err, 0; }

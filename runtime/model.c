@@ -68,6 +68,8 @@ struct poc_model {
   int base_grad;                 /* the base weights train (no adapters) */
   int view;                      /* the weights belong to another model (poc_model_view) */
   size_t PA;                     /* adapter parameters */
+  void (*layer_hook)(void *, int); /* poc_model_set_layer_hook */
+  void *layer_hook_ctx;
   size_t (*aoff)[POC_LT_N][2];   /* per layer and target: A, B offsets, or POC_NO_TENSOR */
   poc_dptr aw, awc;              /* adapters: master (acc) and compute copy (act) */
   poc_dptr dz, xd, tmpd;         /* scratch: dZ [T × r]; drop(x), dZ·A [T × widest input] */
@@ -832,7 +834,10 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
     k->rmsnorm_bwd(m->k, n, m->xf, m->hrow, W(m->off_norm), m->rstdf, m->dh, m->dX);
     if (m->base_grad) k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
   }
-  for (int l = m->L - 1; l >= 0; l--) mdl_layer_bwd(m, l, T, &m->sv[l]);
+  for (int l = m->L - 1; l >= 0; l--) {
+    mdl_layer_bwd(m, l, T, &m->sv[l]);
+    if (m->layer_hook && !d->failed) m->layer_hook(m->layer_hook_ctx, l);
+  }
   STAGE("the embedding backward", -1);
   if (m->base_grad) k->embed_bwd(m->k, T, m->tok, m->dX, G(m->off_embed));
   return poc_dev_sync(d, err);
@@ -1136,6 +1141,11 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
   case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, m->PT); break;
   }
   return poc_dev_sync(d, err);
+}
+
+void poc_model_set_layer_hook(poc_model *m, void (*fn)(void *ctx, int layer), void *ctx) {
+  m->layer_hook = fn;
+  m->layer_hook_ctx = ctx;
 }
 
 uint64_t poc_model_part_addr(poc_model *m, poc_part part) {

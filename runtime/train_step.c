@@ -197,10 +197,20 @@ typedef struct {
   int on;                        /* accumulating in double */
   int owned;                     /* acc was allocated for this step */
   int dirty;                     /* acc holds sums that gradsum_finish has not taken */
+  int ov;                        /* m + 1: model m's gradient is summed by layer (NCCL),
+                                    overlapping the backward of its last micro-batch */
 } gradsum;
 
 static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char *err) {
   memset(s, 0, sizeof *s);
+  /* one trainable model on a device with NCCL: its layers' sums overlap the backward (with
+   * several, their layers would not come in one order on every rank) */
+  int only = -1, n_tr = 0;
+  for (int m = 0; m < c->prog->n_models; m++)
+    if (c->prog->models[m].trainable) only = m, n_tr++;
+  if (n_tr == 1 && trn_comm_size() > 1 &&
+      trn_nccl_overlap_init(poc_model_device(ms->m[only]), ms->m[only], c->lay[only]))
+    s->ov = only + 1;
   if (n_mb <= 1 && trn_comm_size() == 1) return 0; /* one micro-batch: g_0 is the sum */
   s->on = 1;
   for (int m = 0; m < c->prog->n_models; m++) {
@@ -220,7 +230,18 @@ static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char
   return 0;
 }
 
-static void gradsum_free(gradsum *s, const trn_ctx *c) {
+/* before a micro-batch's backwards: the last one of the step on this rank starts the sums */
+static void gradsum_arm(gradsum *s, models *ms, int last) {
+  if (s->ov && last) trn_nccl_overlap_arm(ms->m[s->ov - 1], 1);
+}
+
+/* after the micro-batches' backwards, before any other collective (comm_nccl.h) */
+static int gradsum_layers(gradsum *s, models *ms, char *err) {
+  return s->ov ? trn_nccl_overlap_layers(ms->m[s->ov - 1], err) : 0;
+}
+
+static void gradsum_free(gradsum *s, const trn_ctx *c, models *ms) {
+  if (s->ov) trn_nccl_overlap_arm(ms->m[s->ov - 1], 0);
   for (int m = 0; m < TRN_MAX_MODELS; m++) {
     if (s->owned) free(s->acc[m]);
     else if (s->dirty && s->acc[m]) /* a step that failed midway: zero for the next */
@@ -268,6 +289,10 @@ static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
     }
     if (trn_comm_size() == 1) continue;
     poc_device *d = poc_model_device(ms->m[m]);
+    if (s->ov == m + 1) { /* the layers' sums are under way: the rest, and wait */
+      if (trn_nccl_overlap_finish(ms->m[m], err)) return -1;
+      continue;
+    }
     if (trn_nccl_active(d)) { /* summed where it lives (NCCL, --comm) */
       if (trn_nccl_sum(d, poc_model_part_addr(ms->m[m], POC_PART_GRAD), d->acc, n, err))
         return -1;
@@ -358,9 +383,11 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       }
       if (trn_objbuf_eval(&o, c, B, ps, err)) goto done;
       sum_outputs(&o, p->n_reports, out);
+      gradsum_arm(&gs, ms, b0 + mbs >= Bl);
       if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
       gradsum_add(&gs, c);
     }
+    if (gradsum_layers(&gs, ms, err)) goto done;
     if (R > 1) {
       double v[66];
       int nr = p->n_reports < 64 ? p->n_reports : 64;
@@ -409,9 +436,11 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       if (trn_mb_build(&mb, c, ex + b0, n, &anc, b0, TRN_LIVE, err)) goto done;
       lora_dropout(c, ms, 1, step, pos[b0]);
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
+      gradsum_arm(&gs, ms, b0 + mbs >= Bl);
       if (backwards(c, ms, &mb, all, R > 1 ? pos[b0] : b0, ob, err)) goto done;
       gradsum_add(&gs, c);
     }
+    if (gradsum_layers(&gs, ms, err)) goto done;
   }
   if (gradsum_finish(&gs, c, ms, err)) goto done;
   rc = 0;
@@ -424,7 +453,7 @@ done:
   anchors_free(&anc);
   free(ex);
   free(pos);
-  gradsum_free(&gs, c);
+  gradsum_free(&gs, c, ms);
   return rc;
 }
 

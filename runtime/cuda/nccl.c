@@ -31,6 +31,19 @@
 #include "cuda_internal.h"
 #include "nccl_abi.h"
 
+#define NC_STR2(x) #x
+#define NC_STR(x) NC_STR2(x) /* cuda.h's versioned name: cuStreamDestroy → _v2 */
+
+/* Driver calls only the communication stream needs, looked up on its first use. */
+static struct {
+  CUresult (*stream_create)(CUstream *, unsigned);
+  CUresult (*stream_destroy)(CUstream);
+  CUresult (*event_create)(CUevent *, unsigned);
+  CUresult (*event_destroy)(CUevent);
+  CUresult (*event_record)(CUevent, CUstream);
+  CUresult (*stream_wait_event)(CUstream, CUevent, unsigned);
+} nd;
+
 #ifndef POC_NCCL_SONAME
 #define POC_NCCL_SONAME "libnccl.so.2"
 #endif
@@ -51,6 +64,13 @@ static struct {
   CUcontext ctx;                 /* the device's, made current before each collective */
   CUresult (*stream_query)(CUstream);
   CUresult (*ctx_get_current)(CUcontext *);
+  /* the communication stream of trn_nccl_sum_async, made on first use: it waits for
+   * ready (recorded on the device's stream), and the device's stream for done */
+  CUstream cs;
+  CUevent ready, done;
+  int pending;                   /* sums queued on cs since the last join */
+  double pending_t0;
+  uint64_t pending_bytes;
   int group;                     /* between trn_nccl_group_begin and _end */
   double group_t0;
   uint64_t group_bytes;
@@ -160,16 +180,17 @@ static void nc_timeout(const char *what, double dt, double timeout) {
   trn_comm_abort(1);
 }
 
-/* After a collective (or a group) was queued at t0: an error NCCL has recorded since, and
- * with a timeout the wait for the stream to drain. */
-static int nc_wait(poc_device *d, const char *what, double t0, uint64_t bytes, char *err) {
+/* After a collective (or a group) was queued at t0 on stream st: an error NCCL has recorded
+ * since, and with a timeout the wait for the stream to drain. */
+static int nc_wait(poc_device *d, const char *what, double t0, uint64_t bytes, CUstream st,
+                   char *err) {
   double timeout = trn_comm_timeout();
   for (;;) {
     ncclResult_t ae = ncclSuccess, r = g.nl.ncclCommGetAsyncError(g.comm, &ae);
     if (r != ncclSuccess) return nc_fail(d, r, what, err);
     if (ae != ncclSuccess && ae != ncclInProgress) return nc_fail(d, ae, what, err);
     if (timeout <= 0) break;
-    CUresult q = g.stream_query(NULL);
+    CUresult q = g.stream_query(st);
     if (q == CUDA_SUCCESS) break;
     if (q != CUDA_ERROR_NOT_READY) {
       poc_dev_fail_unstaged(d, "cuda: %s: %s", what, cu_errstr(q));
@@ -190,7 +211,7 @@ static int nc_wait(poc_device *d, const char *what, double t0, uint64_t bytes, c
       nanosleep(&ts, NULL);
     }
   }
-  trn_comm_account(nc_now() - t0, bytes);
+  if (bytes) trn_comm_account(nc_now() - t0, bytes);
   return 0;
 }
 
@@ -221,7 +242,7 @@ static int nc_end(poc_device *d, ncclResult_t r, const char *what, double t0, ui
     g.group_bytes += bytes;
     return 0;
   }
-  return nc_wait(d, what, t0, bytes, err);
+  return nc_wait(d, what, t0, bytes, NULL, err);
 }
 
 int trn_nccl_open(poc_device *d, char *err) {
@@ -349,16 +370,236 @@ int trn_nccl_group_end(poc_device *d, char *err) {
   g.group = 0;
   ncclResult_t r = g.nl.ncclGroupEnd();
   if (r != ncclSuccess && r != ncclInProgress) return nc_fail(d, r, "a NCCL group", err);
-  return nc_wait(d, "a NCCL group of collectives", g.group_t0, g.group_bytes, err);
+  return nc_wait(d, "a NCCL group of collectives", g.group_t0, g.group_bytes, NULL, err);
+}
+
+/* ---- overlap: sums on the communication stream ------------------------------------------ */
+
+static int nc_cufail(poc_device *d, CUresult r, const char *what, char *err) {
+  poc_dev_fail_unstaged(d, "cuda: %s: %s", what, cu_errstr(r));
+  g.failed = 1;
+  if (err) snprintf(err, POC_ERR_LEN, "%s", d->err);
+  return -1;
+}
+
+/* The communication stream and its events, on first use. Non-blocking: the legacy default
+ * stream, where the device works, would otherwise wait for it (and it for the device). */
+static int nc_streams(poc_device *d, char *err) {
+  if (g.cs) return 0;
+  if (!nd.stream_create) {
+#define ND_LOOKUP(m, f)                                                                    \
+  if (!(*(void **)&nd.m = dlsym(cu.lib, NC_STR(f)))) {                                     \
+    poc_dev_fail_unstaged(d, "cuda: the driver has no %s", NC_STR(f));                     \
+    snprintf(err, POC_ERR_LEN, "%s", d->err);                                              \
+    return -1;                                                                             \
+  }
+    ND_LOOKUP(stream_destroy, cuStreamDestroy)
+    ND_LOOKUP(event_create, cuEventCreate)
+    ND_LOOKUP(event_destroy, cuEventDestroy)
+    ND_LOOKUP(event_record, cuEventRecord)
+    ND_LOOKUP(stream_wait_event, cuStreamWaitEvent)
+    ND_LOOKUP(stream_create, cuStreamCreate)
+#undef ND_LOOKUP
+  }
+  CUresult r;
+  if ((r = nd.stream_create(&g.cs, CU_STREAM_NON_BLOCKING)) ||
+      (r = nd.event_create(&g.ready, CU_EVENT_DISABLE_TIMING)) ||
+      (r = nd.event_create(&g.done, CU_EVENT_DISABLE_TIMING)))
+    return nc_cufail(d, r, "making NCCL's stream", err);
+  return 0;
+}
+
+int trn_nccl_sum_async(poc_device *d, poc_dptr x, poc_dtype t, size_t n, char *err) {
+  if (nc_begin(d, err) || nc_streams(d, err)) return -1;
+  /* after everything queued on the device's stream so far: the cuStreamWaitEvent takes
+   * the event's latest record, so one event serves every sum */
+  CUresult cr;
+  if ((cr = nd.event_record(g.ready, NULL)) || (cr = nd.stream_wait_event(g.cs, g.ready, 0)))
+    return nc_cufail(d, cr, "ordering a NCCL all-reduce after the backward", err);
+  if (!g.pending) {
+    g.pending_t0 = nc_now();
+    g.pending_bytes = 0;
+  }
+  g.pending++;
+  g.pending_bytes += n * poc_dtype_size(t);
+  void *p = (void *)(uintptr_t)x;
+  ncclResult_t r = g.nl.ncclAllReduce(p, p, n, nc_type(t), ncclSum, g.comm, g.cs);
+  if (r != ncclSuccess && r != ncclInProgress) return nc_fail(d, r, "a NCCL all-reduce", err);
+  ncclResult_t ae = ncclSuccess;
+  if ((r = g.nl.ncclCommGetAsyncError(g.comm, &ae)) != ncclSuccess)
+    return nc_fail(d, r, "a NCCL all-reduce", err);
+  if (ae != ncclSuccess && ae != ncclInProgress) return nc_fail(d, ae, "a NCCL all-reduce", err);
+  return 0;
+}
+
+int trn_nccl_join(poc_device *d, char *err) {
+  if (!g.pending) return 0;
+  if (nc_begin(d, err)) return -1;
+  g.pending = 0;
+  CUresult cr;
+  if ((cr = nd.event_record(g.done, g.cs)) || (cr = nd.stream_wait_event(NULL, g.done, 0)))
+    return nc_cufail(d, cr, "ordering the device after NCCL's all-reduces", err);
+  return nc_wait(d, "a NCCL all-reduce", g.pending_t0, g.pending_bytes, g.cs, err);
+}
+
+/* Layer buckets of one model: layer l's gradient is the contiguous range layer[l] of the
+ * trainable vector (the layout puts each decoder layer's tensors together, layer after
+ * layer); rest[] is what lies outside every layer (embeddings, final norm, head). */
+typedef struct { size_t off, n; } nc_range;
+static struct {
+  poc_model *m;
+  poc_device *d;
+  int L, n_rest, armed, next, failed;
+  nc_range *layer, rest[2];
+  char err[POC_ERR_LEN];
+} ov;
+
+/* the decoder layer a tensor belongs to, or -1 */
+static int nc_layer_of(const char *name) {
+  int l = -1, n = 0;
+  if (sscanf(name, "model.layers.%d.%n", &l, &n) == 1 && n > 0) return l;
+  return -1;
+}
+
+/* model.c calls this after queueing layer l's backward (poc_model_set_layer_hook). Layers
+ * come in backward order, L-1 down to 0, and so do the sums: the order every rank uses. */
+static void nc_layer_done(void *ctx, int l) {
+  (void)ctx;
+  if (!ov.armed || ov.failed || l != ov.L - 1 - ov.next) return;
+  char err[POC_ERR_LEN];
+  poc_dptr g0 = poc_model_part_addr(ov.m, POC_PART_GRAD);
+  if (trn_nccl_sum_async(ov.d, g0 + ov.layer[l].off * 4, POC_DT_F32, ov.layer[l].n, err)) {
+    ov.failed = 1;
+    snprintf(ov.err, sizeof ov.err, "%s", err);
+    return;
+  }
+  ov.next++;
+  /* The backward ends by synchronising the device, which would wait for these sums as long
+   * as a stuck peer leaves them unfinished: with a timeout, the host waits for them here
+   * instead, polling (the timed part of join's time: not counted twice). */
+  if (l == 0 && trn_comm_timeout() > 0 &&
+      nc_wait(ov.d, "a NCCL all-reduce of the gradient", nc_now(), 0, g.cs, err)) {
+    ov.failed = 1;
+    snprintf(ov.err, sizeof ov.err, "%s", err);
+  }
+}
+
+int trn_nccl_overlap_init(poc_device *d, poc_model *m, const poc_layout *lay) {
+  if (ov.m == m && ov.d == d) { /* a new step: no layer summed yet */
+    ov.next = ov.armed = ov.failed = 0;
+    return ov.L > 0;
+  }
+  free(ov.layer);
+  memset(&ov, 0, sizeof ov);
+  ov.m = m;
+  ov.d = d;
+  const char *off = getenv("POC_NCCL_OVERLAP");
+  /* the base weights train (no adapters), in f32 on a device with NCCL */
+  if ((off && !strcmp(off, "0")) || !trn_nccl_active(d) || d->acc != POC_DT_F32 ||
+      poc_model_part_addr(m, POC_PART_ADAPTER) || !poc_model_part_addr(m, POC_PART_GRAD))
+    return 0;
+  int L = 0;
+  for (int i = 0; i < lay->n_tensors; i++) {
+    int l = nc_layer_of(lay->tensors[i].name);
+    if (l + 1 > L) L = l + 1;
+  }
+  if (L == 0 || !(ov.layer = calloc((size_t)L, sizeof *ov.layer))) return 0;
+  for (int l = 0; l < L; l++) ov.layer[l].off = SIZE_MAX;
+  size_t lo = SIZE_MAX, hi = 0;
+  for (int i = 0; i < lay->n_tensors; i++) {
+    const poc_tensor_info *t = &lay->tensors[i];
+    int l = nc_layer_of(t->name);
+    if (l < 0) continue;
+    nc_range *r = &ov.layer[l];
+    /* each tensor extends its layer's range: contiguous, in layout order */
+    if (r->off == SIZE_MAX) {
+      r->off = t->offset;
+      r->n = t->numel;
+    } else if (t->offset == r->off + r->n) {
+      r->n += t->numel;
+    } else {
+      goto no;
+    }
+    if (r->off < lo) lo = r->off;
+    if (r->off + r->n > hi) hi = r->off + r->n;
+  }
+  /* layer after layer with nothing between, the rest before and after them */
+  for (int l = 0; l < L; l++)
+    if (ov.layer[l].off == SIZE_MAX || (l && ov.layer[l].off != ov.layer[l - 1].off + ov.layer[l - 1].n))
+      goto no;
+  if (lo != ov.layer[0].off || hi != ov.layer[L - 1].off + ov.layer[L - 1].n) goto no;
+  for (int i = 0; i < lay->n_tensors; i++) {
+    const poc_tensor_info *t = &lay->tensors[i];
+    if (nc_layer_of(t->name) < 0 && t->offset < hi && t->offset + t->numel > lo) goto no;
+  }
+  if (lo > 0) ov.rest[ov.n_rest++] = (nc_range){0, lo};
+  if (hi < lay->n_params) ov.rest[ov.n_rest++] = (nc_range){hi, lay->n_params - hi};
+  ov.L = L;
+  return 1;
+no:
+  free(ov.layer);
+  ov.layer = NULL;
+  ov.L = 0;
+  return 0;
+}
+
+void trn_nccl_overlap_arm(poc_model *m, int on) {
+  if (ov.m != m || !ov.L) return;
+  ov.armed = on;
+  if (on) {
+    ov.next = 0;
+    ov.failed = 0;
+  }
+  poc_model_set_layer_hook(m, on ? nc_layer_done : NULL, NULL);
+}
+
+int trn_nccl_overlap_layers(poc_model *m, char *err) {
+  if (ov.m != m || !ov.L) {
+    snprintf(err, POC_ERR_LEN, "nccl: no layer buckets for this model (trn_nccl_overlap_init)");
+    return -1;
+  }
+  trn_nccl_overlap_arm(m, 0);
+  if (ov.failed) {
+    snprintf(err, POC_ERR_LEN, "%s", ov.err);
+    return -1;
+  }
+  poc_dptr g0 = poc_model_part_addr(m, POC_PART_GRAD);
+  for (int l = ov.L - 1 - ov.next; l >= 0; l--) {
+    if (trn_nccl_sum_async(ov.d, g0 + ov.layer[l].off * 4, POC_DT_F32, ov.layer[l].n, err))
+      return -1;
+    ov.next++;
+  }
+  return 0;
+}
+
+int trn_nccl_overlap_finish(poc_model *m, char *err) {
+  /* layers this rank's backward did not reach, should the caller not have issued them */
+  if (trn_nccl_overlap_layers(m, err)) return -1;
+  poc_dptr g0 = poc_model_part_addr(m, POC_PART_GRAD);
+  for (int i = 0; i < ov.n_rest; i++)
+    if (trn_nccl_sum_async(ov.d, g0 + ov.rest[i].off * 4, POC_DT_F32, ov.rest[i].n, err))
+      return -1;
+  return trn_nccl_join(ov.d, err);
 }
 
 void trn_nccl_close(poc_device *d) {
+  if (ov.d == d) { /* (its model may be freed already: no hook to remove) */
+    free(ov.layer);
+    memset(&ov, 0, sizeof ov);
+  }
   if (!g.comm || g.d != d) return;
   /* destroy waits for queued collectives: only when nothing failed, else abort */
   if (g.failed || d->failed || d->sync(d, NULL)) g.nl.ncclCommAbort(g.comm);
   else g.nl.ncclCommDestroy(g.comm);
+  if (g.cs) {
+    nd.event_destroy(g.ready);
+    nd.event_destroy(g.done);
+    nd.stream_destroy(g.cs);
+    g.cs = NULL;
+  }
   g.comm = NULL;
   g.d = NULL;
   g.ctx = NULL;
   g.group = 0;
+  g.pending = 0;
 }

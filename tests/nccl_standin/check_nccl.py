@@ -1,11 +1,14 @@
 """NCCL on the CUDA device, under the CUDA emulation with the NCCL stand-in as libnccl.so.2.
 
 dpo (its data's first lines), 3 steps of a batch of 4 in micro-batches of 1:
-  - 2 ranks with --comm nccl compute what one process computes: per step the loss and the
-    reports agree to 1e-5 relative, the final weights to 1e-4 of the update's size plus one
-    float32 spacing (the ranks' float gradients are summed in another order than one
-    process's in-place sum), and rank 0 alone wrote the run; its first lines say the
-    gradient is summed by NCCL from the stand-in's file
+  - 2 ranks with --comm nccl compute what one process computes (and so do 2 ranks with
+    one micro-batch of 4, where rank 1 has no examples, against one process with that
+    micro-batch, and 2 ranks with POC_NCCL_OVERLAP=0, the gradient summed whole instead of
+    layer by layer): per step the loss and the reports agree to 1e-5 relative, the final
+    weights to 1e-4 of the update's size plus one float32 spacing (the ranks' float
+    gradients are summed in another order than one process's in-place sum), and rank 0
+    alone wrote the run; its first lines say the gradient is summed by NCCL from the
+    stand-in's file
   - a library that does not load: --comm nccl stops every rank before training with one
     message naming the library; --comm auto says once that MPI sums through host memory,
     and trains
@@ -64,8 +67,8 @@ def metrics(out):
         return [json.loads(line) for line in f]
 
 
-def run(cmd, lib=None):
-    env = dict(ENV)
+def run(cmd, lib=None, **more):
+    env = dict(ENV, **more)
     if lib:
         env["POC_NCCL_LIBRARY"] = lib
     return subprocess.run(cmd, cwd=a.root, env=env, capture_output=True, text=True, timeout=600)
@@ -102,18 +105,22 @@ check(r.stderr.count("cannot load NCCL") == 1, f"the ranks agree, and rank 0 alo
       f"\n{r.stderr[-2000:]}")
 check(not os.path.exists(os.path.join(out, "ckpt-1")), "--comm nccl without a library: no training")
 
-one = os.path.join(a.scratch, "one")
-r = run([binary, "--steps", str(a.steps), "--out", one] + SET)
-if not check(r.returncode == 0, f"one process: exit {r.returncode}\n{r.stderr[-3000:]}"):
-    sys.exit(finish("nccl"))
-m1 = metrics(one)
-w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
 w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
-upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
-check(upd > 0, "the weights moved")
+ref = {}  # micro_batch -> (metrics, final weights, update size) of one process
+for mb in (1, 4):
+    one = os.path.join(a.scratch, f"one-{mb}")
+    r = run([binary, "--steps", str(a.steps), "--out", one] + SET +
+            ["--set", f"train.micro_batch={mb}"])
+    if not check(r.returncode == 0, f"one process: exit {r.returncode}\n{r.stderr[-3000:]}"):
+        sys.exit(finish("nccl"))
+    w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
+    upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
+    check(upd > 0, "the weights moved")
+    ref[mb] = (metrics(one), w1, upd)
 
 
-def compare(out, what):
+def compare(out, what, mb):
+    m1, w1, upd = ref[mb]
     mR = metrics(out)
     check(len(mR) == len(m1), f"{what}: {len(mR)} metric lines, one process {len(m1)}")
     worst, where = 0.0, ""
@@ -139,17 +146,28 @@ def compare(out, what):
     print(f"{what}: worst relative difference {worst:.3g}, weights {dw:.3g} (update {upd:.3g})")
 
 
-# 2 ranks, the gradient summed on the (emulated) device by the stand-in
-out = os.path.join(a.scratch, "nccl")
-r = run(MPI + ["-np", "2", binary, "--steps", str(a.steps), "--out", out, "--comm", "nccl"] + SET,
-        a.standin)
-if check(r.returncode == 0, f"2 ranks, --comm nccl: exit {r.returncode}\n{r.stderr[-3000:]}"):
+# the gradient summed on the (emulated) device by the stand-in:
+#   2 ranks, layer by layer as the backward of the last micro-batch goes (the default)
+#   2 ranks, one micro-batch of 4: rank 1 has no examples and sums every layer after its
+#   (empty) backward, while rank 0 sums them during its own
+#   2 ranks, POC_NCCL_OVERLAP=0: one sum of the whole gradient after the backward
+for what, mb, env in (("2 ranks, --comm nccl", 1, {}),
+                      ("2 ranks, --comm nccl, an idle rank", 4, {}),
+                      ("2 ranks, --comm nccl, POC_NCCL_OVERLAP=0", 1, {"POC_NCCL_OVERLAP": "0"})):
+    R = 2
+    out = os.path.join(a.scratch, f"nccl-{mb}-{len(env)}")
+    r = run(MPI + (["-x", "POC_NCCL_OVERLAP"] if env else []) +
+            ["-np", str(R), binary, "--steps", str(a.steps), "--out", out, "--comm", "nccl"] +
+            SET + ["--set", f"train.micro_batch={mb}"], a.standin, **env)
+    if not check(r.returncode == 0, f"{what}: exit {r.returncode}\n{r.stderr[-3000:]}"):
+        continue
     head = "\n".join(r.stderr.splitlines()[:6])
-    check("MPI, 2 ranks" in head and "gradients summed on the device by NCCL" in head and
-          os.path.realpath(a.standin) in head, f"the first lines say NCCL from the stand-in:\n{head}")
+    check(f"MPI, {R} ranks" in head and "gradients summed on the device by NCCL" in head and
+          os.path.realpath(a.standin) in head, f"{what}: the first lines say NCCL from the "
+          f"stand-in:\n{head}")
     check("[rank" not in r.stderr and "nccl stand-in:" not in r.stderr,
-          f"nothing else was said:\n{r.stderr[-2000:]}")
-    compare(out, "2 ranks, --comm nccl")
+          f"{what}: nothing else was said:\n{r.stderr[-2000:]}")
+    compare(out, what, mb)
 
 # --comm auto where the library does not load: one line, then MPI through host memory
 out = os.path.join(a.scratch, "auto")

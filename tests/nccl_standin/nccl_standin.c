@@ -10,8 +10,14 @@
  *     fault. A real GPU's pointers would not be readable here: that is what real NCCL is for.
  *   - NCCL's ranks are MPI_COMM_WORLD's (nranks and rank must be MPI's), and MPI is
  *     initialised by the program before ncclCommInitRank.
- *   - The emulation has one stream, the legacy default one (NULL), on which work runs at
- *     its call; so a collective here runs at its call (or at the group's end) too.
+ *   - A collective runs at its call (or at the group's end), on whichever stream it is
+ *     given (the default one, NULL, or a live one of the emulation: checked), as the
+ *     emulation's own work does. So a rank blocks in the call until every rank has made
+ *     it, where a device would queue it and let the host go on: a program whose ranks
+ *     issue a collective and then wait for one another elsewhere before the peers issue
+ *     theirs deadlocks here, though not on GPUs. poc issues its collectives so that this
+ *     never happens (comm_nccl.h's overlap). No collective is ever half done: a timeout
+ *     that aborts one in flight is not exercised.
  *
  * Strict, like the emulation: before each collective the ranks exchange its sequence
  * number and signature (operation, count, type, root); a rank that differs from rank 0 is
@@ -55,10 +61,42 @@ struct ncclComm {
 
 static char sd_last[1024];       /* ncclGetLastError(NULL): the last failure anywhere */
 
-/* ---- errors -------------------------------------------------------------------------- */
-
 static ncclResult_t sd_fail(ncclComm_t c, ncclResult_t r, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+typedef struct {
+  int kind;
+  const void *send;
+  void *recv;
+  size_t count;                  /* NCCL's: per rank for reduce-scatter and all-gather */
+  ncclDataType_t type;
+  int root;
+  ncclComm_t comm;
+  ncclResult_t bad;              /* its argument check failed here: the peers are told */
+} sd_op;
+
+/* the group's collectives, until ncclGroupEnd */
+typedef struct {
+  sd_op *op;
+  int n, cap;
+} sd_list;
+static sd_list sd_group;
+
+static ncclResult_t sd_push(sd_list *l, const sd_op *o) {
+  if (l->n == l->cap) {
+    int cap = l->cap ? 2 * l->cap : 16;
+    sd_op *q = realloc(l->op, (size_t)cap * sizeof *q);
+    if (!q) return sd_fail(o->comm, ncclSystemError, "out of memory");
+    l->op = q;
+    l->cap = cap;
+  }
+  l->op[l->n++] = *o;
+  return ncclSuccess;
+}
+
+
+/* ---- errors -------------------------------------------------------------------------- */
+
 static ncclResult_t sd_fail(ncclComm_t c, ncclResult_t r, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -100,6 +138,7 @@ ncclResult_t ncclGetVersion(int *v) {
 
 static int (*sd_mem_range)(const void *, size_t, const char **);
 static int (*sd_ctx_device)(int *);
+static int (*sd_stream_live)(const void *);
 
 static ncclResult_t sd_emulation(void) {
   if (sd_mem_range) return ncclSuccess;
@@ -113,11 +152,12 @@ static ncclResult_t sd_emulation(void) {
                    "process: open the device before NCCL", path);
   *(void **)&sd_mem_range = dlsym(h, "poc_cuemu_mem_range");
   *(void **)&sd_ctx_device = dlsym(h, "cuCtxGetDevice");
+  *(void **)&sd_stream_live = dlsym(h, "poc_cuemu_stream_live");
   dlclose(h); /* NOLOAD took a reference; the program keeps its own */
-  if (!sd_mem_range || !sd_ctx_device) {
+  if (!sd_mem_range || !sd_ctx_device || !sd_stream_live) {
     sd_mem_range = NULL;
-    return sd_fail(NULL, ncclInvalidUsage, "%s lacks poc_cuemu_mem_range or cuCtxGetDevice",
-                   path);
+    return sd_fail(NULL, ncclInvalidUsage, "%s lacks poc_cuemu_mem_range, cuCtxGetDevice or "
+                   "poc_cuemu_stream_live", path);
   }
   return ncclSuccess;
 }
@@ -227,25 +267,11 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t *e) {
 
 /* ---- collectives ------------------------------------------------------------------------ */
 
-typedef struct {
-  int kind;
-  const void *send;
-  void *recv;
-  size_t count;                  /* NCCL's: per rank for reduce-scatter and all-gather */
-  ncclDataType_t type;
-  int root;
-  ncclComm_t comm;
-  ncclResult_t bad;              /* its argument check failed here: the peers are told */
-} sd_op;
-
 /* what every rank compares before moving data */
 typedef struct {
   uint64_t seq, count;
   int32_t kind, type, root, bad;
 } sd_sig;
-
-static sd_op *sd_queue;
-static int sd_queued, sd_cap;
 
 static size_t sd_size(ncclDataType_t t) {
   switch ((int)t) {
@@ -410,21 +436,14 @@ static ncclResult_t sd_issue(int kind, const void *send, void *recv, size_t coun
                              ncclDataType_t type, int root, ncclComm_t comm, cudaStream_t st) {
   sd_op o = {kind, send, recv, count, type, root, comm, ncclSuccess};
   if (!comm) return sd_fail(NULL, ncclInvalidArgument, "%s: comm is NULL", sd_names[kind]);
-  if (st != NULL)
-    o.bad = sd_fail(comm, ncclInvalidArgument, "%s: stream %p: the CUDA emulation has only "
-                    "the default stream (NULL)", sd_names[kind], (void *)st);
+  if (!sd_stream_live((const void *)st))
+    o.bad = sd_fail(comm, ncclInvalidArgument, "%s: stream %p is not a live stream of the "
+                    "CUDA emulation", sd_names[kind], (void *)st);
   else
     o.bad = sd_check(&o);
-  if (!sd_depth) return sd_run(&o);
-  if (sd_queued == sd_cap) {
-    int cap = sd_cap ? 2 * sd_cap : 16;
-    sd_op *q = realloc(sd_queue, (size_t)cap * sizeof *q);
-    if (!q) return sd_fail(comm, ncclSystemError, "out of memory");
-    sd_queue = q;
-    sd_cap = cap;
-  }
-  sd_queue[sd_queued++] = o; /* a refused call too: the group's end tells the peers */
-  return o.bad;
+  ncclResult_t r = sd_depth ? sd_push(&sd_group, &o) : sd_run(&o);
+  /* a refused call is queued too: where it runs, the peers are told */
+  return o.bad ? o.bad : r;
 }
 
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type,
@@ -465,7 +484,7 @@ ncclResult_t ncclGroupEnd(void) {
   if (sd_depth == 0) return sd_fail(NULL, ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
   if (--sd_depth) return ncclSuccess;
   ncclResult_t r = ncclSuccess;
-  for (int i = 0; i < sd_queued && !r; i++) r = sd_run(&sd_queue[i]);
-  sd_queued = 0;
+  for (int i = 0; i < sd_group.n && !r; i++) r = sd_run(&sd_group.op[i]);
+  sd_group.n = 0;
   return r;
 }

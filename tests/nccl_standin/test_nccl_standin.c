@@ -1,8 +1,8 @@
 /* comm_nccl.h on the CUDA emulation with the NCCL stand-in, under mpirun (3 ranks, so that
  * a bf16 sum rounded once differs from one rounded per addition): every collective against
- * the host's arithmetic, a group, the reasons NCCL is not used, and the stand-in's
- * strictness — a buffer that is not device memory, and ranks that disagree on the count,
- * each failing on every rank with a message naming the ranks. */
+ * the host's arithmetic, a group, sums on NCCL's own stream, the reasons NCCL is not used,
+ * and the stand-in's strictness — a buffer that is not device memory, and ranks that
+ * disagree on the count, each failing on every rank with a message naming the ranks. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +123,21 @@ static void scatter_gather(poc_device *d) {
   d->get(d, o, POC_DT_F32, r, POC_DT_F32, c);
   for (size_t i = 0; i < c; i++) bad += o[i] != (i < c / 2 ? sum_f32(i) : val(rank, i));
   CHECK_MSG(bad == 0, "group: %d elements differ", bad);
+
+  /* on NCCL's own stream (the overlap's), joined by the device's stream */
+  for (size_t i = 0; i < c; i++) h[i] = val(rank, i);
+  d->put(d, s, POC_DT_F32, h, POC_DT_F32, c);
+  d->put(d, r, POC_DT_F32, h, POC_DT_F32, c);
+  CHECK_MSG(trn_nccl_sum_async(d, s, POC_DT_F32, c, err) == 0, "%s", err);
+  CHECK_MSG(trn_nccl_sum_async(d, r, POC_DT_F32, c, err) == 0, "%s", err);
+  CHECK_MSG(trn_nccl_join(d, err) == 0, "%s", err);
+  CHECK_MSG(trn_nccl_join(d, err) == 0, "a second join with nothing queued: %s", err);
+  bad = 0;
+  d->get(d, o, POC_DT_F32, s, POC_DT_F32, c);
+  for (size_t i = 0; i < c; i++) bad += o[i] != sum_f32(i);
+  d->get(d, o, POC_DT_F32, r, POC_DT_F32, c);
+  for (size_t i = 0; i < c; i++) bad += o[i] != sum_f32(i);
+  CHECK_MSG(bad == 0, "sum_async: %d elements differ", bad);
   d->free(d, s);
   d->free(d, r);
   free(h);
