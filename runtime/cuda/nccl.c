@@ -9,8 +9,10 @@
  * primary context).
  *
  * The device issues all its work on the legacy default stream (device_cuda.c), so the
- * collectives go there too: they start after the backward that wrote their input and end
- * before the optimizer that reads it, with no event between.
+ * plain collectives go there too: they start after the backward that wrote their input and
+ * end before the optimizer that reads it, with no event between. The overlap's sums
+ * (trn_nccl_sum_async, the layer buckets) go on a non-blocking stream of their own,
+ * ordered by two events: after the backward of their layer, before the optimizer.
  *
  * Waiting: NCCL queues a collective and returns. With a collective timeout (comm.h) each
  * call polls the stream and ncclCommGetAsyncError until the collective has finished; past
