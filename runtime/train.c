@@ -1569,7 +1569,9 @@ static int run_agree(trn_run *r, const char *name0, int argc, char **argv) {
  * NCCL on the device, or MPI through host memory; said once by rank 0. The ranks agree on
  * the outcome (trn_nccl_open is collective), so a refusal stops them all alike. */
 static int run_comm(trn_run *r) {
-  if (r->dev->host_memory || !strcmp(r->fl.comm, "mpi")) return 0;
+  /* the CPU's gradient is in host memory already: MPI sums it, and auto says nothing */
+  if (!strcmp(r->fl.comm, "mpi") || (r->dev->host_memory && !strcmp(r->fl.comm, "auto")))
+    return 0;
   char why[POC_ERR_LEN];
   int rc = trn_nccl_open(r->dev, why);
   if (rc == 0) {

@@ -10,8 +10,8 @@ dpo (its data's first lines), 3 steps of a batch of 4 in micro-batches of 1:
     alone wrote the run; its first lines say the gradient is summed by NCCL from the
     stand-in's file
   - a library that does not load: --comm nccl stops every rank before training with one
-    message naming the library; --comm auto says once that MPI sums through host memory,
-    and trains
+    message naming the library (and so does --comm nccl on the CPU); --comm auto says once
+    that MPI sums through host memory, and trains
 
 usage: check_nccl.py --poc POC --root ROOT --scratch DIR --mpirun MPIRUN --standin LIB
 """
@@ -104,6 +104,12 @@ check(r.returncode != 0 and "error: --comm nccl: cannot load NCCL" in r.stderr a
 check(r.stderr.count("cannot load NCCL") == 1, f"the ranks agree, and rank 0 alone says it:"
       f"\n{r.stderr[-2000:]}")
 check(not os.path.exists(os.path.join(out, "ckpt-1")), "--comm nccl without a library: no training")
+# and on the CPU, whose gradient is in host memory
+out = os.path.join(a.scratch, "cpu-nccl")
+r = run(MPI + ["-np", "2", binary, "--steps", "1", "--out", out, "--backend", "cpu", "--comm",
+               "nccl"], a.standin)
+check(r.returncode != 0 and r.stderr.count("error: --comm nccl: the device is cpu, not cuda") == 1,
+      f"--backend cpu --comm nccl: one clear error (exit {r.returncode}):\n{r.stderr[-2000:]}")
 
 w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
 ref = {}  # micro_batch -> (metrics, final weights, update size) of one process
