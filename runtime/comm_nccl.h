@@ -9,7 +9,8 @@
  *
  * Every call is collective over the ranks of comm.h, like those of comm.h: all ranks make
  * the same calls in the same order with the same counts and types. Work is queued on the
- * device's stream, behind what is already queued there; a failure (a NCCL error, or one
+ * device's stream, behind what is already queued there (the overlap's on a stream of
+ * NCCL's own, ordered by events; below); a failure (a NCCL error, or one
  * NCCL reports later through ncclCommGetAsyncError) becomes the device's sticky error and
  * is returned in err. When comm.h's collective timeout is set (--collective-timeout), each
  * call waits for its collective to finish for at most that long; then the communicator is
