@@ -47,6 +47,13 @@ void trn_comm_count(double seconds, uint64_t bytes) {
 void trn_comm_set_name(const char *name) { snprintf(g_name, sizeof g_name, "%s", name); }
 void trn_comm_set_timeout(double seconds) { g_timeout = seconds; }
 void trn_comm_set_step(int64_t step) { g_step = (sig_atomic_t)step; }
+const char *trn_comm_name(void) { return g_name; }
+int64_t trn_comm_step(void) { return (int64_t)g_step; }
+double trn_comm_timeout(void) { return g_timeout; }
+void trn_comm_account(double seconds, uint64_t bytes) {
+  g_comm_s += seconds;
+  g_comm_bytes += bytes;
+}
 
 #ifdef POC_HAVE_MPI
 /* The launcher ends every rank with SIGTERM when one fails or dies: say which rank

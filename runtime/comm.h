@@ -51,6 +51,12 @@ typedef struct trn_comm_counters {
   uint64_t bytes, reduced, gathered, wire;
 } trn_comm_counters;
 void trn_comm_counters_get(trn_comm_counters *c);
+/* For collectives on the device (comm_nccl.h): the settings above, and their seconds and
+ * bytes added to trn_comm_stats. */
+const char *trn_comm_name(void);
+int64_t trn_comm_step(void);
+double trn_comm_timeout(void);
+void trn_comm_account(double seconds, uint64_t bytes);
 
 int trn_comm_rank(void);
 int trn_comm_size(void);

@@ -5,13 +5,15 @@
  * host array, the host collective (comm.c), d->put back. Sums of bf16 buffers are made
  * in float on the host and rounded back once. The staging copies count as collective
  * time in trn_comm_stats, so the split of a step into compute and communication shows
- * what the copies cost until a device-side transport serves these calls.
+ * what the copies cost. Where the run has NCCL (comm_nccl.h, --comm), it serves the
+ * non-host devices instead: the buffers never leave the GPU.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "comm.h"
+#include "comm_nccl.h"
 #include "train_internal.h"
 
 static double dev_mono_s(void) {
@@ -53,6 +55,7 @@ static int stage_put(poc_device *d, poc_dptr x, poc_dtype t, const void *h, poc_
 int trn_comm_dev_sum(poc_device *d, poc_dptr x, poc_dtype t, size_t n, char *err) {
   if (trn_comm_size() == 1 || n == 0) return 0;
   /* NCCL, when loaded, serves non-host devices here */
+  if (!d->host_memory && trn_nccl_active(d)) return trn_nccl_sum(d, x, t, n, err);
   poc_dtype ht = d->host_memory ? t : stage_type(t);
   void *h = d->host_memory ? host_of(x) : stage_alloc(n, ht, "a device sum", err);
   if (!h) return -1;
@@ -76,6 +79,8 @@ int trn_comm_dev_reduce_scatter(poc_device *d, poc_dptr send, poc_dptr recv, poc
                                 size_t count, char *err) {
   size_t R = (size_t)trn_comm_size();
   /* NCCL, when loaded, serves non-host devices here */
+  if (!d->host_memory && trn_nccl_active(d))
+    return trn_nccl_reduce_scatter(d, send, recv, t, count, err);
   if (d->host_memory) {
     if (t == POC_DT_BF16) {
       trn_errf(err, "a reduce-scatter of bf16 host buffers is not supported");
@@ -99,6 +104,8 @@ int trn_comm_dev_all_gather(poc_device *d, poc_dptr send, poc_dptr recv, poc_dty
                             size_t count, char *err) {
   size_t R = (size_t)trn_comm_size(), rank = (size_t)trn_comm_rank();
   /* NCCL, when loaded, serves non-host devices here */
+  if (!d->host_memory && trn_nccl_active(d))
+    return trn_nccl_all_gather(d, send, recv, t, count, err);
   if (d->host_memory) return trn_comm_all_gather(host_of(send), host_of(recv), t, count, err);
   poc_dtype ht = stage_type(t);
   size_t hl = poc_dtype_size(ht);

@@ -69,6 +69,8 @@ struct poc_model {
   int base_grad;                 /* the base weights train (no adapters) */
   int view;                      /* the weights belong to another model (poc_model_view) */
   size_t PA;                     /* adapter parameters */
+  void (*layer_hook)(void *, int); /* poc_model_set_layer_hook */
+  void *layer_hook_ctx;
   size_t (*aoff)[POC_LT_N][2];   /* per layer and target: A, B offsets, or POC_NO_TENSOR */
   poc_dptr aw, awc;              /* adapters: master (acc) and compute copy (act) */
   poc_dptr dz, xd, tmpd;         /* scratch: dZ [T × r]; drop(x), dZ·A [T × widest input] */
@@ -918,10 +920,12 @@ int poc_model_backward(poc_model *m, const poc_pack *p, const double *dlogp,
     if (m->base_grad) k->rmsnorm_dw(m->k, n, m->xf, m->hrow, m->rstdf, m->dh, G(m->off_norm));
   }
   /* with a hook, each layer's bucket is handed over as soon as its gradient is final (the
-     layers own disjoint ranges); the rest (embedding, final norm, head) at the end */
+     layers own disjoint ranges); the rest (embedding, final norm, head) at the end. The
+     layer hook (NCCL's overlap) only queues work behind the layer on the device. */
   int layered = m->hook && m->n_buckets == m->L + 2;
   for (int l = m->L - 1; l >= 0; l--) {
     mdl_layer_bwd(m, l, T, &m->sv[l]);
+    if (m->layer_hook && !d->failed) m->layer_hook(m->layer_hook_ctx, l);
     if (layered) {
       if (poc_dev_sync(d, err)) return -1;
       m->hook(m->hook_ctx, m, m->L - 1 - l);
@@ -1426,6 +1430,16 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
   case POC_PART_VAR: d->put(d, m->var, d->acc, src, st, hi - lo); break;
   }
   return poc_dev_sync(d, err);
+}
+
+void poc_model_set_layer_hook(poc_model *m, void (*fn)(void *ctx, int layer), void *ctx) {
+  m->layer_hook = fn;
+  m->layer_hook_ctx = ctx;
+}
+
+uint64_t poc_model_part_addr(poc_model *m, poc_part part) {
+  return part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw
+       : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
 }
 
 float *poc_model_host_f32(poc_model *m, poc_part part) {

@@ -285,6 +285,14 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
 /* The device's own f32 buffer where device memory is host memory (the CPU device), so
  * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set). */
 float *poc_model_host_f32(poc_model *m, poc_part part);
+/* The device address (device.h's poc_dptr) of a part's buffer of n_params elements of the
+ * device's acc type, for collectives that run on the device itself (comm_nccl.h); 0 where
+ * the model has no such part. */
+uint64_t poc_model_part_addr(poc_model *m, poc_part part);
+/* fn(ctx, l) after each decoder layer's backward has been issued (queued on the device),
+ * layers L-1 down to 0: what can start on that layer's finished gradient while the rest of
+ * the backward runs (comm_nccl.h's overlap). NULL removes it. */
+void poc_model_set_layer_hook(poc_model *m, void (*fn)(void *ctx, int layer), void *ctx);
 
 /* ---- LoRA (runtime/lora.c; the math in model.c) ---------------------------------- */
 /* Low-rank adapters on a model's linear layers: a target W [out × in] computes

@@ -30,6 +30,7 @@
 #include <cjson/cJSON.h>
 
 #include "comm.h"
+#include "comm_nccl.h"
 #include "device.h"
 #include "st.h"
 #include "train_internal.h"
@@ -51,6 +52,7 @@ typedef struct {
   double collective_timeout;     /* seconds a collective waits for the other ranks */
   int zero;                      /* --zero: -1 default (on with several ranks), 0, 1 */
   int overlap;                   /* --overlap: 1 default, 0 */
+  const char *comm;              /* --comm: how ranks sum the gradient on a GPU */
 } trn_flags;
 
 static void usage(const poc_program *p, FILE *f) {
@@ -59,6 +61,7 @@ static void usage(const poc_program *p, FILE *f) {
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
           "       %*s [--collective-timeout SECONDS] [--zero 0|1] [--overlap 0|1]\n"
+          "       %*s [--comm nccl|mpi|auto]\n"
           "       %*s [--profile] [--no-checkpoint]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
@@ -85,9 +88,12 @@ static void usage(const poc_program *p, FILE *f) {
           "  --profile       add each step's time per stage (time/forward, ...) and the\n"
           "                  device memory's peak to metrics.jsonl (synchronises a GPU at\n"
           "                  each stage's end)\n"
-          "  --no-checkpoint write no checkpoint, not even the last (a measurement run)\n",
+          "  --no-checkpoint write no checkpoint, not even the last (a measurement run)\n"
+          "  --comm C        under mpirun on cuda: sum the gradient on the GPUs with NCCL\n"
+          "                  (nccl), through host memory with MPI (mpi), or NCCL where it\n"
+          "                  loads, else MPI (auto, the default)\n",
           p->name, (int)strlen(p->name), "", (int)strlen(p->name), "", (int)strlen(p->name), "",
-          (int)strlen(p->name), "", p->name, p->name);
+          (int)strlen(p->name), "", (int)strlen(p->name), "", p->name, p->name);
   if (p->n_knobs) {
     fprintf(f, "knobs:");
     for (int i = 0; i < p->n_knobs; i++) fprintf(f, " %s=%g", p->knobs[i].name, p->knobs[i].value);
@@ -130,6 +136,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
   f->collective_timeout = 600;
   f->zero = -1;
   f->overlap = 1;
+  f->comm = "auto";
   f->set = calloc((size_t)argc + 1, sizeof *f->set);
   if (!f->set) return 2;
   for (int i = 1; i < argc; i++) {
@@ -138,7 +145,7 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
     int needs = !strcmp(a, "--backend") || !strcmp(a, "--steps") || !strcmp(a, "--out") ||
                 !strcmp(a, "--resume") || !strcmp(a, "--set") || !strcmp(a, "--seed") ||
                 !strcmp(a, "--log") || !strcmp(a, "--collective-timeout") ||
-                !strcmp(a, "--zero") || !strcmp(a, "--overlap");
+                !strcmp(a, "--zero") || !strcmp(a, "--overlap") || !strcmp(a, "--comm");
     if (needs) {
       if (i + 1 >= argc) {
         fprintf(stderr, "%s: error: %s needs a value\n", p->name, a);
@@ -192,6 +199,12 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
         return 2;
       }
       f->overlap = val[0] - '0';
+    } else if (!strcmp(a, "--comm")) {
+      if (strcmp(val, "nccl") && strcmp(val, "mpi") && strcmp(val, "auto")) {
+        fprintf(stderr, "%s: error: --comm wants nccl, mpi or auto, got '%s'\n", p->name, val);
+        return 2;
+      }
+      f->comm = val;
     } else if (!strcmp(a, "--out")) {
       f->out = val;
     } else if (!strcmp(a, "--resume")) {
@@ -551,6 +564,7 @@ static void run_free(trn_run *r) {
     free(r->ainit[i]);
     free(r->ctx.gacc[i]);
   }
+  if (r->dev) trn_nccl_close(r->dev);
   poc_device_close(r->dev);
   free(r->ex);
   trn_order_free(&r->order);
@@ -1646,6 +1660,33 @@ static int run_agree(trn_run *r, const char *name0, int argc, char **argv) {
   return bad ? -1 : 0;
 }
 
+/* How the ranks sum the gradient of a device whose memory is not the host's (--comm):
+ * NCCL on the device, or MPI through host memory; said once by rank 0. The ranks agree on
+ * the outcome (trn_nccl_open is collective), so a refusal stops them all alike. */
+static int run_comm(trn_run *r) {
+  /* the CPU's gradient is in host memory already: MPI sums it, and auto says nothing */
+  if (!strcmp(r->fl.comm, "mpi") || (r->dev->host_memory && !strcmp(r->fl.comm, "auto")))
+    return 0;
+  char why[POC_ERR_LEN];
+  int rc = trn_nccl_open(r->dev, why);
+  if (rc == 0) {
+    if (r->say)
+      fprintf(stderr, "%s: data parallel: gradients summed on the device by %s\n", r->p->name,
+              trn_nccl_desc());
+    return 0;
+  }
+  if (rc == 1 && !strcmp(r->fl.comm, "auto")) {
+    if (r->say)
+      fprintf(stderr, "%s: data parallel: gradients summed by MPI through host memory, not "
+              "NCCL: %s\n", r->p->name, why);
+    return 0;
+  }
+  r->agreed = rc == 1;
+  if (rc == -1 || r->say)
+    fprintf(stderr, "%s: error: --comm %s: %s\n", r->p->name, r->fl.comm, why);
+  return -1;
+}
+
 /*   flags → device → program check → inputs → run directory → models (resume) → hoist →
  *   eval@0 → loop → final checkpoint */
 int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc, char **argv) {
@@ -1705,6 +1746,7 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
   if (run_inputs(r)) goto done;
   trn_comm_set_timeout(r->fl.collective_timeout);
   if (r->ranks > 1 && run_agree(r, name0, argc, argv)) goto done;
+  if (r->ranks > 1 && run_comm(r)) goto done;
   /* rank 0 makes (or finds) the run directory and tells the others where it is */
   r->resuming = r->fl.resume != NULL;
   if (r->rank == 0 && run_directory(r)) goto done;

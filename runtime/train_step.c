@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "comm.h"
+#include "comm_nccl.h"
 #include "train_internal.h"
 
 typedef trn_models models;
@@ -198,7 +199,8 @@ static void lora_dropout(const trn_ctx *c, models *ms, int on, int64_t step, int
  * once. Σ_j g_j in double is exact to ~1e-16 relative whatever the grouping, so the
  * float gradient, and the weights after AdamW, are those of one process but for an
  * element whose sum lies within that of a rounding boundary. Elsewhere (device memory)
- * the backwards accumulate in place and the ranks' float gradients are summed. */
+ * the backwards accumulate in place and the ranks' float gradients are summed: on the
+ * device by NCCL when the run has it (comm_nccl.h), else through host memory and MPI. */
 /* Overlap (c->overlap, host accumulators, R > 1): during this rank's last micro-batch's
  * backward each gradient bucket (poc_model_grad_buckets: a decoder layer, or the rest) is
  * added to its accumulator as soon as the model's hook says it is final, and its
@@ -230,6 +232,8 @@ typedef struct {
   double *shard[TRN_MAX_MODELS]; /* ZeRO: the reduce-scatter's result, cnt each */
   int failed;                    /* a start failed inside a hook: reported at the finish */
   char err[POC_ERR_LEN];
+  int ov;                        /* m + 1: model m's gradient is summed by layer (NCCL),
+                                    overlapping the backward of its last micro-batch */
 } gradsum;
 
 /* The accumulator's length: the trainable vector, padded to R whole shards under ZeRO (the
@@ -243,6 +247,15 @@ static size_t acc_len(const trn_ctx *c, models *ms, int m) {
 
 static int gradsum_init(gradsum *s, const trn_ctx *c, models *ms, int n_mb, char *err) {
   memset(s, 0, sizeof *s);
+  /* one trainable model on a device with NCCL: its layers' sums overlap the backward (with
+   * several, their layers would not come in one order on every rank; under ZeRO the
+   * gradient is reduce-scattered, through trn_comm_dev_reduce_scatter, NCCL's too) */
+  int only = -1, n_tr = 0;
+  for (int m = 0; m < c->prog->n_models; m++)
+    if (c->prog->models[m].trainable) only = m, n_tr++;
+  if (n_tr == 1 && trn_comm_size() > 1 && !c->zero &&
+      trn_nccl_overlap_init(poc_model_device(ms->m[only]), ms->m[only], c->lay[only]))
+    s->ov = only + 1;
   if (n_mb <= 1 && trn_comm_size() == 1) return 0; /* one micro-batch: g_0 is the sum */
   s->on = 1;
   for (int m = 0; m < c->prog->n_models; m++) {
@@ -340,7 +353,18 @@ static void ovl_start_rest(gradsum *s) {
   for (int i = 0; s->ovl && i < s->n_b; i++) ovl_ready(s, i);
 }
 
+/* before a micro-batch's backwards: the last one of the step on this rank starts the sums */
+static void gradsum_arm(gradsum *s, models *ms, int last) {
+  if (s->ov && last) trn_nccl_overlap_arm(ms->m[s->ov - 1], 1);
+}
+
+/* after the micro-batches' backwards, before any other collective (comm_nccl.h) */
+static int gradsum_layers(gradsum *s, models *ms, char *err) {
+  return s->ov ? trn_nccl_overlap_layers(ms->m[s->ov - 1], err) : 0;
+}
+
 static void gradsum_free(gradsum *s, const trn_ctx *c, models *ms) {
+  if (s->ov) trn_nccl_overlap_arm(ms->m[s->ov - 1], 0);
   if (s->ovl) {
     /* a step that failed with reductions in flight: the run ends (every rank stops), so
        no wait for ranks that may never start theirs; the arrays MPI may still write stay
@@ -458,6 +482,16 @@ static int gradsum_finish(gradsum *s, const trn_ctx *c, models *ms, char *err) {
       continue;
     }
     if (trn_comm_size() == 1) continue;
+    poc_device *d = poc_model_device(ms->m[m]);
+    if (s->ov == m + 1) { /* the layers' sums are under way: the rest, and wait */
+      if (trn_nccl_overlap_finish(ms->m[m], err)) return -1;
+      continue;
+    }
+    if (trn_nccl_active(d)) { /* summed where it lives (NCCL, --comm) */
+      if (trn_nccl_sum(d, poc_model_part_addr(ms->m[m], POC_PART_GRAD), d->acc, n, err))
+        return -1;
+      continue;
+    }
     float *h = malloc(n * sizeof *h + 1);
     int bad = !h || poc_model_get(ms->m[m], POC_PART_GRAD, h, POC_DT_F32, err) ||
               trn_comm_sum_f32(h, n, err) ||
@@ -550,11 +584,13 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       sum_outputs(&o, p->n_reports, out);
       trn_prof_mark(pf, TRN_PROF_OBJECTIVE);
       if (b0 + mbs >= Bl) ovl_hooks(&gs, 1);
+      gradsum_arm(&gs, ms, b0 + mbs >= Bl);
       if (backwards(c, ms, &mb, &o, 0, ob, err)) goto done;
       gradsum_add(&gs, c);
       trn_prof_mark(pf, TRN_PROF_BACKWARD);
     }
     ovl_start_rest(&gs); /* before the sums below, in the same order on every rank */
+    if (gradsum_layers(&gs, ms, err)) goto done;
     if (R > 1) {
       double v[66];
       int nr = p->n_reports < 64 ? p->n_reports : 64;
@@ -610,10 +646,12 @@ int trn_step_grad(const trn_ctx *c, models *ms, const int64_t *ex_all, int B, in
       if (forwards(c, ms, &mb, 1, 1, ob, NULL, err)) goto done;
       trn_prof_mark(pf, TRN_PROF_FORWARD); /* the recomputing forward is forward time too */
       if (b0 + mbs >= Bl) ovl_hooks(&gs, 1);
+      gradsum_arm(&gs, ms, b0 + mbs >= Bl);
       if (backwards(c, ms, &mb, all, R > 1 ? pos[b0] : b0, ob, err)) goto done;
       gradsum_add(&gs, c);
       trn_prof_mark(pf, TRN_PROF_BACKWARD);
     }
+    if (gradsum_layers(&gs, ms, err)) goto done;
   }
   if (gradsum_finish(&gs, c, ms, err)) goto done;
   trn_prof_mark(pf, TRN_PROF_BACKWARD); /* the gradients' reduction (its waits: comm) */

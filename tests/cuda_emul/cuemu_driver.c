@@ -5,7 +5,11 @@
  * with 0xff bytes (fp32 and bf16 NaN: reading what was never written shows), its end
  * against an inaccessible page so a kernel running past it faults at once; copies and
  * memsets must lie inside one live allocation, and so must every pointer argument of a
- * launch (or be null).
+ * launch (or be null). poc_cuemu_mem_range answers the same question for a library that
+ * reads device memory itself (the NCCL stand-in). Kernels run on the legacy default
+ * stream; other streams and events exist for a library that works on its own stream
+ * (NCCL): their handles are checked (poc_cuemu_stream_live for such a library), and since
+ * work runs at its call every stream is always complete.
  *
  * Launches: blocks run one after another in an order shuffled per launch. Within a block
  * every CUDA thread is a fibre (makecontext once per pooled stack, then _setjmp/_longjmp
@@ -213,6 +217,129 @@ CUresult cuCtxSynchronize(void) {
   return CUDA_SUCCESS;
 }
 
+CUresult cuCtxGetCurrent(CUcontext *c) {
+  EMU_INIT();
+  if (!c) return CUDA_ERROR_INVALID_VALUE;
+  *c = emu_current;
+  return CUDA_SUCCESS;
+}
+
+/* ---- streams and events ------------------------------------------------------------ */
+
+/* Work runs at its call (the emulation's, and that of a library which works on a stream,
+ * as the NCCL stand-in does), so every stream is always complete and any order of work the
+ * program asks for already holds: what is checked is the handles (live, of this context)
+ * and the flags. Kernels run on the default stream only (cuLaunchKernel). */
+struct CUstream_st { struct CUstream_st *next; };
+struct CUevent_st { struct CUevent_st *next; int recorded; };
+static struct CUstream_st *emu_streams;
+static struct CUevent_st *emu_events;
+
+static int emu_stream_live(CUstream s) {
+  if (!s) return 1; /* the legacy default stream */
+  for (struct CUstream_st *t = emu_streams; t; t = t->next)
+    if (t == s) return 1;
+  return 0;
+}
+
+static int emu_event_live(CUevent e) {
+  for (struct CUevent_st *t = emu_events; t; t = t->next)
+    if (t == e) return 1;
+  return 0;
+}
+
+#define EMU_STREAM(call, s)                                                           \
+  if (!emu_stream_live(s)) {                                                          \
+    emu_report("%s(%p): not a live stream", call, (void *)(s));                       \
+    return CUDA_ERROR_INVALID_HANDLE;                                                 \
+  }
+#define EMU_EVENT(call, e)                                                            \
+  if (!(e) || !emu_event_live(e)) {                                                   \
+    emu_report("%s(%p): not a live event", call, (void *)(e));                        \
+    return CUDA_ERROR_INVALID_HANDLE;                                                 \
+  }
+
+CUresult cuStreamCreate(CUstream *s, unsigned flags) {
+  EMU_CTX();
+  if (!s || (flags & ~(unsigned)CU_STREAM_NON_BLOCKING)) return CUDA_ERROR_INVALID_VALUE;
+  struct CUstream_st *t = calloc(1, sizeof *t);
+  if (!t) return CUDA_ERROR_OUT_OF_MEMORY;
+  t->next = emu_streams;
+  emu_streams = t;
+  *s = t;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuStreamDestroy(CUstream s) {
+  EMU_INIT();
+  for (struct CUstream_st **t = &emu_streams; *t; t = &(*t)->next)
+    if (*t == s) {
+      *t = s->next;
+      free(s);
+      return CUDA_SUCCESS;
+    }
+  emu_report("cuStreamDestroy(%p): not a live stream (the default one cannot be destroyed)",
+             (void *)s);
+  return CUDA_ERROR_INVALID_HANDLE;
+}
+
+/* always complete; a sticky kernel error is reported as the driver does */
+CUresult cuStreamQuery(CUstream s) {
+  EMU_CTX();
+  EMU_STREAM("cuStreamQuery", s);
+  return CUDA_SUCCESS;
+}
+
+/* For a library that works on streams (the NCCL stand-in): whether s is the default
+ * stream or a live one. */
+int poc_cuemu_stream_live(const void *s) { return emu_stream_live((CUstream)(uintptr_t)s); }
+
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) {
+  EMU_CTX();
+  EMU_STREAM("cuStreamWaitEvent", s);
+  EMU_EVENT("cuStreamWaitEvent", e);
+  if (flags) return CUDA_ERROR_INVALID_VALUE;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuEventCreate(CUevent *e, unsigned flags) {
+  EMU_CTX();
+  unsigned known = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING;
+  if (!e || (flags & ~known)) return CUDA_ERROR_INVALID_VALUE;
+  struct CUevent_st *t = calloc(1, sizeof *t);
+  if (!t) return CUDA_ERROR_OUT_OF_MEMORY;
+  t->next = emu_events;
+  emu_events = t;
+  *e = t;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuEventDestroy(CUevent e) {
+  EMU_INIT();
+  for (struct CUevent_st **t = &emu_events; *t; t = &(*t)->next)
+    if (*t == e) {
+      *t = e->next;
+      free(e);
+      return CUDA_SUCCESS;
+    }
+  emu_report("cuEventDestroy(%p): not a live event", (void *)e);
+  return CUDA_ERROR_INVALID_HANDLE;
+}
+
+CUresult cuEventRecord(CUevent e, CUstream s) {
+  EMU_CTX();
+  EMU_EVENT("cuEventRecord", e);
+  EMU_STREAM("cuEventRecord", s);
+  e->recorded = 1;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuEventQuery(CUevent e) {
+  EMU_CTX();
+  EMU_EVENT("cuEventQuery", e);
+  return CUDA_SUCCESS;
+}
+
 /* ---- memory ------------------------------------------------------------------------ */
 
 typedef struct { uintptr_t p; size_t n; char *map; size_t maplen; } emu_alloc;
@@ -237,6 +364,12 @@ int emu_mem_check(uintptr_t p, size_t n, const char **why) {
     return -1;
   }
   return 0;
+}
+
+/* For a stand-in of a library that reads device memory on the host (tests/nccl_standin):
+ * 0 when [p, p + n) lies inside one live allocation, else -1 with *why. */
+int poc_cuemu_mem_range(const void *p, size_t n, const char **why) {
+  return emu_mem_check((uintptr_t)p, n, why);
 }
 
 CUresult cuMemAlloc(CUdeviceptr *dp, size_t n) {

@@ -182,6 +182,51 @@ static void test_faults(void) {
   CHECK(cu.cuMemFree(d) == CUDA_ERROR_INVALID_VALUE);
 }
 
+/* Streams and events (for a library such as NCCL): handles are checked, work is complete
+ * at once, kernels stay on the default stream. */
+static void test_streams(void) {
+  CUresult (*sc)(CUstream *, unsigned), (*sd)(CUstream), (*sq)(CUstream);
+  CUresult (*ec)(CUevent *, unsigned), (*ed)(CUevent), (*er)(CUevent, CUstream);
+  CUresult (*sw)(CUstream, CUevent, unsigned), (*cc)(CUcontext *);
+  int (*live)(const void *);
+  *(void **)&sc = dlsym(cu.lib, "cuStreamCreate");
+  *(void **)&sd = dlsym(cu.lib, "cuStreamDestroy_v2");
+  *(void **)&sq = dlsym(cu.lib, "cuStreamQuery");
+  *(void **)&ec = dlsym(cu.lib, "cuEventCreate");
+  *(void **)&ed = dlsym(cu.lib, "cuEventDestroy_v2");
+  *(void **)&er = dlsym(cu.lib, "cuEventRecord");
+  *(void **)&sw = dlsym(cu.lib, "cuStreamWaitEvent");
+  *(void **)&cc = dlsym(cu.lib, "cuCtxGetCurrent");
+  *(void **)&live = dlsym(cu.lib, "poc_cuemu_stream_live");
+  CHECK(sc && sd && sq && ec && ed && er && sw && cc && live);
+  if (!(sc && sd && sq && ec && ed && er && sw && cc && live)) return;
+  CUcontext cur = NULL;
+  CHECK(cc(&cur) == CUDA_SUCCESS && cur == ctx);
+  CUstream s = NULL;
+  CUevent e = NULL;
+  CHECK(sc(&s, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS && s);
+  CHECK(sc(&s, 0x80) == CUDA_ERROR_INVALID_VALUE);
+  CHECK(ec(&e, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS && e);
+  CHECK(live(s) && live(NULL));
+  CHECK(er(e, NULL) == CUDA_SUCCESS && sw(s, e, 0) == CUDA_SUCCESS);
+  CHECK(er(e, s) == CUDA_SUCCESS && sw(NULL, e, 0) == CUDA_SUCCESS);
+  CHECK(sq(s) == CUDA_SUCCESS && sq(NULL) == CUDA_SUCCESS);
+  CHECK(sw(s, e, 1) == CUDA_ERROR_INVALID_VALUE);
+  /* a kernel on another stream is refused */
+  CUdeviceptr d;
+  CHECK(cu.cuMemAlloc(&d, 256) == 0);
+  void *args[] = {&d};
+  CHECK(cu.cuLaunchKernel(fn("bounded"), 1, 1, 1, 32, 1, 1, 0, s, args, NULL) != CUDA_SUCCESS);
+  reset();
+  CHECK(sc(&s, 0) == CUDA_SUCCESS);
+  CHECK(sd(s) == CUDA_SUCCESS);
+  CHECK(!live(s) && sq(s) == CUDA_ERROR_INVALID_HANDLE && sd(s) == CUDA_ERROR_INVALID_HANDLE);
+  CHECK(strstr(last_error(), "not a live stream") != NULL);
+  CHECK(ed(e) == CUDA_SUCCESS && er(e, NULL) == CUDA_ERROR_INVALID_HANDLE);
+  CHECK(strstr(last_error(), "not a live event") != NULL);
+  cu.cuMemFree(d);
+}
+
 static void test_nvrtc_errors(void) {
   const char *archs[] = {"sm_90"};
   poc_cuda_image img;
@@ -299,6 +344,7 @@ int main(void) {
     test_barriers();
     test_reduce();
     test_faults();
+    test_streams();
     cu.cuModuleUnload(mod);
   }
   test_nvrtc_errors();
