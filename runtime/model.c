@@ -348,12 +348,12 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
   m->htl = CC(T);
   m->hlse = CC(T);
   m->hmu = CC(T);
-  m->chunkbuf = CC((size_t)m->rows_max * m->chunk);
+  m->chunkbuf = AA((size_t)m->rows_max * m->chunk);
   m->logp = CC(T);
   m->ent = CC(T);
   m->lss = CC(T);
   if (m->trainable) {
-    m->dlog = VIEW(m->chunkbuf, (size_t)m->rows_max * m->chunk);
+    m->dlog = m->chunkbuf; /* head_chunk_bwd turns the chunk into dlogits in place */
     m->dlogp = CC(T);
     m->dent = CC(T);
     m->dX = CC(T * H);
@@ -690,7 +690,7 @@ static void mdl_head_fused_fwd(poc_model *m, int n, poc_dptr ent, poc_dptr lss) 
     for (int v0 = 0; v0 < V; v0 += m->chunk) {
       int c = V - v0 < m->chunk ? V - v0 : m->chunk;
       k->gemm(m->k, 0, 1, rb, c, H, ACT(m->hf, (size_t)r0 * H), H, W(m->off_head + (size_t)v0 * H),
-              H, 0.f, m->chunkbuf, 1, c);
+              H, 0.f, m->chunkbuf, 0, c);
       k->head_chunk_fwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hm, r0),
                         ACC(m->hs, r0), ACC(m->ha, r0), lss ? ACC(m->hq, r0) : 0,
                         ACC(m->htl, r0));
@@ -713,7 +713,7 @@ static void mdl_head_fused_bwd(poc_model *m, int n, poc_dptr dent) {
     for (int v0 = 0; v0 < V; v0 += m->chunk) {
       int c = V - v0 < m->chunk ? V - v0 : m->chunk;
       poc_dptr Wc = W(m->off_head + (size_t)v0 * H), gWc = G(m->off_head + (size_t)v0 * H);
-      k->gemm(m->k, 0, 1, rb, c, H, hb, H, Wc, H, 0.f, m->chunkbuf, 1, c);
+      k->gemm(m->k, 0, 1, rb, c, H, hb, H, Wc, H, 0.f, m->chunkbuf, 0, c);
       k->head_chunk_bwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hlse, r0),
                         ACC(m->hmu, r0), ACC(m->dlogp, r0), dent ? ACC(dent, r0) : 0, m->dlog);
       k->gemm(m->k, 0, 0, rb, H, c, m->dlog, c, Wc, H, v0 ? 1.f : 0.f,

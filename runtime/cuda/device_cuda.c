@@ -446,9 +446,10 @@ static void k_head_finish(poc_kset *k, int n, poc_dptr m, poc_dptr sum, poc_dptr
          &p_lss, &p_lse, &p_mu);
 }
 
-/* The kernels read fp32 logits and write bf16 dlogits element by element from many
- * blocks; in one buffer a write would land on logits another block has yet to read. So
- * "in place" goes through a kset-owned bf16 buffer and a copy back. */
+/* head_text_bwd reads fp32 log-softmax and writes bf16 dlogits element by element from
+ * many blocks; in one buffer a write would land on values another block has yet to read.
+ * So "in place" goes through a kset-owned bf16 buffer and a copy back. (head_chunk_bwd
+ * reads bf16 and writes bf16 at the same index, so it runs in place as it is.) */
 static CUdeviceptr dc_dlog_target(dc_kset *s, poc_dptr src, poc_dptr dlog, size_t elems) {
   if (dlog != src) return (CUdeviceptr)dlog;
   return dc_scratch(s, &s->dlog, &s->dlog_bytes, elems * 2, "in-place dlogits");
@@ -461,11 +462,9 @@ static void k_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits,
   size_t nc = (size_t)(n > 0 ? n : 0) * (size_t)(c > 0 ? c : 0);
   if (k->d->failed || nc == 0) return;
   CUdeviceptr p_l = logits, p_t = tgt, p_lse = lse, p_mu = mu, p_g = dlogp, p_e = dent,
-              p_d = dc_dlog_target(s, logits, dlog, nc);
-  if (!p_d) return;
+              p_d = dlog;
   LAUNCH(head_chunk_bwd, dc_grid(s, nc, 256), 1, 256, &n, &c, &v0, &p_l, &p_t, &p_lse, &p_mu,
          &p_g, &p_e, &p_d);
-  if (p_d != (CUdeviceptr)dlog) dc_copy(k->d, dlog, p_d, nc * 2);
 }
 
 /* lse per row, the log-softmax in place, then logp, entropy, log Σ p² and μ' = Σ p·ls (the

@@ -691,7 +691,8 @@ static void t_drop_scale(void) {
 
 /* ---- the loss head -------------------------------------------------------------------- */
 
-/* Fused: the [n × V] logits streamed in the chunks given (uneven, the last of one column), each folded into m, s, a, q, tl; then head_finish (with log Σ p²); then the backward chunk by chunk, into
+/* Fused: the [n × V] logits streamed in act (bf16) chunks of the widths given (uneven, the
+ * last of one column), each folded into m, s, a, q, tl; then head_finish (with log Σ p²); then the backward chunk by chunk, into
  * a separate dlog and in place (dlog = the logits buffer). Textbook: the whole row. */
 static void t_head(void) {
   const int n = 37, chunks[] = {128, 100, 71, 1};
@@ -709,11 +710,14 @@ static void t_head(void) {
   L.h[(size_t)4 * V + V - 1] = 60;
   for (int j = 0; j < V; j++) L.h[(size_t)5 * V + j] = 1.5f;
   L.h[(size_t)6 * V + 3] = -80; /* far below: e^{l−m} underflows to 0 */
+  /* a chunk of logits is act (bf16 on CUDA, the GEMM's rounded output): the logits are
+     bf16 values, so both devices fold the same numbers */
+  for (size_t i = 0; i < (size_t)n * V; i++) L.h[i] = bf(L.h[i]);
   pb_put(&L);
   pb m = pb_nan(n, 0), s = pb_nan(n, 0), a = pb_nan(n, 0), q = pb_nan(n, 0), tl = pb_nan(n, 0);
   int v0 = 0;
   for (int c = 0; c < nch; v0 += chunks[c], c++) {
-    pb ch = pb_new((size_t)n * chunks[c], 0);
+    pb ch = pb_new((size_t)n * chunks[c], 1);
     for (int i = 0; i < n; i++)
       memcpy(ch.h + (size_t)i * chunks[c], L.h + (size_t)i * V + v0, chunks[c] * 4);
     pb_put(&ch);
@@ -780,7 +784,7 @@ static void t_head(void) {
     v0 = 0;
     for (int c = 0; c < nch; v0 += chunks[c], c++) {
       size_t nc = (size_t)n * chunks[c];
-      pb ch = pb_new(nc, 0);
+      pb ch = pb_new(nc, 1);
       for (int i = 0; i < n; i++)
         memcpy(ch.h + (size_t)i * chunks[c], L.h + (size_t)i * V + v0, chunks[c] * 4);
       pb_put(&ch);
