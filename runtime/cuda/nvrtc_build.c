@@ -242,6 +242,15 @@ uint64_t poc_cuda_source_hash(const char *source) {
   uint64_t h = 0xcbf29ce484222325ULL;
   for (const unsigned char *p = (const unsigned char *)source; *p; p++)
     h = (h ^ *p) * 0x100000001b3ULL;
+  for (int i = 0; i < poc_cuda_n_templates; i++) {
+    const poc_cuda_template *t = &poc_cuda_templates[i];
+    size_t nl = strlen(t->name);
+    if (nl < 4 || strcmp(t->name + nl - 4, ".cuh")) continue;
+    for (const unsigned char *p = (const unsigned char *)t->name; *p; p++)
+      h = (h ^ *p) * 0x100000001b3ULL;
+    for (const unsigned char *p = (const unsigned char *)t->text; *p; p++)
+      h = (h ^ *p) * 0x100000001b3ULL;
+  }
   return h;
 }
 

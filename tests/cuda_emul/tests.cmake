@@ -59,6 +59,15 @@ if(TARGET pocrt_cuda)
       ENVIRONMENT "${POC_CUEMU_ENV};POC_CUDA_EMU_SEED=${seed};OMP_WAIT_POLICY=PASSIVE")
   endforeach()
 
+  # the elementwise kernels' 128-bit paths, scalar fallbacks and tails against the cpu device
+  add_executable(test_emul_vec ${CMAKE_CURRENT_LIST_DIR}/test_emul_vec.c)
+  target_include_directories(test_emul_vec PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_emul_vec PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_emul_vec poc_cuemu)
+  add_test(NAME cuda_emul_vec COMMAND test_emul_vec)
+  set_tests_properties(cuda_emul_vec PROPERTIES LABELS "cuda_emul" TIMEOUT 300
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+
   # poc logp / poc generate with --backend cuda against --backend cpu on the bundled model
   add_test(NAME cuda_emul_cli
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/cli_check.py
