@@ -15,6 +15,8 @@
  * sequence-classification model (a reward model) instead normalises the last row of each
  * sequence and applies its score head, r = norm(x_last)·w_scoreᵀ: two GEMMs forward and
  * back on the same kernels, so every device has it.
+ * Projections that read one input run as one GEMM: q, k, v into rows [q | k | v] and gate,
+ * up into rows [g | u] (mdl_proj_fwd; split by qkv_bias_rope, read by swiglu).
  * Residual additions are GEMMs with β = 1 into the residual stream (acc); an o_proj bias
  * is a rank-1 GEMM ones·b_oᵀ added the same way, so no device needs an add kernel.
  * Backward recomputes the two normed inputs and the SwiGLU output of each layer instead of
