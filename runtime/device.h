@@ -107,16 +107,18 @@ typedef struct poc_kernels {
   void (*colsum)(poc_kset *k, int n, int width, poc_dptr y, poc_dptr out);
   /* y (act) = x (acc), n elements; nothing when they are the same buffer */
   void (*cast)(poc_kset *k, size_t n, poc_dptr x, poc_dptr y);
-  /* In place on q [T×nh·hd], k, v [T×nkv·hd] (act): add the biases (act, may be 0), then
-   * rotate q and k by RoPE at position pos[t] from the tables cosb/sinb [positions × hd/2]
-   * (acc), HF's rotate_half convention. */
+  /* The q/k/v projections run as one GEMM whose output qkv (act [T × N], N = (nh + 2·nkv)·hd)
+   * holds row t as [q_t | k_t | v_t]. This kernel splits it into q [T×nh·hd], k, v
+   * [T×nkv·hd] (act, none of them qkv), adding the biases (act, may be 0) and rotating q
+   * and k by RoPE at position pos[t] from the tables cosb/sinb [positions × hd/2] (acc),
+   * HF's rotate_half convention. */
   void (*qkv_bias_rope)(poc_kset *k, int T, poc_dptr pos, poc_dptr cosb, poc_dptr sinb,
-                        poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr bq, poc_dptr bk,
-                        poc_dptr bv);
-  /* Rotates dq, dk (acc) back by −θ in place and writes act copies dq16, dk16, dv16 of
-   * dq, dk, dv (each may be the same buffer as its source). */
+                        poc_dptr qkv, poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr bq,
+                        poc_dptr bk, poc_dptr bv);
+  /* Rotates dq, dk (acc) back by −θ in place and writes the act operand of the fused
+   * projection's backward GEMMs, dqkv [T × N] with row t = [dq_t | dk_t | dv_t]. */
   void (*rope_bwd)(poc_kset *k, int T, poc_dptr pos, poc_dptr cosb, poc_dptr sinb, poc_dptr dq,
-                   poc_dptr dk, poc_dptr dv, poc_dptr dq16, poc_dptr dk16, poc_dptr dv16);
+                   poc_dptr dk, poc_dptr dv, poc_dptr dqkv);
   /* Causal GQA attention. Query row t (q act [T×nh·hd]) sits at key position q0 + t and
    * attends to keys [kbeg[t], q0 + t] of k, v (act, indexed by key position):
    * out[t] = Σ_j softmax_j(q·k_j/√hd)·v_j (act), lse[t×nh + h] (acc) kept for backward.
@@ -128,14 +130,18 @@ typedef struct poc_kernels {
   void (*attn_bwd)(poc_kset *k, int T, poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr o,
                    poc_dptr dO, poc_dptr lse, poc_dptr kbeg, poc_dptr send, poc_dptr dq,
                    poc_dptr dk, poc_dptr dv, poc_dptr D);
-  /* a = silu(g)·u (act); backward dg = da·u·silu'(g), du = da·silu(g) */
-  void (*swiglu_fwd)(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr a);
-  void (*swiglu_bwd)(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr da, poc_dptr dg,
-                     poc_dptr du);
-  /* The fused head's row work on one [n × c] chunk of logits (acc) for vocabulary columns
-   * [v0, v0 + c): folds it into the running max m, s = Σe^{l−m}, a = Σe^{l−m}(l−m) and,
-   * when q is not 0, q = Σe^{2(l−m)} (all acc [n], started at v0 = 0) and keeps the
-   * target's logit in tl. */
+  /* The gate and up projections run as one GEMM whose output gu (act [T × 2F]) holds row
+   * t as [g_t | u_t]: a = silu(g)·u (act [T × F]); backward dgu (act [T × 2F], the same
+   * layout) with dg = da·u·silu'(g), du = da·silu(g). */
+  void (*swiglu_fwd)(poc_kset *k, int T, poc_dptr gu, poc_dptr a);
+  void (*swiglu_bwd)(poc_kset *k, int T, poc_dptr gu, poc_dptr da, poc_dptr dgu);
+  /* The fused head's row work on one [n × c] chunk of logits for vocabulary columns
+   * [v0, v0 + c). The chunk is act: the GEMM that makes it accumulates in fp32 and rounds
+   * each logit once to the act type (bf16 on CUDA, as a bf16 lm_head's output is), so no
+   * fp32 n×c chunk goes through device memory; the CPU devices keep it at full precision
+   * (act is acc there). Folds the chunk into the running max m, s = Σe^{l−m},
+   * a = Σe^{l−m}(l−m) and, when q is not 0, q = Σe^{2(l−m)} (all acc [n], started at
+   * v0 = 0) and keeps the target's logit in tl. */
   void (*head_chunk_fwd)(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
                          poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr q, poc_dptr tl);
   /* lse = m + log s, μ = m + a/s, logp = tl − lse, ent = log s − a/s (ent may be 0),
@@ -143,8 +149,10 @@ typedef struct poc_kernels {
   void (*head_finish)(poc_kset *k, int n, poc_dptr m, poc_dptr s, poc_dptr a, poc_dptr q,
                       poc_dptr tl, poc_dptr logp, poc_dptr ent, poc_dptr lss, poc_dptr lse,
                       poc_dptr mu);
-  /* dlog (act [n × c], may be the logits buffer) = g·(1[v=t] − p) − e·p·(l − μ) with
-   * p = e^{l − lse}; dlogp, dent acc [n], each may be 0 */
+  /* dlog (act [n × c]) = g·(1[v=t] − p) − e·p·(l − μ) with p = e^{l − lse}, from the act
+   * chunk of logits l; dlog may be the logits buffer itself (the model turns each chunk
+   * into its dlogits in place: one act n×c buffer per block, nothing in fp32); dlogp, dent
+   * acc [n], each may be 0 */
   void (*head_chunk_bwd)(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
                          poc_dptr lse, poc_dptr mu, poc_dptr dlogp, poc_dptr dent,
                          poc_dptr dlog);
@@ -179,9 +187,10 @@ struct poc_device {
   poc_dtype acc, act;
   int shared_act;               /* acc and act are one type: one buffer serves both views */
   int host_memory;              /* device addresses are host pointers (the CPU devices) */
-  /* The fused loss head streams blocks of at most head_rows rows × head_chunk columns,
-   * halving the chunk (down to 256) while a block holds more than head_block logits: the
-   * CPU keeps a block in the last-level cache, a GPU takes every row at once. */
+  /* The fused loss head streams blocks of at most head_rows rows × head_chunk columns of
+   * act logits (one buffer, turned into dlogits in place in backward), halving the chunk
+   * (down to 256) while a block holds more than head_block logits: the CPU keeps a block
+   * in the last-level cache, a GPU takes every row at once. */
   int head_rows, head_chunk;
   size_t head_block;
 

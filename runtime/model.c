@@ -15,6 +15,8 @@
  * sequence-classification model (a reward model) instead normalises the last row of each
  * sequence and applies its score head, r = norm(x_last)·w_scoreᵀ: two GEMMs forward and
  * back on the same kernels, so every device has it.
+ * Projections that read one input run as one GEMM: q, k, v into rows [q | k | v] and gate,
+ * up into rows [g | u] (mdl_proj_fwd; split by qkv_bias_rope, read by swiglu).
  * Residual additions are GEMMs with β = 1 into the residual stream (acc); an o_proj bias
  * is a rank-1 GEMM ones·b_oᵀ added the same way, so no device needs an add kernel.
  * Backward recomputes the two normed inputs and the SwiGLU output of each layer instead of
@@ -35,7 +37,8 @@
 #include "mplan.h"
 
 typedef struct {
-  poc_dptr x, rstd1, q, k, v, att, lse, h1, rstd2, g, u;
+  poc_dptr x, rstd1, q, k, v, att, lse, h1, rstd2;
+  poc_dptr gu;                   /* the fused gate/up projection [T × 2F]: row t = [g_t | u_t] */
   poc_dptr z[POC_LT_N];          /* LoRA: Z = (alpha/r)·drop(x)·Aᵀ per target [T × r] */
 } mdl_saved;
 
@@ -44,7 +47,7 @@ struct poc_model {
   poc_kset *k;
   const poc_layout *lay;
   poc_dims dm;
-  int trainable, max_tokens, L, qd, kvd, n_slots, rows_max, chunk;
+  int trainable, max_tokens, L, qd, kvd, qkvd, n_slots, rows_max, chunk;
   int cls;                       /* a classifier: one score per sequence, no loss head */
   size_t P, sa, sc;              /* parameters; bytes per act and acc element */
   poc_layer_offsets *lo;
@@ -58,7 +61,8 @@ struct poc_model {
   mdl_saved *sv;
   poc_dptr xf, xn, a, hf, rstdf, hm, hs, ha, hq, htl, hlse, hmu, chunkbuf, logp, ent, lss;
   poc_dptr dscore;               /* act [T]: the scores' seeds as a GEMM operand */
-  poc_dptr dlogp, dent, dX, dX16, da, dg, du, dxn, dO, dq, dk, dv, dq16, dk16, dv16, D, dh, dlog;
+  poc_dptr qkv;                  /* act [T × qkvd]: the fused q/k/v projection, row [q | k | v] */
+  poc_dptr dlogp, dent, dX, dX16, da, dgu, dxn, dO, dq, dk, dv, dqkv, D, dh, dlog;
   int32_t *h_i32;                /* host staging: 5 × max_tokens */
   int saved_n_tok, saved_flags;
 
@@ -113,6 +117,76 @@ static void mdl_linear(poc_model *m, int T, int in, int out, poc_dptr X, size_t 
   m->d->k.gemm(m->k, 0, 1, T, out, in, X, in, W(woff), in, beta, Y, y_acc, out);
 }
 
+/* Fused projections: n linear maps of one input X [T × in] (weights [out_i × in] at woff[i])
+ * written side by side into Y (act [T × Σout_i]). Weights that are adjacent in the flat
+ * layout form one [Σout × in] matrix, so each run of adjacent weights is one GEMM: q, k, v
+ * are one GEMM and gate, up another unless biases sit between the weights (a model with
+ * attention_bias keeps HF's flat order q.w, q.b, k.w, ..., so its q, k, v are three
+ * GEMMs into the same columns). */
+static int mdl_run(const size_t *woff, const int *out, int n, int in, int i) {
+  int j = i + 1;
+  while (j < n && woff[j] == woff[j - 1] + (size_t)out[j - 1] * in) j++;
+  return j;
+}
+
+static void mdl_proj_fwd(poc_model *m, int T, int in, int n, const size_t *woff, const int *out,
+                         poc_dptr X, poc_dptr Y) {
+  int ld = 0;
+  for (int i = 0; i < n; i++) ld += out[i];
+  for (int i = 0, c = 0; i < n;) {
+    int j = mdl_run(woff, out, n, in, i), w = 0;
+    for (int e = i; e < j; e++) w += out[e];
+    m->d->k.gemm(m->k, 0, 1, T, w, in, X, in, W(woff[i]), in, 0.f, ACT(Y, c), 0, ld);
+    c += w;
+    i = j;
+  }
+}
+
+/* Its backward from dY (act [T × Σout_i], Y's layout): dW_i += dY_iᵀ·X (one GEMM per run)
+ * and dX (acc) = Σ_i dY_i·W_i (one GEMM per run, K = the run's Σout). */
+static void mdl_proj_bwd(poc_model *m, int T, int in, int n, const size_t *woff, const int *out,
+                         poc_dptr X, poc_dptr dY, poc_dptr dX) {
+  int ld = 0;
+  for (int i = 0; i < n; i++) ld += out[i];
+  for (int i = 0, c = 0; i < n;) {
+    int j = mdl_run(woff, out, n, in, i), w = 0;
+    for (int e = i; e < j; e++) w += out[e];
+    if (m->base_grad)
+      m->d->k.gemm(m->k, 1, 0, w, in, T, ACT(dY, c), ld, X, in, 1.f, G(woff[i]), 1, in);
+    m->d->k.gemm(m->k, 0, 0, T, in, w, ACT(dY, c), ld, W(woff[i]), in, c ? 1.f : 0.f, dX, 1,
+                 in);
+    c += w;
+    i = j;
+  }
+}
+
+/* qkv [T × qkvd] = X·[W_q; W_k; W_v]ᵀ and its backward; gu [T × 2F] = X·[W_g; W_u]ᵀ */
+static void mdl_qkv_fwd(poc_model *m, const poc_layer_offsets *o, int T, poc_dptr X, poc_dptr Y) {
+  size_t w[3] = {o->wq, o->wk, o->wv};
+  int out[3] = {m->qd, m->kvd, m->kvd};
+  mdl_proj_fwd(m, T, m->dm.H, 3, w, out, X, Y);
+}
+
+static void mdl_qkv_bwd(poc_model *m, const poc_layer_offsets *o, int T, poc_dptr X, poc_dptr dY,
+                        poc_dptr dX) {
+  size_t w[3] = {o->wq, o->wk, o->wv};
+  int out[3] = {m->qd, m->kvd, m->kvd};
+  mdl_proj_bwd(m, T, m->dm.H, 3, w, out, X, dY, dX);
+}
+
+static void mdl_gu_fwd(poc_model *m, const poc_layer_offsets *o, int T, poc_dptr X, poc_dptr Y) {
+  size_t w[2] = {o->wg, o->wu};
+  int out[2] = {m->dm.F, m->dm.F};
+  mdl_proj_fwd(m, T, m->dm.H, 2, w, out, X, Y);
+}
+
+static void mdl_gu_bwd(poc_model *m, const poc_layer_offsets *o, int T, poc_dptr X, poc_dptr dY,
+                       poc_dptr dX) {
+  size_t w[2] = {o->wg, o->wu};
+  int out[2] = {m->dm.F, m->dm.F};
+  mdl_proj_bwd(m, T, m->dm.H, 2, w, out, X, dY, dX);
+}
+
 /* dW += dYᵀ·X;  dX (=|+=) dY·W */
 static void mdl_linear_bwd(poc_model *m, int T, int in, int out, poc_dptr X, size_t woff,
                            poc_dptr dY, poc_dptr dX, int dx_acc, float beta) {
@@ -148,9 +222,10 @@ static poc_dptr mdl_lora_input(poc_model *m, int l, int t, int T, int in, poc_dp
   return m->xd;
 }
 
-/* Y (act, or acc when y_acc) += s·drop(X)·Aᵀ·Bᵀ for layer l's target t; Z into z. */
+/* Y (act, or acc when y_acc; row stride ldy) += s·drop(X)·Aᵀ·Bᵀ for layer l's target t;
+ * Z into z. A fused projection's target is its columns of the fused output. */
 static void mdl_lora_fwd(poc_model *m, int l, int t, int T, poc_dptr X, poc_dptr z, poc_dptr Y,
-                         int y_acc, int drop, uint64_t seed) {
+                         int ldy, int y_acc, int drop, uint64_t seed) {
   if (!mdl_has_adapter(m, l, t)) return;
   const poc_kernels *k = &m->d->k;
   int in, out, r = m->lc->r;
@@ -158,20 +233,21 @@ static void mdl_lora_fwd(poc_model *m, int l, int t, int T, poc_dptr X, poc_dptr
   poc_dptr Xd = mdl_lora_input(m, l, t, T, in, X, drop, seed);
   k->gemm(m->k, 0, 1, T, r, in, Xd, in, AW(m->aoff[l][t][0]), in, 0.f, z, 0, r);
   k->drop_scale(m->k, (size_t)T * r, z, z, 0, 0.f, (float)(m->lc->alpha / r), 0, 0);
-  k->gemm(m->k, 0, 1, T, out, r, z, r, AW(m->aoff[l][t][1]), r, 1.f, Y, y_acc, out);
+  k->gemm(m->k, 0, 1, T, out, r, z, r, AW(m->aoff[l][t][1]), r, 1.f, Y, y_acc, ldy);
 }
 
-/* The adapter's backward for layer l's target t: dY act [T × out]; X the forward's input
- * (act, recomputed by the caller); dX (act, or acc when dx_acc) accumulates. */
+/* The adapter's backward for layer l's target t: dY act [T × out] (row stride ldd); X the
+ * forward's input (act, recomputed by the caller); dX (act, or acc when dx_acc)
+ * accumulates. */
 static void mdl_lora_bwd(poc_model *m, int l, int t, int T, poc_dptr X, poc_dptr z, poc_dptr dY,
-                         poc_dptr dX, int dx_acc) {
+                         int ldd, poc_dptr dX, int dx_acc) {
   if (!mdl_has_adapter(m, l, t)) return;
   const poc_kernels *k = &m->d->k;
   int in, out, r = m->lc->r;
   poc_lora_dims(&m->lay->cfg, t, &in, &out);
   size_t oa = m->aoff[l][t][0], ob = m->aoff[l][t][1];
-  k->gemm(m->k, 1, 0, out, r, T, dY, out, z, r, 1.f, G(ob), 1, r);
-  k->gemm(m->k, 0, 0, T, r, out, dY, out, AW(ob), r, 0.f, m->dz, 0, r);
+  k->gemm(m->k, 1, 0, out, r, T, dY, ldd, z, r, 1.f, G(ob), 1, r);
+  k->gemm(m->k, 0, 0, T, r, out, dY, ldd, AW(ob), r, 0.f, m->dz, 0, r);
   k->drop_scale(m->k, (size_t)T * r, m->dz, m->dz, 0, 0.f, (float)(m->lc->alpha / r), 0, 0);
   poc_dptr Xd = mdl_lora_input(m, l, t, T, in, X, m->saved_drop, m->saved_seed);
   k->gemm(m->k, 1, 0, r, in, T, m->dz, r, Xd, in, 1.f, G(oa), 1, in);
@@ -278,8 +354,7 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
     S->lse = CC("lse", T * m->dm.nh, STEP);
     S->h1 = CC("h1", T * H, STEP);
     S->rstd2 = CC("rstd2", T, STEP);
-    S->g = AA("g", T * F, STEP);
-    S->u = AA("u", T * F, STEP);
+    S->gu = AA("gate_up", T * 2 * F, STEP);
     for (int t = 0; t < POC_LT_N; t++)
       S->z[t] = m->lora_on && (m->lc->targets >> t & 1) ? AA("lora_z", T * (size_t)m->lc->r, STEP) : 0;
   }
@@ -301,6 +376,7 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
   m->cosb = CC("rope_cos", T * half, STEP);
   m->sinb = CC("rope_sin", T * half, STEP);
   m->ones = AA("ones", T, STEP);
+  m->qkv = AA("qkv", T * (size_t)m->qkvd, STEP); /* forward scratch; dqkv in backward */
   m->xf = CC("xf", T * H, STEP);
   m->xn = AA("xn", T * H, STEP);
   m->a = AA("a", T * F, STEP);
@@ -313,27 +389,24 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
   m->htl = CC("head_tl", T, HEADRUN);
   m->hlse = CC("head_lse", T, HEADRUN);
   m->hmu = CC("head_mu", T, HEADRUN);
-  m->chunkbuf = CC("head_chunk", (size_t)m->rows_max * m->chunk, HEADRUN);
+  m->chunkbuf = AA("head_chunk", (size_t)m->rows_max * m->chunk, HEADRUN);
   m->logp = CC("logp", T, HEADOUT);
   m->ent = CC("entropy", T, HEADOUT);
   m->lss = CC("logsumsq", T, HEADOUT);
   if (m->trainable) {
-    m->dlog = VIEW(m->chunkbuf, "head_dchunk", (size_t)m->rows_max * m->chunk, HBWD);
+    m->dlog = m->chunkbuf; /* head_chunk_bwd turns the chunk into dlogits in place */
     m->dlogp = CC("dlogp", T, HBWD);
     m->dent = CC("dentropy", T, HBWD);
     m->dX = CC("dX", T * H, BWD);
     m->dX16 = VIEW(m->dX, "dX_act", T * H, BWD);
     m->da = AA("da", T * F, BWD);
-    m->dg = AA("dg", T * F, BWD);
-    m->du = AA("du", T * F, BWD);
+    m->dgu = AA("dgate_up", T * 2 * F, BWD);
     m->dxn = CC("dxn", T * H, BWD);
     m->dO = AA("dO", T * qd, BWD);
     m->dq = CC("dq", T * qd, BWD);
     m->dk = CC("dk", T * kvd, BWD);
     m->dv = CC("dv", T * kvd, BWD);
-    m->dq16 = VIEW(m->dq, "dq_act", T * qd, BWD);
-    m->dk16 = VIEW(m->dk, "dk_act", T * kvd, BWD);
-    m->dv16 = VIEW(m->dv, "dv_act", T * kvd, BWD);
+    m->dqkv = m->qkv; /* forward's scratch, free during backward */
     m->D = CC("attn_D", T * m->dm.nh, BWD);
     m->dh = CC("dh", T * H, HBWD);
     m->dscore = AA("dscore", T, HBWD);
@@ -469,6 +542,7 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   m->L = c->num_hidden_layers;
   m->qd = m->dm.nh * m->dm.hd;
   m->kvd = m->dm.nkv * m->dm.hd;
+  m->qkvd = m->qd + 2 * m->kvd;
   m->n_slots = trainable ? m->L : 1;
   m->P = lay->n_params;
   m->sa = poc_dtype_size(d->act);
@@ -669,30 +743,29 @@ static void mdl_layer_fwd(poc_model *m, int l, int T, mdl_saved *S, poc_dptr out
   const poc_kernels *k = &m->d->k;
   const int H = m->dm.H, F = m->dm.F;
   STAGE("attention", l);
+  const int N = m->qkvd;
   k->rmsnorm_fwd(m->k, T, S->x, 0, W(o->ln1), m->xn, S->rstd1);
-  mdl_linear(m, T, H, m->qd, m->xn, o->wq, S->q, 0, 0.f);
-  mdl_linear(m, T, H, m->kvd, m->xn, o->wk, S->k, 0, 0.f);
-  mdl_linear(m, T, H, m->kvd, m->xn, o->wv, S->v, 0, 0.f);
-  mdl_lora_fwd(m, l, POC_LT_Q, T, m->xn, S->z[POC_LT_Q], S->q, 0, drop, seed);
-  mdl_lora_fwd(m, l, POC_LT_K, T, m->xn, S->z[POC_LT_K], S->k, 0, drop, seed);
-  mdl_lora_fwd(m, l, POC_LT_V, T, m->xn, S->z[POC_LT_V], S->v, 0, drop, seed);
-  k->qkv_bias_rope(m->k, T, m->pos, m->cosb, m->sinb, S->q, S->k, S->v, BIAS(o->bq),
+  mdl_qkv_fwd(m, o, T, m->xn, m->qkv);
+  mdl_lora_fwd(m, l, POC_LT_Q, T, m->xn, S->z[POC_LT_Q], m->qkv, N, 0, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_K, T, m->xn, S->z[POC_LT_K], ACT(m->qkv, m->qd), N, 0, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_V, T, m->xn, S->z[POC_LT_V], ACT(m->qkv, m->qd + m->kvd), N, 0, drop,
+               seed);
+  k->qkv_bias_rope(m->k, T, m->pos, m->cosb, m->sinb, m->qkv, S->q, S->k, S->v, BIAS(o->bq),
                    BIAS(o->bk), BIAS(o->bv));
   k->attn_fwd(m->k, T, 0, S->q, S->k, S->v, m->kbeg, S->att, S->lse);
   m->d->copy(m->d, S->h1, S->x, (size_t)T * H * m->sc);
   mdl_linear(m, T, m->qd, H, S->att, o->wo, S->h1, 1, 1.f);
-  mdl_lora_fwd(m, l, POC_LT_O, T, S->att, S->z[POC_LT_O], S->h1, 1, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_O, T, S->att, S->z[POC_LT_O], S->h1, H, 1, drop, seed);
   mdl_add_bias(m, T, H, o->bo, m->ones, S->h1);
   STAGE("MLP", l);
   k->rmsnorm_fwd(m->k, T, S->h1, 0, W(o->ln2), m->xn, S->rstd2);
-  mdl_linear(m, T, H, F, m->xn, o->wg, S->g, 0, 0.f);
-  mdl_linear(m, T, H, F, m->xn, o->wu, S->u, 0, 0.f);
-  mdl_lora_fwd(m, l, POC_LT_GATE, T, m->xn, S->z[POC_LT_GATE], S->g, 0, drop, seed);
-  mdl_lora_fwd(m, l, POC_LT_UP, T, m->xn, S->z[POC_LT_UP], S->u, 0, drop, seed);
-  k->swiglu_fwd(m->k, (size_t)T * F, S->g, S->u, m->a);
+  mdl_gu_fwd(m, o, T, m->xn, S->gu);
+  mdl_lora_fwd(m, l, POC_LT_GATE, T, m->xn, S->z[POC_LT_GATE], S->gu, 2 * F, 0, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_UP, T, m->xn, S->z[POC_LT_UP], ACT(S->gu, F), 2 * F, 0, drop, seed);
+  k->swiglu_fwd(m->k, T, S->gu, m->a);
   if (out != S->h1) m->d->copy(m->d, out, S->h1, (size_t)T * H * m->sc);
   mdl_linear(m, T, F, H, m->a, o->wd, out, 1, 1.f);
-  mdl_lora_fwd(m, l, POC_LT_DOWN, T, m->a, S->z[POC_LT_DOWN], out, 1, drop, seed);
+  mdl_lora_fwd(m, l, POC_LT_DOWN, T, m->a, S->z[POC_LT_DOWN], out, H, 1, drop, seed);
 }
 
 /* The fused head on n rows of hf: streams blocks of rows × vocabulary chunks, folding
@@ -706,7 +779,7 @@ static void mdl_head_fused_fwd(poc_model *m, int n, poc_dptr ent, poc_dptr lss) 
     for (int v0 = 0; v0 < V; v0 += m->chunk) {
       int c = V - v0 < m->chunk ? V - v0 : m->chunk;
       k->gemm(m->k, 0, 1, rb, c, H, ACT(m->hf, (size_t)r0 * H), H, W(m->off_head + (size_t)v0 * H),
-              H, 0.f, m->chunkbuf, 1, c);
+              H, 0.f, m->chunkbuf, 0, c);
       k->head_chunk_fwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hm, r0),
                         ACC(m->hs, r0), ACC(m->ha, r0), lss ? ACC(m->hq, r0) : 0,
                         ACC(m->htl, r0));
@@ -729,7 +802,7 @@ static void mdl_head_fused_bwd(poc_model *m, int n, poc_dptr dent) {
     for (int v0 = 0; v0 < V; v0 += m->chunk) {
       int c = V - v0 < m->chunk ? V - v0 : m->chunk;
       poc_dptr Wc = W(m->off_head + (size_t)v0 * H), gWc = G(m->off_head + (size_t)v0 * H);
-      k->gemm(m->k, 0, 1, rb, c, H, hb, H, Wc, H, 0.f, m->chunkbuf, 1, c);
+      k->gemm(m->k, 0, 1, rb, c, H, hb, H, Wc, H, 0.f, m->chunkbuf, 0, c);
       k->head_chunk_bwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hlse, r0),
                         ACC(m->hmu, r0), ACC(m->dlogp, r0), dent ? ACC(dent, r0) : 0, m->dlog);
       k->gemm(m->k, 0, 0, rb, H, c, m->dlog, c, Wc, H, v0 ? 1.f : 0.f,
@@ -830,43 +903,40 @@ int poc_model_forward_out(poc_model *m, const poc_pack *p, int flags, const poc_
 static void mdl_layer_bwd(poc_model *m, int l, int T, const mdl_saved *S) {
   const poc_layer_offsets *o = &m->lo[l];
   const poc_kernels *k = &m->d->k;
-  const int H = m->dm.H, F = m->dm.F, qd = m->qd, kvd = m->kvd;
-  const size_t TH = (size_t)T * H, TF = (size_t)T * F;
+  const int H = m->dm.H, F = m->dm.F, qd = m->qd, kvd = m->kvd, N = m->qkvd;
+  const size_t TH = (size_t)T * H;
   /* MLP */
   STAGE("MLP backward", l);
   k->rmsnorm_fwd(m->k, T, S->h1, 0, W(o->ln2), m->xn, 0);
-  k->swiglu_fwd(m->k, TF, S->g, S->u, m->a);
+  k->swiglu_fwd(m->k, T, S->gu, m->a);
   k->cast(m->k, TH, m->dX, m->dX16);
   mdl_linear_bwd(m, T, F, H, m->a, o->wd, m->dX16, m->da, 0, 0.f);
-  mdl_lora_bwd(m, l, POC_LT_DOWN, T, m->a, S->z[POC_LT_DOWN], m->dX16, m->da, 0);
-  k->swiglu_bwd(m->k, TF, S->g, S->u, m->da, m->dg, m->du);
-  mdl_linear_bwd(m, T, H, F, m->xn, o->wg, m->dg, m->dxn, 1, 0.f);
-  mdl_linear_bwd(m, T, H, F, m->xn, o->wu, m->du, m->dxn, 1, 1.f);
-  mdl_lora_bwd(m, l, POC_LT_GATE, T, m->xn, S->z[POC_LT_GATE], m->dg, m->dxn, 1);
-  mdl_lora_bwd(m, l, POC_LT_UP, T, m->xn, S->z[POC_LT_UP], m->du, m->dxn, 1);
+  mdl_lora_bwd(m, l, POC_LT_DOWN, T, m->a, S->z[POC_LT_DOWN], m->dX16, H, m->da, 0);
+  k->swiglu_bwd(m->k, T, S->gu, m->da, m->dgu);
+  mdl_gu_bwd(m, o, T, m->xn, m->dgu, m->dxn);
+  mdl_lora_bwd(m, l, POC_LT_GATE, T, m->xn, S->z[POC_LT_GATE], m->dgu, 2 * F, m->dxn, 1);
+  mdl_lora_bwd(m, l, POC_LT_UP, T, m->xn, S->z[POC_LT_UP], ACT(m->dgu, F), 2 * F, m->dxn, 1);
   k->rmsnorm_bwd(m->k, T, S->h1, 0, W(o->ln2), S->rstd2, m->dxn, m->dX);
   if (m->base_grad) k->rmsnorm_dw(m->k, T, S->h1, 0, S->rstd2, m->dxn, G(o->ln2));
   /* attention: dX is now dL/dh1 */
   STAGE("attention backward", l);
   k->cast(m->k, TH, m->dX, m->dX16);
   mdl_linear_bwd(m, T, qd, H, S->att, o->wo, m->dX16, m->dO, 0, 0.f);
-  mdl_lora_bwd(m, l, POC_LT_O, T, S->att, S->z[POC_LT_O], m->dX16, m->dO, 0);
+  mdl_lora_bwd(m, l, POC_LT_O, T, S->att, S->z[POC_LT_O], m->dX16, H, m->dO, 0);
   if (o->bo != POC_NO_TENSOR && m->base_grad) k->colsum(m->k, T, H, m->dX, G(o->bo));
   k->attn_bwd(m->k, T, S->q, S->k, S->v, S->att, m->dO, S->lse, m->kbeg, m->send, m->dq, m->dk,
               m->dv, m->D);
-  k->rope_bwd(m->k, T, m->pos, m->cosb, m->sinb, m->dq, m->dk, m->dv, m->dq16, m->dk16, m->dv16);
+  k->rope_bwd(m->k, T, m->pos, m->cosb, m->sinb, m->dq, m->dk, m->dv, m->dqkv);
   if (o->bq != POC_NO_TENSOR && m->base_grad) {
     k->colsum(m->k, T, qd, m->dq, G(o->bq));
     k->colsum(m->k, T, kvd, m->dk, G(o->bk));
     k->colsum(m->k, T, kvd, m->dv, G(o->bv));
   }
   k->rmsnorm_fwd(m->k, T, S->x, 0, W(o->ln1), m->xn, 0);
-  mdl_linear_bwd(m, T, H, qd, m->xn, o->wq, m->dq16, m->dxn, 1, 0.f);
-  mdl_linear_bwd(m, T, H, kvd, m->xn, o->wk, m->dk16, m->dxn, 1, 1.f);
-  mdl_linear_bwd(m, T, H, kvd, m->xn, o->wv, m->dv16, m->dxn, 1, 1.f);
-  mdl_lora_bwd(m, l, POC_LT_Q, T, m->xn, S->z[POC_LT_Q], m->dq16, m->dxn, 1);
-  mdl_lora_bwd(m, l, POC_LT_K, T, m->xn, S->z[POC_LT_K], m->dk16, m->dxn, 1);
-  mdl_lora_bwd(m, l, POC_LT_V, T, m->xn, S->z[POC_LT_V], m->dv16, m->dxn, 1);
+  mdl_qkv_bwd(m, o, T, m->xn, m->dqkv, m->dxn);
+  mdl_lora_bwd(m, l, POC_LT_Q, T, m->xn, S->z[POC_LT_Q], m->dqkv, N, m->dxn, 1);
+  mdl_lora_bwd(m, l, POC_LT_K, T, m->xn, S->z[POC_LT_K], ACT(m->dqkv, qd), N, m->dxn, 1);
+  mdl_lora_bwd(m, l, POC_LT_V, T, m->xn, S->z[POC_LT_V], ACT(m->dqkv, qd + kvd), N, m->dxn, 1);
   k->rmsnorm_bwd(m->k, T, S->x, 0, W(o->ln1), S->rstd1, m->dxn, m->dX);
   if (m->base_grad) k->rmsnorm_dw(m->k, T, S->x, 0, S->rstd1, m->dxn, G(o->ln1));
 }
@@ -1004,7 +1074,7 @@ typedef struct {
   int rows, n_ctx;              /* the most rows one step runs (the prompt); cache rows */
   poc_dptr arena;
   poc_dptr kc, vc;              /* act [L][n_ctx × kvd] */
-  poc_dptr x, xn, q, att, lse, g, u, a, ones, cosb, sinb, tok, pos, kbeg, last, logits;
+  poc_dptr x, xn, qkv, q, att, lse, gu, a, ones, cosb, sinb, tok, pos, kbeg, last, logits;
   poc_dptr z;                   /* LoRA: Z [rows × r] (not kept: no backward) */
   double *logit_h, *prob;       /* host [V] */
 } mdl_gen;
@@ -1028,11 +1098,11 @@ static int mdl_gen_alloc(poc_model *m, mdl_gen *g, int rows, int n_ctx, char *er
     g->vc = AA(cache);
     g->x = CC(R * H);
     g->xn = AA(R * H);
+    g->qkv = AA(R * m->qkvd);
     g->q = AA(R * m->qd);
     g->att = AA(R * m->qd);
     g->lse = CC(R * m->dm.nh);
-    g->g = AA(R * F);
-    g->u = AA(R * F);
+    g->gu = AA(R * 2 * F);
     g->a = AA(R * F);
     g->ones = AA(R);
     g->cosb = CC((size_t)n_ctx * half);
@@ -1092,7 +1162,7 @@ static void mdl_gen_free(poc_model *m, mdl_gen *g) {
 static int mdl_gen_step(poc_model *m, mdl_gen *g, const int32_t *tok, int n, int p0, char *err) {
   poc_device *d = m->d;
   const poc_kernels *k = &d->k;
-  const int H = m->dm.H, F = m->dm.F, V = m->dm.V;
+  const int H = m->dm.H, F = m->dm.F, V = m->dm.V, N = m->qkvd;
   int32_t pos[1024];
   STAGE("a decode step's embedding", -1);
   d->put(d, g->tok, POC_DT_I32, tok, POC_DT_I32, (size_t)n);
@@ -1108,26 +1178,23 @@ static int mdl_gen_step(poc_model *m, mdl_gen *g, const int32_t *tok, int n, int
     poc_dptr Kn = ACT(Kc, (size_t)p0 * m->kvd), Vn = ACT(Vc, (size_t)p0 * m->kvd);
     STAGE("decode step", l);
     k->rmsnorm_fwd(m->k, n, g->x, 0, W(o->ln1), g->xn, 0);
-    mdl_linear(m, n, H, m->qd, g->xn, o->wq, g->q, 0, 0.f);
-    mdl_linear(m, n, H, m->kvd, g->xn, o->wk, Kn, 0, 0.f);
-    mdl_linear(m, n, H, m->kvd, g->xn, o->wv, Vn, 0, 0.f);
-    mdl_lora_fwd(m, l, POC_LT_Q, n, g->xn, g->z, g->q, 0, 0, 0);
-    mdl_lora_fwd(m, l, POC_LT_K, n, g->xn, g->z, Kn, 0, 0, 0);
-    mdl_lora_fwd(m, l, POC_LT_V, n, g->xn, g->z, Vn, 0, 0, 0);
-    k->qkv_bias_rope(m->k, n, g->pos, g->cosb, g->sinb, g->q, Kn, Vn, BIAS(o->bq), BIAS(o->bk),
-                     BIAS(o->bv));
+    mdl_qkv_fwd(m, o, n, g->xn, g->qkv);
+    mdl_lora_fwd(m, l, POC_LT_Q, n, g->xn, g->z, g->qkv, N, 0, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_K, n, g->xn, g->z, ACT(g->qkv, m->qd), N, 0, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_V, n, g->xn, g->z, ACT(g->qkv, m->qd + m->kvd), N, 0, 0, 0);
+    k->qkv_bias_rope(m->k, n, g->pos, g->cosb, g->sinb, g->qkv, g->q, Kn, Vn, BIAS(o->bq),
+                     BIAS(o->bk), BIAS(o->bv));
     k->attn_fwd(m->k, n, p0, g->q, Kc, Vc, g->kbeg, g->att, g->lse);
     mdl_linear(m, n, m->qd, H, g->att, o->wo, g->x, 1, 1.f);
-    mdl_lora_fwd(m, l, POC_LT_O, n, g->att, g->z, g->x, 1, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_O, n, g->att, g->z, g->x, H, 1, 0, 0);
     mdl_add_bias(m, n, H, o->bo, g->ones, g->x);
     k->rmsnorm_fwd(m->k, n, g->x, 0, W(o->ln2), g->xn, 0);
-    mdl_linear(m, n, H, F, g->xn, o->wg, g->g, 0, 0.f);
-    mdl_linear(m, n, H, F, g->xn, o->wu, g->u, 0, 0.f);
-    mdl_lora_fwd(m, l, POC_LT_GATE, n, g->xn, g->z, g->g, 0, 0, 0);
-    mdl_lora_fwd(m, l, POC_LT_UP, n, g->xn, g->z, g->u, 0, 0, 0);
-    k->swiglu_fwd(m->k, (size_t)n * F, g->g, g->u, g->a);
+    mdl_gu_fwd(m, o, n, g->xn, g->gu);
+    mdl_lora_fwd(m, l, POC_LT_GATE, n, g->xn, g->z, g->gu, 2 * F, 0, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_UP, n, g->xn, g->z, ACT(g->gu, F), 2 * F, 0, 0, 0);
+    k->swiglu_fwd(m->k, n, g->gu, g->a);
     mdl_linear(m, n, F, H, g->a, o->wd, g->x, 1, 1.f);
-    mdl_lora_fwd(m, l, POC_LT_DOWN, n, g->a, g->z, g->x, 1, 0, 0);
+    mdl_lora_fwd(m, l, POC_LT_DOWN, n, g->a, g->z, g->x, H, 1, 0, 0);
   }
   int32_t last = n - 1;
   STAGE("a decode step's head", -1);

@@ -6,9 +6,11 @@
  * `rows` (may be null) gathers the input: row i of the output normalises x[rows[i]]; the
  * final norm uses it to run only on the rows that predict a target. Weight gradients go
  * through a two-stage column sum (per-slice partials, then one fixed-order pass), so they
- * do not depend on scheduling.
+ * do not depend on scheduling. The row kernels read and write 8 elements per 16-byte
+ * access where the row's pointers are aligned (poc_vec.cuh), then a scalar tail.
  */
 #include "poc_common.cuh"
+#include "poc_vec.cuh"
 
 /* grid: one block per output row */
 extern "C" __global__ void rmsnorm_fwd(int n, const float *__restrict__ x, const int *__restrict__ rows,
@@ -18,12 +20,29 @@ extern "C" __global__ void rmsnorm_fwd(int n, const float *__restrict__ x, const
   int i = blockIdx.x;
   if (i >= n) return;
   const float *xr = x + (poc_size)(rows ? rows[i] : i) * POC_H;
+  bf16 *yr = y + (poc_size)i * POC_H;
+  /* 8-wide groups [0, 8·n8), then the scalar tail [8·n8, H); the same for every thread */
+  const int n8 = poc_al16(xr) && poc_al16(w) && poc_al16(yr) ? POC_H / 8 : 0;
   float ss = 0.f;
-  for (int j = threadIdx.x; j < POC_H; j += blockDim.x) ss += xr[j] * xr[j];
+  for (int c = threadIdx.x; c < n8; c += blockDim.x) {
+    float xv[8];
+    ld8f(xr + 8 * c, xv);
+#pragma unroll
+    for (int k = 0; k < 8; k++) ss += xv[k] * xv[k];
+  }
+  for (int j = 8 * n8 + threadIdx.x; j < POC_H; j += blockDim.x) ss += xr[j] * xr[j];
   ss = block_sum(ss, sh);
   float r = rsqrtf(ss / POC_H + POC_EPS);
-  for (int j = threadIdx.x; j < POC_H; j += blockDim.x)
-    y[(poc_size)i * POC_H + j] = f2bf(bf2f(w[j]) * (xr[j] * r));
+  for (int c = threadIdx.x; c < n8; c += blockDim.x) {
+    float xv[8], wv[8];
+    ld8f(xr + 8 * c, xv);
+    ld8h(w + 8 * c, wv);
+#pragma unroll
+    for (int k = 0; k < 8; k++) xv[k] = wv[k] * (xv[k] * r);
+    st8h(yr + 8 * c, xv);
+  }
+  for (int j = 8 * n8 + threadIdx.x; j < POC_H; j += blockDim.x)
+    yr[j] = f2bf(bf2f(w[j]) * (xr[j] * r));
   if (rstd && threadIdx.x == 0) rstd[i] = r;
 }
 
@@ -36,12 +55,33 @@ extern "C" __global__ void rmsnorm_bwd(int n, const float *__restrict__ x, const
   if (i >= n) return;
   poc_size ro = (poc_size)(rows ? rows[i] : i) * POC_H;
   const float *xr = x + ro, *dyr = dy + (poc_size)i * POC_H;
+  float *dxr = dx + ro;
+  const int n8 =
+      poc_al16(xr) && poc_al16(dyr) && poc_al16(dxr) && poc_al16(w) ? POC_H / 8 : 0;
   float r = rstd[i], dot = 0.f;
-  for (int j = threadIdx.x; j < POC_H; j += blockDim.x) dot += bf2f(w[j]) * dyr[j] * xr[j];
+  for (int c = threadIdx.x; c < n8; c += blockDim.x) {
+    float xv[8], wv[8], dv[8];
+    ld8f(xr + 8 * c, xv);
+    ld8h(w + 8 * c, wv);
+    ld8f(dyr + 8 * c, dv);
+#pragma unroll
+    for (int k = 0; k < 8; k++) dot += wv[k] * dv[k] * xv[k];
+  }
+  for (int j = 8 * n8 + threadIdx.x; j < POC_H; j += blockDim.x) dot += bf2f(w[j]) * dyr[j] * xr[j];
   dot = block_sum(dot, sh);
   float c = dot * r * r / POC_H;
-  for (int j = threadIdx.x; j < POC_H; j += blockDim.x)
-    dx[ro + j] += r * (bf2f(w[j]) * dyr[j] - xr[j] * c);
+  for (int g = threadIdx.x; g < n8; g += blockDim.x) {
+    float xv[8], wv[8], dv[8], ov[8];
+    ld8f(xr + 8 * g, xv);
+    ld8h(w + 8 * g, wv);
+    ld8f(dyr + 8 * g, dv);
+    ld8f(dxr + 8 * g, ov);
+#pragma unroll
+    for (int k = 0; k < 8; k++) ov[k] += r * (wv[k] * dv[k] - xv[k] * c);
+    st8f(dxr + 8 * g, ov);
+  }
+  for (int j = 8 * n8 + threadIdx.x; j < POC_H; j += blockDim.x)
+    dxr[j] += r * (bf2f(w[j]) * dyr[j] - xr[j] * c);
 }
 
 /* partial[s][j] = Σ_{t in slice s} dy[t][j]·x[rows[t]][j]·rstd[t]; grid (ceil(H/256), S) */

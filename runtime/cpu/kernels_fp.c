@@ -165,23 +165,22 @@ static void ck_rope_row(int nheads, int hd, real *x, const real *c, const real *
 /* One pass per row: the bias is added before the rotation reads the pair, as a separate
  * bias pass followed by a RoPE pass would, so each element sees the same operations. */
 static void ck_qkv_bias_rope(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, poc_dptr sinb_,
-                             poc_dptr q_, poc_dptr k_, poc_dptr v_, poc_dptr bq_, poc_dptr bk_,
-                             poc_dptr bv_) {
+                             poc_dptr qkv_, poc_dptr q_, poc_dptr k_, poc_dptr v_, poc_dptr bq_,
+                             poc_dptr bk_, poc_dptr bv_) {
   CK_LIVE(k);
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd, half = hd / 2;
-  const int qd = nh * hd, kvd = nkv * hd;
+  const int qd = nh * hd, kvd = nkv * hd, N = qd + 2 * kvd;
   const int32_t *pos = IP(pos_);
-  const real *cosb = RP(cosb_), *sinb = RP(sinb_), *bq = RP(bq_), *bk = RP(bk_), *bv = RP(bv_);
+  const real *cosb = RP(cosb_), *sinb = RP(sinb_), *bq = RP(bq_), *bk = RP(bk_), *bv = RP(bv_),
+             *qkv = RP(qkv_);
   real *q = RP(q_), *kk = RP(k_), *v = RP(v_);
-#pragma omp parallel for schedule(static) if ((size_t)T * (qd + 2 * kvd) >= CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) if ((size_t)T * N >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++) {
+    const real *src = qkv + (size_t)t * N;
     real *qt = q + (size_t)t * qd, *kt = kk + (size_t)t * kvd, *vt = v + (size_t)t * kvd;
-    if (bq)
-      for (int j = 0; j < qd; j++) qt[j] += bq[j];
-    if (bk)
-      for (int j = 0; j < kvd; j++) kt[j] += bk[j];
-    if (bv)
-      for (int j = 0; j < kvd; j++) vt[j] += bv[j];
+    for (int j = 0; j < qd; j++) qt[j] = bq ? src[j] + bq[j] : src[j];
+    for (int j = 0; j < kvd; j++) kt[j] = bk ? src[qd + j] + bk[j] : src[qd + j];
+    for (int j = 0; j < kvd; j++) vt[j] = bv ? src[qd + kvd + j] + bv[j] : src[qd + kvd + j];
     const real *c = cosb + (size_t)pos[t] * half, *s = sinb + (size_t)pos[t] * half;
     ck_rope_row(nh, hd, qt, c, s, 1);
     ck_rope_row(nkv, hd, kt, c, s, 1);
@@ -189,24 +188,23 @@ static void ck_qkv_bias_rope(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, 
 }
 
 static void ck_rope_bwd(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, poc_dptr sinb_,
-                        poc_dptr dq_, poc_dptr dk_, poc_dptr dv_, poc_dptr dq16, poc_dptr dk16,
-                        poc_dptr dv16) {
+                        poc_dptr dq_, poc_dptr dk_, poc_dptr dv_, poc_dptr dqkv_) {
   CK_LIVE(k);
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd, half = hd / 2;
-  const size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
+  const size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd, N = qd + 2 * kvd;
   const int32_t *pos = IP(pos_);
-  const real *cosb = RP(cosb_), *sinb = RP(sinb_);
-  real *dq = RP(dq_), *dk = RP(dk_);
-#pragma omp parallel for schedule(static) if ((size_t)T * (qd + kvd) >= CPU_PAR_MIN)
+  const real *cosb = RP(cosb_), *sinb = RP(sinb_), *dv = RP(dv_);
+  real *dq = RP(dq_), *dk = RP(dk_), *dqkv = RP(dqkv_);
+#pragma omp parallel for schedule(static) if ((size_t)T * N >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const real *c = cosb + (size_t)pos[t] * half, *s = sinb + (size_t)pos[t] * half;
-    ck_rope_row(nh, hd, dq + (size_t)t * qd, c, s, -1);
-    ck_rope_row(nkv, hd, dk + (size_t)t * kvd, c, s, -1);
+    real *dqt = dq + (size_t)t * qd, *dkt = dk + (size_t)t * kvd, *out = dqkv + (size_t)t * N;
+    ck_rope_row(nh, hd, dqt, c, s, -1);
+    ck_rope_row(nkv, hd, dkt, c, s, -1);
+    memcpy(out, dqt, qd * sizeof(real));
+    memcpy(out + qd, dkt, kvd * sizeof(real));
+    memcpy(out + qd + kvd, dv + (size_t)t * kvd, kvd * sizeof(real));
   }
-  /* the act copies: nothing to do where they are the gradients themselves */
-  if (dq16 != dq_) memcpy(RP(dq16), dq, (size_t)T * qd * sizeof(real));
-  if (dk16 != dk_) memcpy(RP(dk16), dk, (size_t)T * kvd * sizeof(real));
-  if (dv16 != dv_) memcpy(RP(dv16), RP(dv_), (size_t)T * kvd * sizeof(real));
 }
 
 /* ---- attention ------------------------------------------------------------------------ */
@@ -327,27 +325,36 @@ static void ck_attn_bwd(poc_kset *k, int T, poc_dptr q_, poc_dptr k_, poc_dptr v
 
 /* ---- SwiGLU --------------------------------------------------------------------------- */
 
-/* a = silu(g)·u with silu(g) = g·σ(g) */
-static void ck_swiglu_fwd(poc_kset *k, size_t n, poc_dptr g_, poc_dptr u_, poc_dptr a_) {
+/* a = silu(g)·u with silu(g) = g·σ(g); row t of gu is [g_t | u_t] */
+static void ck_swiglu_fwd(poc_kset *k, int T, poc_dptr gu_, poc_dptr a_) {
   CK_LIVE(k);
-  const real *g = RP(g_), *u = RP(u_);
+  const int F = k->dm.F;
+  const real *gu = RP(gu_);
   real *a = RP(a_);
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-  for (size_t i = 0; i < n; i++) a[i] = g[i] / (1 + R_EXP(-g[i])) * u[i];
+#pragma omp parallel for schedule(static) if ((size_t)T * F >= CPU_PAR_MIN)
+  for (int t = 0; t < T; t++) {
+    const real *g = gu + (size_t)t * 2 * F, *u = g + F;
+    real *at = a + (size_t)t * F;
+    for (int j = 0; j < F; j++) at[j] = g[j] / (1 + R_EXP(-g[j])) * u[j];
+  }
 }
 
 /* silu'(g) = σ(g)·(1 + g·(1 − σ(g))):  dg = da·u·silu'(g),  du = da·silu(g) */
-static void ck_swiglu_bwd(poc_kset *k, size_t n, poc_dptr g_, poc_dptr u_, poc_dptr da_,
-                          poc_dptr dg_, poc_dptr du_) {
+static void ck_swiglu_bwd(poc_kset *k, int T, poc_dptr gu_, poc_dptr da_, poc_dptr dgu_) {
   CK_LIVE(k);
-  const real *g = RP(g_), *u = RP(u_), *da = RP(da_);
-  real *dg = RP(dg_), *du = RP(du_);
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-  for (size_t i = 0; i < n; i++) {
-    real sg = 1 / (1 + R_EXP(-g[i]));
-    real dgi = da[i] * u[i] * sg * (1 + g[i] * (1 - sg)), dui = da[i] * g[i] * sg;
-    dg[i] = dgi; /* both read before either is written: dg or du may alias g, u or da */
-    du[i] = dui;
+  const int F = k->dm.F;
+  const real *gu = RP(gu_), *da = RP(da_);
+  real *dgu = RP(dgu_);
+#pragma omp parallel for schedule(static) if ((size_t)T * F >= CPU_PAR_MIN)
+  for (int t = 0; t < T; t++) {
+    const real *g = gu + (size_t)t * 2 * F, *u = g + F, *dat = da + (size_t)t * F;
+    real *dg = dgu + (size_t)t * 2 * F, *du = dg + F;
+    for (int j = 0; j < F; j++) {
+      real sg = 1 / (1 + R_EXP(-g[j]));
+      real dgi = dat[j] * u[j] * sg * (1 + g[j] * (1 - sg)), dui = dat[j] * g[j] * sg;
+      dg[j] = dgi; /* both read before either is written: dgu may be gu */
+      du[j] = dui;
+    }
   }
 }
 

@@ -378,23 +378,21 @@ static void k_cast(poc_kset *k, size_t n, poc_dptr x, poc_dptr y) {
 }
 
 static void k_qkv_bias_rope(poc_kset *k, int T, poc_dptr pos, poc_dptr cosb, poc_dptr sinb,
-                            poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr bq, poc_dptr bk,
-                            poc_dptr bv) {
+                            poc_dptr qkv, poc_dptr q, poc_dptr kk, poc_dptr v, poc_dptr bq,
+                            poc_dptr bk, poc_dptr bv) {
   dc_kset *s = ks_of(k);
-  CUdeviceptr p_pos = pos, p_cos = cosb, p_sin = sinb, p_q = q, p_k = kk, p_v = v, p_bq = bq,
-              p_bk = bk, p_bv = bv;
-  LAUNCH(qkv_bias_rope, T, 1, 128, &T, &p_pos, &p_cos, &p_sin, &p_q, &p_k, &p_v, &p_bq, &p_bk,
-         &p_bv);
+  CUdeviceptr p_pos = pos, p_cos = cosb, p_sin = sinb, p_qkv = qkv, p_q = q, p_k = kk, p_v = v,
+              p_bq = bq, p_bk = bk, p_bv = bv;
+  LAUNCH(qkv_bias_rope, T, 1, 128, &T, &p_pos, &p_cos, &p_sin, &p_qkv, &p_q, &p_k, &p_v, &p_bq,
+         &p_bk, &p_bv);
 }
 
 static void k_rope_bwd(poc_kset *k, int T, poc_dptr pos, poc_dptr cosb, poc_dptr sinb,
-                       poc_dptr dq, poc_dptr dk, poc_dptr dv, poc_dptr dq16, poc_dptr dk16,
-                       poc_dptr dv16) {
+                       poc_dptr dq, poc_dptr dk, poc_dptr dv, poc_dptr dqkv) {
   dc_kset *s = ks_of(k);
   CUdeviceptr p_pos = pos, p_cos = cosb, p_sin = sinb, p_dq = dq, p_dk = dk, p_dv = dv,
-              p_dq16 = dq16, p_dk16 = dk16, p_dv16 = dv16;
-  LAUNCH(rope_bwd, T, 1, 128, &T, &p_pos, &p_cos, &p_sin, &p_dq, &p_dk, &p_dv, &p_dq16,
-         &p_dk16, &p_dv16);
+              p_dqkv = dqkv;
+  LAUNCH(rope_bwd, T, 1, 128, &T, &p_pos, &p_cos, &p_sin, &p_dq, &p_dk, &p_dv, &p_dqkv);
 }
 
 /* one block per 64 query rows × head (attention.cu's ATT_BM: 4 warps of 16 rows) */
@@ -419,19 +417,16 @@ static void k_attn_bwd(poc_kset *k, int T, poc_dptr q, poc_dptr kk, poc_dptr v, 
          &p_kbeg, &p_send, &p_dk, &p_dv);
 }
 
-static void k_swiglu_fwd(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr a) {
+static void k_swiglu_fwd(poc_kset *k, int T, poc_dptr gu, poc_dptr a) {
   dc_kset *s = ks_of(k);
-  unsigned long long nn = n;
-  CUdeviceptr p_g = g, p_u = u, p_a = a;
-  LAUNCH(swiglu_fwd, dc_grid(s, n, 256), 1, 256, &nn, &p_g, &p_u, &p_a);
+  CUdeviceptr p_gu = gu, p_a = a;
+  LAUNCH(swiglu_fwd, dc_grid(s, (size_t)T * k->dm.F, 256), 1, 256, &T, &p_gu, &p_a);
 }
 
-static void k_swiglu_bwd(poc_kset *k, size_t n, poc_dptr g, poc_dptr u, poc_dptr da,
-                         poc_dptr dg, poc_dptr du) {
+static void k_swiglu_bwd(poc_kset *k, int T, poc_dptr gu, poc_dptr da, poc_dptr dgu) {
   dc_kset *s = ks_of(k);
-  unsigned long long nn = n;
-  CUdeviceptr p_g = g, p_u = u, p_da = da, p_dg = dg, p_du = du;
-  LAUNCH(swiglu_bwd, dc_grid(s, n, 256), 1, 256, &nn, &p_g, &p_u, &p_da, &p_dg, &p_du);
+  CUdeviceptr p_gu = gu, p_da = da, p_dgu = dgu;
+  LAUNCH(swiglu_bwd, dc_grid(s, (size_t)T * k->dm.F, 256), 1, 256, &T, &p_gu, &p_da, &p_dgu);
 }
 
 static void k_head_chunk_fwd(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
@@ -451,9 +446,10 @@ static void k_head_finish(poc_kset *k, int n, poc_dptr m, poc_dptr sum, poc_dptr
          &p_lss, &p_lse, &p_mu);
 }
 
-/* The kernels read fp32 logits and write bf16 dlogits element by element from many
- * blocks; in one buffer a write would land on logits another block has yet to read. So
- * "in place" goes through a kset-owned bf16 buffer and a copy back. */
+/* head_text_bwd reads fp32 log-softmax and writes bf16 dlogits element by element from
+ * many blocks; in one buffer a write would land on values another block has yet to read.
+ * So "in place" goes through a kset-owned bf16 buffer and a copy back. (head_chunk_bwd
+ * reads bf16 and writes bf16 at the same index, so it runs in place as it is.) */
 static CUdeviceptr dc_dlog_target(dc_kset *s, poc_dptr src, poc_dptr dlog, size_t elems) {
   if (dlog != src) return (CUdeviceptr)dlog;
   return dc_scratch(s, &s->dlog, &s->dlog_bytes, elems * 2, "in-place dlogits");
@@ -466,11 +462,9 @@ static void k_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits,
   size_t nc = (size_t)(n > 0 ? n : 0) * (size_t)(c > 0 ? c : 0);
   if (k->d->failed || nc == 0) return;
   CUdeviceptr p_l = logits, p_t = tgt, p_lse = lse, p_mu = mu, p_g = dlogp, p_e = dent,
-              p_d = dc_dlog_target(s, logits, dlog, nc);
-  if (!p_d) return;
+              p_d = dlog;
   LAUNCH(head_chunk_bwd, dc_grid(s, nc, 256), 1, 256, &n, &c, &v0, &p_l, &p_t, &p_lse, &p_mu,
          &p_g, &p_e, &p_d);
-  if (p_d != (CUdeviceptr)dlog) dc_copy(k->d, dlog, p_d, nc * 2);
 }
 
 /* lse per row, the log-softmax in place, then logp, entropy, log Σ p² and μ' = Σ p·ls (the

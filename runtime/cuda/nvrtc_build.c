@@ -249,6 +249,8 @@ uint64_t poc_cuda_source_hash(const char *source) {
     const poc_cuda_template *t = &poc_cuda_templates[i];
     size_t nl = strlen(t->name);
     if (nl < 4 || strcmp(t->name + nl - 4, ".cuh")) continue;
+    for (const unsigned char *p = (const unsigned char *)t->name; *p; p++)
+      h = (h ^ *p) * 0x100000001b3ULL;
     for (const unsigned char *p = (const unsigned char *)t->text; *p; p++)
       h = (h ^ *p) * 0x100000001b3ULL;
   }

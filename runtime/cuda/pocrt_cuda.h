@@ -68,8 +68,9 @@ void poc_cuda_image_free(poc_cuda_image *img);
 int poc_cuda_compile_cubins(const char *source, const char *name, const char *const *archs,
                             int n_arch, poc_cuda_image *out, char **log);
 
-/* FNV-1a (64 bits) of an instantiated source: what an embedded image is checked against
- * and what the kernel cache is keyed by. */
+/* FNV-1a (64 bits) of an instantiated source followed by the text of every .cuh header
+ * NVRTC is given with it (a header's change changes the kernels too): what an embedded
+ * image is checked against and what the kernel cache is keyed by. */
 uint64_t poc_cuda_source_hash(const char *source);
 
 /* NVRTC's version as "MAJOR.MINOR" (for cache keys and messages). */

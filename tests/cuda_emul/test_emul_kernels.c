@@ -35,7 +35,8 @@
 #define RT_BF16 (1.0 / 256)  /* half an ulp of bf16, relative */
 #define U32 (1.0 / 16777216) /* fp32 unit roundoff */
 
-enum { H = 72, F = 200, V = 300, NH = 6, NKV = 2, HD = 12, QD = NH * HD, KVD = NKV * HD };
+enum { H = 72, F = 200, V = 300, NH = 6, NKV = 2, HD = 12, QD = NH * HD, KVD = NKV * HD,
+       QKV = QD + 2 * KVD };
 
 static poc_device *C, *G;  /* the cpu device (reference) and the CUDA one */
 static poc_kset *KC, *KG;
@@ -410,13 +411,14 @@ static void t_rope(int bias) {
   pi ps = pi_new(pos, T);
   pb cb, sb;
   rope_tables(&cb, &sb, NP);
-  pb q = pb_rand((size_t)T * QD, 1, 2), k = pb_rand((size_t)T * KVD, 1, 2),
-     v = pb_rand((size_t)T * KVD, 1, 2);
+  /* the fused projection's rows [q | k | v] split into q, k, v */
+  pb qkv = pb_rand((size_t)T * QKV, 1, 2), q = pb_nan((size_t)T * QD, 1),
+     k = pb_nan((size_t)T * KVD, 1), v = pb_nan((size_t)T * KVD, 1);
   pb bq = pb_rand(QD, 1, 0.5), bk = pb_rand(KVD, 1, 0.5), bv = pb_rand(KVD, 1, 0.5);
-  C->k.qkv_bias_rope(KC, T, ps.c, cb.c, sb.c, q.c, k.c, v.c, bias ? bq.c : 0, bias ? bk.c : 0,
-                     bias ? bv.c : 0);
-  G->k.qkv_bias_rope(KG, T, ps.g, cb.g, sb.g, q.g, k.g, v.g, bias ? bq.g : 0, bias ? bk.g : 0,
-                     bias ? bv.g : 0);
+  C->k.qkv_bias_rope(KC, T, ps.c, cb.c, sb.c, qkv.c, q.c, k.c, v.c, bias ? bq.c : 0,
+                     bias ? bk.c : 0, bias ? bv.c : 0);
+  G->k.qkv_bias_rope(KG, T, ps.g, cb.g, sb.g, qkv.g, q.g, k.g, v.g, bias ? bq.g : 0,
+                     bias ? bk.g : 0, bias ? bv.g : 0);
   /* the same fp32 operations on both, then one bf16 rounding on the device; 1e-6 of the
      inputs' scale for an FMA or two */
   char w1[64], w2[64], w3[64];
@@ -426,27 +428,56 @@ static void t_rope(int bias) {
   cmp_pb(w1, &q, 1e-5, RT_BF16, NULL);
   cmp_pb(w2, &k, 1e-5, RT_BF16, NULL);
   cmp_pb(w3, &v, 1e-5, RT_BF16, NULL);
+  if (!bias) { /* v is a copy of its columns of qkv */
+    double *hc = malloc((size_t)T * KVD * 8), *hg = malloc((size_t)T * KVD * 8);
+    pb_read(v.c, v.g, 1, (size_t)T * KVD, hc, hg);
+    int same = 1;
+    for (int t = 0; t < T; t++)
+      for (int j = 0; j < KVD; j++)
+        same &= hg[(size_t)t * KVD + j] == qkv.h[(size_t)t * QKV + QD + KVD + j];
+    CHECK_MSG(same, "qkv_bias_rope without bias: v is not qkv's v columns");
+    free(hc);
+    free(hg);
+  }
 
   if (!bias) {
-    /* backward: dq, dk rotated back in place (fp32), bf16 copies of dq, dk and dv */
+    /* backward: dq, dk rotated back in place (fp32), the bf16 rows [dq | dk | dv] */
     pb dq = pb_rand((size_t)T * QD, 0, 1), dk = pb_rand((size_t)T * KVD, 0, 1),
        dv = pb_rand((size_t)T * KVD, 0, 1);
-    pb dq16 = pb_nan((size_t)T * QD, 1), dk16 = pb_nan((size_t)T * KVD, 1),
-       dv16 = pb_nan((size_t)T * KVD, 1);
-    C->k.rope_bwd(KC, T, ps.c, cb.c, sb.c, dq.c, dk.c, dv.c, dq16.c, dk16.c, dv16.c);
-    G->k.rope_bwd(KG, T, ps.g, cb.g, sb.g, dq.g, dk.g, dv.g, dq16.g, dk16.g, dv16.g);
+    pb dqkv = pb_nan((size_t)T * QKV, 1);
+    C->k.rope_bwd(KC, T, ps.c, cb.c, sb.c, dq.c, dk.c, dv.c, dqkv.c);
+    G->k.rope_bwd(KG, T, ps.g, cb.g, sb.g, dq.g, dk.g, dv.g, dqkv.g);
     cmp_pb("rope_bwd: dq (in place)", &dq, 1e-6, 1e-6, NULL);
     cmp_pb("rope_bwd: dk (in place)", &dk, 1e-6, 1e-6, NULL);
     cmp_pb("rope_bwd: dv (untouched)", &dv, 0, 0, NULL);
-    cmp_pb("rope_bwd: dq16", &dq16, 1e-6, RT_BF16, NULL);
-    cmp_pb("rope_bwd: dk16", &dk16, 1e-6, RT_BF16, NULL);
-    cmp_pb("rope_bwd: dv16", &dv16, 1e-6, RT_BF16, NULL);
-    pb *bs[] = {&dq, &dk, &dv, &dq16, &dk16, &dv16};
-    for (size_t i = 0; i < 6; i++) pb_free(bs[i]);
+    cmp_pb("rope_bwd: dqkv", &dqkv, 1e-6, RT_BF16, NULL);
+    { /* the CPU's fused rows are its own dq, dk, dv side by side */
+      double *r = malloc((size_t)T * QKV * 8), *g = malloc((size_t)T * QKV * 8);
+      double *a = malloc((size_t)T * QD * 8), *b = malloc((size_t)T * QD * 8);
+      pb_read(dqkv.c, dqkv.g, 1, (size_t)T * QKV, r, g);
+      int same = 1;
+      pb_read(dq.c, dq.g, 0, (size_t)T * QD, a, b);
+      for (int t = 0; t < T; t++)
+        for (int j = 0; j < QD; j++) same &= r[(size_t)t * QKV + j] == a[(size_t)t * QD + j];
+      pb_read(dk.c, dk.g, 0, (size_t)T * KVD, a, b);
+      for (int t = 0; t < T; t++)
+        for (int j = 0; j < KVD; j++) same &= r[(size_t)t * QKV + QD + j] == a[(size_t)t * KVD + j];
+      pb_read(dv.c, dv.g, 0, (size_t)T * KVD, a, b);
+      for (int t = 0; t < T; t++)
+        for (int j = 0; j < KVD; j++)
+          same &= r[(size_t)t * QKV + QD + KVD + j] == a[(size_t)t * KVD + j];
+      CHECK_MSG(same, "rope_bwd: the cpu device's dqkv rows are not [dq | dk | dv]");
+      free(r);
+      free(g);
+      free(a);
+      free(b);
+    }
+    pb *bs[] = {&dq, &dk, &dv, &dqkv};
+    for (size_t i = 0; i < 4; i++) pb_free(bs[i]);
   }
   pi_free(&ps);
-  pb *bs[] = {&cb, &sb, &q, &k, &v, &bq, &bk, &bv};
-  for (size_t i = 0; i < 8; i++) pb_free(bs[i]);
+  pb *bs[] = {&cb, &sb, &qkv, &q, &k, &v, &bq, &bk, &bv};
+  for (size_t i = 0; i < 9; i++) pb_free(bs[i]);
   synced("rope");
 }
 
@@ -590,21 +621,54 @@ static void t_attn_decode(int T, int q0, int kb0) {
 /* ---- SwiGLU ---------------------------------------------------------------------------- */
 
 static void t_swiglu(void) {
-  const size_t n = (size_t)37 * F + 3; /* not a multiple of the 256-thread blocks */
-  /* g up to ±8: σ saturates at both ends; silu'(g) changes sign near −1.28 */
-  pb g = pb_rand(n, 1, 8), u = pb_rand(n, 1, 2), a = pb_nan(n, 1);
-  C->k.swiglu_fwd(KC, n, g.c, u.c, a.c);
-  G->k.swiglu_fwd(KG, n, g.g, u.g, a.g);
+  const int T = 37; /* T·F = 7400: not a multiple of the 256-thread blocks */
+  const size_t n = (size_t)T * F;
+  /* rows [g | u] of the fused gate/up projection: g up to ±8 (σ saturates at both ends;
+     silu'(g) changes sign near −1.28), u up to ±2 */
+  pb gu = pb_new(2 * n, 1), a = pb_nan(n, 1);
+  for (int t = 0; t < T; t++)
+    for (int j = 0; j < 2 * F; j++) gu.h[(size_t)t * 2 * F + j] = (float)((j < F ? 8 : 2) * urand());
+  pb_put(&gu);
+  C->k.swiglu_fwd(KC, T, gu.c, a.c);
+  G->k.swiglu_fwd(KG, T, gu.g, a.g);
   /* e^x in fp32 on both (the device's __expf is a few ulp on a GPU): 1e-6 relative, then
      the bf16 rounding */
   cmp_pb("swiglu_fwd", &a, 1e-6, RT_BF16 + 1e-5, NULL);
-  pb da = pb_rand(n, 1, 1), dg = pb_nan(n, 1), du = pb_nan(n, 1);
-  C->k.swiglu_bwd(KC, n, g.c, u.c, da.c, dg.c, du.c);
-  G->k.swiglu_bwd(KG, n, g.g, u.g, da.g, dg.g, du.g);
-  cmp_pb("swiglu_bwd: dg", &dg, 1e-6, RT_BF16 + 1e-5, NULL);
-  cmp_pb("swiglu_bwd: du", &du, 1e-6, RT_BF16 + 1e-5, NULL);
-  pb *bs[] = {&g, &u, &a, &da, &dg, &du};
-  for (size_t i = 0; i < 6; i++) pb_free(bs[i]);
+  { /* against the definition on the host: a row's g and u come from its own columns */
+    double *hc = malloc(n * 8), *hg = malloc(n * 8), worst = 0;
+    pb_read(a.c, a.g, 1, n, hc, hg);
+    for (int t = 0; t < T; t++)
+      for (int j = 0; j < F; j++) {
+        double g = gu.h[(size_t)t * 2 * F + j], u = gu.h[(size_t)t * 2 * F + F + j];
+        double want = g / (1 + exp(-g)) * u, e = fabs(hc[(size_t)t * F + j] - want);
+        worst = e > worst ? e : worst;
+      }
+    CHECK_MSG(worst < 1e-5, "swiglu_fwd on the cpu device is %.3g from silu(g)·u", worst);
+    free(hc);
+    free(hg);
+  }
+  pb da = pb_rand(n, 1, 1), dgu = pb_nan(2 * n, 1);
+  C->k.swiglu_bwd(KC, T, gu.c, da.c, dgu.c);
+  G->k.swiglu_bwd(KG, T, gu.g, da.g, dgu.g);
+  cmp_pb("swiglu_bwd: dgu", &dgu, 1e-6, RT_BF16 + 1e-5, NULL);
+  /* in place over gu (a copy of it) */
+  pb gi = pb_new(2 * n, 1);
+  memcpy(gi.h, gu.h, 2 * n * sizeof(float));
+  pb_put(&gi);
+  C->k.swiglu_bwd(KC, T, gi.c, da.c, gi.c);
+  G->k.swiglu_bwd(KG, T, gi.g, da.g, gi.g);
+  cmp_pb("swiglu_bwd: in place", &gi, 1e-6, RT_BF16 + 1e-5, NULL);
+  {
+    double *x = malloc(2 * n * 8), *y = malloc(2 * n * 8), *z = malloc(2 * n * 8);
+    pb_read(gi.c, gi.g, 1, 2 * n, x, y);
+    pb_read(dgu.c, dgu.g, 1, 2 * n, z, y);
+    CHECK_MSG(!memcmp(x, z, 2 * n * 8), "swiglu_bwd in place differs from out of place");
+    free(x);
+    free(y);
+    free(z);
+  }
+  pb *bs[] = {&gu, &a, &da, &dgu, &gi};
+  for (size_t i = 0; i < 5; i++) pb_free(bs[i]);
   synced("swiglu");
 }
 
@@ -647,8 +711,8 @@ static void t_drop_scale(void) {
 
 /* ---- the loss head -------------------------------------------------------------------- */
 
-/* Fused: the [n × V] logits streamed in the chunks given (uneven, the last of one column),
- * each folded into m, s, a, q, tl; then head_finish (with log Σ p²); then the backward chunk by chunk, into
+/* Fused: the [n × V] logits streamed in act (bf16) chunks of the widths given (uneven, the
+ * last of one column), each folded into m, s, a, q, tl; then head_finish (with log Σ p²); then the backward chunk by chunk, into
  * a separate dlog and in place (dlog = the logits buffer). Textbook: the whole row. */
 static void t_head(void) {
   const int n = 37, chunks[] = {128, 100, 71, 1};
@@ -666,11 +730,14 @@ static void t_head(void) {
   L.h[(size_t)4 * V + V - 1] = 60;
   for (int j = 0; j < V; j++) L.h[(size_t)5 * V + j] = 1.5f;
   L.h[(size_t)6 * V + 3] = -80; /* far below: e^{l−m} underflows to 0 */
+  /* a chunk of logits is act (bf16 on CUDA, the GEMM's rounded output): the logits are
+     bf16 values, so both devices fold the same numbers */
+  for (size_t i = 0; i < (size_t)n * V; i++) L.h[i] = bf(L.h[i]);
   pb_put(&L);
   pb m = pb_nan(n, 0), s = pb_nan(n, 0), a = pb_nan(n, 0), q = pb_nan(n, 0), tl = pb_nan(n, 0);
   int v0 = 0;
   for (int c = 0; c < nch; v0 += chunks[c], c++) {
-    pb ch = pb_new((size_t)n * chunks[c], 0);
+    pb ch = pb_new((size_t)n * chunks[c], 1);
     for (int i = 0; i < n; i++)
       memcpy(ch.h + (size_t)i * chunks[c], L.h + (size_t)i * V + v0, chunks[c] * 4);
     pb_put(&ch);
@@ -737,7 +804,7 @@ static void t_head(void) {
     v0 = 0;
     for (int c = 0; c < nch; v0 += chunks[c], c++) {
       size_t nc = (size_t)n * chunks[c];
-      pb ch = pb_new(nc, 0);
+      pb ch = pb_new(nc, 1);
       for (int i = 0; i < n; i++)
         memcpy(ch.h + (size_t)i * chunks[c], L.h + (size_t)i * V + v0, chunks[c] * 4);
       pb_put(&ch);

@@ -63,6 +63,27 @@ if(TARGET pocrt_cuda)
   add_test(NAME attn_tc_gpu COMMAND test_attn_tc)
   set_tests_properties(attn_tc_gpu PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77)
 
+  # the embedding backward's bits under several thread schedules (seeds) and repeated
+  # launches: equal to each other and to the cpu device's
+  add_executable(test_emul_embed_det ${CMAKE_CURRENT_LIST_DIR}/test_emul_embed_det.c)
+  target_include_directories(test_emul_embed_det PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_emul_embed_det PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_emul_embed_det poc_cuemu)
+  foreach(seed 1 2 3)
+    add_test(NAME cuda_emul_embed_det_seed${seed} COMMAND test_emul_embed_det)
+    set_tests_properties(cuda_emul_embed_det_seed${seed} PROPERTIES LABELS "cuda_emul" TIMEOUT 120
+      ENVIRONMENT "${POC_CUEMU_ENV};POC_CUDA_EMU_SEED=${seed};OMP_WAIT_POLICY=PASSIVE")
+  endforeach()
+
+  # the elementwise kernels' 128-bit paths, scalar fallbacks and tails against the cpu device
+  add_executable(test_emul_vec ${CMAKE_CURRENT_LIST_DIR}/test_emul_vec.c)
+  target_include_directories(test_emul_vec PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(test_emul_vec PRIVATE pocrt pocrt_cuda)
+  add_dependencies(test_emul_vec poc_cuemu)
+  add_test(NAME cuda_emul_vec COMMAND test_emul_vec)
+  set_tests_properties(cuda_emul_vec PROPERTIES LABELS "cuda_emul" TIMEOUT 300
+    ENVIRONMENT "${POC_CUEMU_ENV};OMP_WAIT_POLICY=PASSIVE")
+
   # poc logp / poc generate with --backend cuda against --backend cpu on the bundled model
   add_test(NAME cuda_emul_cli
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/cli_check.py

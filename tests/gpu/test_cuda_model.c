@@ -4,8 +4,12 @@
  * Both devices get the same weights, rounded to bf16 beforehand so the device holds
  * exactly what the reference uses; what remains is bf16 rounding of activations, which
  * sets the tolerances: per-token log-probs, entropies and log Σ p² within 2% in relative norm,
- * every tensor's gradient within 5%, the fused and textbook heads on the device within
- * 1e-4 of each other, no NaN anywhere. Outputs are poisoned with NaN before each call so
+ * every tensor's gradient within 5%, no NaN anywhere. The fused head on the device folds
+ * bf16 logits (each the fp32 GEMM sum rounded once, |Δl| ≤ 2^-9·|l|) where the textbook
+ * head keeps fp32 ones, so the two agree to bf16's precision: log-probs within 5e-3 and
+ * gradients within 1e-2 in relative norm. Entropies and log Σ p² are compared with a
+ * floor of 1e-3 nats under the norm: a row whose distribution is one-hot to 40 nats has
+ * an entropy near 1e-20, whose relative error says nothing. Outputs are poisoned with NaN before each call so
  * an unwritten element fails. Without a GPU the test says so and exits 77 (skipped).
  */
 #include "gt.h"
@@ -18,6 +22,17 @@ typedef struct {
   int n_seq;
   int ctx[6], tgt[6];
 } gt_case;
+
+/* gt_rel with every reference value counted at least 1e-3 in the norm (see above) */
+static double rel_floor(const double *a, const double *b, size_t n) {
+  double d = 0, s = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (a[i] != a[i] || b[i] != b[i]) return INFINITY;
+    d += (a[i] - b[i]) * (a[i] - b[i]);
+    s += fabs(b[i]) > 1e-3 ? b[i] * b[i] : 1e-6;
+  }
+  return s > 0 ? sqrt(d / s) : sqrt(d);
+}
 
 static void compare_case(const gt_case *k) {
   char err[POC_ERR_LEN] = "";
@@ -48,22 +63,12 @@ static void compare_case(const gt_case *k) {
   CHECK(poc_model_forward_out(mc, &mp.p, fq, &fc, err) == 0);
   CHECK_MSG(poc_model_forward_out(mg, &mp.p, fq | POC_FWD_UNFUSED, &fu, err) == 0, "%s", err);
   CHECK_MSG(poc_model_forward_out(mg, &mp.p, fq, &fg, err) == 0, "%s", err);
-  /* Entropies of near one-hot distributions (the qwen-like case: every tail below e^-30)
-     are ~1e-14 nats, and their relative error is the absolute error of the logit gaps
-     (~0.05 after bf16 activations and tensor-core attention), not a precision measure:
-     entropy differences count relative to at least 1e-3 nats per target. */
-  double en_d = 0, en_s = 0;
-  for (int i = 0; i < n; i++) {
-    en_d += (eg[i] - ec[i]) * (eg[i] - ec[i]);
-    en_s += ec[i] * ec[i];
-  }
-  double r_en = sqrt(en_d) / fmax(sqrt(en_s), 1e-3 * sqrt((double)n)); /* NaN fails below */
-  double r_lp = gt_rel(lg, lc, n), r_fu = gt_rel(lg, lu, n),
-         r_feu = gt_rel(eg, eu, n), r_q = gt_rel(qg, qc, n), r_qu = gt_rel(qg, qu, n);
+  double r_lp = gt_rel(lg, lc, n), r_en = rel_floor(eg, ec, n), r_fu = gt_rel(lg, lu, n),
+         r_feu = rel_floor(eg, eu, n), r_q = rel_floor(qg, qc, n), r_qu = rel_floor(qg, qu, n);
   printf("%s: %d tokens, %d targets: logp rel %.2e, entropy rel %.2e, logsumsq rel %.2e, fused "
          "vs textbook %.2e/%.2e/%.2e\n", k->label, T, n, r_lp, r_en, r_q, r_fu, r_feu, r_qu);
   CHECK_MSG(r_lp < 2e-2 && r_en < 2e-2 && r_q < 2e-2, "%s: forward differs from the CPU", k->label);
-  CHECK_MSG(r_fu < 1e-4 && r_feu < 1e-4 && r_qu < 1e-4, "%s: fused and textbook heads differ",
+  CHECK_MSG(r_fu < 5e-3 && r_feu < 5e-3 && r_qu < 5e-3, "%s: fused and textbook heads differ",
             k->label);
   free(qc);
   free(qg);
@@ -99,7 +104,7 @@ static void compare_case(const gt_case *k) {
   CHECK(poc_model_backward(mg, &mp.p, dl, de, err) == 0 &&
         poc_model_get(mg, POC_PART_GRAD, gu, POC_DT_F64, err) == 0);
   double r_gu = gt_rel(gu, gg, P);
-  CHECK_MSG(r_gu < 1e-3, "%s: textbook head gradients differ by %.3g", k->label, r_gu);
+  CHECK_MSG(r_gu < 1e-2, "%s: textbook head gradients differ by %.3g", k->label, r_gu);
 
   /* gradient norm and AdamW against the CPU device fed the same gradient */
   double nc = 0, ng = 0;

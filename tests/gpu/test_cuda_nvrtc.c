@@ -41,8 +41,8 @@ static int has_entry(const char *ptx, const char *name) {
 static const struct { const char *name, *sig; } kernel_sigs[] = {
     {"embed_fwd", "ippp"}, {"embed_bwd", "ippp"}, {"rmsnorm_fwd", "ippppp"},
     {"rmsnorm_bwd", "ipppppp"}, {"rmsnorm_dw_partial", "ippppp"}, {"colsum_partial", "iipp"},
-    {"colsum_finish", "iipp"}, {"cast_f32_bf16", "ppp"}, {"qkv_bias_rope", "ippppppppp"},
-    {"rope_bwd", "ippppppppp"}, {"swiglu_fwd", "pppp"}, {"swiglu_bwd", "pppppp"},
+    {"colsum_finish", "iipp"}, {"cast_f32_bf16", "ppp"}, {"qkv_bias_rope", "ipppppppppp"},
+    {"rope_bwd", "ippppppp"}, {"swiglu_fwd", "ipp"}, {"swiglu_bwd", "ippp"},
     {"attn_fwd", "iipppppp"}, {"attn_bwd_dq", "ippppppppp"}, {"attn_bwd_dkv", "ipppppppppp"},
     {"head_chunk_fwd", "iiippppppp"}, {"head_finish", "ipppppppppp"},
     {"head_chunk_bwd", "iiippppppp"}, {"head_text_lse", "iipp"},

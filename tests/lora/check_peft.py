@@ -1,7 +1,9 @@
 """check_peft.py — poc's LoRA against PEFT's own code (peft, transformers, torch):
 
   a  poc trains examples/lora_dpo.po a few steps; PeftModel.from_pretrained(base, ckpt)
-     gives per-token log-probs equal to `poc logp BASE --adapter ckpt` (1e-4), and the
+     gives per-token log-probs equal to `poc logp BASE --adapter ckpt` (1e-4 on cpu64;
+     3e-4 on the float32 cpu device, whose token log-probs carry their logits' float32
+     rounding through four layers, as tests/wpo/check_head.py allows), and the
      adapters moved away from PEFT's initialisation (B = 0)
   b  an adapter made by peft (get_peft_model + save_pretrained, random nonzero B, some
      targets only) scored by `poc logp --adapter` equals peft's log-probs, `poc generate
@@ -126,7 +128,7 @@ if "adapter_model.safetensors" in files:
     ref = hf_logps(peft_a)
     got = poc_logps(["--adapter", ck])
     d = max_diff(ref, got)
-    check(d < 1e-4, f"a: poc logp --adapter vs peft: max diff {d:.3g}")
+    check(d < 3e-4, f"a: poc logp --adapter vs peft: max diff {d:.3g}")
     d64 = max_diff(ref, poc_logps(["--adapter", ck], "cpu64"))
     # (transformers computes RoPE's angles in float32 even for a float64 model: about 2e-5
     # of the difference is there with no adapter at all)
@@ -151,7 +153,7 @@ pm.eval()
 ref_b = hf_logps(pm)
 got_b = poc_logps(["--adapter", ad_b])
 d = max_diff(ref_b, got_b)
-check(d < 1e-4, f"b: peft-made adapter: poc logp --adapter vs peft: max diff {d:.3g}")
+check(d < 3e-4, f"b: peft-made adapter: poc logp --adapter vs peft: max diff {d:.3g}")
 d64 = max_diff(ref_b, poc_logps(["--adapter", ad_b], "cpu64"))
 check(d64 < 1e-4, f"b: peft-made adapter on cpu64: max diff {d64:.3g}")
 print(f"b: peft-made adapter (r 4, q v down): max |diff| {d:.2e} (cpu64: {d64:.2e})")
@@ -206,7 +208,7 @@ if p.returncode == 0:
     got_m = [t for line in p2.stdout.splitlines() for k in ("chosen", "rejected")
              for t in [json.loads(line)[k]["tokens"]]]
     d3 = max_diff(got_m, ref_b)
-    check(d3 < 1e-4, f"c: poc logp of the merged model vs peft: max diff {d3:.3g}")
+    check(d3 < 3e-4, f"c: poc logp of the merged model vs peft: max diff {d3:.3g}")
     print(f"c: merged vs merge_and_unload: max |diff| {d:.2e}; poc on merged: {d3:.2e}")
     p3 = run([args.poc, "merge", BASE, ad_b, "-o", merged], ok=False)
     check(p3.returncode == 2 and "already holds a model" in p3.stderr,

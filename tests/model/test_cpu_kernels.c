@@ -295,12 +295,18 @@ static void t_rope(tc *c, int T) {
   for (int t = 0; t < T; t++) pos[t] = (int32_t)((5 * t + 2) % P); /* not in row order */
   poc_dptr dpos = upi(c, pos, T), dcb = up(c, cb, (size_t)P * half),
            dsb = up(c, sb, (size_t)P * half);
+  const int N = qd + 2 * kvd; /* a row of the fused projection: [q | k | v] */
   for (int bias = 0; bias < 2; bias++) {
     double *q = vec(c, (size_t)T * qd, 1), *k = vec(c, (size_t)T * kvd, 1),
-           *v = vec(c, (size_t)T * kvd, 1);
+           *v = vec(c, (size_t)T * kvd, 1), *qkv = malloc((size_t)T * N * sizeof *qkv);
     double *bq = vec(c, qd, 0.5), *bk = vec(c, kvd, 0.5), *bv = vec(c, kvd, 0.5);
-    poc_dptr dq = up(c, q, (size_t)T * qd), dk = up(c, k, (size_t)T * kvd),
-             dv = up(c, v, (size_t)T * kvd);
+    for (int t = 0; t < T; t++) {
+      memcpy(qkv + (size_t)t * N, q + (size_t)t * qd, (size_t)qd * sizeof *q);
+      memcpy(qkv + (size_t)t * N + qd, k + (size_t)t * kvd, (size_t)kvd * sizeof *k);
+      memcpy(qkv + (size_t)t * N + qd + kvd, v + (size_t)t * kvd, (size_t)kvd * sizeof *v);
+    }
+    poc_dptr dqkv = up(c, qkv, (size_t)T * N), dq = up(c, q, (size_t)T * qd),
+             dk = up(c, k, (size_t)T * kvd), dv = up(c, v, (size_t)T * kvd);
     poc_dptr dbq = bias ? up(c, bq, qd) : 0, dbk = bias ? up(c, bk, kvd) : 0,
              dbv = bias ? up(c, bv, kvd) : 0;
     for (int t = 0; t < T; t++) {
@@ -314,12 +320,17 @@ static void t_rope(tc *c, int T) {
       rope_ref(k + (size_t)t * kvd, nkv, hd, cb + (size_t)pos[t] * half, sb + (size_t)pos[t] * half,
                1);
     }
-    c->K->qkv_bias_rope(c->k, T, dpos, dcb, dsb, dq, dk, dv, dbq, dbk, dbv);
+    /* the outputs are written, not updated: zeroed first, so a missed element shows */
+    c->d->zero(c->d, dq, (size_t)T * qd * poc_dtype_size(c->d->acc));
+    c->d->zero(c->d, dk, (size_t)T * kvd * poc_dtype_size(c->d->acc));
+    c->d->zero(c->d, dv, (size_t)T * kvd * poc_dtype_size(c->d->acc));
+    c->K->qkv_bias_rope(c->k, T, dpos, dcb, dsb, dqkv, dq, dk, dv, dbq, dbk, dbv);
     check_buf(c, bias ? "qkv_bias_rope q (bias)" : "qkv_bias_rope q", dq, q, (size_t)T * qd);
     check_buf(c, bias ? "qkv_bias_rope k (bias)" : "qkv_bias_rope k", dk, k, (size_t)T * kvd);
     check_buf(c, bias ? "qkv_bias_rope v (bias)" : "qkv_bias_rope v", dv, v, (size_t)T * kvd);
-    poc_dptr all[] = {dq, dk, dv, dbq, dbk, dbv};
+    poc_dptr all[] = {dqkv, dq, dk, dv, dbq, dbk, dbv};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) c->d->free(c->d, all[i]);
+    free(qkv);
     free(q);
     free(k);
     free(v);
@@ -327,25 +338,29 @@ static void t_rope(tc *c, int T) {
     free(bk);
     free(bv);
   }
-  /* backward: dq gets a separate act copy, dk is its own copy (in place), dv separate */
+  /* backward: dq, dk rotated back in place, and the rows [dq | dk | dv] */
   double *dq = vec(c, (size_t)T * qd, 1), *dk = vec(c, (size_t)T * kvd, 1),
-         *dv = vec(c, (size_t)T * kvd, 1);
+         *dv = vec(c, (size_t)T * kvd, 1), *rows = malloc((size_t)T * N * sizeof *rows);
   poc_dptr ddq = up(c, dq, (size_t)T * qd), ddk = up(c, dk, (size_t)T * kvd),
            ddv = up(c, dv, (size_t)T * kvd);
-  poc_dptr dq16 = c->d->alloc(c->d, (size_t)T * qd * 8, "dq16"),
-           dv16 = c->d->alloc(c->d, (size_t)T * kvd * 8, "dv16");
+  poc_dptr dqkv = c->d->alloc(c->d, (size_t)T * N * 8, "dqkv");
   for (int t = 0; t < T; t++) {
     rope_ref(dq + (size_t)t * qd, nh, hd, cb + (size_t)pos[t] * half, sb + (size_t)pos[t] * half,
              -1);
     rope_ref(dk + (size_t)t * kvd, nkv, hd, cb + (size_t)pos[t] * half, sb + (size_t)pos[t] * half,
              -1);
   }
-  c->K->rope_bwd(c->k, T, dpos, dcb, dsb, ddq, ddk, ddv, dq16, ddk, dv16);
+  for (int t = 0; t < T; t++) {
+    memcpy(rows + (size_t)t * N, dq + (size_t)t * qd, (size_t)qd * sizeof *dq);
+    memcpy(rows + (size_t)t * N + qd, dk + (size_t)t * kvd, (size_t)kvd * sizeof *dk);
+    memcpy(rows + (size_t)t * N + qd + kvd, dv + (size_t)t * kvd, (size_t)kvd * sizeof *dv);
+  }
+  c->K->rope_bwd(c->k, T, dpos, dcb, dsb, ddq, ddk, ddv, dqkv);
   check_buf(c, "rope_bwd dq", ddq, dq, (size_t)T * qd);
-  check_buf(c, "rope_bwd dq16", dq16, dq, (size_t)T * qd);
-  check_buf(c, "rope_bwd dk (in place)", ddk, dk, (size_t)T * kvd);
-  check_buf(c, "rope_bwd dv16", dv16, dv, (size_t)T * kvd);
-  poc_dptr all[] = {dpos, dcb, dsb, ddq, ddk, ddv, dq16, dv16};
+  check_buf(c, "rope_bwd dk", ddk, dk, (size_t)T * kvd);
+  check_buf(c, "rope_bwd dqkv", dqkv, rows, (size_t)T * N);
+  free(rows);
+  poc_dptr all[] = {dpos, dcb, dsb, ddq, ddk, ddv, dqkv};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) c->d->free(c->d, all[i]);
   free(cb);
   free(sb);
@@ -493,31 +508,38 @@ static void t_attention(tc *c, const shape *sh) {
   free(send);
 }
 
-static void t_swiglu(tc *c, size_t n) {
+/* rows [g | u] of the fused gate/up projection [T × 2F] */
+static void t_swiglu(tc *c, int T) {
+  const int F = c->k->dm.F;
+  const size_t n = (size_t)T * F;
   double *g = vec(c, n, 4), *u = vec(c, n, 2), *da = vec(c, n, 1);
-  double *Ra = malloc(n * sizeof *Ra), *Rg = malloc(n * sizeof *Rg), *Ru = malloc(n * sizeof *Ru);
+  double *gu_h = malloc(2 * n * sizeof *gu_h);
+  double *Ra = malloc(n * sizeof *Ra), *Rgu = malloc(2 * n * sizeof *Rgu);
   for (size_t i = 0; i < n; i++) {
+    size_t t = i / F, j = i % F;
     double s = 1 / (1 + exp(-g[i]));
+    gu_h[t * 2 * F + j] = g[i];
+    gu_h[t * 2 * F + F + j] = u[i];
     Ra[i] = g[i] * s * u[i];
-    Rg[i] = da[i] * u[i] * (s + g[i] * s * (1 - s)); /* d(g σ(g))/dg */
-    Ru[i] = da[i] * g[i] * s;
+    Rgu[t * 2 * F + j] = da[i] * u[i] * (s + g[i] * s * (1 - s)); /* d(g σ(g))/dg */
+    Rgu[t * 2 * F + F + j] = da[i] * g[i] * s;
   }
-  poc_dptr dg = up(c, g, n), du = up(c, u, n), dda = up(c, da, n);
-  poc_dptr da_ = c->d->alloc(c->d, n * 8, "a"), gg = c->d->alloc(c->d, n * 8, "dg"),
-           gu = c->d->alloc(c->d, n * 8, "du");
-  c->K->swiglu_fwd(c->k, n, dg, du, da_);
+  poc_dptr dgu_in = up(c, gu_h, 2 * n), dda = up(c, da, n);
+  poc_dptr da_ = c->d->alloc(c->d, n * 8, "a"), dgu = c->d->alloc(c->d, 2 * n * 8, "dgu");
+  c->K->swiglu_fwd(c->k, T, dgu_in, da_);
   check_buf(c, "swiglu_fwd", da_, Ra, n);
-  c->K->swiglu_bwd(c->k, n, dg, du, dda, gg, gu);
-  check_buf(c, "swiglu_bwd dg", gg, Rg, n);
-  check_buf(c, "swiglu_bwd du", gu, Ru, n);
-  poc_dptr all[] = {dg, du, dda, da_, gg, gu};
+  c->K->swiglu_bwd(c->k, T, dgu_in, dda, dgu);
+  check_buf(c, "swiglu_bwd dgu", dgu, Rgu, 2 * n);
+  c->K->swiglu_bwd(c->k, T, dgu_in, dda, dgu_in);
+  check_buf(c, "swiglu_bwd in place", dgu_in, Rgu, 2 * n);
+  free(gu_h);
+  free(Rgu);
+  poc_dptr all[] = {dgu_in, dda, da_, dgu};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) c->d->free(c->d, all[i]);
   free(g);
   free(u);
   free(da);
   free(Ra);
-  free(Rg);
-  free(Ru);
 }
 
 /* The loss head, fused (chunks of c columns) and textbook, against one reference. */
@@ -702,7 +724,7 @@ static int suite(poc_device *d, const shape *sh, double tol, int collect, tc *re
   t_colsum_cast(&c, T, sh->nh * sh->hd);
   t_rope(&c, T);
   t_attention(&c, sh);
-  t_swiglu(&c, (size_t)T * sh->F);
+  t_swiglu(&c, T);
   t_head(&c, T, 64);
   t_adamw_sumsq(&c, (size_t)T * sh->H + 5);
   char err[POC_ERR_LEN];

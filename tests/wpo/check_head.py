@@ -20,7 +20,9 @@ poc_model_forward_out on a device:
          float heads among themselves (fused in chunks, fused, textbook: the same hidden
          states) to 1e-5
   cuda   (--cuda: a real GPU or the emulation) fused and textbook, which must agree with
-         each other to 2e-3, and with the reference as bf16 allows (median |Δ| 0.05, every
+         each other to 3e-2 (relative to 1 + |value|: the fused head folds bf16 chunks of
+         logits, |Δl| ≤ 2^-9·|l|, the textbook head fp32 ones, and logp, entropy and
+         log Σ p² each move by up to ~2·max|Δl|), and with the reference as bf16 allows (median |Δ| 0.05, every
          token within 2 + 10%); the kernels themselves are held to their CPU twins in
          tests/cuda_emul/test_emul_kernels.c
 
@@ -157,7 +159,7 @@ def main():
             got[mode] = out
         for q in range(3):
             d_heads = max(abs(x[q] - y[q]) / (1 + abs(y[q])) for x, y in zip(got["fused"], got["unfused"]))
-            pycheck.check(d_heads <= 2e-3, f"cuda fused vs textbook {names[q]}: {d_heads:.3g} > 2e-3")
+            pycheck.check(d_heads <= 3e-2, f"cuda fused vs textbook {names[q]}: {d_heads:.3g} > 3e-2")
             ds = [abs(x[q] - r[q]) for x, r in zip(got["fused"], ref)]
             med, mx = statistics.median(ds), max(ds)
             # bf16 weights and activations through four layers: typical tokens agree to a few

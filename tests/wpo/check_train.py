@@ -85,7 +85,9 @@ def main():
     if "fused" in logs and "unfused" in logs:
         first = logs["fused"][0]["loss"]
         pycheck.check(0 < first < math.log(2), f"first loss {first}: not in (0, log 2)")
-        tol = 1e-5 if a.backend == "cpu" else 2e-3
+        # on CUDA the fused head folds bf16 chunks of logits (|Δl| ≤ 2^-9·|l|) where the
+        # textbook head keeps fp32 ones: log-probs move by up to ~2·max|Δl|
+        tol = 1e-5 if a.backend == "cpu" else 3e-2
         for x, y in zip(logs["fused"], logs["unfused"]):
             for k in ("loss",) + REPORTS:
                 pycheck.check(abs(x[k] - y[k]) <= tol * (1 + abs(y[k])),
