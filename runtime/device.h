@@ -3,8 +3,10 @@
  * once as a sequence of calls to these kernels; a device implements the kernels, never the
  * model:
  *
- *   cpu     float, OpenBLAS GEMMs and OpenMP loops (runtime/cpu/)
- *   cpu64   the same source compiled for double: gradient checks (runtime/cpu/)
+ *   cpu       float, OpenBLAS GEMMs and OpenMP loops (runtime/cpu/)
+ *   cpu64     the same source compiled for double: gradient checks (runtime/cpu/)
+ *   cpu-bf16  the same source compiled for bf16 operands and fp32 accumulators, oneDNN
+ *             GEMMs (runtime/cpu/; built where oneDNN is found)
  *   cuda    bf16 operands, fp32 accumulators and master weights: kernels/templates through
  *           NVRTC, cuBLAS GEMMs (runtime/cuda/)
  *
@@ -13,11 +15,12 @@
  * says which element type each role has:
  *
  *   acc  accumulators: the residual stream, norms' 1/rms, log-sum-exps, gradients, master
- *        weights and AdamW moments, the loss head's per-row state      (f32 | f64 | f32)
+ *        weights and AdamW moments, the loss head's per-row state (f32 | f64 | f32 | f32)
  *   act  operands of GEMMs and attention: normed activations, q/k/v, SwiGLU values, the
- *        compute copy of the weights, dlogits                          (f32 | f64 | bf16)
+ *        compute copy of the weights, dlogits                    (f32 | f64 | bf16 | bf16)
+ * (cpu | cpu64 | cpu-bf16 | cuda).
  *
- * Where act and acc are one type (the CPU devices), the model uses one buffer for both
+ * Where act and acc are one type (cpu and cpu64), the model uses one buffer for both
  * views (`shared_act`) and the device's cast kernel is a copy or nothing.
  *
  * Errors are sticky, as on a GPU stream: a failing kernel or copy records the first message
@@ -174,7 +177,7 @@ typedef struct poc_kernels {
 } poc_kernels;
 
 struct poc_device {
-  const char *name;             /* "cpu", "cpu64", "cuda" */
+  const char *name;             /* "cpu", "cpu64", "cpu-bf16", "cuda" */
   char desc[512];               /* the run's first line: "cuda: NVIDIA H100 (sm_90, 80 GiB)" */
   poc_dtype acc, act;
   int shared_act;               /* acc and act are one type: one buffer serves both views */
@@ -234,14 +237,15 @@ int poc_dev_sync(poc_device *d, char *err);
 
 /* ---- the registry (runtime/devices.c: the one place that knows every device) ----------- */
 
-/* Opens a device by name: "cpu", "cpu64", "cuda", or "auto" (cuda when a usable GPU is
- * present, else cpu). NULL with a message ("this poc was built without CUDA", the driver's
- * own words, ...). */
+/* Opens a device by name: "cpu", "cpu64", "cpu-bf16", "cuda", "auto" (cuda when a usable
+ * GPU is present, else cpu) or "auto-bf16" (cuda, else cpu-bf16). NULL with a message
+ * ("this poc was built without CUDA", the driver's own words, ...). */
 poc_device *poc_device_open(const char *name, char *err);
 void poc_device_close(poc_device *d);
 
 /* Device constructors, called by the registry only. */
 poc_device *poc_cpu_device_open(int fp64, char *err);
+poc_device *poc_cpu_bf16_device_open(char *err); /* only where POC_HAVE_DNNL */
 poc_device *poc_cuda_device_open(char *err);
 /* The kernels `poc build --arch` embedded in the program (program.h): the registry hands
  * them over before any device opens, and the CUDA device looks there first whenever it

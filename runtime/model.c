@@ -1138,6 +1138,14 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
   return poc_dev_sync(d, err);
 }
 
+int poc_model_refresh_compute(poc_model *m, char *err) {
+  poc_device *d = m->d;
+  if (m->view) return 0;
+  if (m->w && m->wc != m->w) d->k.cast(m->k, m->P, m->w, m->wc);
+  if (m->aw && m->awc != m->aw) d->k.cast(m->k, m->PA, m->aw, m->awc);
+  return poc_dev_sync(d, err);
+}
+
 float *poc_model_host_f32(poc_model *m, poc_part part) {
   if (!m->d->host_memory || m->d->acc != POC_DT_F32 || m->view) return NULL;
   poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw

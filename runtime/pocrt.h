@@ -252,6 +252,10 @@ int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, ch
 /* The device's own f32 buffer where device memory is host memory (the CPU device), so
  * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set). */
 float *poc_model_host_f32(poc_model *m, poc_part part);
+/* After writing master weights or adapters through that pointer: the compute copy (act)
+ * is made from them again where it is a separate buffer (a bf16 device); nothing where
+ * it is the same one. */
+int poc_model_refresh_compute(poc_model *m, char *err);
 
 /* ---- LoRA (runtime/lora.c; the math in model.c) ---------------------------------- */
 /* Low-rank adapters on a model's linear layers: a target W [out × in] computes

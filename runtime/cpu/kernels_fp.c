@@ -1,6 +1,10 @@
-/* kernels_fp.c — the kernels of device.h on the CPU: OpenBLAS GEMMs and OpenMP loops on
- * host memory, in float (cpu) or double (cpu64). act and acc are one type here, so every
- * buffer is a `real` array and a poc_dptr is the address of its first element.
+/* kernels_fp.c — the kernels of device.h on the CPU: OpenMP loops on host memory, in float
+ * (cpu), double (cpu64) or bf16 operands with float accumulators (cpu-bf16); see cpu_fp.h.
+ * GEMMs are OpenBLAS's in the first two and oneDNN's in the third (cpu_dnnl.c). A poc_dptr
+ * is the address of a buffer's first element: a `real` array for acc buffers, an `act_t`
+ * array for act ones, exactly as device.h assigns the roles. Every act value is read with
+ * LD and written with ST, so the arithmetic is in `real` and rounds once per stored act
+ * element (in the one-type builds both are the identity).
  *
  * Determinism: every parallel loop owns its outputs (rows, heads, or the columns of a
  * reduction), so no sum depends on thread scheduling; GEMMs are OpenBLAS's. Loops with
@@ -14,32 +18,53 @@
 #include "cpu_fp.h"
 
 #define RP(p) ((real *)(uintptr_t)(p))
+#define AP(p) ((act_t *)(uintptr_t)(p))
 #define IP(p) ((int32_t *)(uintptr_t)(p))
 #define CK_LIVE(k)                                                                         \
   do {                                                                                     \
     if ((k)->d->failed) return;                                                            \
   } while (0)
 
+/* n act elements into acc, and back (rounding): copies where the types are one */
+static inline void act_to_acc(real *y, const act_t *x, size_t n) {
+#if ACT_IS_ACC
+  memcpy(y, x, n * sizeof(real));
+#else
+  for (size_t i = 0; i < n; i++) y[i] = LD(x[i]);
+#endif
+}
+static inline void acc_to_act(act_t *y, const real *x, size_t n) {
+#if ACT_IS_ACC
+  memcpy(y, x, n * sizeof(real));
+#else
+  for (size_t i = 0; i < n; i++) y[i] = ST(x[i]);
+#endif
+}
+
 /* ---- GEMM, embedding, norms, sums -------------------------------------------------- */
 
 static void ck_gemm(poc_kset *k, int ta, int tb, int M, int N, int K, poc_dptr A, int lda,
                     poc_dptr B, int ldb, float beta, poc_dptr C, int c_acc, int ldc) {
-  (void)c_acc; /* acc and act are one type */
   CK_LIVE(k);
   if (M <= 0 || N <= 0) return; /* an empty pack: BLAS would call it an illegal argument */
+#if ACT_IS_ACC
+  (void)c_acc; /* acc and act are one type */
   GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
        1, RP(A), lda, RP(B), ldb, beta, RP(C), ldc);
+#else
+  poc_cpu_dnnl_gemm(k, ta, tb, M, N, K, (const void *)(uintptr_t)A, lda,
+                    (const void *)(uintptr_t)B, ldb, beta, (void *)(uintptr_t)C, c_acc, ldc);
+#endif
 }
 
 static void ck_embed_fwd(poc_kset *k, int T, poc_dptr tok_, poc_dptr E_, poc_dptr x_) {
   CK_LIVE(k);
   const int H = k->dm.H;
   const int32_t *tok = IP(tok_);
-  const real *E = RP(E_);
+  const act_t *E = AP(E_);
   real *x = RP(x_);
 #pragma omp parallel for schedule(static) if ((size_t)T * H >= CPU_PAR_MIN)
-  for (int t = 0; t < T; t++)
-    memcpy(x + (size_t)t * H, E + (size_t)tok[t] * H, (size_t)H * sizeof(real));
+  for (int t = 0; t < T; t++) act_to_acc(x + (size_t)t * H, E + (size_t)tok[t] * H, (size_t)H);
 }
 
 /* Columns in parallel so each dE[token][j] sums its rows in row order, whatever the
@@ -59,17 +84,19 @@ static void ck_rmsnorm_fwd(poc_kset *k, int n, poc_dptr x_, poc_dptr rows_, poc_
                            poc_dptr y_, poc_dptr rstd_) {
   CK_LIVE(k);
   const int H = k->dm.H;
-  const real eps = (real)k->dm.eps, *x = RP(x_), *w = RP(w_);
+  const real eps = (real)k->dm.eps, *x = RP(x_);
+  const act_t *w = AP(w_);
   const int32_t *rows = IP(rows_);
-  real *y = RP(y_), *rstd = RP(rstd_);
+  act_t *y = AP(y_);
+  real *rstd = RP(rstd_);
 #pragma omp parallel for schedule(static) if ((size_t)n * H >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     const real *xr = x + (size_t)(rows ? rows[i] : i) * H;
-    real *yr = y + (size_t)i * H;
+    act_t *yr = y + (size_t)i * H;
     real ss = 0;
     for (int j = 0; j < H; j++) ss += xr[j] * xr[j];
     real r = 1 / R_SQRT(ss / H + eps);
-    for (int j = 0; j < H; j++) yr[j] = w[j] * (xr[j] * r);
+    for (int j = 0; j < H; j++) yr[j] = ST(LD(w[j]) * (xr[j] * r));
     if (rstd) rstd[i] = r;
   }
 }
@@ -82,7 +109,8 @@ static void ck_rmsnorm_bwd(poc_kset *k, int n, poc_dptr x_, poc_dptr rows_, poc_
                            poc_dptr rstd_, poc_dptr dy_, poc_dptr dx_) {
   CK_LIVE(k);
   const int H = k->dm.H;
-  const real *x = RP(x_), *w = RP(w_), *rstd = RP(rstd_), *dy = RP(dy_);
+  const real *x = RP(x_), *rstd = RP(rstd_), *dy = RP(dy_);
+  const act_t *w = AP(w_);
   const int32_t *rows = IP(rows_);
   real *dx = RP(dx_);
 #pragma omp parallel for schedule(static) if ((size_t)n * H >= CPU_PAR_MIN)
@@ -91,9 +119,9 @@ static void ck_rmsnorm_bwd(poc_kset *k, int n, poc_dptr x_, poc_dptr rows_, poc_
     const real *xr = x + ro, *dyr = dy + (size_t)i * H;
     real *dxr = dx + ro;
     real r = rstd[i], dot = 0;
-    for (int j = 0; j < H; j++) dot += w[j] * dyr[j] * xr[j];
+    for (int j = 0; j < H; j++) dot += LD(w[j]) * dyr[j] * xr[j];
     real c = dot * r * r / H;
-    for (int j = 0; j < H; j++) dxr[j] += r * (w[j] * dyr[j] - xr[j] * c);
+    for (int j = 0; j < H; j++) dxr[j] += r * (LD(w[j]) * dyr[j] - xr[j] * c);
   }
 }
 
@@ -126,30 +154,55 @@ static void ck_colsum(poc_kset *k, int n, int width, poc_dptr y_, poc_dptr out_)
   }
 }
 
-/* y = beta·y + mul·keep_i·x (device.h); one type, so y_acc changes nothing here */
+/* y = beta·y + mul·keep_i·x (device.h); x act, y acc when y_acc else act (one type in
+ * the one-type builds, where y_acc changes nothing) */
 static void ck_drop_scale(poc_kset *k, size_t n, poc_dptr x_, poc_dptr y_, int y_acc,
                           float beta, float mul, uint32_t thr, uint64_t seed) {
-  (void)y_acc;
   CK_LIVE(k);
-  const real *x = RP(x_);
-  real *y = RP(y_), mu = (real)mul, be = (real)beta;
+  const act_t *x = AP(x_);
+  real mu = (real)mul, be = (real)beta;
+#if ACT_IS_ACC
+  (void)y_acc;
+#else
+  if (!y_acc) {
+    act_t *y = AP(y_);
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+      real v = poc_drop_keep(seed, i, thr) ? mu * LD(x[i]) : 0;
+      y[i] = ST(beta != 0.f ? be * LD(y[i]) + v : v);
+    }
+    return;
+  }
+#endif
+  real *y = RP(y_);
 #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
   for (size_t i = 0; i < n; i++) {
-    real v = poc_drop_keep(seed, i, thr) ? mu * x[i] : 0;
+    real v = poc_drop_keep(seed, i, thr) ? mu * LD(x[i]) : 0;
     y[i] = beta != 0.f ? be * y[i] + v : v;
   }
 }
 
+/* y (act) = x (acc) */
 static void ck_cast(poc_kset *k, size_t n, poc_dptr x, poc_dptr y) {
   CK_LIVE(k);
-  if (x != y && n) memcpy(RP(y), RP(x), n * sizeof(real));
+  if (x == y || !n) return;
+#if ACT_IS_ACC
+  memcpy(RP(y), RP(x), n * sizeof(real));
+#else
+  act_t *yp = AP(y);
+  const real *xp = RP(x);
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+  for (size_t i = 0; i < n; i++) yp[i] = ST(xp[i]);
+#endif
 }
 
 /* ---- RoPE ---------------------------------------------------------------------------- */
 
 /* HF's rotate_half convention: within each head the pair (x_i, x_{i+hd/2}) turns by
  * θ = pos·inv_freq_i:  (x_i, x_{i+hd/2}) ← (x_i cos θ − x_{i+hd/2} sin θ,
- * x_{i+hd/2} cos θ + x_i sin θ). The backward turns by −θ (dir = −1). */
+ * x_{i+hd/2} cos θ + x_i sin θ). The backward turns by −θ (dir = −1) on acc gradients;
+ * the forward turns act q or k, adding the bias b (act, may be NULL) to the pair first,
+ * in `real`, so an act element is rounded once. */
 static void ck_rope_row(int nheads, int hd, real *x, const real *c, const real *s, real dir) {
   const int half = hd / 2;
   for (int h = 0; h < nheads; h++) {
@@ -158,6 +211,24 @@ static void ck_rope_row(int nheads, int hd, real *x, const real *c, const real *
       real x1 = xh[i], x2 = xh[i + half], sn = dir * s[i];
       xh[i] = x1 * c[i] - x2 * sn;
       xh[i + half] = x2 * c[i] + x1 * sn;
+    }
+  }
+}
+
+static void ck_rope_row_act(int nheads, int hd, act_t *x, const act_t *b, const real *c,
+                            const real *s) {
+  const int half = hd / 2;
+  for (int h = 0; h < nheads; h++) {
+    act_t *xh = x + (size_t)h * hd;
+    const act_t *bh = b ? b + (size_t)h * hd : NULL;
+    for (int i = 0; i < half; i++) {
+      real x1 = LD(xh[i]), x2 = LD(xh[i + half]);
+      if (bh) {
+        x1 += LD(bh[i]);
+        x2 += LD(bh[i + half]);
+      }
+      xh[i] = ST(x1 * c[i] - x2 * s[i]);
+      xh[i + half] = ST(x2 * c[i] + x1 * s[i]);
     }
   }
 }
@@ -171,20 +242,17 @@ static void ck_qkv_bias_rope(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, 
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd, half = hd / 2;
   const int qd = nh * hd, kvd = nkv * hd;
   const int32_t *pos = IP(pos_);
-  const real *cosb = RP(cosb_), *sinb = RP(sinb_), *bq = RP(bq_), *bk = RP(bk_), *bv = RP(bv_);
-  real *q = RP(q_), *kk = RP(k_), *v = RP(v_);
+  const real *cosb = RP(cosb_), *sinb = RP(sinb_);
+  const act_t *bq = AP(bq_), *bk = AP(bk_), *bv = AP(bv_);
+  act_t *q = AP(q_), *kk = AP(k_), *v = AP(v_);
 #pragma omp parallel for schedule(static) if ((size_t)T * (qd + 2 * kvd) >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++) {
-    real *qt = q + (size_t)t * qd, *kt = kk + (size_t)t * kvd, *vt = v + (size_t)t * kvd;
-    if (bq)
-      for (int j = 0; j < qd; j++) qt[j] += bq[j];
-    if (bk)
-      for (int j = 0; j < kvd; j++) kt[j] += bk[j];
+    act_t *qt = q + (size_t)t * qd, *kt = kk + (size_t)t * kvd, *vt = v + (size_t)t * kvd;
     if (bv)
-      for (int j = 0; j < kvd; j++) vt[j] += bv[j];
+      for (int j = 0; j < kvd; j++) vt[j] = ST(LD(vt[j]) + LD(bv[j]));
     const real *c = cosb + (size_t)pos[t] * half, *s = sinb + (size_t)pos[t] * half;
-    ck_rope_row(nh, hd, qt, c, s, 1);
-    ck_rope_row(nkv, hd, kt, c, s, 1);
+    ck_rope_row_act(nh, hd, qt, bq, c, s);
+    ck_rope_row_act(nkv, hd, kt, bk, c, s);
   }
 }
 
@@ -204,9 +272,9 @@ static void ck_rope_bwd(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, poc_d
     ck_rope_row(nkv, hd, dk + (size_t)t * kvd, c, s, -1);
   }
   /* the act copies: nothing to do where they are the gradients themselves */
-  if (dq16 != dq_) memcpy(RP(dq16), dq, (size_t)T * qd * sizeof(real));
-  if (dk16 != dk_) memcpy(RP(dk16), dk, (size_t)T * kvd * sizeof(real));
-  if (dv16 != dv_) memcpy(RP(dv16), RP(dv_), (size_t)T * kvd * sizeof(real));
+  if (dq16 != dq_) acc_to_act(AP(dq16), dq, (size_t)T * qd);
+  if (dk16 != dk_) acc_to_act(AP(dk16), dk, (size_t)T * kvd);
+  if (dv16 != dv_) acc_to_act(AP(dv16), RP(dv_), (size_t)T * kvd);
 }
 
 /* ---- attention ------------------------------------------------------------------------ */
@@ -214,43 +282,46 @@ static void ck_rope_bwd(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, poc_d
 /* Online softmax, one (row, head) per task:
  *   s_j = q·k_j/√hd for j in [kbeg, q0 + t],  out = Σ_j e^{s_j − lse} v_j,
  *   lse = log Σ_j e^{s_j} (kept for backward). The running max m rescales the partial
- * sum and output whenever it grows, so no score row is stored. */
+ * sum and output whenever it grows, so no score row is stored. The output accumulates in
+ * `real` (ob, hd values on the task's stack) and is stored once. */
 static void ck_attn_fwd(poc_kset *k, int T, int q0, poc_dptr q_, poc_dptr k_, poc_dptr v_,
                         poc_dptr kbeg_, poc_dptr out_, poc_dptr lse_) {
   CK_LIVE(k);
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd;
   const int grp = nh / nkv, qd = nh * hd, kvd = nkv * hd;
   const real scale = 1 / R_SQRT((real)hd);
-  const real *q = RP(q_), *kk = RP(k_), *v = RP(v_);
+  const act_t *q = AP(q_), *kk = AP(k_), *v = AP(v_);
   const int32_t *kbeg = IP(kbeg_);
-  real *out = RP(out_), *lse = RP(lse_);
+  act_t *out = AP(out_);
+  real *lse = RP(lse_);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * nh * hd * 8 >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int h = 0; h < nh; h++) {
-      const real *qi = q + (size_t)t * qd + (size_t)h * hd;
-      real *o = out + (size_t)t * qd + (size_t)h * hd;
+      const act_t *qi = q + (size_t)t * qd + (size_t)h * hd;
+      act_t *o = out + (size_t)t * qd + (size_t)h * hd;
+      real ob[hd];
       size_t koff = (size_t)(h / grp) * hd;
       const int kb = kbeg[t], ke = q0 + t + 1;
-      for (int d = 0; d < hd; d++) o[d] = 0;
+      for (int d = 0; d < hd; d++) ob[d] = 0;
       real mx = 0, s = 0;
       for (int j = kb; j < ke; j++) {
-        const real *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
+        const act_t *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
         real sc = 0;
-        for (int d = 0; d < hd; d++) sc += qi[d] * kj[d];
+        for (int d = 0; d < hd; d++) sc += LD(qi[d]) * LD(kj[d]);
         sc *= scale;
         if (j == kb)
           mx = sc;
         else if (sc > mx) {
           real r = R_EXP(mx - sc);
           s *= r;
-          for (int d = 0; d < hd; d++) o[d] *= r;
+          for (int d = 0; d < hd; d++) ob[d] *= r;
           mx = sc;
         }
         real e = R_EXP(sc - mx);
         s += e;
-        for (int d = 0; d < hd; d++) o[d] += e * vj[d];
+        for (int d = 0; d < hd; d++) ob[d] += e * LD(vj[d]);
       }
-      for (int d = 0; d < hd; d++) o[d] /= s;
+      for (int d = 0; d < hd; d++) o[d] = ST(ob[d] / s);
       lse[(size_t)t * nh + h] = mx + R_LOG(s);
     }
 }
@@ -268,58 +339,58 @@ static void ck_attn_bwd(poc_kset *k, int T, poc_dptr q_, poc_dptr k_, poc_dptr v
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd;
   const int grp = nh / nkv, qd = nh * hd, kvd = nkv * hd;
   const real scale = 1 / R_SQRT((real)hd);
-  const real *q = RP(q_), *kk = RP(k_), *v = RP(v_), *o = RP(o_), *dO = RP(dO_),
-             *lse = RP(lse_);
+  const act_t *q = AP(q_), *kk = AP(k_), *v = AP(v_), *o = AP(o_), *dO = AP(dO_);
+  const real *lse = RP(lse_);
   const int32_t *kbeg = IP(kbeg_), *send = IP(send_);
   real *dq = RP(dq_), *dk = RP(dk_), *dv = RP(dv_), *D = RP(D_);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int h = 0; h < nh; h++) {
       size_t at = (size_t)t * qd + (size_t)h * hd;
-      const real *a = dO + at, *b = o + at;
+      const act_t *a = dO + at, *b = o + at;
       real s = 0;
-      for (int d = 0; d < hd; d++) s += a[d] * b[d];
+      for (int d = 0; d < hd; d++) s += LD(a[d]) * LD(b[d]);
       D[(size_t)t * nh + h] = s;
     }
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd * 8 >= CPU_PAR_MIN)
   for (int i = 0; i < T; i++)
     for (int h = 0; h < nh; h++) {
       size_t qo = (size_t)i * qd + (size_t)h * hd, koff = (size_t)(h / grp) * hd;
-      const real *qi = q + qo, *dOi = dO + qo;
+      const act_t *qi = q + qo, *dOi = dO + qo;
       real *dqi = dq + qo, li = lse[(size_t)i * nh + h], Di = D[(size_t)i * nh + h];
       for (int d = 0; d < hd; d++) dqi[d] = 0;
       for (int j = kbeg[i]; j <= i; j++) {
-        const real *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
+        const act_t *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
         real sc = 0, dp = 0;
         for (int d = 0; d < hd; d++) {
-          sc += qi[d] * kj[d];
-          dp += dOi[d] * vj[d];
+          sc += LD(qi[d]) * LD(kj[d]);
+          dp += LD(dOi[d]) * LD(vj[d]);
         }
         real ds = R_EXP(sc * scale - li) * (dp - Di) * scale;
-        for (int d = 0; d < hd; d++) dqi[d] += ds * kj[d];
+        for (int d = 0; d < hd; d++) dqi[d] += ds * LD(kj[d]);
       }
     }
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd * 8 >= CPU_PAR_MIN)
   for (int j = 0; j < T; j++)
     for (int g = 0; g < nkv; g++) {
       size_t ko = (size_t)j * kvd + (size_t)g * hd;
-      const real *kj = kk + ko, *vj = v + ko;
+      const act_t *kj = kk + ko, *vj = v + ko;
       real *dkj = dk + ko, *dvj = dv + ko;
       for (int d = 0; d < hd; d++) dkj[d] = dvj[d] = 0;
       for (int h = g * grp; h < (g + 1) * grp; h++)
         for (int i = j; i < send[j]; i++) {
           size_t qo = (size_t)i * qd + (size_t)h * hd;
-          const real *qi = q + qo, *dOi = dO + qo;
+          const act_t *qi = q + qo, *dOi = dO + qo;
           real sc = 0, dp = 0;
           for (int d = 0; d < hd; d++) {
-            sc += qi[d] * kj[d];
-            dp += dOi[d] * vj[d];
+            sc += LD(qi[d]) * LD(kj[d]);
+            dp += LD(dOi[d]) * LD(vj[d]);
           }
           real p = R_EXP(sc * scale - lse[(size_t)i * nh + h]);
           real ds = p * (dp - D[(size_t)i * nh + h]) * scale;
           for (int d = 0; d < hd; d++) {
-            dvj[d] += p * dOi[d];
-            dkj[d] += ds * qi[d];
+            dvj[d] += p * LD(dOi[d]);
+            dkj[d] += ds * LD(qi[d]);
           }
         }
     }
@@ -330,24 +401,28 @@ static void ck_attn_bwd(poc_kset *k, int T, poc_dptr q_, poc_dptr k_, poc_dptr v
 /* a = silu(g)·u with silu(g) = g·σ(g) */
 static void ck_swiglu_fwd(poc_kset *k, size_t n, poc_dptr g_, poc_dptr u_, poc_dptr a_) {
   CK_LIVE(k);
-  const real *g = RP(g_), *u = RP(u_);
-  real *a = RP(a_);
+  const act_t *g = AP(g_), *u = AP(u_);
+  act_t *a = AP(a_);
 #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-  for (size_t i = 0; i < n; i++) a[i] = g[i] / (1 + R_EXP(-g[i])) * u[i];
+  for (size_t i = 0; i < n; i++) {
+    real gi = LD(g[i]);
+    a[i] = ST(gi / (1 + R_EXP(-gi)) * LD(u[i]));
+  }
 }
 
-/* silu'(g) = σ(g)·(1 + g·(1 − σ(g))):  dg = da·u·silu'(g),  du = da·silu(g) */
+/* silu'(g) = σ(g)·(1 + g·(1 − σ(g))):  dg = da·u·silu'(g),  du = da·silu(g); all act */
 static void ck_swiglu_bwd(poc_kset *k, size_t n, poc_dptr g_, poc_dptr u_, poc_dptr da_,
                           poc_dptr dg_, poc_dptr du_) {
   CK_LIVE(k);
-  const real *g = RP(g_), *u = RP(u_), *da = RP(da_);
-  real *dg = RP(dg_), *du = RP(du_);
+  const act_t *g = AP(g_), *u = AP(u_), *da = AP(da_);
+  act_t *dg = AP(dg_), *du = AP(du_);
 #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
   for (size_t i = 0; i < n; i++) {
-    real sg = 1 / (1 + R_EXP(-g[i]));
-    real dgi = da[i] * u[i] * sg * (1 + g[i] * (1 - sg)), dui = da[i] * g[i] * sg;
-    dg[i] = dgi; /* both read before either is written: dg or du may alias g, u or da */
-    du[i] = dui;
+    real gi = LD(g[i]), ui = LD(u[i]), dai = LD(da[i]);
+    real sg = 1 / (1 + R_EXP(-gi));
+    real dgi = dai * ui * sg * (1 + gi * (1 - sg)), dui = dai * gi * sg;
+    dg[i] = ST(dgi); /* both read before either is written: dg or du may alias g, u or da */
+    du[i] = ST(dui);
   }
 }
 
@@ -430,7 +505,21 @@ static void ck_head_finish(poc_kset *k, int n, poc_dptr m_, poc_dptr s_, poc_dpt
   }
 }
 
-/* In place when dlog is the logits buffer: each element is read before it is written. */
+/* In place when dlog is the logits buffer (one-type builds only: dlog is act, logits
+ * acc): each element is read before it is written. */
+/* The target's dlogit: g more than the others' formula. Added to the stored value where
+ * that is exact (one type: the row may be the logits themselves, already overwritten);
+ * recomputed from the logit l and rounded once where dlog is act. */
+#if ACT_IS_ACC
+#define HEAD_TARGET(stored, l, lse, mu, g, e) ((stored) + (g))
+#else
+static inline act_t head_target(real l, real lse, real mu, real g, real e) {
+  real p = R_EXP(l - lse);
+  return ST(-g * p - e * p * (l - mu) + g);
+}
+#define HEAD_TARGET(stored, l, lse, mu, g, e) head_target(l, lse, mu, g, e)
+#endif
+
 static void ck_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits_,
                               poc_dptr tgt_, poc_dptr lse_, poc_dptr mu_, poc_dptr dlogp_,
                               poc_dptr dent_, poc_dptr dlog_) {
@@ -438,18 +527,18 @@ static void ck_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits
   const real *logits = RP(logits_), *lse = RP(lse_), *mu = RP(mu_), *dlogp = RP(dlogp_),
              *dent = RP(dent_);
   const int32_t *tgt = IP(tgt_);
-  real *dlog = RP(dlog_);
+  act_t *dlog = AP(dlog_);
 #pragma omp parallel for schedule(static) if ((size_t)n * c >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     const real *l = logits + (size_t)i * c;
-    real *dl = dlog + (size_t)i * c;
+    act_t *dl = dlog + (size_t)i * c;
     real g = dlogp ? dlogp[i] : 0, e = dent ? dent[i] : 0;
     for (int j = 0; j < c; j++) {
       real p = R_EXP(l[j] - lse[i]);
-      dl[j] = -g * p - e * p * (l[j] - mu[i]);
+      dl[j] = ST(-g * p - e * p * (l[j] - mu[i]));
     }
     int t = tgt[i] - v0;
-    if (t >= 0 && t < c) dl[t] += g;
+    if (t >= 0 && t < c) dl[t] = HEAD_TARGET(dl[t], l[t], lse[i], mu[i], g, e);
   }
 }
 
@@ -495,17 +584,18 @@ static void ck_head_text_bwd(poc_kset *k, int n, poc_dptr ls_, poc_dptr tgt_, po
   const int V = k->dm.V;
   const real *ls = RP(ls_), *mu = RP(mu_), *dlogp = RP(dlogp_), *dent = RP(dent_);
   const int32_t *tgt = IP(tgt_);
-  real *dlog = RP(dlog_);
+  act_t *dlog = AP(dlog_);
 #pragma omp parallel for schedule(static) if ((size_t)n * V >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     const real *l = ls + (size_t)i * V;
-    real *dl = dlog + (size_t)i * V;
+    act_t *dl = dlog + (size_t)i * V;
     real g = dlogp ? dlogp[i] : 0, e = dent ? dent[i] : 0, mean = mu[i];
     for (int v = 0; v < V; v++) {
       real p = R_EXP(l[v]);
-      dl[v] = -g * p - e * p * (l[v] - mean);
+      dl[v] = ST(-g * p - e * p * (l[v] - mean));
     }
-    dl[tgt[i]] += g;
+    int t = tgt[i];
+    dl[t] = HEAD_TARGET(dl[t], l[t], 0, mean, g, e);
   }
 }
 
@@ -523,7 +613,8 @@ static void ck_adamw(poc_kset *k, size_t n, poc_dptr w_, poc_dptr g_, poc_dptr m
   const double lr = lr_, b1 = b1_, b2 = b2_, eps = eps_, bc1 = bc1_, bc2 = bc2_, gs = gscale_;
   const double decay = 1 - lr * wd_;
   const real *g = RP(g_);
-  real *w = RP(w_), *mo = RP(m_), *va = RP(v_), *wc = wc_ == w_ ? NULL : RP(wc_);
+  real *w = RP(w_), *mo = RP(m_), *va = RP(v_);
+  act_t *wc = wc_ == w_ ? NULL : AP(wc_);
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; i++) {
     double gi = (double)g[i] * gs;
@@ -531,7 +622,7 @@ static void ck_adamw(poc_kset *k, size_t n, poc_dptr w_, poc_dptr g_, poc_dptr m
     va[i] = (real)(b2 * va[i] + (1 - b2) * gi * gi);
     double wi = (double)w[i] * decay;
     w[i] = (real)(wi - lr * ((double)mo[i] / bc1) / (sqrt((double)va[i] / bc2) + eps));
-    if (wc) wc[i] = w[i];
+    if (wc) wc[i] = ST(w[i]);
   }
 }
 
