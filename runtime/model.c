@@ -1148,6 +1148,10 @@ int poc_model_refresh_compute(poc_model *m, char *err) {
 
 float *poc_model_host_f32(poc_model *m, poc_part part) {
   if (!m->d->host_memory || m->d->acc != POC_DT_F32 || m->view) return NULL;
+  /* gradients only where act and acc are one type: a bf16 device sums the micro-batches'
+     gradients in place in fp32, as CUDA does, rather than in a host double accumulator
+     that would cost 8 bytes per parameter, more than its bf16 copies save */
+  if (part == POC_PART_GRAD && !m->d->shared_act) return NULL;
   poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw
              : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
   return (float *)(uintptr_t)p;

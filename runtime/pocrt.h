@@ -250,7 +250,9 @@ typedef enum poc_part {
 int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *err);
 int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, char *err);
 /* The device's own f32 buffer where device memory is host memory (the CPU device), so
- * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set). */
+ * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set).
+ * Gradients: NULL also on the bf16 CPU device, whose micro-batch gradients accumulate on
+ * the device in fp32 as on CUDA (the training loop sums host gradients in double). */
 float *poc_model_host_f32(poc_model *m, poc_part part);
 /* After writing master weights or adapters through that pointer: the compute copy (act)
  * is made from them again where it is a separate buffer (a bf16 device); nothing where
