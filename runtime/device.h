@@ -30,8 +30,9 @@
  *
  * Adding a device: a file that fills a poc_device (the table below) and one line in the
  * registry (runtime/devices.c). Adding a kernel: a member here, its CPU version in
- * runtime/cpu/kernels_fp.c, its CUDA version in kernels/templates/ plus the launch in
- * runtime/cuda/device_cuda.c, and a CPU-twin check in tests/gpu.
+ * runtime/cpu/kernels_fp.c (act buffers through LD/ST: it is also the cpu-bf16 kernel),
+ * its CUDA version in kernels/templates/ plus the launch in runtime/cuda/device_cuda.c,
+ * and CPU-twin checks in tests/gpu and tests/cpu_bf16.
  */
 #ifndef POC_DEVICE_H
 #define POC_DEVICE_H

@@ -51,7 +51,7 @@ typedef struct {
 
 static void usage(const poc_program *p, FILE *f) {
   fprintf(f,
-          "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
+          "usage: %s [--backend cpu|cuda|cpu64|cpu-bf16] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
           "       %*s [--collective-timeout SECONDS]\n"
@@ -59,6 +59,7 @@ static void usage(const poc_program *p, FILE *f) {
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
           "                  cpu64 runs in double (for checks); on the CPU, precision =\n"
           "                  bf16 runs the bf16 CPU device (cpu-bf16) where poc has one\n"
+          "                  (--backend cpu-bf16 asks for it whatever the precision)\n"
           "  --steps N       stop after optimizer step N (the schedule keeps its length)\n"
           "  --out DIR       run directory (default runs/%s-<timestamp>)\n"
           "  --resume DIR    continue the run in DIR from its newest complete checkpoint\n"
@@ -136,8 +137,9 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       return 1;
     } else if (!strcmp(a, "--backend")) {
       if (strcmp(val, "cpu") && strcmp(val, "cuda") && strcmp(val, "cpu64") &&
-          strcmp(val, "auto")) {
-        fprintf(stderr, "%s: error: unknown backend '%s' (cpu, cuda or cpu64)\n", p->name, val);
+          strcmp(val, "cpu-bf16") && strcmp(val, "auto")) {
+        fprintf(stderr, "%s: error: unknown backend '%s' (cpu, cuda, cpu64 or cpu-bf16)\n",
+                p->name, val);
         return 2;
       }
       f->backend = val;
