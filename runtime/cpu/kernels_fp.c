@@ -7,8 +7,9 @@
  * element (in the one-type builds both are the identity).
  *
  * Determinism: every parallel loop owns its outputs (rows, heads, or the columns of a
- * reduction), so no sum depends on thread scheduling; GEMMs are OpenBLAS's. Loops with
- * little work (below CPU_PAR_MIN) stay on one thread.
+ * reduction), so no sum depends on thread scheduling; GEMMs are the libraries' (OpenBLAS's
+ * and oneDNN's give the same bits run to run at a given thread count). Loops with little
+ * work (below CPU_PAR_MIN) stay on one thread.
  *
  * Sticky errors: once the device has failed every kernel returns at once (sumsq with NaN).
  */
