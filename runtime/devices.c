@@ -11,8 +11,8 @@ static poc_device *open_cpu_bf16(char *err) {
 #ifdef POC_HAVE_DNNL
   return poc_cpu_bf16_device_open(err);
 #else
-  snprintf(err, POC_ERR_LEN, "this poc was built without oneDNN (Debian: libdnnl-dev), which "
-           "the bf16 CPU device needs");
+  snprintf(err, POC_ERR_LEN, "this poc was built without oneDNN, which the bf16 CPU device "
+           "needs; Debian: libdnnl-dev");
   return NULL;
 #endif
 }
