@@ -200,7 +200,8 @@ struct poc_device {
   int layer;                    /* -1: the stage is not a decoder layer's */
 
   /* Memory. alloc returns 0 and records a message naming `what`, the size and the memory
-   * free when it cannot; free(0) does nothing. put/get copy n elements between host and
+   * free when it cannot; free(0) does nothing. Where host_memory is set, new memory reads
+   * as zeros (and is resident only once touched). put/get copy n elements between host and
    * device, converting between the host type and the device type (f32, f64, bf16 — round
    * to nearest even — or i32 to i32). */
   poc_dptr (*alloc)(poc_device *d, size_t bytes, const char *what);

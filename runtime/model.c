@@ -444,7 +444,10 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   if (!(m->arena = d->alloc(d, cv.used, what))) goto dev_fail;
   cv = (mdl_carver){m->arena, 0};
   mdl_carve(m, &cv);
-  if (trainable) {
+  /* host-memory devices hand out zeroed memory whose pages become resident on first
+     touch: zeroing the state here would make it all resident while the models load (the
+     load's own buffers and mapped files on top), raising the run's peak */
+  if (trainable && !d->host_memory) {
     d->zero(d, m->grad, m->PT * m->sc);
     d->zero(d, m->mom, m->PT * m->sc);
     d->zero(d, m->var, m->PT * m->sc);
