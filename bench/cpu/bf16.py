@@ -46,17 +46,15 @@ MEMORY_NOTE = """Why the memory target is out of reach with fp32 state: cpu-bf16
 mixed precision needs per trainable parameter — fp32 master weight (4 B), fp32 gradient
 (4), AdamW's two fp32 moments (8) and the bf16 compute copy (2) — plus the frozen
 reference's bf16 copy (2): 20 bytes per parameter before any activation, the floor of any
-trainer that keeps fp32 master weights and AdamW state (the brief's contract for both).
+trainer that keeps fp32 master weights and AdamW state, as poc does on every device.
 PyTorch autocast holds at least 4 + 4 + 8 for the policy, 4 for the fp32 reference and
 the bf16 casts of the policy's weights that autocast keeps for the backward (2): 22 bytes
 per parameter, plus activations, logits and 300–400 MiB of libraries. A third of that is
-below poc's floor of 20 wherever the parameters dominate. poc's
-peak (VmHWM) is also reached while the models load, when the safetensors file is mapped
-(about 4 more bytes per parameter, briefly); in the steps it sits at about 20. What poc
-saves is everything else: no padded batch, no [tokens × vocabulary] logits (the fused head
-streams them in cache-sized blocks), no autograd graph, one process-wide runtime of a few
-MiB; the gap therefore grows with the vocabulary and the batch's tokens, and shrinks to the
-state's 20 against 24 bytes for a large model on short sequences."""
+below poc's floor of 20 wherever the parameters dominate; the target is within reach only
+where PyTorch's activations, logits and libraries outweigh its parameter state (a small
+model). What poc saves is everything but that state: no padded batch, no [tokens ×
+vocabulary] logits (the fused head streams them in cache-sized blocks), no autograd
+graph, a runtime of a few MiB."""
 
 
 def params_of(cfg):
