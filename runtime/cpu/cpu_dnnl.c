@@ -10,10 +10,11 @@
  *
  * Creating a primitive costs 0.1–1 ms (and JIT code generation), more than many of the
  * GEMMs it runs, so a kernel set caches them by (M, N, K, transposes, strides, beta, C's
- * type): a training run's shapes repeat every step, so steady steps create none. Pack
- * lengths vary, so after CPU_GEMM_SHAPES distinct shapes further ones share one primitive
- * per (transposes, beta, C's type) built with oneDNN's run-time dimensions (a little slower
- * per GEMM, never recreated): the cache cannot grow without bound on a long run.
+ * type). The weights' dimensions are fixed and a pack's token count is the only other
+ * one, so a step whose pack lengths were seen before creates nothing and a new length
+ * creates its handful once. After CPU_GEMM_SHAPES distinct shapes further ones share one
+ * primitive per (transposes, beta, C's type) built with oneDNN's run-time dimensions (a
+ * little slower per GEMM, never recreated): the cache cannot grow without bound.
  */
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>

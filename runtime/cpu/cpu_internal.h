@@ -49,8 +49,8 @@ void poc_cpu_dnnl_cache_free(cpu_gemm_cache *c);
 /* device.h's gemm with A, B bf16 and C f32 (c_acc) or bf16. */
 void poc_cpu_dnnl_gemm(poc_kset *k, int ta, int tb, int M, int N, int K, const void *A,
                        int lda, const void *B, int ldb, float beta, void *C, int c_acc, int ldc);
-/* Primitives created so far by this kernel set (the benchmark shows that steady steps
- * create none). */
+/* Primitives created so far by this kernel set (tests/cpu_bf16: repeated shapes create
+ * none). */
 long poc_cpu_dnnl_created(poc_kset *k);
 
 #endif
