@@ -99,7 +99,8 @@ typedef struct cg_memplan {
   int micro_batch, max_len;
   int nmodels;
   int *tokens;             /* per model: the token bound its arena is planned for */
-  poc_mplan_device dev[2]; /* [0] the CPU device (fp32), [1] the CUDA device (bf16) */
+  poc_mplan_device dev[2]; /* [0] the CPU device (cpu_prec), [1] the CUDA device (bf16) */
+  const char *cpu_prec;    /* "fp32", or "bf16" where the run opens cpu-bf16 */
   poc_mplan *arena[2];     /* per device, per model: the solved activation arena */
 } cg_memplan;
 /* Plans every model's memory from the train block and its config.json (mp->ok false,

@@ -29,6 +29,18 @@ static int train_int(const po_program *ast, const char *key, int dflt) {
   return dflt;
 }
 
+/* precision = bf16, the train block's default, unless it says fp32 */
+static bool train_bf16(const po_program *ast) {
+  for (int i = 0; i < ast->nstmts; i++) {
+    const po_stmt *s = ast->stmts[i];
+    if (s->kind != PO_S_TRAIN) continue;
+    for (int j = 0; j < s->nitems; j++)
+      if (!strcmp(s->items[j].key, "precision") && s->items[j].value->kind == PO_E_NAME)
+        return strcmp(s->items[j].value->str, "fp32") != 0;
+  }
+  return true;
+}
+
 /* The most tokens one domain's vector can have per example. */
 static long dom_bound(const ir_graph *g, int d, int max_len) {
   const ir_domain *dm = &g->doms[d];
@@ -77,6 +89,7 @@ int cg_memplan_run(const cg_prog *p, cg_memplan *mp) {
   const ir_graph *g = p->g;
   memset(mp, 0, sizeof *mp);
   mp->micro_batch = train_int(p->ast, "micro_batch", 8);
+  bool bf16 = train_bf16(p->ast);
   int batch = train_int(p->ast, "batch", 128);
   if (batch < mp->micro_batch) mp->micro_batch = batch; /* as the runtime clamps it */
   mp->max_len = train_int(p->ast, "max_len", 512);
@@ -127,7 +140,7 @@ int cg_memplan_run(const cg_prog *p, cg_memplan *mp) {
     in.lora = lora ? &lc : NULL;
     int rc = 0;
     for (int k = 0; k < 2 && !rc; k++) {
-      if (k == 0) poc_mplan_cpu(&in, 0);
+      if (k == 0) mp->cpu_prec = poc_mplan_cpu_train(&in, bf16);
       else poc_mplan_cuda(&in);
       rc = poc_mplan_add_model(&mp->dev[k], &in, &lay, lora ? &alay : NULL, view, &mp->arena[k][m], err);
     }
@@ -157,8 +170,9 @@ void cg_memplan_summary(const cg_memplan *mp, FILE *f) {
             mp->max_len, mp->why);
     return;
   }
-  fprintf(f, "peak device memory: %.3f GiB for micro_batch %d, max_len %d (cpu fp32; cuda bf16: "
-          "%.3f GiB)\n", gib(mp->dev[0].total), mp->micro_batch, mp->max_len, gib(mp->dev[1].total));
+  fprintf(f, "peak device memory: %.3f GiB for micro_batch %d, max_len %d (cpu %s; cuda bf16: "
+          "%.3f GiB)\n", gib(mp->dev[0].total), mp->micro_batch, mp->max_len, mp->cpu_prec,
+          gib(mp->dev[1].total));
 }
 
 void cg_memplan_print(const cg_memplan *mp, const cg_prog *p, FILE *f) {

@@ -3,8 +3,10 @@
  * once as a sequence of calls to these kernels; a device implements the kernels, never the
  * model:
  *
- *   cpu     float, OpenBLAS GEMMs and OpenMP loops (runtime/cpu/)
- *   cpu64   the same source compiled for double: gradient checks (runtime/cpu/)
+ *   cpu       float, OpenBLAS GEMMs and OpenMP loops (runtime/cpu/)
+ *   cpu64     the same source compiled for double: gradient checks (runtime/cpu/)
+ *   cpu-bf16  the same source compiled for bf16 operands and fp32 accumulators, oneDNN
+ *             GEMMs (runtime/cpu/; built where oneDNN is found)
  *   cuda    bf16 operands, fp32 accumulators and master weights: kernels/templates through
  *           NVRTC, cuBLAS GEMMs (runtime/cuda/)
  *
@@ -13,11 +15,12 @@
  * says which element type each role has:
  *
  *   acc  accumulators: the residual stream, norms' 1/rms, log-sum-exps, gradients, master
- *        weights and AdamW moments, the loss head's per-row state      (f32 | f64 | f32)
+ *        weights and AdamW moments, the loss head's per-row state (f32 | f64 | f32 | f32)
  *   act  operands of GEMMs and attention: normed activations, q/k/v, SwiGLU values, the
- *        compute copy of the weights, dlogits                          (f32 | f64 | bf16)
+ *        compute copy of the weights, dlogits                    (f32 | f64 | bf16 | bf16)
+ * (cpu | cpu64 | cpu-bf16 | cuda).
  *
- * Where act and acc are one type (the CPU devices), the model uses one buffer for both
+ * Where act and acc are one type (cpu and cpu64), the model uses one buffer for both
  * views (`shared_act`) and the device's cast kernel is a copy or nothing.
  *
  * Errors are sticky, as on a GPU stream: a failing kernel or copy records the first message
@@ -27,8 +30,9 @@
  *
  * Adding a device: a file that fills a poc_device (the table below) and one line in the
  * registry (runtime/devices.c). Adding a kernel: a member here, its CPU version in
- * runtime/cpu/kernels_fp.c, its CUDA version in kernels/templates/ plus the launch in
- * runtime/cuda/device_cuda.c, and a CPU-twin check in tests/gpu.
+ * runtime/cpu/kernels_fp.c (act buffers through LD/ST: it is also the cpu-bf16 kernel),
+ * its CUDA version in kernels/templates/ plus the launch in runtime/cuda/device_cuda.c,
+ * and CPU-twin checks in tests/gpu and tests/cpu_bf16.
  */
 #ifndef POC_DEVICE_H
 #define POC_DEVICE_H
@@ -136,10 +140,10 @@ typedef struct poc_kernels {
   void (*swiglu_fwd)(poc_kset *k, int T, poc_dptr gu, poc_dptr a);
   void (*swiglu_bwd)(poc_kset *k, int T, poc_dptr gu, poc_dptr da, poc_dptr dgu);
   /* The fused head's row work on one [n × c] chunk of logits for vocabulary columns
-   * [v0, v0 + c). The chunk is act: the GEMM that makes it accumulates in fp32 and rounds
-   * each logit once to the act type (bf16 on CUDA, as a bf16 lm_head's output is), so no
-   * fp32 n×c chunk goes through device memory; the CPU devices keep it at full precision
-   * (act is acc there). Folds the chunk into the running max m, s = Σe^{l−m},
+   * [v0, v0 + c). The chunk's type is the device's head_chunk_acc: act on CUDA, where the
+   * GEMM that makes it accumulates in fp32 and rounds each logit once to bf16 (as a bf16
+   * lm_head's output is), so no fp32 n×c chunk goes through device memory; acc on the CPU
+   * devices, where the chunk lives in cache and full precision costs nothing. Folds the chunk into the running max m, s = Σe^{l−m},
    * a = Σe^{l−m}(l−m) and, when q is not 0, q = Σe^{2(l−m)} (all acc [n], started at
    * v0 = 0) and keeps the target's logit in tl. */
   void (*head_chunk_fwd)(poc_kset *k, int n, int c, int v0, poc_dptr logits, poc_dptr tgt,
@@ -182,16 +186,18 @@ typedef struct poc_kernels {
 } poc_kernels;
 
 struct poc_device {
-  const char *name;             /* "cpu", "cpu64", "cuda" */
+  const char *name;             /* "cpu", "cpu64", "cpu-bf16", "cuda" */
   char desc[512];               /* the run's first line: "cuda: NVIDIA H100 (sm_90, 80 GiB)" */
   poc_dtype acc, act;
   int shared_act;               /* acc and act are one type: one buffer serves both views */
   int host_memory;              /* device addresses are host pointers (the CPU devices) */
   /* The fused loss head streams blocks of at most head_rows rows × head_chunk columns of
-   * act logits (one buffer, turned into dlogits in place in backward), halving the chunk
-   * (down to 256) while a block holds more than head_block logits: the CPU keeps a block
-   * in the last-level cache, a GPU takes every row at once. */
-  int head_rows, head_chunk;
+   * logits (one buffer, turned into dlogits in place in backward where the chunk's type is
+   * act), halving the chunk (down to 256) while a block holds more than head_block logits:
+   * the CPU keeps a block in the last-level cache, a GPU takes every row at once.
+   * head_chunk_acc: the chunk is acc (the CPU devices) rather than act (CUDA); the dlogits
+   * are then a block of their own where act is another type (cpu-bf16). */
+  int head_rows, head_chunk, head_chunk_acc;
   size_t head_block;
 
   int failed;                   /* sticky: set by the first failing kernel or copy */
@@ -205,7 +211,8 @@ struct poc_device {
   int layer;                    /* -1: the stage is not a decoder layer's */
 
   /* Memory. alloc returns 0 and records a message naming `what`, the size and the memory
-   * free when it cannot; free(0) does nothing. put/get copy n elements between host and
+   * free when it cannot; free(0) does nothing. Where host_memory is set, new memory reads
+   * as zeros (and is resident only once touched). put/get copy n elements between host and
    * device, converting between the host type and the device type (f32, f64, bf16 — round
    * to nearest even — or i32 to i32). */
   poc_dptr (*alloc)(poc_device *d, size_t bytes, const char *what);
@@ -243,14 +250,15 @@ int poc_dev_sync(poc_device *d, char *err);
 
 /* ---- the registry (runtime/devices.c: the one place that knows every device) ----------- */
 
-/* Opens a device by name: "cpu", "cpu64", "cuda", or "auto" (cuda when a usable GPU is
- * present, else cpu). NULL with a message ("this poc was built without CUDA", the driver's
- * own words, ...). */
+/* Opens a device by name: "cpu", "cpu64", "cpu-bf16", "cuda", "auto" (cuda when a usable
+ * GPU is present, else cpu) or "auto-bf16" (cuda, else cpu-bf16). NULL with a message
+ * ("this poc was built without CUDA", the driver's own words, ...). */
 poc_device *poc_device_open(const char *name, char *err);
 void poc_device_close(poc_device *d);
 
 /* Device constructors, called by the registry only. */
 poc_device *poc_cpu_device_open(int fp64, char *err);
+poc_device *poc_cpu_bf16_device_open(char *err); /* only where POC_HAVE_DNNL */
 poc_device *poc_cuda_device_open(char *err);
 /* The kernels `poc build --arch` embedded in the program (program.h): the registry hands
  * them over before any device opens, and the CUDA device looks there first whenever it

@@ -7,10 +7,22 @@
 
 #include "device.h"
 
+static poc_device *open_cpu_bf16(char *err) {
+#ifdef POC_HAVE_DNNL
+  return poc_cpu_bf16_device_open(err);
+#else
+  snprintf(err, POC_ERR_LEN, "this poc was built without oneDNN, which the bf16 CPU device "
+           "needs; Debian: libdnnl-dev");
+  return NULL;
+#endif
+}
+
 poc_device *poc_device_open(const char *name, char *err) {
   if (!strcmp(name, "cpu")) return poc_cpu_device_open(0, err);
   if (!strcmp(name, "cpu64")) return poc_cpu_device_open(1, err);
-  if (!strcmp(name, "cuda") || !strcmp(name, "auto")) {
+  if (!strcmp(name, "cpu-bf16")) return open_cpu_bf16(err);
+  int bf16 = !strcmp(name, "auto-bf16");
+  if (!strcmp(name, "cuda") || !strcmp(name, "auto") || bf16) {
 #ifdef POC_HAVE_CUDA
     poc_device *d = poc_cuda_device_open(err);
     if (d || !strcmp(name, "cuda")) return d;
@@ -21,9 +33,9 @@ poc_device *poc_device_open(const char *name, char *err) {
     }
 #endif
     /* auto: no usable GPU, so the CPU */
-    return poc_cpu_device_open(0, err);
+    return bf16 ? open_cpu_bf16(err) : poc_cpu_device_open(0, err);
   }
-  snprintf(err, POC_ERR_LEN, "unknown device '%s' (cpu, cuda or cpu64)", name);
+  snprintf(err, POC_ERR_LEN, "unknown device '%s' (cpu, cuda, cpu64 or cpu-bf16)", name);
   return NULL;
 }
 

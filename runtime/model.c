@@ -389,12 +389,17 @@ static void mdl_carve(poc_model *m, mdl_carver *cv) {
   m->htl = CC("head_tl", T, HEADRUN);
   m->hlse = CC("head_lse", T, HEADRUN);
   m->hmu = CC("head_mu", T, HEADRUN);
-  m->chunkbuf = AA("head_chunk", (size_t)m->rows_max * m->chunk, HEADRUN);
+  m->chunkbuf = m->d->head_chunk_acc ? CC("head_chunk", (size_t)m->rows_max * m->chunk, HEADRUN)
+                                      : AA("head_chunk", (size_t)m->rows_max * m->chunk, HEADRUN);
   m->logp = CC("logp", T, HEADOUT);
   m->ent = CC("entropy", T, HEADOUT);
   m->lss = CC("logsumsq", T, HEADOUT);
   if (m->trainable) {
-    m->dlog = m->chunkbuf; /* head_chunk_bwd turns the chunk into dlogits in place */
+    /* head_chunk_bwd turns the chunk into dlogits in place, unless the chunk is acc and the
+       dlogits act of another type (cpu-bf16) */
+    m->dlog = m->d->head_chunk_acc && !shared
+                  ? AA("head_dchunk", (size_t)m->rows_max * m->chunk, HBWD)
+                  : m->chunkbuf;
     m->dlogp = CC("dlogp", T, HBWD);
     m->dent = CC("dentropy", T, HBWD);
     m->dX = CC("dX", T * H, BWD);
@@ -429,12 +434,14 @@ int poc_model_plan(const poc_mplan_model *in, poc_mplan *p, char *err) {
   dev.shared_act = in->shared_act;
   dev.head_chunk = in->head_chunk;
   dev.head_block = in->head_block;
+  dev.head_chunk_acc = in->head_chunk_acc;
   m.d = &dev;
   poc_dims_from_config(&in->cfg, &m.dm);
   m.max_tokens = in->max_tokens;
   m.trainable = in->trainable;
   m.qd = m.dm.nh * m.dm.hd;
   m.kvd = m.dm.nkv * m.dm.hd;
+  m.qkvd = m.qd + 2 * m.kvd;
   m.n_slots = in->trainable ? in->cfg.num_hidden_layers : 1;
   m.sa = poc_dtype_size(in->act);
   m.sc = poc_dtype_size(in->acc);
@@ -607,7 +614,10 @@ static poc_model *mdl_create(poc_device *d, const poc_layout *lay, const void *w
   cv = (mdl_carver){.plan = &plan, .base = m->arena, .layer = -1};
   mdl_carve(m, &cv);
   poc_mplan_free(&plan);
-  if (trainable) {
+  /* host-memory devices hand out zeroed memory whose pages become resident on first
+     touch: zeroing the state here would make it all resident while the models load (the
+     load's own buffers and mapped files on top), raising the run's peak */
+  if (trainable && !d->host_memory) {
     d->zero(d, m->grad, m->PT * m->sc);
   }
   if (alay && !src) {
@@ -779,7 +789,7 @@ static void mdl_head_fused_fwd(poc_model *m, int n, poc_dptr ent, poc_dptr lss) 
     for (int v0 = 0; v0 < V; v0 += m->chunk) {
       int c = V - v0 < m->chunk ? V - v0 : m->chunk;
       k->gemm(m->k, 0, 1, rb, c, H, ACT(m->hf, (size_t)r0 * H), H, W(m->off_head + (size_t)v0 * H),
-              H, 0.f, m->chunkbuf, 0, c);
+              H, 0.f, m->chunkbuf, m->d->head_chunk_acc, c);
       k->head_chunk_fwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hm, r0),
                         ACC(m->hs, r0), ACC(m->ha, r0), lss ? ACC(m->hq, r0) : 0,
                         ACC(m->htl, r0));
@@ -802,7 +812,7 @@ static void mdl_head_fused_bwd(poc_model *m, int n, poc_dptr dent) {
     for (int v0 = 0; v0 < V; v0 += m->chunk) {
       int c = V - v0 < m->chunk ? V - v0 : m->chunk;
       poc_dptr Wc = W(m->off_head + (size_t)v0 * H), gWc = G(m->off_head + (size_t)v0 * H);
-      k->gemm(m->k, 0, 1, rb, c, H, hb, H, Wc, H, 0.f, m->chunkbuf, 0, c);
+      k->gemm(m->k, 0, 1, rb, c, H, hb, H, Wc, H, 0.f, m->chunkbuf, m->d->head_chunk_acc, c);
       k->head_chunk_bwd(m->k, rb, c, v0, m->chunkbuf, I32(m->htgt, r0), ACC(m->hlse, r0),
                         ACC(m->hmu, r0), ACC(m->dlogp, r0), dent ? ACC(dent, r0) : 0, m->dlog);
       k->gemm(m->k, 0, 0, rb, H, c, m->dlog, c, Wc, H, v0 ? 1.f : 0.f,
@@ -1509,11 +1519,21 @@ uint64_t poc_model_part_addr(poc_model *m, poc_part part) {
        : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
 }
 
+int poc_model_refresh_compute(poc_model *m, char *err) {
+  poc_device *d = m->d;
+  if (m->view) return 0;
+  if (m->w && m->wc != m->w) d->k.cast(m->k, m->P, m->w, m->wc);
+  if (m->aw && m->awc != m->aw) d->k.cast(m->k, m->PA, m->aw, m->awc);
+  return poc_dev_sync(d, err);
+}
+
 float *poc_model_host_f32(poc_model *m, poc_part part) {
   if (!m->d->host_memory || m->d->acc != POC_DT_F32 || m->view) return NULL;
   if ((part == POC_PART_MOM || part == POC_PART_VAR) && m->trainable && mdl_moments(m))
     return NULL;
-  poc_dptr p = part == POC_PART_WEIGHTS ? m->w : part == POC_PART_ADAPTER ? m->aw
-             : part == POC_PART_GRAD    ? m->grad : part == POC_PART_MOM ? m->mom : m->var;
-  return (float *)(uintptr_t)p;
+  /* gradients only where act and acc are one type: a bf16 device sums the micro-batches'
+     gradients in place in fp32, as CUDA does, rather than in a host double accumulator
+     that would cost 8 bytes per parameter, more than its bf16 copies save */
+  if (part == POC_PART_GRAD && !m->d->shared_act) return NULL;
+  return (float *)(uintptr_t)poc_model_part_addr(m, part);
 }

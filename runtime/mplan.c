@@ -170,6 +170,21 @@ void poc_mplan_cpu(poc_mplan_model *in, int fp64) {
   in->head_rows = CPU_HEAD_ROWS;
   in->head_chunk = 4096;
   in->head_block = CPU_HEAD_BLOCK;
+  in->head_chunk_acc = 1;
+}
+
+const char *poc_mplan_cpu_train(poc_mplan_model *in, int bf16) {
+  poc_mplan_cpu(in, 0);
+#ifdef POC_HAVE_DNNL
+  if (bf16) {
+    in->act = POC_DT_BF16;
+    in->shared_act = 0;
+    return "bf16";
+  }
+#else
+  (void)bf16;
+#endif
+  return "fp32";
 }
 
 void poc_mplan_cuda(poc_mplan_model *in) {
@@ -182,6 +197,7 @@ void poc_mplan_cuda(poc_mplan_model *in) {
   in->head_rows = INT_MAX;
   in->head_chunk = ch && atoi(ch) > 0 ? atoi(ch) : 4096;
   in->head_block = SIZE_MAX;
+  in->head_chunk_acc = 0;
 }
 
 int poc_mplan_add_model(poc_mplan_device *dev, const poc_mplan_model *in, const poc_layout *lay,

@@ -65,13 +65,17 @@ typedef struct poc_mplan_model {
   const poc_lora_cfg *lora;  /* NULL for a plain model */
   /* the device's formats and head blocking (poc_device's fields of the same names) */
   poc_dtype act, acc;
-  int shared_act, head_rows, head_chunk;
+  int shared_act, head_rows, head_chunk, head_chunk_acc;
   size_t head_block;
 } poc_mplan_model;
 
 /* A device's formats and head blocking as its poc_device sets them: the CPU's (fp32 or
  * fp64) and CUDA's (bf16 compute, fp32 accumulation). */
 void poc_mplan_cpu(poc_mplan_model *in, int fp64);
+/* The CPU device a training run opens for the train block's precision: cpu-bf16 (bf16
+ * operands, fp32 accumulators; device_cpu.c) for bf16 where this poc has it, else the
+ * fp32 device. Returns "bf16" or "fp32". */
+const char *poc_mplan_cpu_train(poc_mplan_model *in, int bf16);
 void poc_mplan_cuda(poc_mplan_model *in);
 /* The model's activation arena for a micro-step (runtime/model.c, the carve itself):
  * per-layer saved activations and scratch, added to p in the carve's order, unsolved. */

@@ -283,7 +283,9 @@ typedef enum poc_part {
 int poc_model_get(poc_model *m, poc_part part, void *dst, poc_dtype dt, char *err);
 int poc_model_set(poc_model *m, poc_part part, const void *src, poc_dtype st, char *err);
 /* The device's own f32 buffer where device memory is host memory (the CPU device), so
- * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set). */
+ * checkpoints read and resume writes it in place; NULL elsewhere (copy with get/set).
+ * Gradients: NULL also on the bf16 CPU device, whose micro-batch gradients accumulate on
+ * the device in fp32 as on CUDA (the training loop sums host gradients in double). */
 float *poc_model_host_f32(poc_model *m, poc_part part);
 /* The device address (device.h's poc_dptr) of a part's buffer of n_params elements of the
  * device's acc type, for collectives that run on the device itself (comm_nccl.h); 0 where
@@ -293,6 +295,10 @@ uint64_t poc_model_part_addr(poc_model *m, poc_part part);
  * layers L-1 down to 0: what can start on that layer's finished gradient while the rest of
  * the backward runs (comm_nccl.h's overlap). NULL removes it. */
 void poc_model_set_layer_hook(poc_model *m, void (*fn)(void *ctx, int layer), void *ctx);
+/* After writing master weights or adapters through that pointer: the compute copy (act)
+ * is made from them again where it is a separate buffer (a bf16 device); nothing where
+ * it is the same one. */
+int poc_model_refresh_compute(poc_model *m, char *err);
 
 /* ---- LoRA (runtime/lora.c; the math in model.c) ---------------------------------- */
 /* Low-rank adapters on a model's linear layers: a target W [out × in] computes

@@ -57,7 +57,7 @@ typedef struct {
 
 static void usage(const poc_program *p, FILE *f) {
   fprintf(f,
-          "usage: %s [--backend cpu|cuda|cpu64] [--steps N] [--out DIR] [--resume DIR]\n"
+          "usage: %s [--backend cpu|cuda|cpu64|cpu-bf16] [--steps N] [--out DIR] [--resume DIR]\n"
           "       %*s [--set knob=value ...] [--seed N] [--unfused-head]\n"
           "       %*s [--allow-data-change] [--kernel-images] [--log tensorboard,wandb]\n"
           "       %*s [--collective-timeout SECONDS] [--zero 0|1] [--overlap 0|1]\n"
@@ -65,7 +65,9 @@ static void usage(const poc_program *p, FILE *f) {
           "       %*s [--profile] [--no-checkpoint]\n"
           "Trains the experiment built from %s.po.\n"
           "  --backend B     cuda when a usable GPU is present, else cpu (the default);\n"
-          "                  cpu64 runs in double (for checks)\n"
+          "                  cpu64 runs in double (for checks); on the CPU, precision =\n"
+          "                  bf16 runs the bf16 CPU device (cpu-bf16) where poc has one\n"
+          "                  (--backend cpu-bf16 asks for it whatever the precision)\n"
           "  --steps N       stop after optimizer step N (the schedule keeps its length)\n"
           "  --out DIR       run directory (default runs/%s-<timestamp>)\n"
           "  --resume DIR    continue the run in DIR from its newest complete checkpoint\n"
@@ -158,8 +160,9 @@ static int parse_flags(const poc_program *p, int argc, char **argv, trn_flags *f
       return 1;
     } else if (!strcmp(a, "--backend")) {
       if (strcmp(val, "cpu") && strcmp(val, "cuda") && strcmp(val, "cpu64") &&
-          strcmp(val, "auto")) {
-        fprintf(stderr, "%s: error: unknown backend '%s' (cpu, cuda or cpu64)\n", p->name, val);
+          strcmp(val, "cpu-bf16") && strcmp(val, "auto")) {
+        fprintf(stderr, "%s: error: unknown backend '%s' (cpu, cuda, cpu64 or cpu-bf16)\n",
+                p->name, val);
         return 2;
       }
       f->backend = val;
@@ -503,6 +506,7 @@ typedef struct {
   trn_flags fl;
   char err[POC_ERR_LEN];
   poc_device *dev;
+  char no_bf16[POC_ERR_LEN];     /* why precision = bf16 runs on the fp32 CPU device */
   poc_layout lay[TRN_MAX_MODELS];
   int lay_ok[TRN_MAX_MODELS];
   /* LoRA models: the adapters' layout and settings, the starting adapters (PEFT's
@@ -1623,11 +1627,43 @@ static void run_precision_note(const trn_run *r) {
   const poc_device *d = r->dev;
   int wants_bf16 = r->T->precision == POC_PREC_BF16, is_bf16 = d->act == POC_DT_BF16;
   if (wants_bf16 == is_bf16) return;
-  fprintf(stderr, "%s: note: precision = %s, but the %s device computes in %s%s\n", r->p->name,
-          wants_bf16 ? "bf16" : "fp32", d->name,
+  fprintf(stderr, "%s: note: precision = %s, but the %s device computes in %s%s%s%s\n",
+          r->p->name, wants_bf16 ? "bf16" : "fp32", d->name,
           is_bf16 ? "bf16 with fp32 master weights and optimizer state"
                   : d->act == POC_DT_F64 ? "fp64" : "fp32",
-          is_bf16 ? "" : " (it has no bf16 path yet)");
+          is_bf16 ? "" : " (", is_bf16 ? "" : r->no_bf16[0] ? r->no_bf16 : "it has no bf16 path",
+          is_bf16 ? "" : ")");
+}
+
+/* The device: --backend, where precision = bf16 asks the CPU for its bf16 device (cpu ->
+ * cpu-bf16, auto -> auto-bf16); when there is none (no oneDNN in this build), the fp32
+ * device and the reason, for the note. */
+static int run_open_device(trn_run *r, poc_device_open_fn open_device) {
+  const char *be = r->fl.backend, *name = be;
+  if (r->T->precision == POC_PREC_BF16)
+    name = !strcmp(be, "cpu") ? "cpu-bf16" : !strcmp(be, "auto") ? "auto-bf16" : be;
+  r->dev = open_device(name, r->err);
+  if (!r->dev && name != be) {
+    snprintf(r->no_bf16, sizeof r->no_bf16, "%s", r->err);
+    r->dev = open_device(be, r->err);
+  }
+  if (!r->dev) {
+    fprintf(stderr, "%s: error: --backend %s: %s\n", r->p->name, be, r->err);
+    return -1;
+  }
+  if (r->fl.profile) {
+    /* before any model allocates, so the peak counts everything */
+    r->prof.dev = r->dev;
+    trn_prof_watch(r->dev, &r->prof);
+  }
+  if (r->say) {
+    fprintf(stderr, "%s\n", r->dev->desc);
+    if (r->ranks > 1)
+      fprintf(stderr, "%s: data parallel: %s; the batch of %d is split over them\n", r->p->name,
+              trn_comm_desc(), r->p->train.batch);
+    run_precision_note(r);
+  }
+  return 0;
 }
 
 /* Data parallelism: every rank must run the same program on the same data with the same
@@ -1722,27 +1758,13 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
     goto done;
   }
   rc = 2;
-  if (!(r->dev = open_device(r->fl.backend, r->err))) {
-    fprintf(stderr, "%s: error: --backend %s: %s\n", p->name, r->fl.backend, r->err);
-    goto done;
-  }
-  if (r->fl.profile) {
-    /* before any model allocates, so the peak counts everything */
-    r->prof.dev = r->dev;
-    trn_prof_watch(r->dev, &r->prof);
-  }
-  if (r->say) {
-    fprintf(stderr, "%s\n", r->dev->desc);
-    if (r->ranks > 1)
-      fprintf(stderr, "%s: data parallel: %s; the batch of %d is split over them\n", p->name,
-              trn_comm_desc(), p->train.batch);
-    run_precision_note(r);
-  }
   if (check_program(p)) goto done;
   for (int k = 0; k < p->n_knobs; k++) r->knobs[k] = p->knobs[k].value;
   r->train = p->train;
   if (apply_sets(p, &r->fl, r->knobs, &r->train)) goto done;
   r->T = &r->train; /* the train block with --set train.NAME=value applied */
+  /* after --set: train.precision picks the device */
+  if (run_open_device(r, open_device)) goto done;
   if (run_inputs(r)) goto done;
   trn_comm_set_timeout(r->fl.collective_timeout);
   if (r->ranks > 1 && run_agree(r, name0, argc, argv)) goto done;
@@ -1768,6 +1790,15 @@ int poc_train_run(const poc_program *p, poc_device_open_fn open_device, int argc
             "unsharded)\n", p->name, r->state_bytes,
             r->ctx.zero ? "ZeRO-1, --zero 1: sharded over the ranks"
                         : "--zero 0: every rank holds all of it", r->state_full);
+  /* the weights went into the master copies in place (poc_model_host_f32): the compute
+     copies follow, where they are separate (the bf16 CPU device) */
+  for (int m = 0; m < p->n_models; m++)
+    if (p->models[m].trainable && !r->staged[m] &&
+        poc_model_refresh_compute(r->ms.m[m], r->err)) {
+      fprintf(stderr, "%s: error: model '%s': %s\n", p->name, p->models[m].name, r->err);
+      rc = 1;
+      goto done;
+    }
   /* what a checkpoint records of the inputs (a resume keeps comparing with these) */
   r->st.n_files = 0;
   const char *files[2] = {p->data_path, p->eval_path};

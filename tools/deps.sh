@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what poc needs on Debian 12: the C toolchain, flex/bison, cJSON, OpenBLAS,
+# Installs what poc needs on Debian 12: the C toolchain, flex/bison, cJSON, OpenBLAS, oneDNN,
 # OpenMP, MPI, and (for the independent checks against their peers) torch, transformers,
 # TRL, peft and matplotlib.
 # Safe to run again; skips what is already there. POC_NO_PYTHON_DEPS=1 skips torch.
@@ -7,7 +7,7 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 need=()
-for p in build-essential cmake ninja-build git flex bison pkg-config libcjson-dev \
+for p in build-essential cmake ninja-build git flex bison pkg-config libcjson-dev libdnnl-dev \
          libopenblas-dev libopenblas-openmp-dev libomp-dev clang python3 python3-pip \
          openmpi-bin libopenmpi-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")

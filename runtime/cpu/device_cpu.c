@@ -1,9 +1,12 @@
-/* device_cpu.c — the CPU devices: "cpu" (float) and "cpu64" (double, for gradient checks).
+/* device_cpu.c — the CPU devices: "cpu" (float), "cpu64" (double, for gradient checks)
+ * and, where oneDNN was found, "cpu-bf16" (bf16 operands and compute weights, float
+ * accumulators, master weights and optimizer state: device.h's roles as on CUDA).
  *
  * Device memory is host memory: a poc_dptr is (uintptr_t) of a pointer, allocations are
  * 64-byte aligned (a cache line, and what OpenBLAS's packed loads like) and zeroed. Work
  * runs synchronously on the calling thread and OpenMP's team, so sync only reports the
- * sticky error. act and acc are one type (shared_act), so the kernels' casts are copies.
+ * sticky error. On cpu and cpu64 act and acc are one type (shared_act), so the kernels'
+ * casts are copies; cpu-bf16 keeps separate act buffers and rounds into them.
  */
 #include <math.h>
 #include <omp.h>
@@ -16,14 +19,10 @@
 #include "cpu_features.h"
 #include "cpu_internal.h"
 
-typedef struct cpu_kset {
-  poc_kset base;
-  struct cpu_kset *next;
-} cpu_kset;
-
 typedef struct cpu_device {
   poc_device base;
   cpu_kset *ksets;   /* one per set of dimensions asked for, freed at close */
+  cpu_dnnl *dnnl;    /* cpu-bf16: oneDNN's engine and stream */
 } cpu_device;
 
 /* No address space holds this much; refusing it up front gives the message below instead
@@ -160,6 +159,13 @@ static poc_kset *cpu_kernels(poc_device *d, const poc_dims *dm) {
   }
   k->base.d = d;
   k->base.dm = *dm;
+#ifdef POC_HAVE_DNNL
+  if (c->dnnl && !(k->gemms = poc_cpu_dnnl_cache_new(c->dnnl))) {
+    free(k);
+    poc_dev_fail(d, "%s: out of memory for a kernel set", d->name);
+    return NULL;
+  }
+#endif
   k->next = c->ksets;
   c->ksets = k;
   return &k->base;
@@ -170,9 +176,15 @@ static void cpu_close(poc_device *d) {
   cpu_device *c = (cpu_device *)d;
   while (c->ksets) {
     cpu_kset *n = c->ksets->next;
+#ifdef POC_HAVE_DNNL
+    poc_cpu_dnnl_cache_free(c->ksets->gemms);
+#endif
     free(c->ksets);
     c->ksets = n;
   }
+#ifdef POC_HAVE_DNNL
+  poc_cpu_dnnl_close(c->dnnl);
+#endif
   free(c);
 }
 
@@ -190,20 +202,19 @@ static void cpu_describe(poc_device *d, int fp64) {
     snprintf(d->desc, n, "%s", line);
 }
 
-poc_device *poc_cpu_device_open(int fp64, char *err) {
+static cpu_device *cpu_new(const char *name, char *err) {
   cpu_device *c = calloc(1, sizeof *c);
   if (!c) {
-    if (err) snprintf(err, POC_ERR_LEN, "cpu: out of memory");
+    if (err) snprintf(err, POC_ERR_LEN, "%s: out of memory", name);
     return NULL;
   }
   poc_device *d = &c->base;
-  d->name = fp64 ? "cpu64" : "cpu";
-  d->acc = d->act = fp64 ? POC_DT_F64 : POC_DT_F32;
-  d->shared_act = 1;
+  d->name = name;
   d->head_rows = CPU_HEAD_ROWS;
   d->head_chunk = 4096; /* columns per fused-head chunk (head_block narrows it) */
   d->host_memory = 1;
   d->head_block = CPU_HEAD_BLOCK;
+  d->head_chunk_acc = 1; /* a block in cache: fp32 logits cost nothing (device.h) */
   d->alloc = cpu_alloc;
   d->free = cpu_free;
   d->put = cpu_put;
@@ -213,6 +224,15 @@ poc_device *poc_cpu_device_open(int fp64, char *err) {
   d->sync = cpu_sync;
   d->kernels = cpu_kernels;
   d->close = cpu_close;
+  return c;
+}
+
+poc_device *poc_cpu_device_open(int fp64, char *err) {
+  cpu_device *c = cpu_new(fp64 ? "cpu64" : "cpu", err);
+  if (!c) return NULL;
+  poc_device *d = &c->base;
+  d->acc = d->act = fp64 ? POC_DT_F64 : POC_DT_F32;
+  d->shared_act = 1;
   if (fp64)
     poc_cpu_kernels_f64(&d->k);
   else
@@ -220,3 +240,30 @@ poc_device *poc_cpu_device_open(int fp64, char *err) {
   cpu_describe(d, fp64);
   return d;
 }
+
+#ifdef POC_HAVE_DNNL
+/* The device line: oneDNN's part, then the CPU's ("cpu-bf16: bf16 operands, fp32
+ * accumulators; oneDNN 2.6.3, avx512_core_bf16, matmul brg:avx512_core_bf16; OpenBLAS ...,
+ * 2 threads, ..."; OpenBLAS only names the machine here, it runs no GEMM). */
+poc_device *poc_cpu_bf16_device_open(char *err) {
+  char dn[160];
+  cpu_dnnl *e = poc_cpu_dnnl_open(dn, sizeof dn, err);
+  if (!e) return NULL;
+  cpu_device *c = cpu_new("cpu-bf16", err);
+  if (!c) {
+    poc_cpu_dnnl_close(e);
+    return NULL;
+  }
+  poc_device *d = &c->base;
+  c->dnnl = e;
+  d->acc = POC_DT_F32;
+  d->act = POC_DT_BF16;
+  d->shared_act = 0;
+  poc_cpu_kernels_b16(&d->k);
+  char line[sizeof d->desc];
+  poc_cpu_describe(line, sizeof line);
+  snprintf(d->desc, sizeof d->desc, "cpu-bf16: bf16 operands, fp32 accumulators; %s; %.*s", dn,
+           (int)(sizeof d->desc - 240), !strncmp(line, "cpu: ", 5) ? line + 5 : line);
+  return d;
+}
+#endif

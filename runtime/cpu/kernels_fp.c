@@ -1,10 +1,15 @@
-/* kernels_fp.c — the kernels of device.h on the CPU: OpenBLAS GEMMs and OpenMP loops on
- * host memory, in float (cpu) or double (cpu64). act and acc are one type here, so every
- * buffer is a `real` array and a poc_dptr is the address of its first element.
+/* kernels_fp.c — the kernels of device.h on the CPU: OpenMP loops on host memory, in float
+ * (cpu), double (cpu64) or bf16 operands with float accumulators (cpu-bf16); see cpu_fp.h.
+ * GEMMs are OpenBLAS's in the first two and oneDNN's in the third (cpu_dnnl.c). A poc_dptr
+ * is the address of a buffer's first element: a `real` array for acc buffers, an `act_t`
+ * array for act ones, exactly as device.h assigns the roles. Every act value is read with
+ * LD and written with ST, so the arithmetic is in `real` and rounds once per stored act
+ * element (in the one-type builds both are the identity).
  *
  * Determinism: every parallel loop owns its outputs (rows, heads, or the columns of a
- * reduction), so no sum depends on thread scheduling; GEMMs are OpenBLAS's. Loops with
- * little work (below CPU_PAR_MIN) stay on one thread.
+ * reduction), so no sum depends on thread scheduling; GEMMs are the libraries' (OpenBLAS's
+ * and oneDNN's give the same bits run to run at a given thread count). Loops with little
+ * work (below CPU_PAR_MIN) stay on one thread.
  *
  * Sticky errors: once the device has failed every kernel returns at once (sumsq with NaN).
  */
@@ -14,32 +19,53 @@
 #include "cpu_fp.h"
 
 #define RP(p) ((real *)(uintptr_t)(p))
+#define AP(p) ((act_t *)(uintptr_t)(p))
 #define IP(p) ((int32_t *)(uintptr_t)(p))
 #define CK_LIVE(k)                                                                         \
   do {                                                                                     \
     if ((k)->d->failed) return;                                                            \
   } while (0)
 
+/* n act elements into acc, and back (rounding): copies where the types are one */
+static inline void act_to_acc(real *y, const act_t *x, size_t n) {
+#if ACT_IS_ACC
+  memcpy(y, x, n * sizeof(real));
+#else
+  for (size_t i = 0; i < n; i++) y[i] = LD(x[i]);
+#endif
+}
+static inline void acc_to_act(act_t *y, const real *x, size_t n) {
+#if ACT_IS_ACC
+  memcpy(y, x, n * sizeof(real));
+#else
+  for (size_t i = 0; i < n; i++) y[i] = ST(x[i]);
+#endif
+}
+
 /* ---- GEMM, embedding, norms, sums -------------------------------------------------- */
 
 static void ck_gemm(poc_kset *k, int ta, int tb, int M, int N, int K, poc_dptr A, int lda,
                     poc_dptr B, int ldb, float beta, poc_dptr C, int c_acc, int ldc) {
-  (void)c_acc; /* acc and act are one type */
   CK_LIVE(k);
   if (M <= 0 || N <= 0) return; /* an empty pack: BLAS would call it an illegal argument */
+#if ACT_IS_ACC
+  (void)c_acc; /* acc and act are one type */
   GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
        1, RP(A), lda, RP(B), ldb, beta, RP(C), ldc);
+#else
+  poc_cpu_dnnl_gemm(k, ta, tb, M, N, K, (const void *)(uintptr_t)A, lda,
+                    (const void *)(uintptr_t)B, ldb, beta, (void *)(uintptr_t)C, c_acc, ldc);
+#endif
 }
 
 static void ck_embed_fwd(poc_kset *k, int T, poc_dptr tok_, poc_dptr E_, poc_dptr x_) {
   CK_LIVE(k);
   const int H = k->dm.H;
   const int32_t *tok = IP(tok_);
-  const real *E = RP(E_);
+  const act_t *E = AP(E_);
   real *x = RP(x_);
 #pragma omp parallel for schedule(static) if ((size_t)T * H >= CPU_PAR_MIN)
-  for (int t = 0; t < T; t++)
-    memcpy(x + (size_t)t * H, E + (size_t)tok[t] * H, (size_t)H * sizeof(real));
+  for (int t = 0; t < T; t++) act_to_acc(x + (size_t)t * H, E + (size_t)tok[t] * H, (size_t)H);
 }
 
 /* Columns in parallel so each dE[token][j] sums its rows in row order, whatever the
@@ -59,17 +85,19 @@ static void ck_rmsnorm_fwd(poc_kset *k, int n, poc_dptr x_, poc_dptr rows_, poc_
                            poc_dptr y_, poc_dptr rstd_) {
   CK_LIVE(k);
   const int H = k->dm.H;
-  const real eps = (real)k->dm.eps, *x = RP(x_), *w = RP(w_);
+  const real eps = (real)k->dm.eps, *x = RP(x_);
+  const act_t *w = AP(w_);
   const int32_t *rows = IP(rows_);
-  real *y = RP(y_), *rstd = RP(rstd_);
+  act_t *y = AP(y_);
+  real *rstd = RP(rstd_);
 #pragma omp parallel for schedule(static) if ((size_t)n * H >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     const real *xr = x + (size_t)(rows ? rows[i] : i) * H;
-    real *yr = y + (size_t)i * H;
+    act_t *yr = y + (size_t)i * H;
     real ss = 0;
     for (int j = 0; j < H; j++) ss += xr[j] * xr[j];
     real r = 1 / R_SQRT(ss / H + eps);
-    for (int j = 0; j < H; j++) yr[j] = w[j] * (xr[j] * r);
+    for (int j = 0; j < H; j++) yr[j] = ST(LD(w[j]) * (xr[j] * r));
     if (rstd) rstd[i] = r;
   }
 }
@@ -82,7 +110,8 @@ static void ck_rmsnorm_bwd(poc_kset *k, int n, poc_dptr x_, poc_dptr rows_, poc_
                            poc_dptr rstd_, poc_dptr dy_, poc_dptr dx_) {
   CK_LIVE(k);
   const int H = k->dm.H;
-  const real *x = RP(x_), *w = RP(w_), *rstd = RP(rstd_), *dy = RP(dy_);
+  const real *x = RP(x_), *rstd = RP(rstd_), *dy = RP(dy_);
+  const act_t *w = AP(w_);
   const int32_t *rows = IP(rows_);
   real *dx = RP(dx_);
 #pragma omp parallel for schedule(static) if ((size_t)n * H >= CPU_PAR_MIN)
@@ -91,9 +120,9 @@ static void ck_rmsnorm_bwd(poc_kset *k, int n, poc_dptr x_, poc_dptr rows_, poc_
     const real *xr = x + ro, *dyr = dy + (size_t)i * H;
     real *dxr = dx + ro;
     real r = rstd[i], dot = 0;
-    for (int j = 0; j < H; j++) dot += w[j] * dyr[j] * xr[j];
+    for (int j = 0; j < H; j++) dot += LD(w[j]) * dyr[j] * xr[j];
     real c = dot * r * r / H;
-    for (int j = 0; j < H; j++) dxr[j] += r * (w[j] * dyr[j] - xr[j] * c);
+    for (int j = 0; j < H; j++) dxr[j] += r * (LD(w[j]) * dyr[j] - xr[j] * c);
   }
 }
 
@@ -126,30 +155,55 @@ static void ck_colsum(poc_kset *k, int n, int width, poc_dptr y_, poc_dptr out_)
   }
 }
 
-/* y = beta·y + mul·keep_i·x (device.h); one type, so y_acc changes nothing here */
+/* y = beta·y + mul·keep_i·x (device.h); x act, y acc when y_acc else act (one type in
+ * the one-type builds, where y_acc changes nothing) */
 static void ck_drop_scale(poc_kset *k, size_t n, poc_dptr x_, poc_dptr y_, int y_acc,
                           float beta, float mul, uint32_t thr, uint64_t seed) {
-  (void)y_acc;
   CK_LIVE(k);
-  const real *x = RP(x_);
-  real *y = RP(y_), mu = (real)mul, be = (real)beta;
+  const act_t *x = AP(x_);
+  real mu = (real)mul, be = (real)beta;
+#if ACT_IS_ACC
+  (void)y_acc;
+#else
+  if (!y_acc) {
+    act_t *y = AP(y_);
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+      real v = poc_drop_keep(seed, i, thr) ? mu * LD(x[i]) : 0;
+      y[i] = ST(beta != 0.f ? be * LD(y[i]) + v : v);
+    }
+    return;
+  }
+#endif
+  real *y = RP(y_);
 #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
   for (size_t i = 0; i < n; i++) {
-    real v = poc_drop_keep(seed, i, thr) ? mu * x[i] : 0;
+    real v = poc_drop_keep(seed, i, thr) ? mu * LD(x[i]) : 0;
     y[i] = beta != 0.f ? be * y[i] + v : v;
   }
 }
 
+/* y (act) = x (acc) */
 static void ck_cast(poc_kset *k, size_t n, poc_dptr x, poc_dptr y) {
   CK_LIVE(k);
-  if (x != y && n) memcpy(RP(y), RP(x), n * sizeof(real));
+  if (x == y || !n) return;
+#if ACT_IS_ACC
+  memcpy(RP(y), RP(x), n * sizeof(real));
+#else
+  act_t *yp = AP(y);
+  const real *xp = RP(x);
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+  for (size_t i = 0; i < n; i++) yp[i] = ST(xp[i]);
+#endif
 }
 
 /* ---- RoPE ---------------------------------------------------------------------------- */
 
 /* HF's rotate_half convention: within each head the pair (x_i, x_{i+hd/2}) turns by
  * θ = pos·inv_freq_i:  (x_i, x_{i+hd/2}) ← (x_i cos θ − x_{i+hd/2} sin θ,
- * x_{i+hd/2} cos θ + x_i sin θ). The backward turns by −θ (dir = −1). */
+ * x_{i+hd/2} cos θ + x_i sin θ). The backward turns by −θ (dir = −1) on acc gradients;
+ * the forward turns act q or k, adding the bias b (act, may be NULL) to the pair first,
+ * in `real`, so an act element is rounded once. */
 static void ck_rope_row(int nheads, int hd, real *x, const real *c, const real *s, real dir) {
   const int half = hd / 2;
   for (int h = 0; h < nheads; h++) {
@@ -158,6 +212,24 @@ static void ck_rope_row(int nheads, int hd, real *x, const real *c, const real *
       real x1 = xh[i], x2 = xh[i + half], sn = dir * s[i];
       xh[i] = x1 * c[i] - x2 * sn;
       xh[i + half] = x2 * c[i] + x1 * sn;
+    }
+  }
+}
+
+static void ck_rope_row_act(int nheads, int hd, act_t *x, const act_t *b, const real *c,
+                            const real *s) {
+  const int half = hd / 2;
+  for (int h = 0; h < nheads; h++) {
+    act_t *xh = x + (size_t)h * hd;
+    const act_t *bh = b ? b + (size_t)h * hd : NULL;
+    for (int i = 0; i < half; i++) {
+      real x1 = LD(xh[i]), x2 = LD(xh[i + half]);
+      if (bh) {
+        x1 += LD(bh[i]);
+        x2 += LD(bh[i + half]);
+      }
+      xh[i] = ST(x1 * c[i] - x2 * s[i]);
+      xh[i + half] = ST(x2 * c[i] + x1 * s[i]);
     }
   }
 }
@@ -171,19 +243,20 @@ static void ck_qkv_bias_rope(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, 
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd, half = hd / 2;
   const int qd = nh * hd, kvd = nkv * hd, N = qd + 2 * kvd;
   const int32_t *pos = IP(pos_);
-  const real *cosb = RP(cosb_), *sinb = RP(sinb_), *bq = RP(bq_), *bk = RP(bk_), *bv = RP(bv_),
-             *qkv = RP(qkv_);
-  real *q = RP(q_), *kk = RP(k_), *v = RP(v_);
+  const real *cosb = RP(cosb_), *sinb = RP(sinb_);
+  const act_t *qkv = AP(qkv_), *bq = AP(bq_), *bk = AP(bk_), *bv = AP(bv_);
+  act_t *q = AP(q_), *kk = AP(k_), *v = AP(v_);
 #pragma omp parallel for schedule(static) if ((size_t)T * N >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++) {
-    const real *src = qkv + (size_t)t * N;
-    real *qt = q + (size_t)t * qd, *kt = kk + (size_t)t * kvd, *vt = v + (size_t)t * kvd;
-    for (int j = 0; j < qd; j++) qt[j] = bq ? src[j] + bq[j] : src[j];
-    for (int j = 0; j < kvd; j++) kt[j] = bk ? src[qd + j] + bk[j] : src[qd + j];
-    for (int j = 0; j < kvd; j++) vt[j] = bv ? src[qd + kvd + j] + bv[j] : src[qd + kvd + j];
+    const act_t *src = qkv + (size_t)t * N;
+    act_t *qt = q + (size_t)t * qd, *kt = kk + (size_t)t * kvd, *vt = v + (size_t)t * kvd;
+    memcpy(qt, src, (size_t)qd * sizeof(act_t));
+    memcpy(kt, src + qd, (size_t)kvd * sizeof(act_t));
+    for (int j = 0; j < kvd; j++)
+      vt[j] = bv ? ST(LD(src[qd + kvd + j]) + LD(bv[j])) : src[qd + kvd + j];
     const real *c = cosb + (size_t)pos[t] * half, *s = sinb + (size_t)pos[t] * half;
-    ck_rope_row(nh, hd, qt, c, s, 1);
-    ck_rope_row(nkv, hd, kt, c, s, 1);
+    ck_rope_row_act(nh, hd, qt, bq, c, s);
+    ck_rope_row_act(nkv, hd, kt, bk, c, s);
   }
 }
 
@@ -194,16 +267,18 @@ static void ck_rope_bwd(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, poc_d
   const size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd, N = qd + 2 * kvd;
   const int32_t *pos = IP(pos_);
   const real *cosb = RP(cosb_), *sinb = RP(sinb_), *dv = RP(dv_);
-  real *dq = RP(dq_), *dk = RP(dk_), *dqkv = RP(dqkv_);
+  real *dq = RP(dq_), *dk = RP(dk_);
+  act_t *dqkv = AP(dqkv_);
 #pragma omp parallel for schedule(static) if ((size_t)T * N >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const real *c = cosb + (size_t)pos[t] * half, *s = sinb + (size_t)pos[t] * half;
-    real *dqt = dq + (size_t)t * qd, *dkt = dk + (size_t)t * kvd, *out = dqkv + (size_t)t * N;
+    real *dqt = dq + (size_t)t * qd, *dkt = dk + (size_t)t * kvd;
+    act_t *out = dqkv + (size_t)t * N;
     ck_rope_row(nh, hd, dqt, c, s, -1);
     ck_rope_row(nkv, hd, dkt, c, s, -1);
-    memcpy(out, dqt, qd * sizeof(real));
-    memcpy(out + qd, dkt, kvd * sizeof(real));
-    memcpy(out + qd + kvd, dv + (size_t)t * kvd, kvd * sizeof(real));
+    acc_to_act(out, dqt, qd);
+    acc_to_act(out + qd, dkt, kvd);
+    acc_to_act(out + qd + kvd, dv + (size_t)t * kvd, kvd);
   }
 }
 
@@ -212,43 +287,46 @@ static void ck_rope_bwd(poc_kset *k, int T, poc_dptr pos_, poc_dptr cosb_, poc_d
 /* Online softmax, one (row, head) per task:
  *   s_j = q·k_j/√hd for j in [kbeg, q0 + t],  out = Σ_j e^{s_j − lse} v_j,
  *   lse = log Σ_j e^{s_j} (kept for backward). The running max m rescales the partial
- * sum and output whenever it grows, so no score row is stored. */
+ * sum and output whenever it grows, so no score row is stored. The output accumulates in
+ * `real` (ob, hd values on the task's stack) and is stored once. */
 static void ck_attn_fwd(poc_kset *k, int T, int q0, poc_dptr q_, poc_dptr k_, poc_dptr v_,
                         poc_dptr kbeg_, poc_dptr out_, poc_dptr lse_) {
   CK_LIVE(k);
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd;
   const int grp = nh / nkv, qd = nh * hd, kvd = nkv * hd;
   const real scale = 1 / R_SQRT((real)hd);
-  const real *q = RP(q_), *kk = RP(k_), *v = RP(v_);
+  const act_t *q = AP(q_), *kk = AP(k_), *v = AP(v_);
   const int32_t *kbeg = IP(kbeg_);
-  real *out = RP(out_), *lse = RP(lse_);
+  act_t *out = AP(out_);
+  real *lse = RP(lse_);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * nh * hd * 8 >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int h = 0; h < nh; h++) {
-      const real *qi = q + (size_t)t * qd + (size_t)h * hd;
-      real *o = out + (size_t)t * qd + (size_t)h * hd;
+      const act_t *qi = q + (size_t)t * qd + (size_t)h * hd;
+      act_t *o = out + (size_t)t * qd + (size_t)h * hd;
+      real ob[hd];
       size_t koff = (size_t)(h / grp) * hd;
       const int kb = kbeg[t], ke = q0 + t + 1;
-      for (int d = 0; d < hd; d++) o[d] = 0;
+      for (int d = 0; d < hd; d++) ob[d] = 0;
       real mx = 0, s = 0;
       for (int j = kb; j < ke; j++) {
-        const real *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
+        const act_t *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
         real sc = 0;
-        for (int d = 0; d < hd; d++) sc += qi[d] * kj[d];
+        for (int d = 0; d < hd; d++) sc += LD(qi[d]) * LD(kj[d]);
         sc *= scale;
         if (j == kb)
           mx = sc;
         else if (sc > mx) {
           real r = R_EXP(mx - sc);
           s *= r;
-          for (int d = 0; d < hd; d++) o[d] *= r;
+          for (int d = 0; d < hd; d++) ob[d] *= r;
           mx = sc;
         }
         real e = R_EXP(sc - mx);
         s += e;
-        for (int d = 0; d < hd; d++) o[d] += e * vj[d];
+        for (int d = 0; d < hd; d++) ob[d] += e * LD(vj[d]);
       }
-      for (int d = 0; d < hd; d++) o[d] /= s;
+      for (int d = 0; d < hd; d++) o[d] = ST(ob[d] / s);
       lse[(size_t)t * nh + h] = mx + R_LOG(s);
     }
 }
@@ -266,58 +344,58 @@ static void ck_attn_bwd(poc_kset *k, int T, poc_dptr q_, poc_dptr k_, poc_dptr v
   const int nh = k->dm.nh, nkv = k->dm.nkv, hd = k->dm.hd;
   const int grp = nh / nkv, qd = nh * hd, kvd = nkv * hd;
   const real scale = 1 / R_SQRT((real)hd);
-  const real *q = RP(q_), *kk = RP(k_), *v = RP(v_), *o = RP(o_), *dO = RP(dO_),
-             *lse = RP(lse_);
+  const act_t *q = AP(q_), *kk = AP(k_), *v = AP(v_), *o = AP(o_), *dO = AP(dO_);
+  const real *lse = RP(lse_);
   const int32_t *kbeg = IP(kbeg_), *send = IP(send_);
   real *dq = RP(dq_), *dk = RP(dk_), *dv = RP(dv_), *D = RP(D_);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++)
     for (int h = 0; h < nh; h++) {
       size_t at = (size_t)t * qd + (size_t)h * hd;
-      const real *a = dO + at, *b = o + at;
+      const act_t *a = dO + at, *b = o + at;
       real s = 0;
-      for (int d = 0; d < hd; d++) s += a[d] * b[d];
+      for (int d = 0; d < hd; d++) s += LD(a[d]) * LD(b[d]);
       D[(size_t)t * nh + h] = s;
     }
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd * 8 >= CPU_PAR_MIN)
   for (int i = 0; i < T; i++)
     for (int h = 0; h < nh; h++) {
       size_t qo = (size_t)i * qd + (size_t)h * hd, koff = (size_t)(h / grp) * hd;
-      const real *qi = q + qo, *dOi = dO + qo;
+      const act_t *qi = q + qo, *dOi = dO + qo;
       real *dqi = dq + qo, li = lse[(size_t)i * nh + h], Di = D[(size_t)i * nh + h];
       for (int d = 0; d < hd; d++) dqi[d] = 0;
       for (int j = kbeg[i]; j <= i; j++) {
-        const real *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
+        const act_t *kj = kk + (size_t)j * kvd + koff, *vj = v + (size_t)j * kvd + koff;
         real sc = 0, dp = 0;
         for (int d = 0; d < hd; d++) {
-          sc += qi[d] * kj[d];
-          dp += dOi[d] * vj[d];
+          sc += LD(qi[d]) * LD(kj[d]);
+          dp += LD(dOi[d]) * LD(vj[d]);
         }
         real ds = R_EXP(sc * scale - li) * (dp - Di) * scale;
-        for (int d = 0; d < hd; d++) dqi[d] += ds * kj[d];
+        for (int d = 0; d < hd; d++) dqi[d] += ds * LD(kj[d]);
       }
     }
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * qd * 8 >= CPU_PAR_MIN)
   for (int j = 0; j < T; j++)
     for (int g = 0; g < nkv; g++) {
       size_t ko = (size_t)j * kvd + (size_t)g * hd;
-      const real *kj = kk + ko, *vj = v + ko;
+      const act_t *kj = kk + ko, *vj = v + ko;
       real *dkj = dk + ko, *dvj = dv + ko;
       for (int d = 0; d < hd; d++) dkj[d] = dvj[d] = 0;
       for (int h = g * grp; h < (g + 1) * grp; h++)
         for (int i = j; i < send[j]; i++) {
           size_t qo = (size_t)i * qd + (size_t)h * hd;
-          const real *qi = q + qo, *dOi = dO + qo;
+          const act_t *qi = q + qo, *dOi = dO + qo;
           real sc = 0, dp = 0;
           for (int d = 0; d < hd; d++) {
-            sc += qi[d] * kj[d];
-            dp += dOi[d] * vj[d];
+            sc += LD(qi[d]) * LD(kj[d]);
+            dp += LD(dOi[d]) * LD(vj[d]);
           }
           real p = R_EXP(sc * scale - lse[(size_t)i * nh + h]);
           real ds = p * (dp - D[(size_t)i * nh + h]) * scale;
           for (int d = 0; d < hd; d++) {
-            dvj[d] += p * dOi[d];
-            dkj[d] += ds * qi[d];
+            dvj[d] += p * LD(dOi[d]);
+            dkj[d] += ds * LD(qi[d]);
           }
         }
     }
@@ -329,31 +407,35 @@ static void ck_attn_bwd(poc_kset *k, int T, poc_dptr q_, poc_dptr k_, poc_dptr v
 static void ck_swiglu_fwd(poc_kset *k, int T, poc_dptr gu_, poc_dptr a_) {
   CK_LIVE(k);
   const int F = k->dm.F;
-  const real *gu = RP(gu_);
-  real *a = RP(a_);
+  const act_t *gu = AP(gu_);
+  act_t *a = AP(a_);
 #pragma omp parallel for schedule(static) if ((size_t)T * F >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++) {
-    const real *g = gu + (size_t)t * 2 * F, *u = g + F;
-    real *at = a + (size_t)t * F;
-    for (int j = 0; j < F; j++) at[j] = g[j] / (1 + R_EXP(-g[j])) * u[j];
+    const act_t *g = gu + (size_t)t * 2 * F, *u = g + F;
+    act_t *at = a + (size_t)t * F;
+    for (int j = 0; j < F; j++) {
+      real gj = LD(g[j]);
+      at[j] = ST(gj / (1 + R_EXP(-gj)) * LD(u[j]));
+    }
   }
 }
 
-/* silu'(g) = σ(g)·(1 + g·(1 − σ(g))):  dg = da·u·silu'(g),  du = da·silu(g) */
+/* silu'(g) = σ(g)·(1 + g·(1 − σ(g))):  dg = da·u·silu'(g),  du = da·silu(g); all act */
 static void ck_swiglu_bwd(poc_kset *k, int T, poc_dptr gu_, poc_dptr da_, poc_dptr dgu_) {
   CK_LIVE(k);
   const int F = k->dm.F;
-  const real *gu = RP(gu_), *da = RP(da_);
-  real *dgu = RP(dgu_);
+  const act_t *gu = AP(gu_), *da = AP(da_);
+  act_t *dgu = AP(dgu_);
 #pragma omp parallel for schedule(static) if ((size_t)T * F >= CPU_PAR_MIN)
   for (int t = 0; t < T; t++) {
-    const real *g = gu + (size_t)t * 2 * F, *u = g + F, *dat = da + (size_t)t * F;
-    real *dg = dgu + (size_t)t * 2 * F, *du = dg + F;
+    const act_t *g = gu + (size_t)t * 2 * F, *u = g + F, *dat = da + (size_t)t * F;
+    act_t *dg = dgu + (size_t)t * 2 * F, *du = dg + F;
     for (int j = 0; j < F; j++) {
-      real sg = 1 / (1 + R_EXP(-g[j]));
-      real dgi = dat[j] * u[j] * sg * (1 + g[j] * (1 - sg)), dui = dat[j] * g[j] * sg;
-      dg[j] = dgi; /* both read before either is written: dgu may be gu */
-      du[j] = dui;
+      real gj = LD(g[j]), uj = LD(u[j]), daj = LD(dat[j]);
+      real sg = 1 / (1 + R_EXP(-gj));
+      real dgi = daj * uj * sg * (1 + gj * (1 - sg)), dui = daj * gj * sg;
+      dg[j] = ST(dgi); /* both read before either is written: dgu may be gu */
+      du[j] = ST(dui);
     }
   }
 }
@@ -437,7 +519,21 @@ static void ck_head_finish(poc_kset *k, int n, poc_dptr m_, poc_dptr s_, poc_dpt
   }
 }
 
-/* In place when dlog is the logits buffer: each element is read before it is written. */
+/* In place when dlog is the logits buffer (one-type builds only: dlog is act, logits
+ * acc): each element is read before it is written. */
+/* The target's dlogit: g more than the others' formula. Added to the stored value where
+ * that is exact (one type: the row may be the logits themselves, already overwritten);
+ * recomputed from the logit l and rounded once where dlog is act. */
+#if ACT_IS_ACC
+#define HEAD_TARGET(stored, l, lse, mu, g, e) ((stored) + (g))
+#else
+static inline act_t head_target(real l, real lse, real mu, real g, real e) {
+  real p = R_EXP(l - lse);
+  return ST(-g * p - e * p * (l - mu) + g);
+}
+#define HEAD_TARGET(stored, l, lse, mu, g, e) head_target(l, lse, mu, g, e)
+#endif
+
 static void ck_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits_,
                               poc_dptr tgt_, poc_dptr lse_, poc_dptr mu_, poc_dptr dlogp_,
                               poc_dptr dent_, poc_dptr dlog_) {
@@ -445,18 +541,18 @@ static void ck_head_chunk_bwd(poc_kset *k, int n, int c, int v0, poc_dptr logits
   const real *logits = RP(logits_), *lse = RP(lse_), *mu = RP(mu_), *dlogp = RP(dlogp_),
              *dent = RP(dent_);
   const int32_t *tgt = IP(tgt_);
-  real *dlog = RP(dlog_);
+  act_t *dlog = AP(dlog_);
 #pragma omp parallel for schedule(static) if ((size_t)n * c >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     const real *l = logits + (size_t)i * c;
-    real *dl = dlog + (size_t)i * c;
+    act_t *dl = dlog + (size_t)i * c;
     real g = dlogp ? dlogp[i] : 0, e = dent ? dent[i] : 0;
     for (int j = 0; j < c; j++) {
       real p = R_EXP(l[j] - lse[i]);
-      dl[j] = -g * p - e * p * (l[j] - mu[i]);
+      dl[j] = ST(-g * p - e * p * (l[j] - mu[i]));
     }
     int t = tgt[i] - v0;
-    if (t >= 0 && t < c) dl[t] += g;
+    if (t >= 0 && t < c) dl[t] = HEAD_TARGET(dl[t], l[t], lse[i], mu[i], g, e);
   }
 }
 
@@ -502,17 +598,18 @@ static void ck_head_text_bwd(poc_kset *k, int n, poc_dptr ls_, poc_dptr tgt_, po
   const int V = k->dm.V;
   const real *ls = RP(ls_), *mu = RP(mu_), *dlogp = RP(dlogp_), *dent = RP(dent_);
   const int32_t *tgt = IP(tgt_);
-  real *dlog = RP(dlog_);
+  act_t *dlog = AP(dlog_);
 #pragma omp parallel for schedule(static) if ((size_t)n * V >= CPU_PAR_MIN)
   for (int i = 0; i < n; i++) {
     const real *l = ls + (size_t)i * V;
-    real *dl = dlog + (size_t)i * V;
+    act_t *dl = dlog + (size_t)i * V;
     real g = dlogp ? dlogp[i] : 0, e = dent ? dent[i] : 0, mean = mu[i];
     for (int v = 0; v < V; v++) {
       real p = R_EXP(l[v]);
-      dl[v] = -g * p - e * p * (l[v] - mean);
+      dl[v] = ST(-g * p - e * p * (l[v] - mean));
     }
-    dl[tgt[i]] += g;
+    int t = tgt[i];
+    dl[t] = HEAD_TARGET(dl[t], l[t], 0, mean, g, e);
   }
 }
 
@@ -530,7 +627,8 @@ static void ck_adamw(poc_kset *k, size_t n, poc_dptr w_, poc_dptr g_, poc_dptr m
   const double lr = lr_, b1 = b1_, b2 = b2_, eps = eps_, bc1 = bc1_, bc2 = bc2_, gs = gscale_;
   const double decay = 1 - lr * wd_;
   const real *g = RP(g_);
-  real *w = RP(w_), *mo = RP(m_), *va = RP(v_), *wc = wc_ == w_ ? NULL : RP(wc_);
+  real *w = RP(w_), *mo = RP(m_), *va = RP(v_);
+  act_t *wc = wc_ == w_ ? NULL : AP(wc_);
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; i++) {
     double gi = (double)g[i] * gs;
@@ -538,7 +636,7 @@ static void ck_adamw(poc_kset *k, size_t n, poc_dptr w_, poc_dptr g_, poc_dptr m
     va[i] = (real)(b2 * va[i] + (1 - b2) * gi * gi);
     double wi = (double)w[i] * decay;
     w[i] = (real)(wi - lr * ((double)mo[i] / bc1) / (sqrt((double)va[i] / bc2) + eps));
-    if (wc) wc[i] = w[i];
+    if (wc) wc[i] = ST(w[i]);
   }
 }
 

@@ -620,6 +620,7 @@ poc_device *poc_cuda_device_open(char *err) {
   d->head_rows = INT_MAX;
   d->head_chunk = ch && atoi(ch) > 0 ? atoi(ch) : DC_HEAD_CHUNK;
   d->head_block = SIZE_MAX;
+  d->head_chunk_acc = 0; /* bf16 logits: no fp32 chunk through HBM */
   const char *sy = getenv("POC_CUDA_SYNC");
   dv->sync_each = sy && atoi(sy) > 0;
 
