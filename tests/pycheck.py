@@ -1,6 +1,9 @@
 """pycheck.py — the tally every Python test driver keeps: check() counts a condition and
 names the failure, finish() prints the closing "NAME: N passed, M failed" line (the line
 CI reads) and returns the exit status."""
+import json
+import os
+import struct
 import sys
 
 passed = 0
@@ -53,3 +56,24 @@ def need(*packages):
         except Exception as e:  # pragma: no cover - depends on the machine
             return f"{mod} still not importable after pip install: {type(e).__name__}: {e}"
     return None
+
+
+def f32_tensors(path):
+    """A safetensors file's F32 tensors as name -> tuple of floats (other dtypes left out)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__" or v["dtype"] != "F32":
+            continue
+        b, e = v["data_offsets"]
+        out[k] = struct.unpack("<%df" % ((e - b) // 4), data[b:e])
+    return out
+
+
+def run_metrics(out):
+    """A run directory's metrics.jsonl, one dict per line."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]

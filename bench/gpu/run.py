@@ -154,7 +154,9 @@ def measure(a):
         model, pairs_file = os.path.join(d, "model"), os.path.join(d, "pairs.jsonl")
         variants = [
             ("poc", [a.poc, "bench", os.path.join(d, "dpo.po"), "--backend", a.backend, "--steps",
-                     str(steps), "--rounds", "1", "--out", os.path.join(d, "poc")]),
+                     str(steps), "--rounds", "1", "--out", os.path.join(d, "poc")] +
+                    # the CPU dry run compares with fp32 PyTorch and TRL steps
+                    ([] if a.backend == "cuda" else ["--set", "train.precision=fp32"])),
             ("torch", [sys.executable, os.path.join(HERE, "torch_dpo.py"), model, pairs_file, *common,
                        "--precompute-ref"]),
             ("trl", [sys.executable, os.path.join(HERE, "trl_dpo.py"), model, pairs_file, *common]),

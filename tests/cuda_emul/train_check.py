@@ -31,7 +31,10 @@ components move weights by full steps). Hence:
       alone doubles it — 0.6% with that one product kept in fp32);
   every step: loss finite and within LOSS_REL·max(|loss_cpu|, LOSS_FLOOR) (observed ≤
       28%, RAO's: per-step values of a 4-example batch on diverging trajectories), and
-      the mean loss over the run within MEAN_REL (observed ≤ 3.6%, RAO's). The schedule
+      the mean loss over the run within MEAN_REL (observed ≤ 3.6%, RAO's; with the loss
+      head's logits in bf16 on the GPU, RAO's reach 57% and 8.9%: LOSS_REL_OF and
+      MEAN_REL_OF give it 80% and 12%, while DPO, CoPO, InsPO and LoRA stay at 40% and 6%,
+      each within 14%). The schedule
       is transformers' (lr 0 on step 1), under which RAO's two trajectories part more
       than under the earlier one (18% and 1.3%): where they part is chaos, not a kernel;
   grad_norm: finite and positive at every step, its median over the run within a factor
@@ -66,6 +69,9 @@ import time
 STEP1_REL = 1e-2
 STEP1_REL_OF = {"inspo": 2.5e-2}
 LOSS_REL, LOSS_FLOOR, MEAN_REL = 0.4, 0.1, 0.06
+# RAO with the head's logits in bf16 (each rounded once, as a bf16 lm_head's are): per step
+# up to 57%, mean 8.9% observed on the 4-example batches of its diverging trajectories
+LOSS_REL_OF, MEAN_REL_OF = {"rao": 0.8}, {"rao": 0.12}
 GRAD_MED = 1.5
 EVAL_PROMPTS = 2
 RESUME_REL = 0.35
@@ -131,7 +137,7 @@ def run(cmd, root, env, what, fails, timeout=900):
     return r, dt
 
 
-def compare_losses(label, a, b, steps, fails):
+def compare_losses(label, a, b, steps, fails, rel=LOSS_REL):
     """a: the cpu's steps, b: the other's. Returns the largest |Δ|/tol."""
     worst = 0.0
     for s in steps:
@@ -140,7 +146,7 @@ def compare_losses(label, a, b, steps, fails):
         u, v = a[s]["loss"], b[s]["loss"]
         if not fails.check(math.isfinite(v), f"{label}: step {s}: loss {v}"):
             continue
-        tol = LOSS_REL * max(abs(u), LOSS_FLOOR)
+        tol = rel * max(abs(u), LOSS_FLOOR)
         worst = max(worst, abs(u - v) / tol)
         fails.check(abs(u - v) <= tol, f"{label}: step {s}: loss cpu {u:.6g}, other {v:.6g} "
                                        f"(|Δ| {abs(u - v):.3g} > {tol:.3g})")
@@ -195,14 +201,15 @@ def main():
             if not fails.check(sorted(c) == list(range(1, a.steps + 1)) and sorted(g) == sorted(c),
                                f"{name}: logged steps cpu {sorted(c)}, cuda {sorted(g)}"):
                 continue
-            worst = compare_losses(f"{name} cuda vs cpu", c, g, range(1, a.steps + 1), fails)
+            worst = compare_losses(f"{name} cuda vs cpu", c, g, range(1, a.steps + 1), fails,
+                                   LOSS_REL_OF.get(name, LOSS_REL))
             keys = TIGHT_KEYS.get(name, ["loss"])
             s1 = max(close(f"{name}: step 1 (same weights) {k}", c[1].get(k), g[1].get(k),
                            STEP1_REL_OF.get(name, STEP1_REL), fails)
                      for k in keys)
             mc = statistics.mean(c[s]["loss"] for s in c)
             mg = statistics.mean(g[s]["loss"] for s in c)
-            fails.check(abs(mc - mg) <= MEAN_REL * abs(mc),
+            fails.check(abs(mc - mg) <= MEAN_REL_OF.get(name, MEAN_REL) * abs(mc),
                         f"{name}: mean loss over the run cpu {mc:.5g}, cuda {mg:.5g}")
             gok = all(isinstance(g[s].get("grad_norm"), (int, float)) and math.isfinite(g[s]["grad_norm"])
                       and g[s]["grad_norm"] > 0 for s in g)
@@ -230,7 +237,7 @@ def main():
             print(f"{name}: {a.steps} steps: loss cpu {c[1]['loss']:.5g}->{c[a.steps]['loss']:.5g}, "
                   f"cuda {g[1]['loss']:.5g}->{g[a.steps]['loss']:.5g}; step 1 |Δ|/value {s1:.2g}; "
                   f"max per-step |Δloss| {max(abs(c[s]['loss'] - g[s]['loss']) for s in c):.3g} "
-                  f"({100 * worst * LOSS_REL:.1f}% of max(|loss|, {LOSS_FLOOR})); mean loss {mc:.4g} vs "
+                  f"({100 * worst * LOSS_REL_OF.get(name, LOSS_REL):.1f}% of max(|loss|, {LOSS_FLOOR})); mean loss {mc:.4g} vs "
                   f"{mg:.4g}; median grad_norm ratio {gmed:.3g}{ev}; "
                   f"{secs['cpu']:.1f} s cpu, {secs['cuda']:.1f} s cuda")
             if a.verbose:

@@ -38,7 +38,7 @@ import sys
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycheck import check, finish  # noqa: E402
+from pycheck import check, f32_tensors, finish, run_metrics  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--poc", required=True)
@@ -69,24 +69,6 @@ for kv in a.set:
     SET += ["--set", kv]
 
 
-def tensors(path):
-    """A safetensors file's F32 tensors as name -> list of floats."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__" or v["dtype"] != "F32":
-            continue
-        b, e = v["data_offsets"]
-        out[k] = struct.unpack("<%df" % ((e - b) // 4), data[b:e])
-    return out
-
-
-def metrics(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def state_bytes(err):
@@ -117,7 +99,7 @@ def compare(name, what, m1, mR, w1, out, wfile, upd, steps=None):
             if abs(w - v) > 1e-12 and d > worst:
                 worst, where = d, f"step {l1['step']} {k}: {w} vs {v}"
     check(worst <= 1e-5, f"{name}: {what}: relative difference {worst:.3g} > 1e-5 at {where}")
-    wR = tensors(os.path.join(out, f"ckpt-{a.steps}", wfile))
+    wR = f32_tensors(os.path.join(out, f"ckpt-{a.steps}", wfile))
     dw = max(abs(x - y) for k in w1 for x, y in zip(w1[k], wR[k]))
     over = [(k, x, y) for k in w1 for x, y in zip(w1[k], wR[k])
             if abs(x - y) > 1e-4 * upd + a.weight_ulps * 2.0 ** (math.frexp(abs(x))[1] - 24)]
@@ -159,15 +141,15 @@ for name in a.examples:
     one = os.path.join(a.scratch, name + "-1")
     if not run([binary, "--steps", str(a.steps), "--out", one] + SET, f"{name}: one process"):
         continue
-    m1 = metrics(one)
+    m1 = run_metrics(one)
     # what trains: the model's weights, or a LoRA run's adapters (whose B starts at 0, so
     # B's largest entry is the update's size)
     wfile = "model.safetensors"
     if os.path.exists(os.path.join(one, f"ckpt-{a.steps}", "adapter_model.safetensors")):
         wfile = "adapter_model.safetensors"
-    w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", wfile))
+    w1 = f32_tensors(os.path.join(one, f"ckpt-{a.steps}", wfile))
     if wfile == "model.safetensors":
-        w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+        w0 = f32_tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
         upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
     else:
         upd = max(abs(x) for k in w1 if "lora_B" in k for x in w1[k])
@@ -182,7 +164,7 @@ for name in a.examples:
               f"data-parallel:\n{r.stderr[-2000:]}")
         check("[rank" not in r.stderr, f"{name}: {R} ranks: other ranks said something:\n"
               f"{r.stderr[-2000:]}")
-        mR = metrics(out)
+        mR = run_metrics(out)
         check(len(mR) == len(m1), f"{name}: {R} ranks: {len(mR)} metric lines, one process "
               f"{len(m1)} (rank 0 alone writes)")
         worst, where = 0.0, ""
@@ -216,7 +198,7 @@ for name in a.examples:
                           "process's")
         ck = sorted(d for d in os.listdir(out) if d.startswith("ckpt-"))
         check(ck == [f"ckpt-{a.steps}"], f"{name}: {R} ranks: checkpoints {ck}")
-        wR = tensors(os.path.join(out, f"ckpt-{a.steps}", wfile))
+        wR = f32_tensors(os.path.join(out, f"ckpt-{a.steps}", wfile))
         dw = max(abs(x - y) for k in w1 for x, y in zip(w1[k], wR[k]))
         over = [(k, x, y) for k in w1 for x, y in zip(w1[k], wR[k])
                 if abs(x - y) > 1e-4 * upd + a.weight_ulps * 2.0 ** (math.frexp(abs(x))[1] - 24)]
@@ -252,10 +234,10 @@ for name in a.examples:
               f"{name}: {R} ranks, --zero 0: every rank holds all the moments: {sb0} vs {sb}")
         check(os.path.exists(os.path.join(out0, f"ckpt-{a.steps}", "optimizer.safetensors")),
               f"{name}: {R} ranks, --zero 0: one optimizer.safetensors")
-        worst0, dw0 = compare(name, f"{R} ranks, --zero 0", m1, metrics(out0), w1, out0, wfile, upd)
+        worst0, dw0 = compare(name, f"{R} ranks, --zero 0", m1, run_metrics(out0), w1, out0, wfile, upd)
         # ZeRO and the all-reduce path give the same numbers
-        compare(name, f"{R} ranks, ZeRO vs --zero 0", metrics(out0), mR,
-                tensors(os.path.join(out0, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
+        compare(name, f"{R} ranks, ZeRO vs --zero 0", run_metrics(out0), mR,
+                f32_tensors(os.path.join(out0, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
         print(f"{name}: {R} ranks, --zero 0: worst relative difference {worst0:.3g}, weights "
               f"{dw0:.3g}")
         # overlap off (the default starts the gradient's reductions during the backward)
@@ -263,8 +245,8 @@ for name in a.examples:
         rb = run(MPI + ["-np", str(R), binary, "--steps", str(a.steps), "--out", outb,
                         "--overlap", "0"] + SET, f"{name}: {R} ranks, --overlap 0")
         if rb:
-            compare(name, f"{R} ranks, ZeRO, --overlap 0 vs 1", metrics(outb), mR,
-                    tensors(os.path.join(outb, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
+            compare(name, f"{R} ranks, ZeRO, --overlap 0 vs 1", run_metrics(outb), mR,
+                    f32_tensors(os.path.join(outb, f"ckpt-{a.steps}", wfile)), out, wfile, upd)
 
 
 
@@ -298,7 +280,7 @@ def stall(binary, out, sig, timeout_s):
     pid = None
     while time.time() < t_end and pr.poll() is None:
         try:
-            if len(metrics(out)) >= 4:
+            if len(run_metrics(out)) >= 4:
                 pid = rank_pid(pr.pid, 1)
                 break
         except (OSError, ValueError):
@@ -358,15 +340,15 @@ def zero_resume(name):
     wfile = "model.safetensors"
     if os.path.exists(os.path.join(one, f"ckpt-{a.steps}", "adapter_model.safetensors")):
         wfile = "adapter_model.safetensors"
-    w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", wfile))
-    w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+    w1 = f32_tensors(os.path.join(one, f"ckpt-{a.steps}", wfile))
+    w0 = f32_tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
     upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k])) \
         if wfile == "model.safetensors" else max(abs(x) for k in w1 if "lora_B" in k for x in w1[k])
-    worst, dw = compare(name, "resume chain 1→2→3→1", metrics(one), metrics(out), w1, out,
+    worst, dw = compare(name, "resume chain 1→2→3→1", run_metrics(one), run_metrics(out), w1, out,
                         wfile, upd, steps=set(range(per + 1, a.steps + 1)))
     # the moments too (one file at the end of both)
-    o1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "optimizer.safetensors"))
-    oc = tensors(os.path.join(out, f"ckpt-{a.steps}", "optimizer.safetensors"))
+    o1 = f32_tensors(os.path.join(one, f"ckpt-{a.steps}", "optimizer.safetensors"))
+    oc = f32_tensors(os.path.join(out, f"ckpt-{a.steps}", "optimizer.safetensors"))
     for kind in ("exp_avg.", "exp_avg_sq."):
         big = max(abs(x) for k in o1 if k.startswith(kind) for x in o1[k])
         dm = max(abs(x - y) for k in o1 if k.startswith(kind) for x, y in zip(o1[k], oc[k]))
@@ -491,11 +473,11 @@ def zero_kills(name, kills=4, seed=7):
     r = run([binary, "--steps", str(a.steps), "--resume", out] + SET,
             f"{name}: after {kills} kills, one process")
     if r and os.path.exists(os.path.join(out, f"ckpt-{a.steps}")):
-        w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
-        w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+        w1 = f32_tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
+        w0 = f32_tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
         upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
         # a line cut by a kill is left out; a step redone after a resume counts last
-        worst, dw = compare(name, f"after {kills} kills (seed {seed})", metrics(one),
+        worst, dw = compare(name, f"after {kills} kills (seed {seed})", run_metrics(one),
                             read_lines(out), w1,
                             out, "model.safetensors", upd, steps={a.steps})
         print(f"{name}: {kills} kill -9 of a rank during ZeRO runs: resumed to the same "
@@ -520,7 +502,7 @@ if "copo" in a.examples and os.path.exists(os.path.join(a.scratch, "copo")):
             ["--steps", "3", "--out", outs[R]]
         run(cmd, f"copo, micro_batch 8: {R} rank(s)")
     if all(os.path.exists(os.path.join(o, "metrics.jsonl")) for o in outs.values()):
-        m1, m3 = metrics(outs[1]), metrics(outs[3])
+        m1, m3 = run_metrics(outs[1]), run_metrics(outs[3])
         same = [all(abs(l1[k] - l3[k]) <= 1e-5 * max(abs(l1[k]), 1e-30) for k in
                     ("loss", "loss/rta", "rewards/margins") if k in l1)
                 for l1, l3 in zip(m1, m3)]

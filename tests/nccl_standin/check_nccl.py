@@ -27,7 +27,7 @@ import sys
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycheck import check, finish  # noqa: E402
+from pycheck import check, f32_tensors, finish, run_metrics  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--poc", required=True)
@@ -47,24 +47,6 @@ MPI += ["-x", "OMP_NUM_THREADS", "-x", "OMP_WAIT_POLICY", "-x", "POC_CUDA_EMULAT
 SET = ["--backend", "cuda", "--set", "train.batch=4", "--set", "train.micro_batch=1"]
 
 
-def tensors(path):
-    """A safetensors file's F32 tensors as name -> list of floats."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__" or v["dtype"] != "F32":
-            continue
-        b, e = v["data_offsets"]
-        out[k] = struct.unpack("<%df" % ((e - b) // 4), data[b:e])
-    return out
-
-
-def metrics(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def run(cmd, lib=None, **more):
@@ -111,7 +93,7 @@ r = run(MPI + ["-np", "2", binary, "--steps", "1", "--out", out, "--backend", "c
 check(r.returncode != 0 and r.stderr.count("error: --comm nccl: the device is cpu, not cuda") == 1,
       f"--backend cpu --comm nccl: one clear error (exit {r.returncode}):\n{r.stderr[-2000:]}")
 
-w0 = tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
+w0 = f32_tensors(os.path.join(a.root, "examples", "tiny", "model.safetensors"))
 ref = {}  # micro_batch -> (metrics, final weights, update size) of one process
 for mb in (1, 4):
     one = os.path.join(a.scratch, f"one-{mb}")
@@ -119,15 +101,15 @@ for mb in (1, 4):
             ["--set", f"train.micro_batch={mb}"])
     if not check(r.returncode == 0, f"one process: exit {r.returncode}\n{r.stderr[-3000:]}"):
         sys.exit(finish("nccl"))
-    w1 = tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
+    w1 = f32_tensors(os.path.join(one, f"ckpt-{a.steps}", "model.safetensors"))
     upd = max(abs(x - y) for k in w1 if k in w0 for x, y in zip(w1[k], w0[k]))
     check(upd > 0, "the weights moved")
-    ref[mb] = (metrics(one), w1, upd)
+    ref[mb] = (run_metrics(one), w1, upd)
 
 
 def compare(out, what, mb):
     m1, w1, upd = ref[mb]
-    mR = metrics(out)
+    mR = run_metrics(out)
     check(len(mR) == len(m1), f"{what}: {len(mR)} metric lines, one process {len(m1)}")
     worst, where = 0.0, ""
     for l1, lR in zip(m1, mR):
@@ -143,7 +125,7 @@ def compare(out, what, mb):
     check(worst <= 1e-5, f"{what}: relative difference {worst:.3g} > 1e-5 at {where}")
     ck = sorted(d for d in os.listdir(out) if d.startswith("ckpt-"))
     check(ck == [f"ckpt-{a.steps}"], f"{what}: checkpoints {ck}")
-    wR = tensors(os.path.join(out, f"ckpt-{a.steps}", "model.safetensors"))
+    wR = f32_tensors(os.path.join(out, f"ckpt-{a.steps}", "model.safetensors"))
     dw = max(abs(x - y) for k in w1 for x, y in zip(w1[k], wR[k]))
     over = [(k, x, y) for k in w1 for x, y in zip(w1[k], wR[k])
             if abs(x - y) > 1e-4 * upd + 2.0 ** (math.frexp(abs(x))[1] - 24)]
