@@ -50,10 +50,27 @@ static float *rnd(size_t n, double lo, double hi) {
   return v;
 }
 
+/* Every device buffer the checks make, so that the end frees what they keep (drop frees
+ * one earlier). */
+static struct { poc_device *d; poc_dptr p; } live[1024];
+static int n_live;
+static poc_dptr track(poc_device *d, poc_dptr p) {
+  if (p && n_live < (int)(sizeof live / sizeof live[0])) live[n_live].d = d, live[n_live++].p = p;
+  return p;
+}
+static void drop(poc_device *d, poc_dptr p) {
+  for (int i = 0; i < n_live; i++)
+    if (live[i].d == d && live[i].p == p) live[i] = live[--n_live];
+  d->free(d, p);
+}
+static void drop_all(void) {
+  while (n_live) drop(live[n_live - 1].d, live[n_live - 1].p);
+}
+
 /* a buffer of role act (1) or acc (0) holding h */
 static poc_dptr up(dev *D, int act, const float *h, size_t n) {
   poc_dtype t = act ? D->d->act : D->d->acc;
-  poc_dptr p = D->d->alloc(D->d, (n ? n : 1) * poc_dtype_size(t), "test");
+  poc_dptr p = track(D->d, D->d->alloc(D->d, (n ? n : 1) * poc_dtype_size(t), "test"));
   if (h) D->d->put(D->d, p, t, h, POC_DT_F32, n);
   return p;
 }
@@ -63,7 +80,7 @@ static float *down(dev *D, int act, poc_dptr p, size_t n) {
   return h;
 }
 static poc_dptr upi(dev *D, const int32_t *h, size_t n) {
-  poc_dptr p = D->d->alloc(D->d, n * 4, "test ints");
+  poc_dptr p = track(D->d, D->d->alloc(D->d, n * 4, "test ints"));
   D->d->put(D->d, p, POC_DT_I32, h, POC_DT_I32, n);
   return p;
 }
@@ -108,9 +125,9 @@ static void gemm_case(int ta, int tb, int M, int N, int K, int pad, float beta, 
     poc_dptr a = up(D, 1, A, na), b = up(D, 1, Bv, nb), c = up(D, !c_acc, C0, nc);
     D->d->k.gemm(D->k, ta, tb, M, N, K, a, lda, b, ldb, beta, c, c_acc, ldc);
     out[i++] = down(D, !c_acc, c, nc);
-    D->d->free(D->d, a);
-    D->d->free(D->d, b);
-    D->d->free(D->d, c);
+    drop(D->d, a);
+    drop(D->d, b);
+    drop(D->d, c);
   }
   char what[96];
   snprintf(what, sizeof what, "gemm ta %d tb %d %dx%dx%d pad %d beta %g C %s", ta, tb, M, N, K,
@@ -162,7 +179,7 @@ static void test_gemm(void) {
   float *r = down(&B, 0, c, 6);
   for (int i = 0; i < 6; i++) CHECK(r[i] == 2 * c0[i]);
   free(r);
-  B.d->free(B.d, c);
+  drop(B.d, c);
 }
 
 /* ---- the elementwise and row kernels ------------------------------------------------------ */
@@ -281,8 +298,8 @@ static void test_rounding(void) {
   CHECK(y[0] == 0x3f80 && y[1] == 0x3f82 && y[2] == 0xbf80 && y[3] == 0x7f80 &&
         y[4] == 0xff80 && (y[5] & 0x7fc0) == 0x7fc0 && y[7] == 0x7f80);
   free(y);
-  B.d->free(B.d, px);
-  B.d->free(B.d, py);
+  drop(B.d, px);
+  drop(B.d, py);
 
   /* drop_scale: act and acc targets, with and without beta and dropout */
   float *xa = rnd(N, -3, 3), *y0 = rnd(N, -3, 3);
@@ -368,14 +385,14 @@ static void test_attention(void) {
     poc_dptr pqkv = up(D, 1, qkv, (size_t)T * N);
     free(qkv);
     k->qkv_bias_rope(D->k, T, ppos, pc, ps, pqkv, pq, pk, pv, pbq, pbk, pbv);
-    d->free(d, pqkv);
+    drop(d, pqkv);
     o[i][0] = down(D, 1, pq, qn);
     o[i][1] = down(D, 1, pk, kn);
     o[i][2] = down(D, 1, pv, kn);
     i++;
-    d->free(d, pq), d->free(d, pk), d->free(d, pv);
-    d->free(d, pbq), d->free(d, pbk), d->free(d, pbv);
-    d->free(d, pc), d->free(d, ps), d->free(d, ppos), d->free(d, pkb), d->free(d, pse);
+    drop(d, pq), drop(d, pk), drop(d, pv);
+    drop(d, pbq), drop(d, pbk), drop(d, pbv);
+    drop(d, pc), drop(d, ps), drop(d, ppos), drop(d, pkb), drop(d, pse);
   }
   near("qkv_bias_rope q (act)", o[0][0], o[1][0], qn, ULP8, 0);
   near("qkv_bias_rope k (act)", o[0][1], o[1][1], kn, ULP8, 0);
@@ -418,7 +435,7 @@ static void test_attention(void) {
     o[i][9] = down(D, 0, pdq, qn);
     /* the act rows [dq_t | dk_t | dv_t]: dq's and dv's parts */
     float *dqkv = down(D, 1, pdqkv, (size_t)T * N);
-    d->free(d, pdqkv);
+    drop(d, pdqkv);
     o[i][10] = malloc(qn * sizeof(float));
     o[i][11] = malloc(kn * sizeof(float));
     for (int t = 0; t < T; t++) {
@@ -530,6 +547,7 @@ int main(void) {
   test_attention();
   test_head();
   CHECK(B.d->sync(B.d, err) == 0);
+  drop_all();
   poc_device_close(F.d);
   poc_device_close(B.d);
   return check_summary("cpu_bf16_kernels");
