@@ -163,3 +163,21 @@ def trl_rows(rows):
     """poc's pairs as the text rows TRL's DPOTrainer reads."""
     return [{"prompt": ids_text(r["prompt"]), "chosen": ids_text(r["chosen"]),
              "rejected": ids_text(r["rejected"])} for r in rows]
+
+
+def step_parser():
+    """The command line bench/gpu/run.py gives both baselines (torch_dpo.py, trl_dpo.py):
+    MODEL_DIR PAIRS [--steps] [--batch] [--micro] [--device] [--precision] [--lr] [--beta];
+    each script adds its own flags."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("pairs")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--micro", type=int, default=4)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--beta", type=float, default=0.1)
+    return ap

@@ -19,26 +19,20 @@ usage: torch_dpo.py MODEL_DIR PAIRS.jsonl [--steps 4] [--batch 8] [--micro 4]
                     [--device cuda|cpu] [--precision bf16|fp32] [--lr 1e-6] [--beta 0.1]
                     [--clip 1.0] [--precompute-ref]
 """
-import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchlib import step_parser  # noqa: E402
+
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("pairs")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--micro", type=int, default=4)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--beta", type=float, default=0.1)
+    ap = step_parser()
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--precompute-ref", action="store_true")
     a = ap.parse_args()

@@ -18,7 +18,6 @@ usage: trl_dpo.py MODEL_DIR PAIRS.jsonl [--steps 4] [--batch 8] [--micro 4]
                   [--device cuda|cpu] [--precision bf16|fp32] [--lr 1e-6] [--beta 0.1]
                   [--liger]
 """
-import argparse
 import json
 import os
 import resource
@@ -28,20 +27,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from benchlib import id_tokenizer, trl_rows  # noqa: E402
+from benchlib import id_tokenizer, step_parser, trl_rows  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("pairs")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--micro", type=int, default=4)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--beta", type=float, default=0.1)
+    ap = step_parser()
     ap.add_argument("--liger", action="store_true")
     a = ap.parse_args()
     if a.liger:

@@ -28,16 +28,10 @@
 #include "check.h"
 #include "cuda_internal.h"
 #include "device.h"
+#define PAIR_SEED 0x2545f4914f6cdd1dull
+#include "pair_buf.h"
 
 static char err[POC_ERR_LEN];
-
-static uint64_t rs = 0x2545f4914f6cdd1dull;
-static double urand(void) { /* [-1, 1) */
-  rs ^= rs << 13;
-  rs ^= rs >> 7;
-  rs ^= rs << 17;
-  return (double)(rs >> 11) / 4503599627370496.0 - 1;
-}
 
 static uint16_t to_bf(float f) { /* nearest bf16, ties to even (finite inputs) */
   uint32_t u;
@@ -51,7 +45,6 @@ static float from_bf(uint16_t b) {
   memcpy(&f, &u, 4);
   return f;
 }
-static float bf(float f) { return from_bf(to_bf(f)); }
 
 /* ---- the mma primitive ------------------------------------------------------------------ */
 
@@ -189,47 +182,6 @@ static void test_mma(int cc) {
 
 /* ---- attention ---------------------------------------------------------------------------- */
 
-static poc_device *Cd, *Gd;
-
-/* a host array put on both devices (bf16-rounded first where act) */
-typedef struct {
-  poc_dptr c, g;
-  size_t n;
-  int act;
-  float *h;
-} buf;
-
-static poc_dtype ty(const poc_device *d, int act) { return act ? d->act : d->acc; }
-
-static buf buf_new(size_t n, int act) {
-  buf b = {0, 0, n, act, calloc(n ? n : 1, sizeof(float))};
-  b.c = Cd->alloc(Cd, n * poc_dtype_size(ty(Cd, act)), "test buffer");
-  b.g = Gd->alloc(Gd, n * poc_dtype_size(ty(Gd, act)), "test buffer");
-  return b;
-}
-static void buf_put(buf *b) {
-  if (b->act)
-    for (size_t i = 0; i < b->n; i++) b->h[i] = bf(b->h[i]);
-  Cd->put(Cd, b->c, ty(Cd, b->act), b->h, POC_DT_F32, b->n);
-  Gd->put(Gd, b->g, ty(Gd, b->act), b->h, POC_DT_F32, b->n);
-}
-static buf buf_rand(size_t n, int act, double scale) {
-  buf b = buf_new(n, act);
-  for (size_t i = 0; i < n; i++) b.h[i] = (float)(scale * urand());
-  buf_put(&b);
-  return b;
-}
-static buf buf_nan(size_t n, int act) {
-  buf b = buf_new(n, act);
-  for (size_t i = 0; i < n; i++) b.h[i] = NAN;
-  buf_put(&b);
-  return b;
-}
-static void buf_free(buf *b) {
-  Cd->free(Cd, b->c);
-  Gd->free(Gd, b->g);
-  free(b->h);
-}
 static poc_dptr ints(poc_device *d, const int32_t *v, size_t n) {
   poc_dptr p = d->alloc(d, n * 4, "test ints");
   d->put(d, p, POC_DT_I32, v, POC_DT_I32, n);
@@ -237,10 +189,10 @@ static poc_dptr ints(poc_device *d, const int32_t *v, size_t n) {
 }
 
 /* |cuda − cpu| ≤ atol + rtol·|cpu| + tol[i] everywhere; NaN fails */
-static void compare(const char *what, const buf *b, double atol, double rtol, const double *tol) {
+static void compare(const char *what, const pb *b, double atol, double rtol, const double *tol) {
   double *hc = malloc(b->n * 8), *hg = malloc(b->n * 8), ratio = 0;
-  Cd->get(Cd, hc, POC_DT_F64, b->c, ty(Cd, b->act), b->n);
-  Gd->get(Gd, hg, POC_DT_F64, b->g, ty(Gd, b->act), b->n);
+  C->get(C, hc, POC_DT_F64, b->c, ty(C, b->act), b->n);
+  G->get(G, hg, POC_DT_F64, b->g, ty(G, b->act), b->n);
   size_t at = 0, nans = 0;
   for (size_t i = 0; i < b->n; i++) {
     if (hc[i] != hc[i] || hg[i] != hg[i]) {
@@ -262,25 +214,25 @@ static void compare(const char *what, const buf *b, double atol, double rtol, co
   free(hg);
 }
 
-static double max_abs_cpu(const buf *b) {
+static double max_abs_cpu(const pb *b) {
   double *h = malloc(b->n * 8), m = 0;
-  Cd->get(Cd, h, POC_DT_F64, b->c, ty(Cd, b->act), b->n);
+  C->get(C, h, POC_DT_F64, b->c, ty(C, b->act), b->n);
   for (size_t i = 0; i < b->n; i++) m = fmax(m, fabs(h[i]));
   free(h);
   return m;
 }
 
 /* the device bytes of a buffer, for bit comparisons */
-static void *raw(const buf *b) {
-  size_t bytes = b->n * poc_dtype_size(ty(Gd, b->act));
+static void *raw(const pb *b) {
+  size_t bytes = b->n * poc_dtype_size(ty(G, b->act));
   void *h = malloc(bytes);
-  poc_dtype t = ty(Gd, b->act);
-  Gd->get(Gd, h, t, b->g, t, b->n);
+  poc_dtype t = ty(G, b->act);
+  G->get(G, h, t, b->g, t, b->n);
   return h;
 }
-static int same_bits(const buf *a, const buf *b) {
+static int same_bits(const pb *a, const pb *b) {
   void *x = raw(a), *y = raw(b);
-  int same = !memcmp(x, y, a->n * poc_dtype_size(ty(Gd, a->act)));
+  int same = !memcmp(x, y, a->n * poc_dtype_size(ty(G, a->act)));
   free(x);
   free(y);
   return same;
@@ -292,8 +244,8 @@ typedef struct {
 
 static void test_pack(const shape *sp, const int *len, int nseq) {
   poc_dims dm = {128, 256, 512, sp->nh, sp->nkv, sp->hd, 1e-5};
-  poc_kset *KC = Cd->kernels(Cd, &dm), *KG = Gd->kernels(Gd, &dm);
-  CHECK_MSG(KC && KG, "kernels: %s / %s", Cd->err, Gd->err);
+  poc_kset *KC = C->kernels(C, &dm), *KG = G->kernels(G, &dm);
+  CHECK_MSG(KC && KG, "kernels: %s / %s", C->err, G->err);
   if (!KC || !KG) return;
   const int qd = sp->nh * sp->hd, kvd = sp->nkv * sp->hd;
   int T = 0;
@@ -304,19 +256,19 @@ static void test_pack(const shape *sp, const int *len, int nseq) {
       kbeg[at + j] = at;
       send[at + j] = at + len[s];
     }
-  poc_dptr kbc = ints(Cd, kbeg, T), kbg = ints(Gd, kbeg, T), sec = ints(Cd, send, T),
-           seg = ints(Gd, send, T);
+  poc_dptr kbc = ints(C, kbeg, T), kbg = ints(G, kbeg, T), sec = ints(C, send, T),
+           seg = ints(G, send, T);
   char w[128], tag[64];
   snprintf(tag, sizeof tag, "hd %d, %d/%d heads, T=%d", sp->hd, sp->nh, sp->nkv, T);
   printf("%s (%d sequences)\n", tag, nseq);
 
   /* scores up to ~6 in size: softmaxes neither flat nor one-hot */
   const double qs = 2.5 / pow(sp->hd, 0.25);
-  buf q = buf_rand((size_t)T * qd, 1, qs), k = buf_rand((size_t)T * kvd, 1, qs),
-      v = buf_rand((size_t)T * kvd, 1, 1);
-  buf out = buf_nan((size_t)T * qd, 1), lse = buf_nan((size_t)T * sp->nh, 0);
-  Cd->k.attn_fwd(KC, T, 0, q.c, k.c, v.c, kbc, out.c, lse.c);
-  Gd->k.attn_fwd(KG, T, 0, q.g, k.g, v.g, kbg, out.g, lse.g);
+  pb q = pb_rand((size_t)T * qd, 1, qs), k = pb_rand((size_t)T * kvd, 1, qs),
+      v = pb_rand((size_t)T * kvd, 1, 1);
+  pb out = pb_nan((size_t)T * qd, 1), lse = pb_nan((size_t)T * sp->nh, 0);
+  C->k.attn_fwd(KC, T, 0, q.c, k.c, v.c, kbc, out.c, lse.c);
+  G->k.attn_fwd(KG, T, 0, q.g, k.g, v.g, kbg, out.g, lse.g);
   ab_shape sh = {T, 0, sp->nh, sp->nkv, sp->hd, kbeg, send};
   double *tol = malloc((size_t)T * qd * 8);
   ab_fwd(&sh, q.h, k.h, v.h, NULL, tol);
@@ -326,22 +278,22 @@ static void test_pack(const shape *sp, const int *len, int nseq) {
   compare(w, &lse, 1e-5, 1e-5, NULL);
 
   /* backward from the cpu's out and lse, on both */
-  buf o = buf_new((size_t)T * qd, 1), l = buf_new((size_t)T * sp->nh, 0);
+  pb o = pb_new((size_t)T * qd, 1), l = pb_new((size_t)T * sp->nh, 0);
   {
     double *h = malloc((size_t)T * qd * 8);
-    Cd->get(Cd, h, POC_DT_F64, out.c, Cd->act, (size_t)T * qd);
+    C->get(C, h, POC_DT_F64, out.c, C->act, (size_t)T * qd);
     for (size_t i = 0; i < o.n; i++) o.h[i] = (float)h[i];
-    Cd->get(Cd, h, POC_DT_F64, lse.c, Cd->acc, l.n);
+    C->get(C, h, POC_DT_F64, lse.c, C->acc, l.n);
     for (size_t i = 0; i < l.n; i++) l.h[i] = (float)h[i];
     free(h);
   }
-  buf_put(&o);
-  buf_put(&l);
-  buf dO = buf_rand((size_t)T * qd, 1, 1);
-  buf dq = buf_nan((size_t)T * qd, 0), dk = buf_nan((size_t)T * kvd, 0),
-      dv = buf_nan((size_t)T * kvd, 0), D = buf_nan((size_t)T * sp->nh, 0);
-  Cd->k.attn_bwd(KC, T, q.c, k.c, v.c, o.c, dO.c, l.c, kbc, sec, dq.c, dk.c, dv.c, D.c);
-  Gd->k.attn_bwd(KG, T, q.g, k.g, v.g, o.g, dO.g, l.g, kbg, seg, dq.g, dk.g, dv.g, D.g);
+  pb_put(&o);
+  pb_put(&l);
+  pb dO = pb_rand((size_t)T * qd, 1, 1);
+  pb dq = pb_nan((size_t)T * qd, 0), dk = pb_nan((size_t)T * kvd, 0),
+      dv = pb_nan((size_t)T * kvd, 0), D = pb_nan((size_t)T * sp->nh, 0);
+  C->k.attn_bwd(KC, T, q.c, k.c, v.c, o.c, dO.c, l.c, kbc, sec, dq.c, dk.c, dv.c, D.c);
+  G->k.attn_bwd(KG, T, q.g, k.g, v.g, o.g, dO.g, l.g, kbg, seg, dq.g, dk.g, dv.g, D.g);
   double *tq = malloc((size_t)T * qd * 8), *tk = malloc((size_t)T * kvd * 8),
          *tv = malloc((size_t)T * kvd * 8);
   ab_bwd(&sh, q.h, k.h, v.h, o.h, l.h, dO.h, tq, tk, tv);
@@ -352,24 +304,24 @@ static void test_pack(const shape *sp, const int *len, int nseq) {
   compare("backward D", &D, 1e-5 * max_abs_cpu(&D), 1e-5, NULL);
 
   /* a second run, into fresh buffers: the same bits */
-  buf out2 = buf_nan(out.n, 1), lse2 = buf_nan(lse.n, 0), dq2 = buf_nan(dq.n, 0),
-      dk2 = buf_nan(dk.n, 0), dv2 = buf_nan(dv.n, 0), D2 = buf_nan(D.n, 0);
-  Gd->k.attn_fwd(KG, T, 0, q.g, k.g, v.g, kbg, out2.g, lse2.g);
-  Gd->k.attn_bwd(KG, T, q.g, k.g, v.g, o.g, dO.g, l.g, kbg, seg, dq2.g, dk2.g, dv2.g, D2.g);
+  pb out2 = pb_nan(out.n, 1), lse2 = pb_nan(lse.n, 0), dq2 = pb_nan(dq.n, 0),
+      dk2 = pb_nan(dk.n, 0), dv2 = pb_nan(dv.n, 0), D2 = pb_nan(D.n, 0);
+  G->k.attn_fwd(KG, T, 0, q.g, k.g, v.g, kbg, out2.g, lse2.g);
+  G->k.attn_bwd(KG, T, q.g, k.g, v.g, o.g, dO.g, l.g, kbg, seg, dq2.g, dk2.g, dv2.g, D2.g);
   int same = same_bits(&out, &out2) && same_bits(&lse, &lse2) && same_bits(&dq, &dq2) &&
              same_bits(&dk, &dk2) && same_bits(&dv, &dv2) && same_bits(&D, &D2);
   printf("  %-44s %s\n", "second run, bit for bit", same ? "identical" : "DIFFERENT");
   CHECK_MSG(same, "%s: a second run gives other bits", tag);
-  CHECK_MSG(Gd->sync(Gd, err) == 0, "%s: %s", tag, err);
-  CHECK_MSG(Cd->sync(Cd, err) == 0, "%s: %s", tag, err);
+  CHECK_MSG(G->sync(G, err) == 0, "%s: %s", tag, err);
+  CHECK_MSG(C->sync(C, err) == 0, "%s: %s", tag, err);
 
-  buf *bs[] = {&q, &k, &v, &out, &lse, &o, &l, &dO, &dq, &dk, &dv, &D,
+  pb *bs[] = {&q, &k, &v, &out, &lse, &o, &l, &dO, &dq, &dk, &dv, &D,
                &out2, &lse2, &dq2, &dk2, &dv2, &D2};
-  for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) buf_free(bs[i]);
-  Cd->free(Cd, kbc);
-  Gd->free(Gd, kbg);
-  Cd->free(Cd, sec);
-  Gd->free(Gd, seg);
+  for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) pb_free(bs[i]);
+  C->free(C, kbc);
+  G->free(G, kbg);
+  C->free(C, sec);
+  G->free(G, seg);
   free(kbeg);
   free(send);
   free(tol);
@@ -381,18 +333,18 @@ static void test_pack(const shape *sp, const int *len, int nseq) {
 /* T query rows at positions q0 .. q0 + T − 1 over a cache of q0 + T keys from kbeg0 */
 static void test_decode(const shape *sp, int T, int q0, int kbeg0) {
   poc_dims dm = {128, 256, 512, sp->nh, sp->nkv, sp->hd, 1e-5};
-  poc_kset *KC = Cd->kernels(Cd, &dm), *KG = Gd->kernels(Gd, &dm);
+  poc_kset *KC = C->kernels(C, &dm), *KG = G->kernels(G, &dm);
   if (!KC || !KG) return;
   const int qd = sp->nh * sp->hd, kvd = sp->nkv * sp->hd, NK = q0 + T;
   int32_t *kbeg = malloc(T * 4);
   for (int t = 0; t < T; t++) kbeg[t] = kbeg0;
-  poc_dptr kbc = ints(Cd, kbeg, T), kbg = ints(Gd, kbeg, T);
+  poc_dptr kbc = ints(C, kbeg, T), kbg = ints(G, kbeg, T);
   const double qs = 2.5 / pow(sp->hd, 0.25);
-  buf q = buf_rand((size_t)T * qd, 1, qs), k = buf_rand((size_t)NK * kvd, 1, qs),
-      v = buf_rand((size_t)NK * kvd, 1, 1);
-  buf out = buf_nan((size_t)T * qd, 1), lse = buf_nan((size_t)T * sp->nh, 0);
-  Cd->k.attn_fwd(KC, T, q0, q.c, k.c, v.c, kbc, out.c, lse.c);
-  Gd->k.attn_fwd(KG, T, q0, q.g, k.g, v.g, kbg, out.g, lse.g);
+  pb q = pb_rand((size_t)T * qd, 1, qs), k = pb_rand((size_t)NK * kvd, 1, qs),
+      v = pb_rand((size_t)NK * kvd, 1, 1);
+  pb out = pb_nan((size_t)T * qd, 1), lse = pb_nan((size_t)T * sp->nh, 0);
+  C->k.attn_fwd(KC, T, q0, q.c, k.c, v.c, kbc, out.c, lse.c);
+  G->k.attn_fwd(KG, T, q0, q.g, k.g, v.g, kbg, out.g, lse.g);
   ab_shape sh = {T, q0, sp->nh, sp->nkv, sp->hd, kbeg, NULL};
   double *tol = malloc((size_t)T * qd * 8);
   ab_fwd(&sh, q.h, k.h, v.h, NULL, tol);
@@ -401,11 +353,11 @@ static void test_decode(const shape *sp, int T, int q0, int kbeg0) {
   compare(w, &out, 1e-5, 2 * AB_U_BF16, tol);
   snprintf(w, sizeof w, "decode hd %d T=%d q0=%d kbeg=%d: lse", sp->hd, T, q0, kbeg0);
   compare(w, &lse, 1e-5, 1e-5, NULL);
-  CHECK_MSG(Gd->sync(Gd, err) == 0, "decode: %s", err);
-  buf *bs[] = {&q, &k, &v, &out, &lse};
-  for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) buf_free(bs[i]);
-  Cd->free(Cd, kbc);
-  Gd->free(Gd, kbg);
+  CHECK_MSG(G->sync(G, err) == 0, "decode: %s", err);
+  pb *bs[] = {&q, &k, &v, &out, &lse};
+  for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) pb_free(bs[i]);
+  C->free(C, kbc);
+  G->free(G, kbg);
   free(kbeg);
   free(tol);
 }
@@ -428,11 +380,11 @@ int main(void) {
   test_mma(cx.cc);
   cu_ctx_close(&cx);
 
-  Gd = poc_device_open("cuda", err);
-  CHECK_MSG(Gd != NULL, "cuda: %s", err);
-  Cd = poc_device_open("cpu", err);
-  CHECK_MSG(Cd != NULL, "cpu: %s", err);
-  if (!Gd || !Cd) return check_summary("attn_tc");
+  G = poc_device_open("cuda", err);
+  CHECK_MSG(G != NULL, "cuda: %s", err);
+  C = poc_device_open("cpu", err);
+  CHECK_MSG(C != NULL, "cpu: %s", err);
+  if (!G || !C) return check_summary("attn_tc");
 
   /* uneven lengths: 1-token sequences, sequences ending inside and across tiles */
   const int packA[] = {1, 37, 100, 5, 70, 17}, packB[] = {130, 1, 61, 3},
@@ -448,7 +400,7 @@ int main(void) {
   test_decode(&s128b, 3, 40, 0);
   test_decode(&s64a, 20, 70, 9); /* a prefill after a prompt, keys from 9 on */
 
-  poc_device_close(Cd);
-  poc_device_close(Gd);
+  poc_device_close(C);
+  poc_device_close(G);
   return check_summary("attn_tc");
 }
